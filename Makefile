@@ -1,0 +1,54 @@
+# The README's commands. Both work on a fresh Debian 12 / Raspberry Pi OS 12 machine:
+# they install the system packages they need, create .venv and install into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ARGS ?=
+# On a Pi, picamera2 and libcamera come from apt: let the venv see them. Elsewhere keep the
+# venv isolated so that stray system packages (pytest plugins) cannot leak into the tests.
+VENV_FLAGS := $(shell [ -d /usr/lib/python3/dist-packages/picamera2 ] && echo --system-site-packages)
+
+.PHONY: run test lint bench clean system-deps
+
+# System packages: venv support, libcap headers (python-prctl, a picamera2 dependency,
+# compiles against them) and dpkg-deb/apt for the real test footage.
+system-deps:
+	@missing=""; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	[ -e /usr/include/sys/capability.h ] || missing="$$missing libcap-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/python:
+	$(MAKE) system-deps
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.run-stamp: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
+	$(MAKE) system-deps
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.run-stamp
+
+run: $(VENV)/.run-stamp
+	$(BIN)/pinthesky $(ARGS)
+
+lint: $(VENV)/.test-stamp
+	$(BIN)/ruff check pinthesky tests bench
+	$(BIN)/ruff format --check pinthesky tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(VENV)/.test-stamp
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,146 @@
+"""A video file as the camera: anything PyAV reads, replayed in real time or as fast as possible.
+
+Each frame is scaled to the configured resolution and encoded with libx264 shaped like the
+Pi's encoder (one keyframe per ``iperiod`` frames, no B-frames), so clips cut from a replay
+look like clips from a Pi. Frames are stamped with the file's own media time, shifted to start
+at "now" on the monotonic clock; analysis frames are handed over losslessly (the replay waits
+for the analyzer), so a replay cuts the same clips at any speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from pinthesky.camera.base import AnalysisPort, open_error
+from pinthesky.camera.x264 import X264Encoder, encode_jpeg
+from pinthesky.errors import SourceError
+from pinthesky.media import US, AnalysisFrame, StreamInfo, monotonic_us
+from pinthesky.ring import PacketRing
+from pinthesky.settings import CameraSettings
+
+log = logging.getLogger(__name__)
+
+
+class ReplaySource:
+    """A ``Camera`` reading a video file."""
+
+    name = "file"
+
+    def __init__(self, path: Path, settings: CameraSettings, speed: float = 1.0) -> None:
+        self._path = path
+        self._settings = settings
+        self._speed = speed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._container: Any = None
+        self._last_frame: Any = None
+        self.frames = 0
+
+    def open(self) -> StreamInfo:
+        import av
+
+        try:
+            container: Any = av.open(str(self._path))
+            if not container.streams.video:
+                raise SourceError(f"{self._path}: cannot read video: no video stream in the file")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            # Decode one frame now so an unreadable file fails here, with one clear line.
+            first = next(container.decode(stream))
+        except SourceError:
+            raise
+        except StopIteration:
+            raise SourceError(f"{self._path}: cannot read video: no frames") from None
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise open_error(f"{self._path}: cannot read video", exc) from None
+        self._container = container
+        self._first = first
+        rate = stream.average_rate or stream.guessed_rate
+        self._fps = Fraction(rate) if rate else Fraction(self._settings.framerate)
+        w, h = self._settings.resolution
+        log.info(
+            "replaying %s (%dx%d, %s, %.3g fps) at %s",
+            self._path,
+            stream.width,
+            stream.height,
+            stream.codec_context.name,
+            float(self._fps),
+            "full speed" if self._speed == 0 else f"{self._speed:g}x real time",
+        )
+        return StreamInfo(w, h, self._fps, self._settings.rotation)
+
+    def start(self, ring: PacketRing, port: AnalysisPort) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(ring, port), name="replay-camera", daemon=True
+        )
+        self._thread.start()
+
+    def _frames(self) -> Any:
+        yield self._first
+        yield from self._container.decode(video=0)
+
+    def _run(self, ring: PacketRing, port: AnalysisPort) -> None:
+        # Runs on the replay thread: decode, scale, encode, stamp, pace.
+        import av
+
+        s = self._settings
+        w, h = s.resolution
+        lw, lh = s.lores
+        enc = X264Encoder(w, h, self._fps, s.encoding_bitrate, s.encoding_profile, s.iperiod)
+        origin = monotonic_us()
+        wall0 = time.monotonic()
+        t0: float | None = None
+        last_ts = origin - 1
+        try:
+            for frame in self._frames():
+                if self._stop.is_set():
+                    break
+                t = frame.time if frame.time is not None else self.frames / float(self._fps)
+                if t0 is None:
+                    t0 = t
+                # Strictly increasing stamps even if the file repeats a timestamp.
+                ts = max(origin + round((t - t0) * US), last_ts + 1)
+                last_ts = ts
+                if self._speed > 0:
+                    delay = wall0 + (ts - origin) / US / self._speed - time.monotonic()
+                    if delay > 0 and self._stop.wait(delay):
+                        break
+                main = frame.reformat(width=w, height=h, format="yuv420p")
+                self._last_frame = main
+                for pkt in enc.encode(main, ts):
+                    ring.push(pkt)
+                if port.due(ts):
+                    gray = frame.reformat(width=lw, height=lh, format="gray")
+                    port.submit(AnalysisFrame(gray.to_ndarray().copy(), ts))
+                self.frames += 1
+        except av.FFmpegError as exc:
+            # A damaged tail: keep what was decoded, like a player would.
+            log.warning("%s: stopped reading at frame %d: %s", self._path, self.frames, exc)
+        except Exception as exc:
+            log.exception("replay of %s failed", self._path)
+            port.failed(exc)
+            return
+        try:
+            for pkt in enc.close():
+                ring.push(pkt)
+        except av.FFmpegError as exc:
+            log.warning("%s: encoder flush failed: %s", self._path, exc)
+        log.info("end of %s after %d frames", self._path, self.frames)
+        port.finished()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def capture_jpeg(self) -> bytes:
+        frame = self._last_frame if self._last_frame is not None else self._first
+        return encode_jpeg(frame)

@@ -1,0 +1,210 @@
+"""A synthetic scene for machines without a camera: a still room with sensor noise, and an
+object that walks across it every 30 seconds.
+
+The H.264 stream is encoded once at start (a one-second GOP of the still room, and the GOPs of
+one crossing), then replayed GOP by GOP in real time, so the steady-state CPU is the daemon's
+own work, as on a Pi whose encoder is in hardware. The small analysis frames are rendered on
+the fly from the same scene description (cheap: a few numpy additions per analysed frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pinthesky.camera.base import AnalysisPort
+from pinthesky.camera.x264 import X264Encoder, encode_jpeg
+from pinthesky.media import US, AnalysisFrame, Packet, StreamInfo, monotonic_us
+from pinthesky.ring import PacketRing
+from pinthesky.settings import CameraSettings
+
+log = logging.getLogger(__name__)
+
+PERIOD_S = 30.0
+"""An object crosses the scene once per period."""
+CROSS_AT_S = 10.0
+"""Seconds into each period the crossing starts (leaves time to fill the pre-roll)."""
+CROSS_FOR_S = 4.0
+NOISE_SIGMA = 2.0
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Geometry of the scene in picture-relative units, rendered at any size."""
+
+    width: int
+    height: int
+
+    def background(self) -> npt.NDArray[np.int16]:
+        h, w = self.height, self.width
+        y = np.linspace(0.0, 1.0, h)[:, None]
+        x = np.linspace(0.0, 1.0, w)[None, :]
+        img = 70 + 90 * y + 20 * x  # light from above, a wall fading to the floor
+        img = img + 6 * np.sin(x * 40) * np.sin(y * 30)  # some texture for the encoder
+        # a door and a window
+        img[int(h * 0.15) : int(h * 0.75), int(w * 0.65) : int(w * 0.8)] = 60
+        img[int(h * 0.2) : int(h * 0.45), int(w * 0.1) : int(w * 0.35)] = 200
+        out: npt.NDArray[np.int16] = np.clip(img, 0, 255).astype(np.int16)
+        return out
+
+    def object_box(self, t: float) -> tuple[int, int, int, int] | None:
+        """(x0, y0, x1, y1) of the walking object at ``t`` seconds, or None when absent."""
+        phase = t % PERIOD_S - CROSS_AT_S
+        if not 0 <= phase < CROSS_FOR_S:
+            return None
+        w, h = self.width, self.height
+        ow, oh = max(2, w // 10), max(2, int(h / 2.5))
+        x0 = int(-ow + (w + ow) * phase / CROSS_FOR_S)
+        y0 = int(h * 0.4)
+        return max(0, x0), y0, min(w, x0 + ow), min(h, y0 + oh)
+
+    def render(self, base: npt.NDArray[np.int16], t: float) -> npt.NDArray[np.int16]:
+        img = base.copy()
+        box = self.object_box(t)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            if x1 > x0:
+                img[y0:y1, x0:x1] = 35
+        return img
+
+
+class SyntheticSource:
+    """A ``Camera`` that plays the synthetic scene in real time."""
+
+    name = "synthetic"
+
+    def __init__(self, settings: CameraSettings, seed: int = 7) -> None:
+        self._settings = settings
+        self._rng = np.random.default_rng(seed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._still: list[Packet] = []
+        self._crossing: list[Packet] = []
+        self._fps = settings.framerate
+        self._t = 0.0
+
+    def open(self) -> StreamInfo:
+        s = self._settings
+        w, h = s.resolution
+        iperiod = s.iperiod
+        self._main = Scene(w, h)
+        self._lores = Scene(*s.lores)
+        self._lores_bg = self._lores.background()
+        lw, lh = s.lores
+        self._noise = self._rng.normal(0, NOISE_SIGMA, (lh + 16, lw + 16)).astype(np.int16)
+        # Align the crossing to GOP boundaries so each pre-encoded GOP starts on an IDR.
+        self._gop = iperiod
+        self._loop_gops = max(2, math.ceil(PERIOD_S * self._fps / iperiod))
+        self._cross_gop0 = math.ceil(CROSS_AT_S * self._fps / iperiod)
+        self._cross_gops = math.ceil(CROSS_FOR_S * self._fps / iperiod)
+        main_bg = self._main.background()
+        noise = self._rng.normal(0, NOISE_SIGMA, (h + 16, w + 16)).astype(np.int16)
+        self._still = self._encode(main_bg, noise, first_frame=0, frames=iperiod)
+        self._crossing = self._encode(
+            main_bg,
+            noise,
+            first_frame=self._cross_gop0 * iperiod,
+            frames=self._cross_gops * iperiod,
+        )
+        log.info(
+            "synthetic scene %dx%d at %d fps: an object crosses every %.0f s",
+            w,
+            h,
+            self._fps,
+            PERIOD_S,
+        )
+        return StreamInfo(w, h, Fraction(self._fps), s.rotation)
+
+    def _encode(
+        self,
+        bg: npt.NDArray[np.int16],
+        noise: npt.NDArray[np.int16],
+        first_frame: int,
+        frames: int,
+    ) -> list[Packet]:
+        import av
+
+        s = self._settings
+        w, h = s.resolution
+        enc = X264Encoder(
+            w,
+            h,
+            Fraction(self._fps),
+            s.encoding_bitrate,
+            s.encoding_profile,
+            self._gop,
+            preset="ultrafast",
+        )
+        chroma = np.full((h // 2, w), 128, np.uint8)
+        packets: list[Packet] = []
+        for i in range(frames):
+            t = (first_frame + i) / self._fps
+            luma = self._noisy(self._main.render(bg, t), noise)
+            frame = av.VideoFrame.from_ndarray(np.concatenate([luma, chroma]), format="yuv420p")
+            packets += enc.encode(frame, round(i * US / self._fps))
+        packets += enc.close()
+        return packets
+
+    def _noisy(
+        self, img: npt.NDArray[np.int16], noise: npt.NDArray[np.int16]
+    ) -> npt.NDArray[np.uint8]:
+        h, w = img.shape
+        dy, dx = self._rng.integers(0, 16, 2)
+        noisy = img + noise[dy : dy + h, dx : dx + w]
+        out: npt.NDArray[np.uint8] = np.clip(noisy, 0, 255).astype(np.uint8)
+        return out
+
+    def start(self, ring: PacketRing, port: AnalysisPort) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(ring, port), name="synthetic-camera", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, ring: PacketRing, port: AnalysisPort) -> None:
+        # Runs on the synthetic camera thread: it plays the part of the sensor and encoder.
+        try:
+            origin = monotonic_us()
+            i = 0
+            loop_frames = self._loop_gops * self._gop
+            cross0 = self._cross_gop0 * self._gop
+            cross1 = cross0 + self._cross_gops * self._gop
+            while not self._stop.is_set():
+                ts = origin + round(i * US / self._fps)
+                delay = (ts - monotonic_us()) / US
+                if delay > 0 and self._stop.wait(delay):
+                    break
+                k = i % loop_frames
+                if cross0 <= k < cross1:
+                    pkt = self._crossing[k - cross0]
+                else:
+                    pkt = self._still[k % self._gop]
+                ring.push(Packet(pkt.data, pkt.keyframe, ts))
+                self._t = k / self._fps
+                if port.due(ts):
+                    luma = self._noisy(self._lores.render(self._lores_bg, self._t), self._noise)
+                    port.submit(AnalysisFrame(luma, ts))
+                i += 1
+        except Exception as exc:  # the daemon restarts or exits; never die silently
+            log.exception("synthetic camera failed")
+            port.failed(exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def capture_jpeg(self) -> bytes:
+        import av
+
+        w, h = self._settings.resolution
+        luma = np.clip(self._main.render(self._main.background(), self._t), 0, 255)
+        yuv = np.concatenate([luma.astype(np.uint8), np.full((h // 2, w), 128, np.uint8)])
+        frame: Any = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        return encode_jpeg(frame)

@@ -1,0 +1,350 @@
+"""The clip directory: clips written safely, salvaged after a crash, kept under a quota.
+
+A clip is written under a hidden temporary name in the clip directory, as fragmented MP4
+(``frag_keyframe+empty_moov``: readable up to the last complete fragment even if the writer
+dies) or raw Annex-B H.264. When complete it is fsynced, renamed to its final name
+``{start_epoch}.motion.mp4`` (or ``.h264``) and the directory is fsynced, so a final name never
+points at a truncated file. At start, temporary files left by a crash are salvaged: the
+packets that can still be read are written again as a proper clip, and a file with nothing
+readable is removed. Every method blocks: the daemon calls them on its clip-writer thread.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from pinthesky.errors import ClipStoreError
+from pinthesky.media import US, Packet, StreamInfo
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+TIME_BASE = Fraction(1, 90_000)
+_FINAL = re.compile(r"^(\d+)(?:-(\d+))?\.motion\.(mp4|h264)$")
+_TEMP = re.compile(r"^\.(\d+)(?:-(\d+))?\.motion\.(mp4|h264)\.partial$")
+
+
+@dataclass(frozen=True, slots=True)
+class ClipInfo:
+    """A finished clip on disk."""
+
+    path: Path
+    start_epoch: int
+    duration: float
+    """Seconds from the first frame to the end of the last one."""
+    size: int
+    trigger: str
+    packets: int
+
+
+class ClipWriter:
+    """One clip being written. Not thread-safe: used from the clip-writer thread only."""
+
+    def __init__(
+        self, final: Path, info: StreamInfo, fmt: str, trigger: str, start_epoch: int
+    ) -> None:
+        self.final = final
+        self.temp = final.with_name("." + final.name + PARTIAL)
+        self.info = info
+        self.fmt = fmt
+        self.trigger = trigger
+        self.start_epoch = start_epoch
+        self._fh: Any = None
+        self._container: Any = None
+        self._stream: Any = None
+        self._pending: Packet | None = None
+        self._first_ts: int | None = None
+        self._last_ts = 0
+        self.packets = 0
+        self._frame_us = round(US / info.framerate) if info.framerate else US // 20
+
+    def write(self, packets: Iterable[Packet]) -> None:
+        for pkt in packets:
+            if self._first_ts is None:
+                if not pkt.keyframe:
+                    continue  # a clip must start decodable
+                self._first_ts = pkt.ts
+                self._open(pkt)
+            if pkt.ts <= self._last_ts and self.packets:
+                continue  # never go back in time inside one clip
+            if self.fmt == "h264":
+                self._fh.write(pkt.data)
+            else:
+                if self._pending is not None:
+                    self._mux(self._pending, pkt.ts - self._pending.ts)
+                self._pending = pkt
+            self._last_ts = pkt.ts
+            self.packets += 1
+
+    def _open(self, first: Packet) -> None:
+        if self.fmt == "h264":
+            self._fh = self.temp.open("wb")
+            return
+        import av
+
+        # The muxer needs the stream's SPS/PPS before the first fragment: read them from the
+        # first keyframe (picamera2's repeat=True puts them in front of every keyframe).
+        probe: Any = av.open(io.BytesIO(first.data), format="h264")
+        template = probe.streams.video[0]
+        self._container = av.open(
+            str(self.temp),
+            "w",
+            format="mp4",
+            options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
+        )
+        self._stream = self._container.add_stream_from_template(template)
+        self._stream.time_base = TIME_BASE
+        probe.close()
+
+    def _mux(self, pkt: Packet, duration_us: int) -> None:
+        import av
+
+        assert self._first_ts is not None
+        out = av.Packet(pkt.data)
+        out.pts = out.dts = _ticks(pkt.ts - self._first_ts)
+        out.duration = max(1, _ticks(duration_us))
+        out.time_base = TIME_BASE
+        out.is_keyframe = pkt.keyframe
+        out.stream = self._stream
+        self._container.mux(out)
+
+    @property
+    def duration(self) -> float:
+        if self._first_ts is None:
+            return 0.0
+        return (self._last_ts - self._first_ts + self._frame_us) / US
+
+    def close(self) -> ClipInfo | None:
+        """Finish the file and give it its final name; None if it holds no frame."""
+        if self._first_ts is None:
+            return None
+        if self.fmt == "h264":
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        else:
+            if self._pending is not None:
+                self._mux(self._pending, self._frame_us)
+                self._pending = None
+            self._container.close()
+            if self.info.rotation:
+                set_mp4_rotation(self.temp, self.info.rotation)
+            _fsync_path(self.temp)
+        os.replace(self.temp, self.final)
+        _fsync_path(self.final.parent)
+        size = self.final.stat().st_size
+        return ClipInfo(
+            self.final, self.start_epoch, self.duration, size, self.trigger, self.packets
+        )
+
+    def abort(self) -> None:
+        """Drop the clip (nothing was written that anyone could want)."""
+        for closer in (self._fh, self._container):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception:  # closing a half-written file after an I/O error
+                    log.debug("closing %s failed", self.temp, exc_info=True)
+        self.temp.unlink(missing_ok=True)
+
+
+def _ticks(us: int) -> int:
+    return (us * 9 + 50) // 100
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ClipStore:
+    """The clip directory with its quota. Methods block; call them off the event loop."""
+
+    def __init__(
+        self, directory: Path, fmt: str = "mp4", max_bytes: int = 1 << 30, min_free: int = 0
+    ) -> None:
+        self.directory = directory
+        self.fmt = fmt
+        self.max_bytes = max_bytes
+        self.min_free = min_free
+        self.evicted = 0
+
+    def prepare(self) -> None:
+        """Create the directory and prove it is writable; ClipStoreError otherwise."""
+        d = self.directory
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / ".pinthesky-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ClipStoreError(
+                f"clip directory {d}: not writable: {exc.strerror or exc}"
+            ) from None
+
+    def new_clip(self, start_epoch: int, info: StreamInfo, trigger: str) -> ClipWriter:
+        return ClipWriter(
+            self._free_name(start_epoch, self.fmt), info, self.fmt, trigger, start_epoch
+        )
+
+    def _free_name(self, epoch: int, fmt: str) -> Path:
+        # Two clips starting in the same second (a split, a manual capture) must not collide.
+        path = self.directory / f"{epoch}.motion.{fmt}"
+        n = 1
+        while path.exists() or path.with_name("." + path.name + PARTIAL).exists():
+            path = self.directory / f"{epoch}-{n}.motion.{fmt}"
+            n += 1
+        return path
+
+    def clips(self) -> list[Path]:
+        """Finished clips, oldest first."""
+        found = []
+        for entry in os.scandir(self.directory):
+            m = _FINAL.match(entry.name)
+            if m and entry.is_file():
+                found.append((int(m.group(1)), int(m.group(2) or 0), Path(entry.path)))
+        return [p for *_, p in sorted(found)]
+
+    def recover(self, info: StreamInfo) -> list[ClipInfo]:
+        """Salvage the temporary files a killed daemon left behind."""
+        saved = []
+        for entry in sorted(os.scandir(self.directory), key=lambda e: e.name):
+            m = _TEMP.match(entry.name)
+            if not m:
+                continue
+            path = Path(entry.path)
+            clip = self._salvage(path, int(m.group(1)), m.group(3), info)
+            if clip is None:
+                log.warning("removed %s: nothing playable in it", path.name)
+            else:
+                log.warning("salvaged %s as %s (%.1f s)", path.name, clip.path.name, clip.duration)
+                saved.append(clip)
+            path.unlink(missing_ok=True)
+        return saved
+
+    def _salvage(self, path: Path, epoch: int, fmt: str, info: StreamInfo) -> ClipInfo | None:
+        import av
+
+        packets: list[Packet] = []
+        try:
+            with av.open(str(path), format="mp4" if fmt == "mp4" else "h264") as container:
+                stream = container.streams.video[0]
+                bsf = None
+                if fmt == "mp4":
+                    bsf = av.BitStreamFilterContext("h264_mp4toannexb", stream)
+                frame_us = round(US / (stream.average_rate or info.framerate or 20))
+                for n, pkt in enumerate(container.demux(stream)):
+                    if pkt.size == 0:
+                        continue
+                    out = bsf.filter(pkt) if bsf is not None else [pkt]
+                    for p in out:
+                        ts = round(p.pts * p.time_base * US) if p.pts is not None else n * frame_us
+                        packets.append(Packet(bytes(p), bool(p.is_keyframe), ts))
+        except (av.FFmpegError, OSError, IndexError) as exc:
+            log.debug("reading %s stopped: %s", path, exc)
+        # The last packet of a killed writer may be cut short: leave it out.
+        packets = packets[:-1]
+        if not any(p.keyframe for p in packets):
+            return None
+        writer = ClipWriter(
+            self._free_name(epoch, fmt), info, fmt, trigger="motion", start_epoch=epoch
+        )
+        writer.temp = path.with_name(path.name + ".salvage")
+        try:
+            writer.write(packets)
+            return writer.close()
+        except (av.FFmpegError, OSError) as exc:
+            log.warning("could not salvage %s: %s", path.name, exc)
+            writer.abort()
+            return None
+
+    def enforce_quota(self, keep: Path | None = None) -> list[Path]:
+        """Evict the oldest clips while over the byte quota or under the free-space floor."""
+        evicted = []
+        clips = self.clips()
+        sizes = {p: p.stat().st_size for p in clips}
+        total = sum(sizes.values())
+        free = shutil.disk_usage(self.directory).free
+        for path in clips:
+            over = total > self.max_bytes
+            short = free < self.min_free
+            if not (over or short) or path == keep or path == clips[-1]:
+                break
+            size = sizes[path]
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            total -= size
+            free += size
+            self.evicted += 1
+            evicted.append(path)
+            log.warning(
+                "evicted %s (%d bytes): %s",
+                path.name,
+                size,
+                f"clips use more than {self.max_bytes} bytes"
+                if over
+                else f"less than {self.min_free} bytes free",
+            )
+        return evicted
+
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.clips())
+
+
+# -- MP4 display rotation -----------------------------------------------------------------
+# The Pi's ISP cannot turn a picture by 90 degrees, so the clip says how to display it: the
+# track header's transformation matrix, which players and browsers honour.
+
+_MATRICES = {
+    0: (0x10000, 0, 0, 0x10000),
+    90: (0, 0x10000, -0x10000, 0),
+    180: (-0x10000, 0, 0, -0x10000),
+    270: (0, -0x10000, 0x10000, 0),
+}
+
+
+def set_mp4_rotation(path: Path, rotation: int) -> None:
+    """Write the display matrix of every track header (``tkhd``) in the file's ``moov``."""
+    a, b, c, d = _MATRICES[rotation]
+    with path.open("r+b") as fh:
+        head = fh.read(1 << 16)
+        for offset in _find_boxes(head, b"tkhd", (b"moov", b"trak")):
+            version = head[offset + 8]
+            # tkhd: size, type, version/flags, then (v0) 4x4-byte or (v1) 8+8+4+4+8 bytes of
+            # times/ids, 8 reserved, layer, group, volume, reserved: the matrix follows.
+            matrix_at = offset + 8 + 4 + (32 if version == 1 else 20) + 8 + 8
+            fh.seek(matrix_at)
+            fh.write(struct.pack(">iiiiiiiii", a, b, 0, c, d, 0, 0, 0, 0x40000000))
+
+
+def _find_boxes(
+    data: bytes, kind: bytes, path: tuple[bytes, ...], start: int = 0, end: int | None = None
+) -> list[int]:
+    end = len(data) if end is None else end
+    found = []
+    pos = start
+    while pos + 8 <= end:
+        size, box = struct.unpack(">I4s", data[pos : pos + 8])
+        if size < 8:
+            break
+        if path and box == path[0]:
+            found += _find_boxes(data, kind, path[1:], pos + 8, min(end, pos + size))
+        elif not path and box == kind:
+            found.append(pos)
+        pos += size
+    return found

@@ -1,0 +1,262 @@
+"""The composition root: builds every component from the settings, runs them, stops them.
+
+Event flow (one asyncio loop owns all state; the camera's threads only push into the ring
+and hand analysis frames over through the ``AnalysisPort``):
+
+    camera thread --packets--> PacketRing <--reads-- Recorder --writer thread--> ClipStore
+    camera thread --analysis frames--> MotionAnalyzer -> MotionTracker -> Recorder
+    Recorder --ClipReady--> EventBus --> (uploader, event output: later issues)
+
+Start order: clip directory checked, camera opened, crash leftovers salvaged, camera started.
+Stop order (SIGTERM/SIGINT, end of a replayed file, or a failure): stop taking frames, stop the
+camera, finish the open clip, wait for the disk. A failure exits non-zero so systemd restarts
+the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pinthesky.bus import EventBus, MotionDetected
+from pinthesky.camera import AnalysisPort, Camera, make_camera
+from pinthesky.clips import ClipStore
+from pinthesky.errors import PintheskyError, SourceError
+from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us
+from pinthesky.motion import MotionAnalyzer, MotionStarted, MotionTracker
+from pinthesky.recorder import Recorder
+from pinthesky.ring import PacketRing
+from pinthesky.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STALL_SECONDS = 10.0
+"""A live camera that delivers no frame for this long is broken (loose ribbon, dead ISP)."""
+STATUS_EVERY = 60.0
+"""Seconds between status lines in the log."""
+
+
+@dataclass
+class Stats:
+    """Counters for the status line (and, later, health and metrics)."""
+
+    started: float = field(default_factory=time.monotonic)
+    first_frame_after: float | None = None
+    frames_analysed: int = 0
+    analysis_seconds: float = 0.0
+    motion_events: int = 0
+    lighting_frames: int = 0
+
+
+class Daemon:
+    """One running camera daemon. ``run`` returns the process exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        camera: Camera | None = None,
+        bus: EventBus | None = None,
+        process_start: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.camera = camera
+        self.bus = bus or EventBus()
+        self.stats = Stats()
+        self.process_start = process_start or time.monotonic()
+        self.store = ClipStore(
+            settings.storage.combine_dir,
+            settings.storage.clip_format,
+            settings.storage.max_bytes,
+            settings.storage.min_free,
+        )
+        self._stop = asyncio.Event()
+        self._exit_code = 0
+        self._last_frame_ts: int | None = None
+        self.recorder: Recorder | None = None
+        self.ring: PacketRing | None = None
+        self.info: StreamInfo | None = None
+        self.started = asyncio.Event()
+
+    def request_stop(self, code: int = 0, why: str = "") -> None:
+        if not self._stop.is_set():
+            if why:
+                (log.error if code else log.info)("stopping: %s", why)
+            self._exit_code = code
+            self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        await asyncio.to_thread(self.store.prepare)
+        camera = self.camera or make_camera(s)
+        self.camera = camera
+        info = await asyncio.to_thread(camera.open)
+        self.info = info
+        await asyncio.to_thread(self.store.recover, info)
+        await asyncio.to_thread(self.store.enforce_quota)
+
+        rec = s.recorder
+        # How far back a clip may need to reach: pre-roll, plus the time to confirm motion,
+        # plus the look-back for its onset and a keyframe interval of slack.
+        iperiod_s = s.camera.iperiod / float(info.framerate)
+        retain = rec.pre_roll + s.motion.min_time + 2.0 + 2 * iperiod_s
+        ring = PacketRing(round(retain * US), max_bytes=s.camera.buffer_size)
+        self.ring = ring
+        analyzer = MotionAnalyzer(s.camera.lores, s.camera.resolution, s.motion, info.rotation)
+        tracker = MotionTracker(s.camera.sensitivity, s.motion.min_time, quiet=rec.post_roll)
+        clock = Clock.now(monotonic_us())
+        self.clock = clock
+        port = AnalysisPort(
+            loop,
+            handler=lambda frame: self._on_frame(frame, analyzer, tracker),
+            analysis_fps=s.motion.analysis_fps,
+            frame_period_us=round(US / info.framerate),
+            lossless=camera.name == "file",
+            on_end=self._on_source_end,
+        )
+        recorder = Recorder(
+            rec,
+            ring,
+            self.store,
+            info,
+            clock,
+            self.bus,
+            s.camera.recording_window,
+            analysis_interval_us=port.interval_us,
+        )
+        self.recorder = recorder
+        self._tracker = tracker
+
+        def first_packet() -> None:
+            # Encoder thread: cross into the loop.
+            loop.call_soon_threadsafe(self._first_frame)
+
+        ring.on_first_packet = first_packet
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, 0, f"signal {sig.name}")
+        log.info(
+            "pinthesky started: %s source %dx%d at %.3g fps, pre-roll %.1f s, post-roll %.1f s,"
+            " clips in %s",
+            camera.name,
+            info.width,
+            info.height,
+            float(info.framerate),
+            rec.pre_roll,
+            rec.post_roll,
+            s.storage.combine_dir,
+        )
+        await asyncio.to_thread(camera.start, ring, port)
+        self.started.set()
+        watchdog = asyncio.create_task(self._watch(camera), name="watchdog")
+        try:
+            await self._stop.wait()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            port.close()
+            await asyncio.to_thread(camera.stop)
+            if self._last_frame_ts is not None:
+                recorder.on_motion(tracker.finish(), self._last_frame_ts)
+            await recorder.close()
+            ring_stats = ring.stats()
+            log.info(
+                "pinthesky stopped: %d clips recorded, %d motion events, %d frames analysed",
+                recorder.clips_recorded,
+                self.stats.motion_events,
+                self.stats.frames_analysed,
+            )
+            if ring_stats.dropped_unread:
+                log.error(
+                    "%d packets were dropped before the clip writer could save them",
+                    ring_stats.dropped_unread,
+                )
+        return self._exit_code
+
+    # -- loop callbacks ---------------------------------------------------------------------
+
+    def _first_frame(self) -> None:
+        self.stats.first_frame_after = time.monotonic() - self.process_start
+        log.info("first frame buffered %.2f s after start", self.stats.first_frame_after)
+
+    def _on_frame(
+        self, frame: AnalysisFrame, analyzer: MotionAnalyzer, tracker: MotionTracker
+    ) -> None:
+        try:
+            t0 = time.perf_counter()
+            score = analyzer.analyse(frame.luma, frame.ts)
+            self.stats.analysis_seconds += time.perf_counter() - t0
+            self.stats.frames_analysed += 1
+            self.stats.lighting_frames += score.lighting
+            self._last_frame_ts = frame.ts
+            events = tracker.update(score)
+            for ev in events:
+                if isinstance(ev, MotionStarted):
+                    self.stats.motion_events += 1
+                    self.bus.publish(
+                        MotionDetected(self.clock.epoch(ev.onset), self.clock.epoch(ev.declared))
+                    )
+            assert self.recorder is not None
+            self.recorder.on_motion(events, frame.ts)
+        except Exception:
+            log.exception("analysing a frame failed")
+            self.request_stop(1, "the analysis pipeline failed")
+
+    def _on_source_end(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.request_stop(0, "end of the video")
+        else:
+            self.request_stop(1, f"camera failed: {exc}")
+
+    async def _watch(self, camera: Camera) -> None:
+        """Exit (for systemd to restart us) when a live camera stops delivering frames, and
+        log a status line now and then."""
+        last_status = time.monotonic()
+        last_seen = self.ring.newest_ts() if self.ring else None
+        last_change = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            newest = self.ring.newest_ts() if self.ring else None
+            if newest != last_seen:
+                last_seen, last_change = newest, now
+            elif camera.name != "file" and now - last_change > STALL_SECONDS:
+                self.request_stop(1, f"camera delivered no frame for {STALL_SECONDS:.0f} s")
+                return
+            if now - last_status >= STATUS_EVERY:
+                last_status = now
+                self._log_status()
+
+    def _log_status(self) -> None:
+        assert self.ring is not None and self.recorder is not None
+        r = self.ring.stats()
+        per_frame = self.stats.analysis_seconds / max(1, self.stats.frames_analysed)
+        log.info(
+            "status: buffer %.1f s / %.1f MB, %d frames analysed (%.0f us each), "
+            "%d motion events, %d clips, %d clips evicted",
+            r.seconds,
+            r.bytes / 1e6,
+            self.stats.frames_analysed,
+            per_frame * 1e6,
+            self.stats.motion_events,
+            self.recorder.clips_recorded,
+            self.store.evicted,
+        )
+
+
+async def run(settings: Settings, process_start: float | None = None, **kwargs: Any) -> int:
+    """Run the daemon until stopped; returns the exit code."""
+    daemon = Daemon(settings, process_start=process_start, **kwargs)
+    try:
+        return await daemon.run()
+    except SourceError:
+        raise
+    except PintheskyError:
+        raise

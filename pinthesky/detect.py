@@ -1,0 +1,211 @@
+"""``pinthesky detect VIDEO``: run the daemon's motion analysis over a recorded video.
+
+It is how a user tunes ``--sensitivity`` and friends: the same analyzer, tracker and analysis
+rate as the daemon, reporting when motion events start and end. ``--json`` prints one JSON
+document, ``--plot FILE.png`` draws the score over time with the threshold and the events.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from pinthesky.camera.base import RateGate
+from pinthesky.errors import PintheskyError, SourceError
+from pinthesky.media import US
+from pinthesky.motion import (
+    MotionAnalyzer,
+    MotionEnded,
+    MotionStarted,
+    MotionTracker,
+    Score,
+)
+from pinthesky.settings import Settings
+
+
+@dataclass
+class Event:
+    start: float
+    """Seconds from the start of the video to the first frame in which the motion was seen."""
+    declared: float
+    """When the motion had persisted long enough to count."""
+    end: float
+    """The last moment motion was seen."""
+
+
+@dataclass
+class Detection:
+    events: list[Event] = field(default_factory=list)
+    scores: list[Score] = field(default_factory=list)
+    frames: int = 0
+    analysis_us_per_frame: float = 0.0
+    origin: int = 0
+
+    def seconds(self, ts: int) -> float:
+        return round((ts - self.origin) / US, 3)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "events": [
+                {"start": e.start, "end": e.end, "declared": e.declared} for e in self.events
+            ],
+            "frames": self.frames,
+            "analysis_us_per_frame": round(self.analysis_us_per_frame, 2),
+        }
+
+
+def detect(path: Path, settings: Settings) -> Detection:
+    """Analyse ``path`` exactly as the daemon would; SourceError if it cannot be read."""
+    import av
+
+    s = settings
+    lw, lh = s.camera.lores
+    analyzer = MotionAnalyzer(s.camera.lores, s.camera.resolution, s.motion, s.camera.rotation)
+    tracker = MotionTracker(s.camera.sensitivity, s.motion.min_time, quiet=s.recorder.post_roll)
+    result = Detection()
+    spent = 0.0
+    open_event: Event | None = None
+    try:
+        container: Any = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise SourceError(f"{path}: cannot read video: {exc}") from None
+    with container:
+        if not container.streams.video:
+            raise SourceError(f"{path}: cannot read video: no video stream in the file")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate or Fraction(s.camera.framerate)
+        gate = RateGate(s.motion.analysis_fps, round(US / rate))
+        t0: float | None = None
+        n = 0
+        try:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else n / float(rate)
+                n += 1
+                if t0 is None:
+                    t0 = t
+                ts = round((t - t0) * US)
+                if not gate.due(ts):
+                    continue
+                luma = frame.reformat(width=lw, height=lh, format="gray").to_ndarray()
+                c0 = time.perf_counter()
+                score = analyzer.analyse(luma, ts)
+                spent += time.perf_counter() - c0
+                result.scores.append(score)
+                result.frames += 1
+                for ev in tracker.update(score):
+                    open_event = _apply(result, ev, open_event)
+        except av.FFmpegError as exc:
+            if n == 0:
+                raise SourceError(f"{path}: cannot read video: {exc}") from None
+            print(f"{path}: stopped reading at frame {n}: {exc}", file=sys.stderr)
+        if n == 0:
+            raise SourceError(f"{path}: cannot read video: no frames")
+    for ev in tracker.finish():
+        open_event = _apply(result, ev, open_event)
+    result.analysis_us_per_frame = spent / max(1, result.frames) * 1e6
+    return result
+
+
+def _apply(result: Detection, ev: object, open_event: Event | None) -> Event | None:
+    if isinstance(ev, MotionStarted):
+        e = Event(
+            result.seconds(ev.onset), result.seconds(ev.declared), result.seconds(ev.declared)
+        )
+        result.events.append(e)
+        return e
+    if isinstance(ev, MotionEnded) and open_event is not None:
+        open_event.end = result.seconds(ev.last_seen)
+        return None
+    return open_event
+
+
+def timeline(result: Detection) -> str:
+    lines = [f"{result.frames} frames analysed, {result.analysis_us_per_frame:.0f} us each"]
+    if not result.events:
+        lines.append("no motion")
+    for i, e in enumerate(result.events, 1):
+        lines.append(
+            f"event {i}: {_clock(e.start)} - {_clock(e.end)} ({e.end - e.start:.1f} s; "
+            f"confirmed at {_clock(e.declared)})"
+        )
+    lighting = sum(1 for sc in result.scores if sc.lighting)
+    if lighting:
+        lines.append(f"{lighting} frames ignored as lighting changes")
+    peak = max((sc.blocks for sc in result.scores), default=0.0)
+    lines.append(f"highest score {peak:.0f} macroblocks (motion is above the sensitivity)")
+    return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(seconds, 60)
+    return f"{int(m):02d}:{s:05.2f}"
+
+
+def plot(result: Detection, settings: Settings, out: Path) -> None:
+    """Draw the score over time, the threshold and the events into a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PintheskyError(
+            "--plot needs matplotlib (pip install matplotlib, or apt install python3-matplotlib)"
+        ) from None
+    xs = [result.seconds(sc.ts) for sc in result.scores]
+    ys = [sc.blocks for sc in result.scores]
+    fig, ax = plt.subplots(figsize=(12, 4), dpi=100)
+    for e in result.events:
+        ax.axvspan(e.start, e.end, color="tab:orange", alpha=0.25)
+    ax.plot(xs, ys, color="tab:blue", linewidth=1, label="moving macroblocks")
+    sens = settings.camera.sensitivity
+    ax.axhline(sens, color="tab:red", linestyle="--", label=f"sensitivity {sens}")
+    light = [x for x, sc in zip(xs, result.scores, strict=True) if sc.lighting]
+    if light:
+        ax.plot(light, [0] * len(light), "v", color="gold", label="lighting change")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("moving macroblocks")
+    ax.set_title(f"motion score ({len(result.events)} events shaded)")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str]) -> int:
+    from pinthesky.cli import PROG, build_parser, load_settings
+
+    parser = build_parser(
+        f"{PROG} detect",
+        "Run the motion analysis over a recorded video, to tune the settings.",
+    )
+    parser.add_argument("video", type=Path, help="the video file to analyse")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="draw the score over time with the threshold and the events",
+    )
+    ns = parser.parse_args(list(argv))
+    cfg = load_settings(ns)
+    assert isinstance(cfg, Settings)
+    try:
+        result = detect(ns.video, cfg)
+        if ns.plot is not None:
+            plot(result, cfg, ns.plot)
+    except PintheskyError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    if ns.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(timeline(result))
+    return 0

@@ -1,0 +1,289 @@
+"""Motion analysis in pure numpy, cheap enough for a Pi Zero.
+
+Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
+
+1. Compare with the previous analysed frame pixel by pixel, without uint8 wrap-around.
+   A global brightness change (auto-exposure, dusk, a light switched on) is first compensated
+   by scaling the previous frame to the current mean through a 256-entry table.
+2. Count pixels whose change exceeds the noise level. The level adapts to the sensor: the
+   median absolute difference of a sparse sample estimates the noise, and pixels must change
+   by ``NOISE_SIGMAS`` times that (never less than ``noise_level``).
+3. Group changed pixels into cells of 8x8 picture pixels: eight boolean bytes are read as one
+   64-bit word, the eight rows of a cell are added word-wise, and one multiplication sums
+   the bytes of the word. A cell moves when enough of its pixels changed, so isolated noisy pixels
+   never add up to motion. Masked cells are ignored.
+4. Score the frame in moving 16x16 macroblocks *of the main resolution*, which is what
+   ``sensitivity`` has always meant; motion is a score above ``sensitivity``.
+5. When a large part of the picture changes at once even after compensation, it is a lighting
+   change (a lamp, an IR switch), not motion: the frame scores nothing.
+
+``MotionTracker`` turns scores into events: motion must persist ``min_time`` seconds (on frame
+timestamps, not a frame count) to start an event, which ends once no motion was seen for
+``quiet`` seconds. The event's onset is the first frame in which motion was seen, looking back
+through the frames that led up to the decision.
+
+Rotation needs no work per frame: motion in a rotated picture is the same motion, so only the
+mask is turned into the sensor's orientation, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from pinthesky.errors import ConfigError
+from pinthesky.media import US
+from pinthesky.settings import MotionSettings, Resolution
+
+log = logging.getLogger(__name__)
+
+CELL = 8
+"""Cell size in analysis pixels (eight booleans make one 64-bit word)."""
+CELL_MIN_CHANGED = 6
+"""Changed pixels (of 64) that make a cell move."""
+NOISE_SIGMAS = 3.0
+"""Pixels must change by this many noise standard deviations of a frame difference."""
+NOISE_EVERY = 4
+"""Re-estimate the noise every this many frames (a median is the costly part)."""
+GAIN_TRIGGER = 3.0
+"""Mean brightness change (luma levels) above which the previous frame is rescaled."""
+
+_BYTE_SUM = np.uint64(0x0101010101010101)
+"""Multiplying by this adds up the eight bytes of a word into its top byte."""
+_TOP_BYTE = np.uint64(56)
+
+U8 = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    ts: int
+    """Frame timestamp, microseconds."""
+    blocks: float
+    """Moving macroblocks at the main resolution."""
+    cells: int
+    """Moving analysis cells."""
+    lighting: bool = False
+    """The frame was a lighting change and scores nothing."""
+    noise: int = 0
+    """The pixel change threshold in force."""
+
+
+class MotionAnalyzer:
+    """Scores each analysis frame in moving macroblocks. Not thread-safe: one caller."""
+
+    def __init__(
+        self,
+        lores: Resolution,
+        main: Resolution,
+        settings: MotionSettings,
+        rotation: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.rows = lores.height // CELL
+        self.cols = lores.width // CELL
+        self._h = self.rows * CELL
+        self._w = self.cols * CELL
+        # One analysis cell covers this many 16x16 macroblocks of the main picture.
+        self.blocks_per_cell = (CELL * main.width / lores.width / 16) * (
+            CELL * main.height / lores.height / 16
+        )
+        self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
+        self.live_cells = int(self.cell_mask.sum())
+        self._prev: U8 | None = None
+        self._prev_mean = 0.0
+        self._noise = float(settings.noise_level)
+        self._frames = 0
+
+    def reset(self) -> None:
+        self._prev = None
+
+    @property
+    def noise_level(self) -> int:
+        return round(self._noise)
+
+    def analyse(self, luma: U8, ts: int) -> Score:
+        cur = luma[: self._h, : self._w]
+        mean = float(cur[::8, ::8].mean())
+        prev = self._prev
+        prev_mean = self._prev_mean
+        self._prev = cur
+        self._prev_mean = mean
+        self._frames += 1
+        if prev is None:
+            return Score(ts, 0.0, 0, noise=self.noise_level)
+        if abs(mean - prev_mean) > GAIN_TRIGGER and prev_mean > 1.0:
+            # Exposure or light level moved: compare against the previous frame brought to
+            # today's brightness, so that only changes of the picture's content count.
+            table = np.clip(np.arange(256) * (mean / prev_mean) + 0.5, 0, 255).astype(np.uint8)
+            prev = table[prev]
+        # |cur - prev| without wrapping around in uint8.
+        diff = np.maximum(cur, prev)
+        diff -= np.minimum(cur, prev)
+        if self._frames % NOISE_EVERY == 0:
+            self._update_noise(diff)
+        changed = diff > self.noise_level
+        # Each uint64 holds the 0/1 bytes of 8 neighbouring pixels; summing the 8 rows of a
+        # cell keeps every byte <= 8, and the multiply folds the bytes into a count <= 64.
+        words = changed.view(np.uint64).reshape(self.rows, CELL, self.cols)
+        cells = (words.sum(axis=1, dtype=np.uint64) * _BYTE_SUM) >> _TOP_BYTE
+        moving = cells >= CELL_MIN_CHANGED
+        moving &= self.cell_mask
+        n = int(np.count_nonzero(moving))
+        if self.live_cells and n > self.settings.lightswitch * self.live_cells:
+            return Score(ts, 0.0, n, lighting=True, noise=self.noise_level)
+        return Score(ts, n * self.blocks_per_cell, n, noise=self.noise_level)
+
+    def _update_noise(self, diff: U8) -> None:
+        sample = diff[2::4, 2::4].ravel()
+        mid = sample.size // 2
+        median = float(np.partition(sample, mid)[mid])
+        # For Gaussian noise the median absolute value is 0.6745 sigma; smooth over time so
+        # one busy frame does not swing the threshold.
+        estimate = max(float(self.settings.noise_level), NOISE_SIGMAS * median / 0.6745)
+        self._noise += 0.3 * (estimate - self._noise)
+
+
+def build_cell_mask(
+    settings: MotionSettings,
+    lores: Resolution,
+    main: Resolution,
+    rotation: int,
+    rows: int,
+    cols: int,
+) -> npt.NDArray[np.bool_]:
+    """Which analysis cells count: False where the mask image is dark or a rectangle covers.
+
+    The mask image and rectangles are drawn on the picture as the viewer sees it (rotated);
+    the analysis runs on the sensor's orientation, so the mask is turned back once here.
+    """
+    turns = (rotation // 90) % 4
+    # Viewer's picture size at the main resolution.
+    vw, vh = (main.height, main.width) if turns % 2 else (main.width, main.height)
+    keep = np.ones((vh, vw), dtype=bool)
+    if settings.mask is not None:
+        keep &= load_mask_image(settings.mask, vw, vh)
+    for r in settings.mask_rects:
+        keep[r.y : r.y + r.h, r.x : r.x + r.w] = False
+    # Back to sensor orientation: the viewer sees the sensor turned clockwise by `rotation`.
+    keep = np.rot90(keep, k=turns)
+    sensor_h, sensor_w = keep.shape
+    # A cell counts when most of the main-resolution pixels it covers are kept.
+    ys = (np.arange(rows) + 0.5) * CELL * sensor_h / lores.height
+    xs = (np.arange(cols) + 0.5) * CELL * sensor_w / lores.width
+    cell = keep[np.clip(ys.astype(int), 0, sensor_h - 1)][
+        :, np.clip(xs.astype(int), 0, sensor_w - 1)
+    ]
+    return np.ascontiguousarray(cell)
+
+
+def load_mask_image(path: Path, width: int, height: int) -> npt.NDArray[np.bool_]:
+    """A mask image scaled to ``width`` x ``height``: True where the picture is analysed."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+            gray = frame.reformat(width=width, height=height, format="gray").to_ndarray()
+    except (av.FFmpegError, OSError, StopIteration) as exc:
+        raise ConfigError([f"motion.mask = '{path}': cannot read image: {exc}"]) from None
+    return np.asarray(gray >= 128)
+
+
+@dataclass(frozen=True, slots=True)
+class MotionStarted:
+    """Motion persisted long enough: an event starts."""
+
+    onset: int
+    """Timestamp of the first frame in which this motion was seen (µs)."""
+    declared: int
+    """Timestamp of the frame that confirmed it (µs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MotionSeen:
+    """Motion seen in a frame while an event is on."""
+
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class MotionEnded:
+    """No motion for ``quiet`` seconds: the event is over."""
+
+    last_seen: int
+    """Timestamp of the last frame with motion (µs)."""
+
+
+MotionEvent = MotionStarted | MotionSeen | MotionEnded
+
+
+class MotionTracker:
+    """Turns per-frame scores into motion events, on frame timestamps only."""
+
+    def __init__(self, sensitivity: int, min_time: float, quiet: float) -> None:
+        self.sensitivity = sensitivity
+        self.min_time_us = round(min_time * US)
+        self.quiet_us = round(quiet * US)
+        self._candidate: int | None = None
+        self._active = False
+        self._last_seen = 0
+        # Recent (ts, blocks) to find where a confirmed motion really started.
+        self._recent: deque[tuple[int, float]] = deque(maxlen=64)
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def update(self, score: Score) -> list[MotionEvent]:
+        moving = not score.lighting and score.blocks > self.sensitivity
+        # While an event is on, half the sensitivity keeps it going (hysteresis), so a
+        # walker who is briefly small in the picture does not split the event.
+        ongoing = not score.lighting and score.blocks > self.sensitivity / 2
+        events: list[MotionEvent] = []
+        if self._active:
+            if ongoing:
+                self._last_seen = score.ts
+                events.append(MotionSeen(score.ts))
+            elif score.ts - self._last_seen >= self.quiet_us:
+                self._active = False
+                events.append(MotionEnded(self._last_seen))
+        elif self._candidate is not None and (ongoing or moving):
+            if score.ts - self._candidate >= self.min_time_us:
+                events.append(self._start(score.ts))
+        elif moving:
+            self._candidate = score.ts
+            if self.min_time_us == 0:
+                events.append(self._start(score.ts))
+        else:
+            self._candidate = None
+        self._recent.append((score.ts, 0.0 if score.lighting else score.blocks))
+        return events
+
+    def _start(self, ts: int) -> MotionStarted:
+        assert self._candidate is not None
+        onset = self._candidate
+        # Walk back over the frames just before the candidate that already showed some
+        # movement (a walker entering the picture is small at first).
+        for past_ts, blocks in reversed(self._recent):
+            if past_ts >= onset:
+                continue
+            if blocks <= self.sensitivity / 4 or onset - past_ts > 2 * US:
+                break
+            onset = past_ts
+        self._candidate = None
+        self._active = True
+        self._last_seen = ts
+        return MotionStarted(onset, ts)
+
+    def finish(self) -> list[MotionEvent]:
+        """End an open event (end of a replayed file)."""
+        if self._active:
+            self._active = False
+            return [MotionEnded(self._last_seen)]
+        return []

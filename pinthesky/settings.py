@@ -1,0 +1,943 @@
+"""Settings: every option once, validated once at the edge, then frozen.
+
+One table (``OPTIONS``) names each setting by its key path (the TOML file and shadow section
+names), its command-line flag (the 0.9.1 daemon's flags keep their names and defaults), its
+default, what it accepts and what it means. The command line, the environment variables the
+old daemon read, and the ``--config`` TOML file all feed the same table; a value is parsed and
+checked by the same function whatever its origin, and every problem is reported as one line
+naming the key, the value and what is allowed.
+
+Precedence, lowest first: built-in defaults, the old daemon's environment variables, the TOML
+file, the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pinthesky.errors import ConfigError
+
+
+class Resolution(NamedTuple):
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+class Rect(NamedTuple):
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def __str__(self) -> str:
+        return f"{self.x},{self.y},{self.w},{self.h}"
+
+
+class Window(NamedTuple):
+    """Recording window in local hours, end hour inclusive; may wrap midnight (22-6)."""
+
+    start: int
+    end: int
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end}"
+
+    def contains(self, hour: int) -> bool:
+        if self.start <= self.end:
+            return self.start <= hour <= self.end
+        return hour >= self.start or hour <= self.end
+
+
+# -- value parsers: each takes a raw value (a string from the CLI, or a TOML value) and returns
+# the typed value or raises ValueError with the "what is allowed" part of the message.
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"must be a whole number from {lo} to {hi}")
+        try:
+            n = int(v, 10) if isinstance(v, str) else int(v)
+            if isinstance(v, float) and v != n:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a whole number from {lo} to {hi}") from None
+        if not lo <= n <= hi:
+            raise ValueError(f"must be a whole number from {lo} to {hi}")
+        return n
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(v: Any) -> float:
+        if isinstance(v, bool):
+            raise ValueError(f"must be a number from {lo:g} to {hi:g}")
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number from {lo:g} to {hi:g}") from None
+        if not lo <= x <= hi:  # also rejects NaN
+            raise ValueError(f"must be a number from {lo:g} to {hi:g}")
+        return x
+
+    return parse
+
+
+def _optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(v: Any) -> Any:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none", "null")):
+            return None
+        return inner(v)
+
+    return parse
+
+
+def _choice(*allowed: Any) -> Callable[[Any], Any]:
+    def parse(v: Any) -> Any:
+        for a in allowed:
+            if isinstance(a, int) and not isinstance(v, bool):
+                try:
+                    if int(str(v), 10) == a:
+                        return a
+                except ValueError:
+                    continue
+            elif isinstance(a, str) and isinstance(v, str) and v.strip().lower() == a.lower():
+                return a
+        raise ValueError("must be one of " + ", ".join(str(a) for a in allowed))
+
+    return parse
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(v, str) and v.strip().lower() in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("must be a non-empty string")
+    return v.strip()
+
+
+def _resolution(lo: int, hi: int) -> Callable[[Any], Resolution]:
+    def parse(v: Any) -> Resolution:
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(v))
+        allowed = f"must be WIDTHxHEIGHT with even numbers from {lo} to {hi}, e.g. 640x480"
+        if not m:
+            raise ValueError(allowed)
+        w, h = int(m.group(1)), int(m.group(2))
+        if w % 2 or h % 2 or not (lo <= w <= hi and lo <= h <= hi):
+            raise ValueError(allowed)
+        return Resolution(w, h)
+
+    return parse
+
+
+def _window(v: Any) -> Window:
+    m = re.fullmatch(r"\s*(\d{1,2})\s*-\s*(\d{1,2})\s*", str(v))
+    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 23:
+        raise ValueError("must be START-END in hours 0-23 (end inclusive), e.g. 8-18 or 22-6")
+    return Window(int(m.group(1)), int(m.group(2)))
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _bytes(v: Any) -> int:
+    allowed = "must be a size in bytes, optionally with K, M or G (e.g. 512M, 2G)"
+    if isinstance(v, bool):
+        raise ValueError(allowed)
+    if isinstance(v, int):
+        n = v
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", str(v))
+        if not m:
+            raise ValueError(allowed)
+        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if n < 0:
+        raise ValueError(allowed)
+    return n
+
+
+def _rects(v: Any) -> tuple[Rect, ...]:
+    allowed = "must be rectangles X,Y,W,H in pixels of the picture, separated by ';'"
+    items = v if isinstance(v, list | tuple) else [p for p in str(v).split(";") if p.strip()]
+    out = []
+    for item in items:
+        parts = item if isinstance(item, list | tuple) else str(item).split(",")
+        try:
+            x, y, w, h = (int(str(p).strip()) for p in parts)
+        except ValueError:
+            raise ValueError(allowed) from None
+        if w <= 0 or h <= 0 or x < 0 or y < 0:
+            raise ValueError(allowed)
+        out.append(Rect(x, y, w, h))
+    return tuple(out)
+
+
+def _source(v: Any) -> str:
+    s = _text(v)
+    return s.lower() if s.lower() in ("auto", "synthetic", "picamera2") else s
+
+
+def _path(v: Any) -> Path:
+    return Path(_text(v))
+
+
+PROFILES = ("baseline", "main", "extended", "high", "constrained")
+LEVELS = ("1", "1b", "1.1", "1.2", "1.3", "2", "2.1", "2.2", "3", "3.1", "3.2", "4", "4.1", "4.2")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "FATAL")
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    """Key path: ``section.name`` in TOML (and in the shadow where the section exists there)."""
+    flag: str | None
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    env: str | None = None
+    """An environment variable the 0.9.1 daemon read for this option."""
+    switch: bool = False
+    """A flag without a value (``store_true``); ``invert`` flips its meaning."""
+    invert: bool = False
+    metavar: str | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    # camera: the shadow's camera section
+    Option(
+        "camera.resolution",
+        "--resolution",
+        _resolution(64, 4096),
+        "640x480",
+        "main stream resolution WIDTHxHEIGHT",
+    ),
+    Option("camera.framerate", "--framerate", _int(1, 120), 20, "frames per second"),
+    Option(
+        "camera.rotation",
+        "--rotation",
+        _choice(0, 90, 180, 270),
+        0,
+        "rotation of the mounted camera: 0, 90, 180 or 270",
+    ),
+    Option(
+        "camera.encoding_bitrate",
+        "--encoding-bitrate",
+        _int(64_000, 60_000_000),
+        17_000_000,
+        "H.264 bitrate in bits per second",
+    ),
+    Option(
+        "camera.encoding_profile", "--encoding-profile", _choice(*PROFILES), "high", "H.264 profile"
+    ),
+    Option(
+        "camera.encoding_level",
+        "--encoding-level",
+        _choice(*LEVELS),
+        "4",
+        "H.264 level (raised automatically by the hardware encoder when needed)",
+    ),
+    Option(
+        "camera.buffer",
+        "--buffer",
+        _int(1, 600),
+        15,
+        "seconds: pre-roll is buffer // 2 and post-roll is buffer, unless --pre-roll or "
+        "--post-roll are given",
+    ),
+    Option(
+        "camera.buffer_size",
+        "--buffer-size",
+        _optional(_bytes),
+        None,
+        "cap the pre-event buffer in bytes (K, M, G suffixes allowed)",
+    ),
+    Option(
+        "camera.sensitivity",
+        "--sensitivity",
+        _int(1, 100_000),
+        10,
+        "moving 16x16 macroblocks (at the main resolution) that make motion; lower is "
+        "more sensitive",
+    ),
+    Option(
+        "camera.recording_window",
+        "--recording-window",
+        _optional(_window),
+        None,
+        "record motion only between these local hours, e.g. 8-18 or 22-6 (end inclusive)",
+    ),
+    Option(
+        "camera.lores",
+        "--lores",
+        _resolution(32, 1280),
+        "320x240",
+        "size of the grayscale analysis stream",
+    ),
+    Option(
+        "camera.keyframe_interval",
+        "--keyframe-interval",
+        _int(0, 600),
+        0,
+        "frames between keyframes; 0 means one per second (the framerate)",
+    ),
+    # motion analysis
+    Option(
+        "motion.analysis_fps",
+        "--analysis-fps",
+        _float(0.5, 30),
+        5.0,
+        "analysed frames per second, independent of the camera framerate",
+    ),
+    Option(
+        "motion.min_time",
+        "--motion-min-time",
+        _float(0, 10),
+        0.4,
+        "seconds motion must persist before it counts",
+    ),
+    Option(
+        "motion.noise_level",
+        "--noise-level",
+        _int(1, 255),
+        12,
+        "smallest luma change counted (raised automatically when the sensor is noisy)",
+    ),
+    Option(
+        "motion.lightswitch",
+        "--lightswitch",
+        _float(0.05, 1.0),
+        0.4,
+        "fraction of the picture changing at once that is taken for a lighting change",
+    ),
+    Option(
+        "motion.mask",
+        "--mask",
+        _optional(_path),
+        None,
+        "image file (PNG, PGM, JPEG) whose black pixels are ignored",
+    ),
+    Option(
+        "motion.mask_rects",
+        "--mask-rect",
+        _rects,
+        (),
+        "ignore these rectangles X,Y,W,H (main-resolution pixels), separated by ';'",
+    ),
+    # recorder
+    Option(
+        "recorder.pre_roll",
+        "--pre-roll",
+        _optional(_float(0, 300)),
+        None,
+        "seconds of video kept before motion (default: buffer // 2)",
+    ),
+    Option(
+        "recorder.post_roll",
+        "--post-roll",
+        _optional(_float(0, 600)),
+        None,
+        "seconds recorded after the last motion (default: buffer)",
+    ),
+    Option(
+        "recorder.max_clip",
+        "--max-clip",
+        _float(5, 3600),
+        120.0,
+        "split clips longer than this many seconds",
+    ),
+    # source
+    Option(
+        "source.source",
+        "--source",
+        _source,
+        "auto",
+        "auto (Pi camera if present, else synthetic), picamera2, synthetic, or a video file",
+    ),
+    Option(
+        "source.replay_speed",
+        "--replay-speed",
+        _float(0, 100),
+        1.0,
+        "replay speed of a video file; 0 replays as fast as possible",
+    ),
+    # storage: local clips, and the shadow's storage section
+    Option(
+        "storage.combine_dir",
+        "--combine-dir",
+        _path,
+        "motion_videos",
+        "directory of finished clips (the upload queue)",
+    ),
+    Option(
+        "storage.capture_dir",
+        "--capture-dir",
+        _path,
+        "capture_images",
+        "directory of captured still images",
+    ),
+    Option(
+        "storage.clip_format",
+        "--clip-format",
+        _choice("mp4", "h264"),
+        "mp4",
+        "mp4 (fragmented, plays in browsers) or h264 (raw Annex-B, as Pi In The Sky 0.9)",
+    ),
+    Option(
+        "storage.max_bytes",
+        "--clip-quota",
+        _bytes,
+        "1G",
+        "most bytes of clips kept locally; the oldest are evicted first",
+    ),
+    Option(
+        "storage.min_free",
+        "--min-free",
+        _bytes,
+        "256M",
+        "free space kept on the clip file system; the oldest clips are evicted first",
+    ),
+    Option(
+        "storage.bucket_name",
+        "--bucket-name",
+        _optional(_text),
+        None,
+        "S3 bucket for clips and images",
+    ),
+    Option("storage.video_prefix", "--bucket-prefix", _text, "motion_videos", "S3 prefix of clips"),
+    Option(
+        "storage.image_prefix",
+        "--bucket-image-prefix",
+        _text,
+        "capture_images",
+        "S3 prefix of images",
+    ),
+    # cloud_connection
+    Option(
+        "cloud_connection.thing_name", "--thing-name", _optional(_text), None, "AWS IoT thing name"
+    ),
+    Option(
+        "cloud_connection.cert_path",
+        "--thing-cert",
+        _optional(_path),
+        None,
+        "AWS IoT certificate of the thing",
+    ),
+    Option(
+        "cloud_connection.key_path",
+        "--thing-key",
+        _optional(_path),
+        None,
+        "private key of the thing's certificate",
+    ),
+    Option(
+        "cloud_connection.cacert_path",
+        "--ca-cert",
+        _optional(_path),
+        None,
+        "root CA that signs the AWS endpoints",
+    ),
+    Option(
+        "cloud_connection.credentials_endpoint",
+        "--credentials-endpoint",
+        _optional(_text),
+        None,
+        "AWS IoT credentials provider endpoint",
+    ),
+    Option(
+        "cloud_connection.role_alias",
+        "--role-alias",
+        _optional(_text),
+        None,
+        "AWS IoT role alias to exchange the certificate for credentials",
+    ),
+    # health
+    Option(
+        "health.interval",
+        "--health-interval",
+        _int(60, 3600),
+        3600,
+        "seconds between health reports (at most an hour: the cloud flags older ones)",
+    ),
+    # cloudwatch
+    Option(
+        "cloudwatch.enabled",
+        "--cloudwatch",
+        _bool,
+        False,
+        "send logs to CloudWatch",
+        env="CLOUDWATCH",
+        switch=True,
+    ),
+    Option(
+        "cloudwatch.region_name",
+        "--cloudwatch-region",
+        _optional(_text),
+        None,
+        "AWS region of CloudWatch",
+        env="AWS_DEFAULT_REGION",
+    ),
+    Option(
+        "cloudwatch.threaded",
+        "--cloudwatch-thread",
+        _bool,
+        False,
+        "accepted for compatibility: logs are always sent in the background",
+        env="CLOUDWATCH_THREADED",
+        switch=True,
+    ),
+    Option(
+        "cloudwatch.event_type",
+        "--cloudwatch-event-type",
+        _choice("logs", "emf", "all"),
+        "logs",
+        "what to send: logs, emf or all",
+    ),
+    Option(
+        "cloudwatch.metric_namespace",
+        "--cloudwatch-metric-namespace",
+        _text,
+        "Pits/Device",
+        "namespace of EMF metrics",
+    ),
+    Option(
+        "cloudwatch.log_group_name",
+        "--cloudwatch-log-group",
+        _optional(_text),
+        None,
+        "CloudWatch log group",
+    ),
+    Option(
+        "cloudwatch.delineate_stream",
+        "--disable-cloudwatch-stream-split",
+        _bool,
+        True,
+        "split log streams by thing name (the flag disables it)",
+        env="CLOUDWATCH_DELINEATE_STREAM",
+        switch=True,
+        invert=True,
+    ),
+    # dataplane
+    Option(
+        "dataplane.enabled",
+        "--dataplane",
+        _bool,
+        False,
+        "enable live streaming",
+        env="DATAPLANE",
+        switch=True,
+    ),
+    Option(
+        "dataplane.endpoint_url",
+        "--dataplane-endpoint",
+        _optional(_text),
+        None,
+        "API Gateway management endpoint of the data plane",
+    ),
+    Option(
+        "dataplane.region_name",
+        "--dataplane-region",
+        _optional(_text),
+        None,
+        "AWS region of the data plane",
+        env="AWS_DEFAULT_REGION",
+    ),
+    # events: the files shared with the IoT sidecar
+    Option(
+        "events.event_input",
+        "--event-input",
+        _path,
+        "input.json",
+        "file the sidecar appends cloud commands to",
+    ),
+    Option(
+        "events.event_output",
+        "--event-output",
+        _path,
+        "output.json",
+        "file of events for the sidecar to publish",
+    ),
+    Option(
+        "events.configure_input",
+        "--configure-input",
+        _path,
+        "config-input.json",
+        "file of the reported shadow document",
+    ),
+    Option(
+        "events.configure_output",
+        "--configure-output",
+        _path,
+        "config-output.json",
+        "file of shadow documents written by the sidecar",
+    ),
+    Option(
+        "events.shadow_update",
+        "--shadow-update",
+        _choice("always", "never", "empty"),
+        "empty",
+        "when to report the configuration at start: always, never, empty",
+    ),
+    # the daemon itself
+    Option("daemon.log_level", "--log-level", _choice(*LOG_LEVELS), "INFO", "log level"),
+)
+
+OPTION_BY_KEY = {o.key: o for o in OPTIONS}
+
+
+# -- the typed, frozen result ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    resolution: Resolution
+    """Main stream size; clips are recorded at this size."""
+    framerate: int
+    """Frames per second of the camera."""
+    rotation: int
+    """Mounting rotation: 180 in the sensor, 90/270 in software and as clip metadata."""
+    encoding_bitrate: int
+    """H.264 bitrate, bits per second."""
+    encoding_profile: str
+    """H.264 profile name (Pi In The Sky spelling)."""
+    encoding_level: str
+    """H.264 level; reported to the cloud, the hardware picks the level it needs."""
+    buffer: int
+    """Old meaning: pre-roll ``buffer // 2`` s, post-roll ``buffer`` s."""
+    buffer_size: int | None
+    """Byte cap on the pre-event ring."""
+    sensitivity: int
+    """Moving macroblocks (16x16 at the main resolution) that count as motion."""
+    recording_window: Window | None
+    """Local hours in which motion is recorded; ``None`` is always."""
+    lores: Resolution
+    """Analysis stream size."""
+    keyframe_interval: int
+    """Frames between keyframes (0: the framerate)."""
+
+    @property
+    def iperiod(self) -> int:
+        return self.keyframe_interval or self.framerate
+
+
+@dataclass(frozen=True)
+class MotionSettings:
+    analysis_fps: float
+    """Analysed frames per second."""
+    min_time: float
+    """Seconds motion must persist before it counts."""
+    noise_level: int
+    """Smallest luma change counted; raised automatically with sensor noise."""
+    lightswitch: float
+    """Changed fraction of the picture taken for a lighting change."""
+    mask: Path | None
+    """Mask image: black pixels are ignored."""
+    mask_rects: tuple[Rect, ...]
+    """Ignored rectangles in main-resolution pixels."""
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    pre_roll: float
+    """Seconds before the first moving frame that a clip starts (rounded down to a keyframe)."""
+    post_roll: float
+    """Seconds after the last moving frame that a clip ends."""
+    max_clip: float
+    """Clips are split at this length, on a keyframe."""
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    source: str
+    """``auto``, ``picamera2``, ``synthetic`` or a path to a video file."""
+    replay_speed: float
+    """1 is real time; 0 is as fast as possible."""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    combine_dir: Path
+    """Finished clips (and, later, the upload queue)."""
+    capture_dir: Path
+    """Captured still images."""
+    clip_format: str
+    """``mp4`` or ``h264``."""
+    max_bytes: int
+    """Byte quota of the clip directory."""
+    min_free: int
+    """Free bytes kept on the clip file system."""
+    bucket_name: str | None
+    video_prefix: str
+    image_prefix: str
+
+
+@dataclass(frozen=True)
+class CloudConnectionSettings:
+    thing_name: str | None
+    cert_path: Path | None
+    key_path: Path | None
+    cacert_path: Path | None
+    credentials_endpoint: str | None
+    role_alias: str | None
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    interval: int
+
+
+@dataclass(frozen=True)
+class CloudWatchSettings:
+    enabled: bool
+    region_name: str | None
+    threaded: bool
+    event_type: str
+    metric_namespace: str
+    log_group_name: str | None
+    delineate_stream: bool
+
+
+@dataclass(frozen=True)
+class DataplaneSettings:
+    enabled: bool
+    endpoint_url: str | None
+    region_name: str | None
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    event_input: Path
+    event_output: Path
+    configure_input: Path
+    configure_output: Path
+    shadow_update: str
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    log_level: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    camera: CameraSettings
+    motion: MotionSettings
+    recorder: RecorderSettings
+    source: SourceSettings
+    storage: StorageSettings
+    cloud_connection: CloudConnectionSettings
+    health: HealthSettings
+    cloudwatch: CloudWatchSettings
+    dataplane: DataplaneSettings
+    events: EventSettings
+    daemon: DaemonSettings
+
+    def to_toml(self) -> str:
+        """The effective settings as a TOML document that ``--config`` accepts back."""
+        lines: list[str] = []
+        for section in fields(self):
+            lines.append(f"[{section.name}]")
+            obj = getattr(self, section.name)
+            for f in fields(obj):
+                lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if v is None:
+        return '"none"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float) and not isinstance(v, tuple):
+        return repr(v)
+    if isinstance(v, tuple) and not isinstance(v, Resolution | Window):
+        return '"' + ";".join(str(r) for r in v) + '"'
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "camera": CameraSettings,
+    "motion": MotionSettings,
+    "recorder": RecorderSettings,
+    "source": SourceSettings,
+    "storage": StorageSettings,
+    "cloud_connection": CloudConnectionSettings,
+    "health": HealthSettings,
+    "cloudwatch": CloudWatchSettings,
+    "dataplane": DataplaneSettings,
+    "events": EventSettings,
+    "daemon": DaemonSettings,
+}
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option's flag to ``parser``; values stay raw strings until ``load``."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in OPTIONS:
+        if opt.flag is None:
+            continue
+        section = opt.key.split(".")[0]
+        group = groups.get(section) or parser.add_argument_group(section)
+        groups[section] = group
+        default = "" if opt.default is None or opt.switch else f" (default {opt.default})"
+        kwargs: dict[str, Any] = {"dest": opt.key, "default": argparse.SUPPRESS}
+        if opt.switch:
+            group.add_argument(
+                opt.flag, action="store_const", const=not opt.invert, help=opt.help, **kwargs
+            )
+        elif opt.key == "motion.mask_rects":
+            group.add_argument(
+                opt.flag, action="append", metavar="X,Y,W,H", help=opt.help, **kwargs
+            )
+        else:
+            group.add_argument(
+                opt.flag,
+                metavar=opt.metavar or opt.flag.lstrip("-").upper(),
+                help=opt.help + default,
+                **kwargs,
+            )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Flatten a TOML file into key paths; raise ConfigError with one line if unreadable."""
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError([f"--config {path}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"--config {path}: not valid TOML: {exc}"]) from None
+    flat: dict[str, Any] = {}
+    errors: list[str] = []
+    for section, body in doc.items():
+        if not isinstance(body, dict):
+            errors.append(
+                f"{section} = {body!r}: not allowed at top level; "
+                f"sections are {', '.join(_SECTIONS)}"
+            )
+            continue
+        for name, value in body.items():
+            key = f"{section}.{name}"
+            if key not in OPTION_BY_KEY:
+                errors.append(f"{key}: unknown setting in {path}")
+            else:
+                flat[key] = value
+    if errors:
+        raise ConfigError(errors)
+    return flat
+
+
+def load(
+    cli: Mapping[str, Any],
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults, environment, TOML file and command line; validate; freeze.
+
+    ``cli`` maps key paths to the raw values argparse collected. Raises ``ConfigError`` with
+    every problem found, one line each.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, tuple[Any, str]] = {}
+    for opt in OPTIONS:
+        raw[opt.key] = (opt.default, "default")
+        if opt.env and opt.env in environ:
+            value: Any = environ[opt.env]
+            if opt.switch and opt.invert:
+                value = str(value).lower() != "false"
+            elif opt.switch:
+                value = str(value).lower() == "true"
+            raw[opt.key] = (value, f"${opt.env}")
+    errors: list[str] = []
+    if config_file is not None:
+        try:
+            for key, value in read_toml(config_file).items():
+                raw[key] = (value, str(config_file))
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    for key, value in cli.items():
+        if key in OPTION_BY_KEY:
+            joined = ";".join(value) if isinstance(value, list) else value
+            raw[key] = (joined, OPTION_BY_KEY[key].flag or key)
+
+    values: dict[str, Any] = {}
+    for key, (value, origin) in raw.items():
+        try:
+            values[key] = OPTION_BY_KEY[key].parse(value)
+        except ValueError as exc:
+            where = f"{origin} " if origin.startswith("-") else ""
+            errors.append(f"{where}{key} = {_show(value)}: {exc}")
+    if errors:
+        raise ConfigError(errors)
+    _derive(values)
+    errors.extend(_verify(values))
+    if errors:
+        raise ConfigError(errors)
+    return _freeze(values)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _derive(values: dict[str, Any]) -> None:
+    """Fill defaults that depend on other settings (the old meaning of ``buffer``)."""
+    if values["recorder.pre_roll"] is None:
+        values["recorder.pre_roll"] = float(values["camera.buffer"] // 2)
+    if values["recorder.post_roll"] is None:
+        values["recorder.post_roll"] = float(values["camera.buffer"])
+
+
+def _verify(values: Mapping[str, Any]) -> list[str]:
+    """Rules that involve more than one setting."""
+    errors = []
+    main: Resolution = values["camera.resolution"]
+    lores: Resolution = values["camera.lores"]
+    if lores.width > main.width or lores.height > main.height:
+        errors.append(
+            f"camera.lores = '{lores}': must not be larger than camera.resolution ({main})"
+        )
+    source: str = values["source.source"]
+    if source not in ("auto", "synthetic", "picamera2") and not Path(source).is_file():
+        errors.append(
+            f"source.source = {source!r}: no such video file; "
+            "use auto, picamera2, synthetic or the path of a video file"
+        )
+    return errors
+
+
+def _freeze(values: Mapping[str, Any]) -> Settings:
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        kwargs = {f.name: values[f"{name}.{f.name}"] for f in fields(cls)}
+        sections[name] = cls(**kwargs)
+    return Settings(**sections)
+
+
+def defaults() -> Settings:
+    """The embedded defaults (what ``make run`` uses), ignoring the environment."""
+    return load({}, environ={})

@@ -1,0 +1,486 @@
+"""Deterministic test videos built from real footage, with ground-truth motion events.
+
+The source is OpenCV's ``vtest.avi`` (768x576, 10 fps, 795 frames of people walking
+across a campus), shipped in Debian's ``opencv-doc`` package.  From it we derive an
+empty-scene background (per-pixel temporal median) and compose short H.264 MP4 clips:
+stretches of the still scene with temporal sensor noise, segments of the real footage,
+lighting changes, dusk, night noise and a small sliding object.  Each clip is described
+by a :class:`Scenario` whose ``events`` are the spans of real motion.
+
+Everything is seeded and cached in :data:`CACHE_DIR` (``$PINTHESKY_FOOTAGE_CACHE`` or
+``<repo root>/.cache/footage``), keyed by :data:`FOOTAGE_VERSION`; bump it whenever the
+generated content changes.  To work offline, drop a copy of ``vtest.avi`` there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+import zlib
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import cast
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "CACHE_DIR",
+    "FOOTAGE_VERSION",
+    "FPS",
+    "HEIGHT",
+    "WIDTH",
+    "Scenario",
+    "all_scenarios",
+    "background",
+    "scenario",
+    "vtest_path",
+]
+
+FOOTAGE_VERSION = 1
+CACHE_DIR: Path = Path(
+    os.environ.get("PINTHESKY_FOOTAGE_CACHE")
+    or Path(__file__).resolve().parent.parent / ".cache" / "footage"
+)
+
+WIDTH, HEIGHT = 768, 576
+FPS = 10
+GOP = 10
+CRF = 20
+VTEST_FRAMES = 795
+VTEST_PACKAGE = "opencv-doc"
+VTEST_MEMBER = Path("usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+U8Image = npt.NDArray[np.uint8]
+F32Image = npt.NDArray[np.float32]
+Rng = np.random.Generator
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock shared between processes (e.g. pytest-xdist workers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _tmp_name(dest: Path) -> Path:
+    """A sibling of ``dest`` for writing before an atomic ``os.replace``."""
+    return dest.with_name(f".{dest.stem}.{os.getpid()}.tmp{dest.suffix}")
+
+
+def _run(cmd: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            list(cmd), cwd=cwd, capture_output=True, text=True, timeout=900, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"cannot obtain vtest.avi: `{' '.join(cmd)}` failed: {exc}") from exc
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _download_vtest(dest: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix=".vtest-", dir=dest.parent) as tmp_str:
+        tmp = Path(tmp_str)
+        download = ["apt-get", "download", VTEST_PACKAGE]
+        result = _run(download, tmp)
+        if result.returncode != 0 and os.geteuid() == 0:
+            # Typically a fresh container without apt lists (or stale ones): refresh once.
+            update = _run(["apt-get", "update"], tmp)
+            if update.returncode != 0:
+                raise RuntimeError(
+                    f"cannot obtain vtest.avi: `apt-get update` failed: {_last_line(update.stderr)}"
+                )
+            result = _run(download, tmp)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"cannot obtain vtest.avi: `apt-get download {VTEST_PACKAGE}` failed: "
+                f"{_last_line(result.stderr)}"
+            )
+        debs = sorted(tmp.glob(f"{VTEST_PACKAGE}_*.deb"))
+        if not debs:
+            raise RuntimeError(f"cannot obtain vtest.avi: no {VTEST_PACKAGE} .deb was downloaded")
+        extract = _run(["dpkg-deb", "-x", str(debs[0]), "x"], tmp)
+        source = tmp / "x" / VTEST_MEMBER
+        if extract.returncode != 0 or not source.is_file():
+            raise RuntimeError(
+                f"cannot obtain vtest.avi: `dpkg-deb -x` gave no {VTEST_MEMBER}: "
+                f"{_last_line(extract.stderr)}"
+            )
+        partial = _tmp_name(dest)
+        try:
+            shutil.copyfile(source, partial)
+            os.replace(partial, dest)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def vtest_path() -> Path:
+    """Path to ``vtest.avi``, fetched once into :data:`CACHE_DIR`.
+
+    Runs ``apt-get download opencv-doc`` in a temporary directory (after one
+    ``apt-get update`` if that fails and we are root), extracts it with ``dpkg-deb -x``
+    and atomically copies the video into the cache; the rest is deleted.  A file lock
+    keeps concurrent test workers from downloading twice.  Raises ``RuntimeError``
+    with a one-line reason if the file cannot be had.
+    """
+    dest = CACHE_DIR / "vtest.avi"
+    if dest.is_file():
+        return dest
+    with _file_lock(CACHE_DIR / ".vtest.lock"):
+        if not dest.is_file():
+            _download_vtest(dest)
+    return dest
+
+
+def _vtest_reader(
+    wanted: Iterable[int], size: tuple[int, int] | None = None
+) -> Generator[U8Image, None, None]:
+    """Yield the vtest frames with the given increasing indices, in one decoding pass."""
+    indices = iter(wanted)
+    target = next(indices, None)
+    width, height = size or (WIDTH, HEIGHT)
+    with av.open(str(vtest_path())) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if target is None:
+                break
+            if index == target:
+                rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+                yield cast(U8Image, rgb)
+                target = next(indices, None)
+    if target is not None:
+        raise RuntimeError(f"vtest.avi has no frame {target}")
+
+
+def _save_npy_atomic(dest: Path, array: npt.NDArray[np.generic]) -> None:
+    partial = _tmp_name(dest)
+    try:
+        with open(partial, "wb") as handle:
+            np.save(handle, array)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _background_cached(size: tuple[int, int]) -> U8Image:
+    width, height = size
+    dest = CACHE_DIR / f"background-v{FOOTAGE_VERSION}-{width}x{height}.npy"
+    with _file_lock(CACHE_DIR / f".{dest.stem}.lock"):
+        if not dest.is_file():
+            # People are in every frame but rarely stay on one pixel, so the median
+            # over every 5th frame (159 frames, ~80 s) is the empty scene.
+            stack = np.stack(list(_vtest_reader(range(0, VTEST_FRAMES, 5), size)))
+            median = np.median(stack, axis=0)
+            del stack
+            _save_npy_atomic(dest, np.rint(median).astype(np.uint8))
+    image: U8Image = np.load(dest)
+    if image.shape != (height, width, 3) or image.dtype != np.uint8:
+        raise RuntimeError(f"corrupt background cache {dest}; delete it")
+    image.setflags(write=False)
+    return image
+
+
+def background(size: tuple[int, int] = (WIDTH, HEIGHT)) -> U8Image:
+    """The empty scene, ``uint8`` RGB of shape ``(height, width, 3)`` for ``size=(width, height)``.
+
+    Per-pixel temporal median of every 5th vtest frame, cached as ``.npy`` in :data:`CACHE_DIR`.
+    """
+    return _background_cached((int(size[0]), int(size[1]))).copy()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A generated clip and its ground truth."""
+
+    path: Path
+    fps: int
+    duration: float  # seconds
+    events: tuple[tuple[float, float], ...]  # (start_s, end_s) of real motion from video start
+    description: str
+
+
+class _Noise:
+    """Gaussian temporal sensor noise.
+
+    Drawing 1.3 M normals per frame costs more than encoding it, so each frame takes a
+    randomly offset window into a small bank of pre-drawn fields instead; consecutive
+    frames never share a window, so still frames are never bit-identical.
+    """
+
+    def __init__(self, rng: Rng, bank: int = 6, pad: int = 64) -> None:
+        self._pad = pad
+        self._bank = rng.standard_normal((bank, HEIGHT + pad, WIDTH + pad, 3), dtype=np.float32)
+        self._last = (-1, -1, -1)
+
+    def field(self, rng: Rng) -> F32Image:
+        """A unit-sigma noise field of shape (HEIGHT, WIDTH, 3) (a view; do not modify)."""
+        pick = self._last
+        while pick == self._last:
+            pick = (
+                int(rng.integers(len(self._bank))),
+                int(rng.integers(self._pad)),
+                int(rng.integers(self._pad)),
+            )
+        self._last = pick
+        k, dy, dx = pick
+        return self._bank[k, dy : dy + HEIGHT, dx : dx + WIDTH]
+
+
+class _Renderer:
+    """Turns float scene images into noisy uint8 camera frames."""
+
+    def __init__(self, rng: Rng) -> None:
+        self.rng = rng
+        self.noise = _Noise(rng)
+        self._scratch = np.empty((HEIGHT, WIDTH, 3), np.float32)
+
+    def __call__(self, scene: F32Image, sigma: float, salt: float = 0.0) -> U8Image:
+        """Add noise of ``sigma`` levels (and, with probability ``salt``, hot pixels), clip.
+
+        ``scene`` is used as scratch space and overwritten.
+        """
+        np.multiply(self.noise.field(self.rng), np.float32(sigma), out=self._scratch)
+        scene += self._scratch
+        np.rint(scene, out=scene)
+        np.clip(scene, 0, 255, out=scene)
+        frame = scene.astype(np.uint8)
+        if salt and self.rng.random() < salt:
+            count = HEIGHT * WIDTH // 1000  # 0.1 % of the pixels, for this frame only
+            ys = self.rng.integers(HEIGHT, size=count)
+            xs = self.rng.integers(WIDTH, size=count)
+            frame[ys, xs] = 255
+        return frame
+
+
+def _f32(image: U8Image) -> F32Image:
+    return image.astype(np.float32)
+
+
+def _smoothstep(u: float) -> float:
+    u = min(max(u, 0.0), 1.0)
+    return u * u * (3.0 - 2.0 * u)
+
+
+def _times(seconds: float) -> Iterator[float]:
+    for i in range(round(seconds * FPS)):
+        yield i / FPS
+
+
+# Frame generators: each yields uint8 RGB frames for one scenario from a seeded rng.
+FrameGen = Callable[[Rng], Iterator[U8Image]]
+
+
+def _gen_walkers(rng: Rng) -> Iterator[U8Image]:
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    segments = [(None, 10.0), (100, 8.0), (None, 12.0), (400, 6.0), (None, 10.0)]
+    wanted = [s + i for s, d in segments if s is not None for i in range(round(d * FPS))]
+    with contextlib.closing(_vtest_reader(wanted)) as real:
+        for start, seconds in segments:
+            for _ in _times(seconds):
+                scene = bg.copy() if start is None else _f32(next(real))
+                yield render(scene, 1.5)
+
+
+def _light_gain_map() -> F32Image:
+    """Gain 1.7 at the top-left corner falling linearly with distance to 1.3 at the far corner."""
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    distance = np.hypot(xs, ys) / np.float32(np.hypot(WIDTH - 1, HEIGHT - 1))
+    gain: F32Image = (1.7 - 0.4 * distance).astype(np.float32)
+    return gain[:, :, None]
+
+
+def _gen_lights(rng: Rng) -> Iterator[U8Image]:
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    light = _light_gain_map()
+    lit = bg * light + np.float32(15.0)
+    # Auto-exposure settles where the mean gain of the lit scene is 1.15.
+    settled = 1.15 / float(light.mean())
+    for t in _times(30.0):
+        if t < 8.0:
+            scene = bg.copy()
+        elif t < 20.0:
+            exposure = 1.0 + (settled - 1.0) * _smoothstep((t - 8.0) / 1.0)
+            scene = lit * np.float32(exposure)
+        else:
+            scene = bg * np.float32(0.6 + 0.4 * _smoothstep((t - 20.0) / 1.2))
+        yield render(scene, 1.5)
+
+
+def _gen_dusk(rng: Rng) -> Iterator[U8Image]:
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    count = round(40.0 * FPS)
+    for i in range(count):
+        p = i / (count - 1)
+        brightness = 0.12**p  # geometric: a constant 0.5 % dimming per frame
+        yield render(bg * np.float32(brightness), 1.5 + 3.5 * p)
+
+
+NIGHT_BRIGHTNESS = 0.2
+SALT_PROBABILITY = 0.05  # chance that a frame gets 0.1 % hot pixels
+
+
+def _gen_night_noise(rng: Rng) -> Iterator[U8Image]:
+    render = _Renderer(rng)
+    dark = _f32(_background_cached((WIDTH, HEIGHT))) * np.float32(NIGHT_BRIGHTNESS)
+    for _ in _times(30.0):
+        yield render(dark.copy(), 6.0, SALT_PROBABILITY)
+
+
+def _gen_night_walkers(rng: Rng) -> Iterator[U8Image]:
+    render = _Renderer(rng)
+    dim = np.float32(NIGHT_BRIGHTNESS)
+    dark = _f32(_background_cached((WIDTH, HEIGHT))) * dim
+    with contextlib.closing(_vtest_reader(range(100, 180))) as real:
+        for t in _times(30.0):
+            scene = _f32(next(real)) * dim if 10.0 <= t < 18.0 else dark.copy()
+            yield render(scene, 5.0, SALT_PROBABILITY)
+
+
+# Small object: the front of the white van (top right of the scene), 48x48 with a
+# 1-px dark border, resting on the lawn and sliding 200 px right from 10.0 to 14.0 s.
+OBJECT_SIZE = 48
+OBJECT_SOURCE_XY = (664, 46)
+OBJECT_START_XY = (90, 400)
+OBJECT_TRAVEL = 200
+
+
+def _object_patch(bg: U8Image) -> F32Image:
+    x, y = OBJECT_SOURCE_XY
+    patch = _f32(bg[y : y + OBJECT_SIZE, x : x + OBJECT_SIZE])
+    patch[[0, -1], :] = 20.0
+    patch[:, [0, -1]] = 20.0
+    return patch
+
+
+def _gen_small_object(rng: Rng) -> Iterator[U8Image]:
+    render = _Renderer(rng)
+    bg_u8 = _background_cached((WIDTH, HEIGHT))
+    bg = _f32(bg_u8)
+    patch = _object_patch(bg_u8)
+    x0, y0 = OBJECT_START_XY
+    for i in range(round(26.0 * FPS)):
+        # The frame shown during [i, i + 1) / FPS is already moved, so every frame in
+        # [10.0, 14.0) differs from its predecessor and none outside does.
+        progress = min(max((i - 10 * FPS + 1) / (4 * FPS), 0.0), 1.0)
+        x = x0 + round(OBJECT_TRAVEL * progress)
+        scene = bg.copy()
+        scene[y0 : y0 + OBJECT_SIZE, x : x + OBJECT_SIZE] = patch
+        yield render(scene, 1.5)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    duration: float
+    events: tuple[tuple[float, float], ...]
+    description: str
+    frames: FrameGen
+
+
+_SPECS: dict[str, _Spec] = {
+    "walkers": _Spec(
+        46.0,
+        ((10.0, 18.0), (30.0, 36.0)),
+        "Still campus; real walkers (vtest 100-179) at 10-18 s and (vtest 400-459) at 30-36 s.",
+        _gen_walkers,
+    ),
+    "lights": _Spec(
+        30.0,
+        (),
+        "Still campus; a light switches on at 8 s (gain 1.7 top-left to 1.3, +15, auto-exposure "
+        "back to 1.15 over 1 s) and off at 20 s (gain 0.6 ramping to 1.0 over 1.2 s).",
+        _gen_lights,
+    ),
+    "dusk": _Spec(
+        40.0,
+        (),
+        "Still campus fading to 12 % brightness while noise sigma grows from 1.5 to 5.",
+        _gen_dusk,
+    ),
+    "night_noise": _Spec(
+        30.0,
+        (),
+        "Still campus at 20 % brightness, noise sigma 6, occasional single-frame hot pixels.",
+        _gen_night_noise,
+    ),
+    "night_walkers": _Spec(
+        30.0,
+        ((10.0, 18.0),),
+        "Night (20 % brightness, sigma 5, occasional hot pixels); real walkers "
+        "(vtest 100-179) at 10-18 s.",
+        _gen_night_walkers,
+    ),
+    "small_object": _Spec(
+        26.0,
+        ((10.0, 14.0),),
+        "Still campus; a 48x48 patch (van front) on the lawn slides 200 px right "
+        "from 10 to 14 s, then rests.",
+        _gen_small_object,
+    ),
+}
+
+
+def all_scenarios() -> list[str]:
+    """Names accepted by :func:`scenario`."""
+    return list(_SPECS)
+
+
+def _encode(frames: Iterable[U8Image], dest: Path) -> None:
+    """Write RGB frames as H.264 (yuv420p, no B-frames, GOP 10) MP4, atomically."""
+    partial = _tmp_name(dest)
+    try:
+        with av.open(str(partial), "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=FPS)
+            stream.width, stream.height = WIDTH, HEIGHT
+            stream.pix_fmt = "yuv420p"
+            stream.codec_context.gop_size = GOP
+            stream.codec_context.max_b_frames = 0
+            stream.options = {
+                "crf": str(CRF),
+                "preset": "veryfast",
+                "x264-params": f"bframes=0:keyint={GOP}:min-keyint={GOP}:scenecut=0",
+            }
+            time_base = Fraction(1, FPS)
+            for index, rgb in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts = index
+                frame.time_base = time_base
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def scenario(name: str) -> Scenario:
+    """Build (or reuse from :data:`CACHE_DIR`) the MP4 for scenario ``name``."""
+    try:
+        spec = _SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(_SPECS)}") from None
+    dest = CACHE_DIR / f"{name}-v{FOOTAGE_VERSION}.mp4"
+    if not dest.is_file():
+        with _file_lock(CACHE_DIR / f".{dest.stem}.lock"):
+            if not dest.is_file():
+                rng = np.random.default_rng([FOOTAGE_VERSION, zlib.crc32(name.encode())])
+                _encode(spec.frames(rng), dest)
+    return Scenario(dest, FPS, spec.duration, spec.events, spec.description)

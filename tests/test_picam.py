@@ -1,0 +1,779 @@
+"""PicameraSource against a fake Picamera2 object, with the REAL picamera2 encoders and outputs.
+
+picamera2 itself is pip-installed but cannot import off a Pi (no ``libcamera``, no ``pykms``).
+The ``stubs`` fixture puts stand-ins for those two in ``sys.modules``; then picamera2's own
+``Output``, ``CompletedRequest``, ``MappedArray`` and ``LibavH264Encoder`` (libx264 through
+PyAV, the Pi 5 encoder) import and run. Only the ``Picamera2`` object is faked: its camera
+thread is simulated by ``FakePicamera2.run_camera``, which builds real ``CompletedRequest``
+objects around fake libcamera requests and does what ``Picamera2.process_requests`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import logging
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from pinthesky.camera import picam
+from pinthesky.camera.base import AnalysisPort
+from pinthesky.camera.picam import PicameraSource, camera_present
+from pinthesky.errors import SourceError
+from pinthesky.media import US, AnalysisFrame, has_parameter_sets, nal_type, split_annexb
+from pinthesky.ring import PacketRing
+from pinthesky.settings import CameraSettings, Resolution, defaults
+
+T0_NS = 987_654_321_123_456  # sensor time of the first simulated frame, ns
+T0_US = T0_NS // 1000
+FPS = 20
+FRAME_NS = 1_000_000_000 // FPS
+JPEG = b"\xff\xd8fake jpeg\xff\xd9"
+
+
+# -- stand-ins for libcamera and pykms ------------------------------------------------------
+
+
+class _Anything(type):
+    """A class whose every missing attribute is another such class (for enum-like lookups
+    such as ``libcamera.ColorSpace.Sycc()`` at picamera2's import time)."""
+
+    def __getattr__(cls, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        sub = _Anything(attr, (), {})
+        setattr(cls, attr, sub)
+        return sub
+
+
+def _stub_module(name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+
+    def getattr_(attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        cls = _Anything(attr, (), {})
+        setattr(module, attr, cls)
+        return cls
+
+    module.__getattr__ = getattr_  # type: ignore[method-assign]
+    return module
+
+
+class Transform:
+    def __init__(self, hflip: int = 0, vflip: int = 0, transpose: int = 0) -> None:
+        self.hflip, self.vflip, self.transpose = hflip, vflip, transpose
+
+    def __str__(self) -> str:
+        return f"<Transform hflip={self.hflip} vflip={self.vflip} transpose={self.transpose}>"
+
+
+class ControlId:
+    """What libcamera's metadata dictionaries are keyed by (``get_metadata`` uses ``.name``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _picamera2_modules() -> list[str]:
+    return [m for m in sys.modules if m == "picamera2" or m.startswith("picamera2.")]
+
+
+@pytest.fixture
+def stubs(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+    """Stub libcamera and pykms so the real picamera2 modules import; on the way out, forget
+    the picamera2 modules imported against the stubs."""
+    for name in _picamera2_modules():
+        monkeypatch.delitem(sys.modules, name)
+    libcamera = _stub_module("libcamera")
+    controls = _stub_module("libcamera.controls")
+    controls.SensorTimestamp = ControlId("SensorTimestamp")  # type: ignore[attr-defined]
+    libcamera.controls = controls  # type: ignore[attr-defined]
+    libcamera.Transform = Transform  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "libcamera", libcamera)
+    monkeypatch.setitem(sys.modules, "libcamera.controls", controls)
+    monkeypatch.setitem(sys.modules, "pykms", _stub_module("pykms"))
+    monkeypatch.setitem(sys.modules, "kms", None)  # picamera2 tries this first: use pykms
+    monkeypatch.setattr(picam, "_logged_once", set())
+
+    import picamera2.encoders
+
+    # Off a Pi picamera2 assumes a Pi 0-4 and picks the V4L2 encoder, which needs
+    # /dev/video11. Use the one a Pi 5 gets: libx264 through PyAV.
+    monkeypatch.setattr(picamera2.encoders, "H264Encoder", picamera2.encoders.LibavH264Encoder)
+    yield libcamera
+    for name in _picamera2_modules():
+        del sys.modules[name]
+
+
+# -- a fake Picamera2 -----------------------------------------------------------------------
+
+
+def lores_y(i: int, w: int, h: int) -> np.ndarray:
+    r, c = np.mgrid[0:h, 0:w]
+    y: np.ndarray = ((3 * r + 5 * c + 7 * i) % 256).astype(np.uint8)
+    return y
+
+
+def main_y(i: int, w: int, h: int) -> np.ndarray:
+    r, c = np.mgrid[0:h, 0:w]
+    y: np.ndarray = (64 + (r + c + 4 * i) % 128).astype(np.uint8)
+    return y
+
+
+def i420(y: np.ndarray, stride: int) -> np.ndarray:
+    """A flat I420 buffer as libcamera lays it out: rows padded to ``stride``, UV grey."""
+    h, w = y.shape
+    buf = np.full((h * 3 // 2, stride), 128, dtype=np.uint8)
+    buf[:h, :] = 0xEE  # padding bytes that must never show up in a picture
+    buf[:h, :w] = y
+    return buf.reshape(-1)
+
+
+class FakeSync:
+    def __init__(self, mem: np.ndarray) -> None:
+        self.mem = mem
+
+    def __enter__(self) -> np.ndarray:
+        return self.mem
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+
+class FakeAllocator:
+    mapped_buffers: dict[Any, Any] = {}  # noqa: RUF012
+
+    def sync(self, allocator: Any, fb: np.ndarray, write: bool) -> FakeSync:
+        return FakeSync(fb)
+
+    def acquire(self, buffers: Any) -> None:
+        pass
+
+    def release(self, buffers: Any) -> None:
+        pass
+
+
+class FakeLibcameraRequest:
+    def __init__(self, buffers: dict[str, np.ndarray], metadata: dict[Any, Any]) -> None:
+        self.buffers = buffers
+        self.metadata = metadata
+
+
+class FakeJpegRequest:
+    def __init__(self) -> None:
+        self.saved: list[tuple[str, Any, Any]] = []
+
+    def save(self, name: str, file_output: Any, format: Any = None) -> None:
+        self.saved.append((name, file_output, format))
+        file_output.write(JPEG)
+
+
+class FakePicamera2:
+    """Records what PicameraSource asks for; ``run_camera`` plays the camera thread.
+
+    It carries the attributes picamera2's real ``CompletedRequest`` reads from its camera, so
+    the requests handed to the callback and to the encoder are real ones.
+    """
+
+    def __init__(
+        self,
+        fail: dict[str, BaseException] | None = None,
+        main_pad: int = 64,
+        lores_pad: int = 32,
+    ) -> None:
+        self.fail = fail or {}
+        self.main_pad = main_pad
+        self.lores_pad = lores_pad
+        self.calls: list[str] = []
+        self.config_kwargs: dict[str, Any] = {}
+        self.post_callback: Callable[[Any], None] | None = None
+        self.encoders: list[tuple[Any, Any]] = []
+        self.capture_kwargs: dict[str, Any] = {}
+        self.jpeg_request = FakeJpegRequest()
+        self.real_jpeg = False
+        self.callback_threads: set[int] = set()
+        # What picamera2.request.CompletedRequest reads from its Picamera2:
+        self.request_lock = threading.Lock()
+        self.stop_count = 0
+        self.configure_count = 0
+        self.camera_config: dict[str, Any] = {}
+        self.stream_map: dict[str, Any] = {}
+        self.allocator = FakeAllocator()
+        self.camera = None
+        self.started = False
+        self.options: dict[str, Any] = {}
+        from picamera2.request import Helpers
+
+        self.helpers = Helpers(self)
+
+    def _step(self, name: str) -> None:
+        self.calls.append(name)
+        if name in self.fail:
+            raise self.fail[name]
+
+    def create_video_configuration(self, **kwargs: Any) -> dict[str, Any]:
+        self._step("create_video_configuration")
+        self.config_kwargs = kwargs
+        return dict(kwargs)
+
+    def configure(self, config: dict[str, Any]) -> None:
+        self._step("configure")
+        self.configure_count += 1
+        main, lores = dict(config["main"]), dict(config["lores"])
+        main["stride"] = main["size"][0] + self.main_pad
+        lores["stride"] = lores["size"][0] + self.lores_pad
+        self.camera_config = {"main": main, "lores": lores, "raw": None, "display": "main"}
+        self.stream_map = {"main": "main-stream", "lores": "lores-stream"}
+
+    def camera_configuration(self) -> dict[str, Any]:
+        return self.camera_config
+
+    def start(self) -> None:
+        self._step("start")
+        self.started = True
+
+    def start_encoder(self, encoder: Any, output: Any) -> None:
+        # What Picamera2.start_encoder does, minus the camera.
+        self._step("start_encoder")
+        encoder.output = output  # the real Encoder accepts only picamera2 Output objects
+        main = self.camera_config["main"]
+        encoder.name = "main"
+        encoder.width, encoder.height = main["size"]
+        encoder.format = main["format"]
+        encoder.stride = main["stride"]
+        encoder.start()
+        self.encoders.append((encoder, output))
+
+    def stop_encoder(self, encoders: Any = None) -> None:
+        self._step("stop_encoder")
+        for encoder, _ in self.encoders:
+            if encoders is None or encoder is encoders:
+                encoder.stop()
+
+    def stop(self) -> None:
+        self._step("stop")
+        self.started = False
+        self.stop_count += 1
+
+    def close(self) -> None:
+        self._step("close")
+
+    def make_request(self, i: int) -> Any:
+        """Frame ``i`` as a real CompletedRequest."""
+        from picamera2.request import CompletedRequest
+
+        main, lores = self.camera_config["main"], self.camera_config["lores"]
+        (mw, mh), (lw, lh) = main["size"], lores["size"]
+        buffers = {
+            "main-stream": i420(main_y(i, mw, mh), main["stride"]),
+            "lores-stream": i420(lores_y(i, lw, lh), lores["stride"]),
+        }
+        ts_key = sys.modules["libcamera"].controls.SensorTimestamp
+        metadata = {ts_key: T0_NS + i * FRAME_NS, ControlId("ExposureTime"): 10_000}
+        return CompletedRequest(FakeLibcameraRequest(buffers, metadata), self)
+
+    def run_camera(self, frames: int) -> threading.Thread:
+        """Deliver ``frames`` frames from a thread, as Picamera2.process_requests does."""
+
+        def run() -> None:
+            for i in range(frames):
+                request = self.make_request(i)
+                if self.post_callback is not None:
+                    self.callback_threads.add(threading.get_ident())
+                    self.post_callback(request)
+                for encoder, _ in self.encoders:
+                    encoder.encode(encoder.name, request)
+                request.release()
+
+        thread = threading.Thread(target=run, name="fake-camera", daemon=True)
+        thread.start()
+        return thread
+
+    @contextlib.contextmanager
+    def captured_request(self, **kwargs: Any) -> Iterator[Any]:
+        self._step("captured_request")
+        self.capture_kwargs = kwargs
+        if not self.real_jpeg:
+            yield self.jpeg_request
+            return
+        request = self.make_request(0)
+        try:
+            yield request
+        finally:
+            request.release()
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def camera_settings(**changes: Any) -> CameraSettings:
+    base = dataclasses.replace(
+        defaults().camera,
+        resolution=Resolution(320, 240),
+        lores=Resolution(160, 120),
+        framerate=FPS,
+        keyframe_interval=10,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def open_source(
+    fake: FakePicamera2 | None = None, **changes: Any
+) -> tuple[PicameraSource, FakePicamera2]:
+    fake = fake or FakePicamera2()
+    src = PicameraSource(camera_settings(**changes), factory=lambda: fake)
+    return src, fake
+
+
+def join(thread: threading.Thread) -> None:
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the simulated camera thread hung"
+
+
+async def flush_loop() -> None:
+    """Run every callback already queued on the loop (FIFO) before returning."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.call_soon(done.set_result, None)
+    await asyncio.wait_for(done, 5)
+
+
+def sps(data: bytes) -> bytes:
+    return next(u for u in split_annexb(data) if nal_type(u) == 7)
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rotation", "info_rotation"), [(0, 0), (90, 90), (180, 0), (270, 270)])
+def test_configuration(
+    stubs: types.ModuleType, rotation: int, info_rotation: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    src, fake = open_source(rotation=rotation, resolution=Resolution(640, 480))
+    with caplog.at_level(logging.DEBUG, logger="pinthesky.camera.picam"):
+        info = src.open()
+        src.stop()
+        src.open()  # a reopen (retry) must not repeat the one-time messages
+    kw = fake.config_kwargs
+    assert kw["main"] == {"size": (640, 480), "format": "YUV420"}
+    assert kw["lores"] == {"size": (160, 120), "format": "YUV420"}
+    assert kw["controls"] == {"FrameRate": FPS}
+    assert kw["encode"] == "main"
+    if rotation == 180:
+        assert isinstance(kw["transform"], Transform)
+        assert (kw["transform"].hflip, kw["transform"].vflip) == (1, 1)
+    else:
+        assert "transform" not in kw
+    assert info.width == 640
+    assert info.height == 480
+    assert info.framerate == Fraction(FPS)
+    assert isinstance(info.framerate, Fraction)
+    assert info.rotation == info_rotation
+    assert fake.calls[:2] == ["create_video_configuration", "configure"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    if rotation in (90, 270):
+        assert len(warnings) == 1
+        assert "cannot rotate" in warnings[0].getMessage()
+    else:
+        assert warnings == []
+    levels = [r for r in caplog.records if "level" in r.getMessage()]
+    assert len(levels) == 1
+    assert levels[0].levelno == logging.DEBUG
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("baseline", "baseline"),
+        ("main", "main"),
+        ("extended", "main"),
+        ("high", "high"),
+        ("constrained", "constrained baseline"),
+    ],
+)
+def test_encoder_settings(
+    stubs: types.ModuleType, name: str, expected: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import picamera2.encoders
+
+    src, fake = open_source(encoding_profile=name, encoding_bitrate=3_000_000)
+    with caplog.at_level(logging.INFO, logger="pinthesky.camera.picam"):
+        src.open()
+        src.start(PacketRing(10 * US), _port_nowhere())
+        src.stop()
+        src.open()
+    encoder, _ = fake.encoders[0]
+    assert isinstance(encoder, picamera2.encoders.H264Encoder)
+    assert encoder.profile == expected
+    assert encoder.bitrate == 3_000_000
+    assert encoder.repeat is True
+    assert encoder.iperiod == 10
+    assert encoder.framerate == FPS
+    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    if name == "extended":
+        assert len(infos) == 1
+        assert "extended" in infos[0].getMessage()
+    else:
+        assert infos == []
+
+
+def test_iperiod_defaults_to_the_framerate(stubs: types.ModuleType) -> None:
+    src, fake = open_source(keyframe_interval=0, framerate=15)
+    src.open()
+    src.start(PacketRing(10 * US), _port_nowhere())
+    src.stop()
+    assert fake.encoders[0][0].iperiod == 15
+
+
+def _port_nowhere() -> AnalysisPort:
+    loop = asyncio.new_event_loop()
+    loop.close()  # submit() on a closed loop is a no-op, as at daemon exit
+    return AnalysisPort(loop, lambda f: None, 5.0, US // FPS, False, lambda e: None)
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_configure_failure_is_a_one_line_source_error(stubs: types.ModuleType) -> None:
+    fake = FakePicamera2(
+        fail={"configure": RuntimeError("Camera __init__ sequence did not complete.")}
+    )
+    src, _ = open_source(fake)
+    with pytest.raises(SourceError) as err:
+        src.open()
+    assert str(err.value) == "picamera2: Camera __init__ sequence did not complete."
+    assert fake.calls[-2:] == ["stop", "close"], "a half-opened camera must be released"
+    src.stop()
+    assert fake.calls.count("close") == 1
+
+
+def test_factory_failures(stubs: types.ModuleType) -> None:
+    def no_camera() -> Any:
+        raise IndexError("list index out of range")  # Picamera2() with no camera listed
+
+    with pytest.raises(SourceError, match=r"^picamera2: no camera detected$"):
+        PicameraSource(camera_settings(), factory=no_camera).open()
+
+    def busy() -> Any:
+        raise RuntimeError("Failed to acquire camera: Device or resource busy\nmore detail")
+
+    with pytest.raises(SourceError) as err:
+        PicameraSource(camera_settings(), factory=busy).open()
+    assert str(err.value) == "picamera2: Failed to acquire camera: Device or resource busy"
+
+
+def test_start_failure_releases_the_camera(stubs: types.ModuleType) -> None:
+    fake = FakePicamera2(fail={"start_encoder": OSError(5, "Input/output error")})
+    src, _ = open_source(fake)
+    src.open()
+    with pytest.raises(SourceError, match=r"^picamera2: \[Errno 5\] Input/output error$"):
+        src.start(PacketRing(10 * US), _port_nowhere())
+    assert fake.calls[-2:] == ["stop", "close"]
+
+
+def test_open_without_picamera2(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _picamera2_modules():
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "libcamera", None)
+    with pytest.raises(SourceError) as err:
+        PicameraSource(camera_settings(), factory=FakePicamera2).open()
+    assert str(err.value).startswith("picamera2: not usable on this machine")
+    assert "\n" not in str(err.value)
+
+
+def test_stop_is_idempotent_and_tries_every_step(
+    stubs: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakePicamera2(fail={"stop_encoder": RuntimeError("boom"), "stop": OSError("gone")})
+    src, _ = open_source(fake)
+    src.open()
+    src.start(PacketRing(10 * US), _port_nowhere())
+    fake.calls.clear()
+    with caplog.at_level(logging.WARNING, logger="pinthesky.camera.picam"):
+        src.stop()
+        src.stop()
+    assert fake.calls == ["stop_encoder", "stop", "close"]
+    assert fake.post_callback is None
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert messages == ["picamera2: stop_encoder failed: boom", "picamera2: stop failed: gone"]
+    with pytest.raises(SourceError):
+        src.capture_jpeg()
+
+
+# -- analysis frames ------------------------------------------------------------------------
+
+
+def test_analysis_frames_reach_the_loop(stubs: types.ModuleType) -> None:
+    src, fake = open_source()
+    src.open()
+    frames: list[AnalysisFrame] = []
+    handler_threads: set[int] = set()
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        five = asyncio.Event()
+
+        def handler(frame: AnalysisFrame) -> None:
+            handler_threads.add(threading.get_ident())
+            frames.append(frame)
+            if len(frames) == 5:
+                five.set()
+
+        # lossless: every due frame is delivered, so the test knows exactly which ones.
+        port = AnalysisPort(loop, handler, 5.0, US // FPS, True, lambda e: None)
+        src.start(PacketRing(10 * US), port)
+        thread = fake.run_camera(20)
+        await asyncio.wait_for(five.wait(), 30)
+        await asyncio.to_thread(join, thread)
+        await flush_loop()
+        src.stop()
+        return port.dropped
+
+    assert asyncio.run(main()) == 0
+    # 20 fps analysed at 5 fps: frames 0, 4, 8, 12 and 16, stamped in microseconds.
+    assert [f.ts for f in frames] == [T0_US + k * 200_000 for k in range(5)]
+    for k, frame in enumerate(frames):
+        assert frame.luma.dtype == np.uint8
+        assert frame.luma.shape == (120, 160)
+        assert frame.luma.flags.c_contiguous
+        assert frame.luma.flags.owndata
+        np.testing.assert_array_equal(frame.luma, lores_y(4 * k, 160, 120))
+    assert handler_threads == {threading.get_ident()}, "handlers run on the loop"
+    assert fake.callback_threads and threading.get_ident() not in fake.callback_threads
+
+
+def test_camera_thread_never_waits_for_the_loop(stubs: types.ModuleType) -> None:
+    src, fake = open_source()
+    src.open()
+    frames: list[AnalysisFrame] = []
+
+    async def main() -> AnalysisPort:
+        loop = asyncio.get_running_loop()
+        port = AnalysisPort(loop, frames.append, 5.0, US // FPS, False, lambda e: None)
+        src.start(PacketRing(10 * US), port)
+        # Block the loop while the camera runs: a live camera must not wait for it.
+        join(fake.run_camera(20))
+        await flush_loop()
+        src.stop()
+        return port
+
+    port = asyncio.run(main())
+    assert [f.ts for f in frames] == [T0_US]
+    assert port.delivered == 1
+    assert port.dropped == 4
+
+
+def test_callback_errors_are_contained(
+    stubs: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    src, fake = open_source()
+    src.open()
+
+    class BrokenRequest:
+        def get_metadata(self) -> dict[str, Any]:
+            raise KeyError("SensorTimestamp")
+
+    async def main() -> None:
+        port = AnalysisPort(
+            asyncio.get_running_loop(), lambda f: None, 5.0, US // FPS, False, lambda e: None
+        )
+        src.start(PacketRing(10 * US), port)
+        assert fake.post_callback is not None
+        with caplog.at_level(logging.WARNING, logger="pinthesky.camera.picam"):
+            for _ in range(3):
+                fake.post_callback(BrokenRequest())  # must not raise
+        src.stop()
+
+    asyncio.run(main())
+    lost = [r for r in caplog.records if "analysis frame lost" in r.getMessage()]
+    assert len(lost) == 1, "one message per distinct error"
+
+
+# -- the output -----------------------------------------------------------------------------
+
+
+def test_output_is_a_real_picamera2_output_with_absolute_timestamps(
+    stubs: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    from picamera2.outputs import Output
+
+    src, fake = open_source()
+    src.open()
+    ring = PacketRing(60 * US)
+    src.start(ring, _port_nowhere())
+    encoder, output = fake.encoders[0]
+    assert isinstance(output, Output)
+    assert output.needs_pacing is False
+
+    encoder.firsttimestamp = 5_000_000  # set by Encoder._timestamp on the first frame
+    idr = b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x00\x01\x68\xce\x00\x00\x00\x01\x65\x88"
+    output.outputframe(idr, True, 0)
+    output.outputframe(b"\x00\x00\x00\x01\x41\x9a", False, 50_000, None, False)
+    output.outputframe(None, True, 60_000, object(), True)  # audio: not ours
+    with caplog.at_level(logging.WARNING, logger="pinthesky.camera.picam"):
+        output.outputframe(object(), False, 100_000)  # a broken frame must not raise
+    packets, _ = ring.read(0)
+    assert [(p.ts, p.keyframe) for p in packets] == [(5_000_000, True), (5_050_000, False)]
+    assert packets[0].data == idr
+    assert any("packet lost" in r.getMessage() for r in caplog.records)
+    src.stop()
+
+
+# -- end to end with the real libx264 encoder -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("profile", "profile_idc"),
+    [("baseline", 66), ("constrained", 66), ("main", 77), ("extended", 77), ("high", 100)],
+)
+def test_end_to_end_with_the_real_libav_encoder(
+    stubs: types.ModuleType, profile: str, profile_idc: int
+) -> None:
+    import picamera2.encoders
+
+    frames = 30
+    src, fake = open_source(encoding_profile=profile)
+    info = src.open()
+    ring = PacketRing(60 * US)
+    analysed: list[AnalysisFrame] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        port = AnalysisPort(loop, analysed.append, 5.0, US // FPS, True, lambda e: None)
+        src.start(ring, port)
+        assert isinstance(fake.encoders[0][0], picamera2.encoders.LibavH264Encoder)
+        await asyncio.to_thread(join, fake.run_camera(frames))
+        await flush_loop()
+        await asyncio.to_thread(src.stop)  # flushes the frames libx264 still holds
+
+    asyncio.run(main())
+    packets, _ = ring.read(0)
+
+    # Every frame came out, stamped with its absolute sensor time.
+    assert [p.ts for p in packets] == [T0_US + i * FRAME_NS // 1000 for i in range(frames)]
+    # Analysis frames and packets share one clock.
+    assert {f.ts for f in analysed} <= {p.ts for p in packets}
+    assert len(analysed) == 8  # frames 0, 4, ..., 28
+
+    keyframes = [i for i, p in enumerate(packets) if p.keyframe]
+    assert keyframes[0] == 0
+    assert len(keyframes) >= 3
+    assert all(b - a <= 10 for a, b in zip(keyframes, [*keyframes[1:], frames], strict=True)), (
+        "iperiod"
+    )
+    assert all(has_parameter_sets(packets[i].data) for i in keyframes), "repeat=True"
+    assert sps(packets[0].data)[1] == profile_idc
+
+    codec = av.CodecContext.create("h264", "r")
+    decoded = []
+    for p in packets:
+        decoded += codec.decode(av.Packet(p.data))
+    decoded += codec.decode(None)
+    assert len(decoded) == frames
+    assert {(f.width, f.height) for f in decoded} == {(info.width, info.height)} == {(320, 240)}
+    # The encoder read the right memory: picture 7 looks like what the camera produced.
+    y = decoded[7].to_ndarray(format="gray")
+    diff = np.abs(y.astype(np.int16) - main_y(7, 320, 240).astype(np.int16))
+    assert diff.mean() < 6
+
+
+# -- stills ---------------------------------------------------------------------------------
+
+
+def test_capture_jpeg(stubs: types.ModuleType) -> None:
+    src, fake = open_source()
+    src.open()
+    src.start(PacketRing(10 * US), _port_nowhere())
+    assert src.capture_jpeg() == JPEG
+    name, target, fmt = fake.jpeg_request.saved[0]
+    assert (name, fmt) == ("main", "jpeg")
+    assert isinstance(target, io.BytesIO)
+    assert fake.capture_kwargs["wait"] > 0, "a stalled camera must not hang the executor"
+    assert "stop_encoder" not in fake.calls
+    src.stop()
+
+
+def test_capture_jpeg_through_picamera2s_real_save(stubs: types.ModuleType) -> None:
+    from PIL import Image
+
+    src, fake = open_source()
+    fake.real_jpeg = True
+    src.open()
+    src.start(PacketRing(10 * US), _port_nowhere())
+    data = src.capture_jpeg()
+    src.stop()
+    assert data[:2] == b"\xff\xd8"
+    assert data[-2:] == b"\xff\xd9"
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (320, 240)
+
+
+def test_capture_jpeg_errors(stubs: types.ModuleType) -> None:
+    from concurrent.futures import TimeoutError as FuturesTimeout
+
+    fake = FakePicamera2(fail={"captured_request": FuturesTimeout()})
+    src, _ = open_source(fake)
+    with pytest.raises(SourceError, match="not running"):
+        src.capture_jpeg()
+    src.open()
+    src.start(PacketRing(10 * US), _port_nowhere())
+    with pytest.raises(SourceError, match=r"^picamera2: still capture failed: TimeoutError$"):
+        src.capture_jpeg()
+    src.stop()
+
+
+# -- camera_present -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libcamera") is not None, reason="a Pi")
+def test_camera_present_off_pi(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _picamera2_modules():
+        monkeypatch.delitem(sys.modules, name)
+    assert camera_present() is None
+
+
+def test_camera_present_without_libcamera(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _picamera2_modules():
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "libcamera", None)  # import raises ImportError
+    assert camera_present() is None
+
+
+def test_camera_present_asks_libcamera(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from picamera2 import Picamera2
+
+    listed: list[Any] = []
+    monkeypatch.setattr(Picamera2, "global_camera_info", staticmethod(lambda: listed))
+    assert camera_present() is False
+    listed.append({"Model": "imx708", "Id": "/base/soc/i2c0mux/i2c@1/imx708@1a", "Num": 0})
+    assert camera_present() is True
+
+    def broken() -> Any:
+        raise RuntimeError("libcamera: no camera manager")
+
+    monkeypatch.setattr(Picamera2, "global_camera_info", staticmethod(broken))
+    assert camera_present() is False
+
+
+def test_module_imports_nothing_from_picamera2() -> None:
+    source = picam.__file__
+    assert source is not None
+    with open(source, encoding="utf-8") as fh:
+        top_level = [
+            line for line in fh if line.startswith(("import ", "from ")) and "picamera2" in line
+        ]
+    assert top_level == []
