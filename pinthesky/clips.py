@@ -45,6 +45,10 @@ class ClipInfo:
     size: int
     trigger: str
     packets: int
+    start_ts: int = 0
+    """Sensor timestamp of the first frame (µs)."""
+    end_ts: int = 0
+    """Sensor timestamp just after the last frame (µs)."""
 
 
 class ClipWriter:
@@ -144,7 +148,14 @@ class ClipWriter:
         _fsync_path(self.final.parent)
         size = self.final.stat().st_size
         return ClipInfo(
-            self.final, self.start_epoch, self.duration, size, self.trigger, self.packets
+            self.final,
+            self.start_epoch,
+            self.duration,
+            size,
+            self.trigger,
+            self.packets,
+            self._first_ts,
+            self._last_ts + self._frame_us,
         )
 
     def abort(self) -> None:

@@ -81,6 +81,7 @@ class Daemon:
         self.ring: PacketRing | None = None
         self.info: StreamInfo | None = None
         self.started = asyncio.Event()
+        self.first_frame = asyncio.Event()
 
     def request_stop(self, code: int = 0, why: str = "") -> None:
         if not self._stop.is_set():
@@ -184,6 +185,7 @@ class Daemon:
 
     def _first_frame(self) -> None:
         self.stats.first_frame_after = time.monotonic() - self.process_start
+        self.first_frame.set()
         log.info("first frame buffered %.2f s after start", self.stats.first_frame_after)
 
     def _on_frame(

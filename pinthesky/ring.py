@@ -1,12 +1,16 @@
 """The pre-event ring buffer: encoded H.264 packets kept in memory, whole GOPs at a time.
 
-The encoder pushes into it through picamera2's ``Output.outputframe`` contract; the recorder on
-the asyncio loop reads from it by sequence number. A clip always starts on a keyframe, so the
-ring drops whole groups of pictures from its front and never a packet a clip may still need.
+Sources push packets with ``push`` (or ``outputframe``, the signature of picamera2's
+``Output.outputframe``; the picamera2 adapter forwards to it from a real ``Output`` subclass,
+after turning the encoder's relative timestamps into sensor time). The recorder on the asyncio
+loop reads from it by sequence number. A clip always starts on a keyframe, so the ring drops
+whole groups of pictures from its front and never a packet a clip may still need.
 
-A note on locking: ``outputframe`` is called on the encoder's thread (picamera2's poll thread,
-or our replay thread), every other method on the event loop. One ``threading.Lock`` guards the
-deque, the keyframe index and the counters; it is held only for list operations, never for I/O.
+A note on locking: ``push`` runs on a source thread (picamera2's encoder poll thread on a
+Pi 0-4, its camera thread on a Pi 5, our replay or synthetic thread), every other method on the
+event loop. One ``threading.Lock`` guards the deque, the keyframe index and the counters; it is
+held only for list operations, never for I/O. ``on_first_packet`` runs on the source thread and
+must only cross into the loop with ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -42,10 +46,6 @@ class PacketRing:
     from there on is dropped, up to ``hard_max_bytes``.
     """
 
-    # Output attributes picamera2's encoders look at.
-    needs_add_stream = False
-    needs_pacing = False
-
     def __init__(
         self,
         retain_us: int,
@@ -55,7 +55,6 @@ class PacketRing:
         self.retain_us = retain_us
         self.max_bytes = max_bytes
         self.hard_max_bytes = hard_max_bytes
-        self.recording = True
         self._lock = threading.Lock()
         self._packets: deque[Packet] = deque()
         self._first_seq = 0  # sequence number of self._packets[0]
@@ -76,7 +75,7 @@ class PacketRing:
         packet: Any = None,
         audio: bool = False,
     ) -> None:
-        """picamera2's ``Output`` contract; called on the encoder thread."""
+        """picamera2's ``Output.outputframe`` signature; called on the source thread."""
         if audio or timestamp is None:
             return
         self.push(Packet(bytes(frame), bool(keyframe), int(timestamp)))
@@ -127,16 +126,6 @@ class PacketRing:
             self._first_seq += 1
         while self._keyframes and self._keyframes[0] < seq:
             self._keyframes.popleft()
-
-    # picamera2 calls these on an Output; the ring has no file to open or close.
-    def start(self) -> None:
-        self.recording = True
-
-    def stop(self) -> None:
-        pass
-
-    def _add_stream(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
     # -- event loop -----------------------------------------------------------------------
 

@@ -108,14 +108,6 @@ def _make_output(ring: PacketRing, encoder: Any) -> Any:
     errors: set[str] = set()
 
     class _RingOutput(Output):  # type: ignore[misc]
-        def start(self) -> None:
-            super().start()
-            ring.start()
-
-        def stop(self) -> None:
-            super().stop()
-            ring.stop()
-
         def outputframe(
             self,
             frame: Any,

@@ -40,6 +40,8 @@ class ReplaySource:
         self._container: Any = None
         self._last_frame: Any = None
         self.frames = 0
+        self.origin_us: int | None = None
+        """Sensor time of the file's first frame: media time t is ``origin_us + t``."""
 
     def open(self) -> StreamInfo:
         import av
@@ -93,6 +95,7 @@ class ReplaySource:
         lw, lh = s.lores
         enc = X264Encoder(w, h, self._fps, s.encoding_bitrate, s.encoding_profile, s.iperiod)
         origin = monotonic_us()
+        self.origin_us = origin
         wall0 = time.monotonic()
         t0: float | None = None
         last_ts = origin - 1

@@ -1,0 +1,123 @@
+"""Shared test helpers: settings from flags, the daemon run in-process, facts about a clip."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from pinthesky.bus import ClipReady
+from pinthesky.clips import ClipInfo
+from pinthesky.daemon import Daemon
+from pinthesky.media import US, split_annexb
+from pinthesky.settings import Settings, load
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def settings_for(tmp: Path, **flags: Any) -> Settings:
+    """Settings as the command line would give them (keys are option key paths)."""
+    raw: dict[str, Any] = {"storage.combine_dir": str(tmp / "clips")}
+    raw.update({k: str(v) for k, v in flags.items()})
+    return load(raw, environ={})
+
+
+@dataclass
+class Run:
+    code: int
+    clips: list[ClipInfo]
+    daemon: Daemon
+
+    def video_time(self, ts: int) -> float:
+        """Seconds into the replayed file of a sensor timestamp."""
+        origin = getattr(self.daemon.camera, "origin_us", None)
+        assert origin is not None
+        return (ts - origin) / US
+
+
+def run_daemon(settings: Settings, timeout: float = 120) -> Run:
+    """Run the daemon until its source ends; collect the clips it announced."""
+
+    async def main() -> Run:
+        daemon = Daemon(settings)
+        clips: list[ClipInfo] = []
+        daemon.bus.subscribe(ClipReady, lambda e: clips.append(e.clip))
+        code = await asyncio.wait_for(daemon.run(), timeout)
+        return Run(code, clips, daemon)
+
+    return asyncio.run(main())
+
+
+@dataclass
+class ClipFacts:
+    frames: int
+    width: int
+    height: int
+    first_keyframe: bool
+    duration: float
+    """Seconds from the first frame's start to the last frame's end, from the container."""
+    fragmented: bool
+
+
+def clip_facts(path: Path) -> ClipFacts:
+    """Decode a whole clip with PyAV (as a player would) and report what it holds."""
+    fmt = "h264" if path.suffix == ".h264" else None
+    with av.open(str(path), format=fmt) as c:
+        stream = c.streams.video[0]
+        frames = 0
+        first_key = False
+        first_t = last_t = 0.0
+        width = height = 0
+        for frame in c.decode(stream):
+            if frames == 0:
+                first_key = frame.key_frame
+                first_t = float(frame.time or 0.0)
+                width, height = frame.width, frame.height
+            last_t = float(frame.time or 0.0)
+            frames += 1
+        rate = float(stream.average_rate or stream.guessed_rate or 10)
+    data = path.read_bytes()
+    fragmented = path.suffix == ".mp4" and b"moof" in data and b"mvex" in data[:4096]
+    return ClipFacts(frames, width, height, first_key, last_t - first_t + 1 / rate, fragmented)
+
+
+def mp4_boxes(data: bytes) -> list[bytes]:
+    out = []
+    pos = 0
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        out.append(kind)
+        if size < 8:
+            break
+        pos += size
+    return out
+
+
+def nal_types(data: bytes) -> list[int]:
+    return [u[0] & 0x1F for u in split_annexb(data) if u]
+
+
+def pinthesky(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pinthesky", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def footage() -> Any:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import footage as module
+
+    return module
