@@ -40,8 +40,8 @@ run: $(VENV)/.run-stamp
 	$(BIN)/pinthesky $(ARGS)
 
 lint: $(VENV)/.test-stamp
-	$(BIN)/ruff check pinthesky tests bench
-	$(BIN)/ruff format --check pinthesky tests bench
+	$(BIN)/ruff check pinthesky tests bench images
+	$(BIN)/ruff format --check pinthesky tests bench images
 	$(BIN)/mypy
 
 test: lint

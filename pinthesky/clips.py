@@ -270,9 +270,10 @@ class ClipStore:
         packets = packets[:-1]
         if not any(p.keyframe for p in packets):
             return None
-        writer = ClipWriter(
-            self._free_name(epoch, fmt), info, fmt, trigger="motion", start_epoch=epoch
-        )
+        final = path.with_name(path.name[1 : -len(PARTIAL)])
+        if final.exists():
+            final = self._free_name(epoch, fmt)
+        writer = ClipWriter(final, info, fmt, trigger="motion", start_epoch=epoch)
         writer.temp = path.with_name(path.name + ".salvage")
         try:
             writer.write(packets)

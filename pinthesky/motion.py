@@ -3,8 +3,9 @@
 Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
 
 1. Compare with the previous analysed frame pixel by pixel, without uint8 wrap-around.
-   A global brightness change (auto-exposure, dusk, a light switched on) is first compensated
-   by scaling the previous frame to the current mean through a 256-entry table.
+   A global brightness change (auto-exposure, dusk, a light switched on) is first compensated:
+   the previous frame is mapped through a 256-entry table fitted, with medians, to the change
+   of a sparse sample of pixels.
 2. Count pixels whose change exceeds the noise level. The level adapts to the sensor: the
    median absolute difference of a sparse sample estimates the noise, and pixels must change
    by ``NOISE_SIGMAS`` times that (never less than ``noise_level``).
@@ -46,12 +47,14 @@ CELL = 8
 """Cell size in analysis pixels (eight booleans make one 64-bit word)."""
 CELL_MIN_CHANGED = 6
 """Changed pixels (of 64) that make a cell move."""
+RELIT_SHARE = 0.25
+"""After a global brightness change, this share of ``lightswitch`` already means lighting."""
 NOISE_SIGMAS = 3.0
 """Pixels must change by this many noise standard deviations of a frame difference."""
 NOISE_EVERY = 4
 """Re-estimate the noise every this many frames (a median is the costly part)."""
-GAIN_TRIGGER = 3.0
-"""Mean brightness change (luma levels) above which the previous frame is rescaled."""
+GAIN_TRIGGER = 2.0
+"""Median brightness change (luma levels) above which the previous frame is relit."""
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
 """Multiplying by this adds up the eight bytes of a word into its top byte."""
@@ -96,7 +99,6 @@ class MotionAnalyzer:
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
         self._prev: U8 | None = None
-        self._prev_mean = 0.0
         self._noise = float(settings.noise_level)
         self._frames = 0
 
@@ -109,19 +111,21 @@ class MotionAnalyzer:
 
     def analyse(self, luma: U8, ts: int) -> Score:
         cur = luma[: self._h, : self._w]
-        mean = float(cur[::8, ::8].mean())
         prev = self._prev
-        prev_mean = self._prev_mean
         self._prev = cur
-        self._prev_mean = mean
         self._frames += 1
         if prev is None:
             return Score(ts, 0.0, 0, noise=self.noise_level)
-        if abs(mean - prev_mean) > GAIN_TRIGGER and prev_mean > 1.0:
+        # A sparse sample tells whether the whole picture got brighter or darker: its median
+        # change ignores a moving object that covers less than half of the picture.
+        cur_s = cur[4::8, 4::8].astype(np.int16)
+        prev_s = prev[4::8, 4::8].astype(np.int16)
+        step = cur_s - prev_s
+        relit = abs(float(np.median(step))) > GAIN_TRIGGER
+        if relit:
             # Exposure or light level moved: compare against the previous frame brought to
             # today's brightness, so that only changes of the picture's content count.
-            table = np.clip(np.arange(256) * (mean / prev_mean) + 0.5, 0, 255).astype(np.uint8)
-            prev = table[prev]
+            prev = self._relight(prev, prev_s, step)
         # |cur - prev| without wrapping around in uint8.
         diff = np.maximum(cur, prev)
         diff -= np.minimum(cur, prev)
@@ -135,9 +139,36 @@ class MotionAnalyzer:
         moving = cells >= CELL_MIN_CHANGED
         moving &= self.cell_mask
         n = int(np.count_nonzero(moving))
-        if self.live_cells and n > self.settings.lightswitch * self.live_cells:
+        # Most of the picture changed brightness at once (the median moved) and the relit
+        # frame still differs in many places: a lamp lights a room unevenly. Motion does not
+        # brighten more than half the picture; a lighting change does.
+        lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
+        if self.live_cells and n > lightswitch * self.live_cells:
             return Score(ts, 0.0, n, lighting=True, noise=self.noise_level)
         return Score(ts, n * self.blocks_per_cell, n, noise=self.noise_level)
+
+    @staticmethod
+    def _relight(prev: U8, prev_s: npt.NDArray[np.int16], step: npt.NDArray[np.int16]) -> U8:
+        """``prev`` mapped through the brightness change seen in the sample.
+
+        Light changes are gain and offset: dark and bright pixels move by different amounts.
+        The median change of the darker and of the brighter half of the sample gives two
+        points of that line, robust to whatever moved meanwhile.
+        """
+        p = prev_s.ravel()
+        d = step.ravel()
+        split = np.median(p)
+        dark, bright = p <= split, p > split
+        if not dark.any() or not bright.any():
+            levels = np.arange(256) + float(np.median(d))
+        else:
+            x0, x1 = float(np.median(p[dark])), float(np.median(p[bright]))
+            y0, y1 = float(np.median(d[dark])), float(np.median(d[bright]))
+            slope = (y1 - y0) / (x1 - x0) if x1 > x0 else 0.0
+            levels = np.arange(256) + y0 + slope * (np.arange(256) - x0)
+        table = np.clip(levels + 0.5, 0, 255).astype(np.uint8)
+        relit: U8 = table[prev]
+        return relit
 
     def _update_noise(self, diff: U8) -> None:
         sample = diff[2::4, 2::4].ravel()

@@ -70,7 +70,7 @@ def _int(lo: int, hi: int) -> Callable[[Any], int]:
             n = int(v, 10) if isinstance(v, str) else int(v)
             if isinstance(v, float) and v != n:
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"must be a whole number from {lo} to {hi}") from None
         if not lo <= n <= hi:
             raise ValueError(f"must be a whole number from {lo} to {hi}")
@@ -194,6 +194,26 @@ def _rects(v: Any) -> tuple[Rect, ...]:
 def _source(v: Any) -> str:
     s = _text(v)
     return s.lower() if s.lower() in ("auto", "synthetic", "picamera2") else s
+
+
+_LEVEL_ALIASES = {
+    "WARN": "WARNING",
+    "CRITICAL": "FATAL",
+    "10": "DEBUG",
+    "20": "INFO",
+    "30": "WARNING",
+    "40": "ERROR",
+    "50": "FATAL",
+}
+
+
+def _log_level(v: Any) -> str:
+    """A log level name; the numbers Python uses (the old daemon reported 20) are accepted."""
+    name = str(v).strip().upper()
+    name = _LEVEL_ALIASES.get(name, name)
+    if name not in LOG_LEVELS:
+        raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
+    return name
 
 
 def _path(v: Any) -> Path:
@@ -597,7 +617,7 @@ OPTIONS: tuple[Option, ...] = (
         "when to report the configuration at start: always, never, empty",
     ),
     # the daemon itself
-    Option("daemon.log_level", "--log-level", _choice(*LOG_LEVELS), "INFO", "log level"),
+    Option("daemon.log_level", "--log-level", _log_level, "INFO", "log level"),
 )
 
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
@@ -821,13 +841,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Flatten a TOML file into key paths; raise ConfigError with one line if unreadable."""
+def read_toml(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Flatten a TOML file into key paths, with one line per unknown key.
+
+    Raises ConfigError with one line when the file cannot be read at all.
+    """
     try:
         with path.open("rb") as fh:
             doc = tomllib.load(fh)
     except OSError as exc:
         raise ConfigError([f"--config {path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"--config {path}: not valid UTF-8: {exc.reason} at byte {exc.start}"]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"--config {path}: not valid TOML: {exc}"]) from None
     flat: dict[str, Any] = {}
@@ -845,9 +872,7 @@ def read_toml(path: Path) -> dict[str, Any]:
                 errors.append(f"{key}: unknown setting in {path}")
             else:
                 flat[key] = value
-    if errors:
-        raise ConfigError(errors)
-    return flat
+    return flat, errors
 
 
 def load(
@@ -874,10 +899,12 @@ def load(
     errors: list[str] = []
     if config_file is not None:
         try:
-            for key, value in read_toml(config_file).items():
-                raw[key] = (value, str(config_file))
+            flat, unknown = read_toml(config_file)
         except ConfigError as exc:
-            errors.extend(exc.errors)
+            raise ConfigError([*exc.errors]) from None
+        errors.extend(unknown)
+        for key, value in flat.items():
+            raw[key] = (value, str(config_file))
     for key, value in cli.items():
         if key in OPTION_BY_KEY:
             joined = ";".join(value) if isinstance(value, list) else value
@@ -890,9 +917,8 @@ def load(
         except ValueError as exc:
             where = f"{origin} " if origin.startswith("-") else ""
             errors.append(f"{where}{key} = {_show(value)}: {exc}")
-    if errors:
-        raise ConfigError(errors)
-    _derive(values)
+    if "camera.buffer" in values:
+        _derive(values)
     errors.extend(_verify(values))
     if errors:
         raise ConfigError(errors)
@@ -906,22 +932,22 @@ def _show(value: Any) -> str:
 
 def _derive(values: dict[str, Any]) -> None:
     """Fill defaults that depend on other settings (the old meaning of ``buffer``)."""
-    if values["recorder.pre_roll"] is None:
+    if "recorder.pre_roll" in values and values["recorder.pre_roll"] is None:
         values["recorder.pre_roll"] = float(values["camera.buffer"] // 2)
-    if values["recorder.post_roll"] is None:
+    if "recorder.post_roll" in values and values["recorder.post_roll"] is None:
         values["recorder.post_roll"] = float(values["camera.buffer"])
 
 
 def _verify(values: Mapping[str, Any]) -> list[str]:
     """Rules that involve more than one setting."""
     errors = []
-    main: Resolution = values["camera.resolution"]
-    lores: Resolution = values["camera.lores"]
-    if lores.width > main.width or lores.height > main.height:
+    main: Resolution | None = values.get("camera.resolution")
+    lores: Resolution | None = values.get("camera.lores")
+    if main and lores and (lores.width > main.width or lores.height > main.height):
         errors.append(
             f"camera.lores = '{lores}': must not be larger than camera.resolution ({main})"
         )
-    source: str = values["source.source"]
+    source: str = values.get("source.source", "auto")
     if source not in ("auto", "synthetic", "picamera2") and not Path(source).is_file():
         errors.append(
             f"source.source = {source!r}: no such video file; "

@@ -1,0 +1,144 @@
+"""Draw the camera daemon's architecture and event flow to ``images/architecture.png``.
+
+Run with ``.venv/bin/python images/architecture.py``. The canvas is 140 x 80 units, one unit
+being 10 px of the 1400 x 800 px output (100 dpi).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.patches import FancyBboxPatch
+
+OUT = Path(__file__).with_suffix(".png")
+Point = tuple[float, float]
+FILL = {"thread": "#e8f0fb", "loop": "#e9f6ec", "shared": "#fff4dc", "disk": "#eeeeee"}
+
+
+def region(ax: Axes, x: float, y: float, w: float, h: float, label: str, color: str) -> None:
+    """A dashed area standing for a thread or the event loop, labelled at its top left."""
+    ax.add_patch(
+        FancyBboxPatch(
+            (x, y), w, h, "round,pad=0,rounding_size=1.5", fc="none", ec=color, ls="--", lw=1.4
+        )
+    )
+    ax.text(x + 1, y + h - 1, label, ha="left", va="top", fontsize=11, color=color, style="italic")
+
+
+def box(
+    ax: Axes,
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    title: str,
+    body: str = "",
+    kind: str = "loop",
+    dashed: bool = False,
+) -> None:
+    """A component: bold title over a few lines of detail, centred in the box."""
+    ax.add_patch(
+        FancyBboxPatch(
+            (x, y),
+            w,
+            h,
+            "round,pad=0,rounding_size=0.8",
+            fc="white" if dashed else FILL[kind],
+            ec="#888888" if dashed else "#333333",
+            ls="--" if dashed else "-",
+            lw=1.2,
+        )
+    )
+    text = "\n".join(filter(None, [title if dashed or not title else f"$\\bf{{{title}}}$", body]))
+    color = "#666666" if dashed else "black"
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=10, color=color)
+
+
+def arrow(ax: Axes, points: list[Point], label: str = "", at: Point | None = None) -> None:
+    """A (possibly bent) arrow through ``points``; ``label`` is written at ``at``."""
+    if len(points) > 2:
+        xs, ys = zip(*points[:-1], strict=True)
+        ax.plot(xs, ys, color="#333333", lw=1.4)
+    ax.annotate(
+        "",
+        xy=points[-1],
+        xytext=points[-2],
+        arrowprops={"arrowstyle": "-|>", "color": "#333333", "lw": 1.4, "mutation_scale": 14},
+    )
+    if label and at:
+        ax.text(*at, label, ha="center", va="center", fontsize=10, color="#1a4f8b")
+
+
+def main() -> None:
+    fig = plt.figure(figsize=(14, 8), dpi=100, facecolor="white")
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, 140)
+    ax.set_ylim(0, 80)
+    ax.axis("off")
+    ax.text(70, 77, "pinthesky camera daemon: architecture and event flow", ha="center",
+            va="center", fontsize=14, weight="bold")  # fmt: skip
+
+    # Camera sources, on their own threads.
+    region(ax, 1, 3, 25, 70, "camera / encoder threads", "#2f5d9e")
+    box(ax, 2.5, 5, 22, 62, "", "", kind="thread")
+    ax.text(13.5, 63.5, "$\\bf{Camera}$ interface\nopen · start · stop", ha="center",
+            va="center", fontsize=10)  # fmt: skip
+    sources = [
+        ("picamera2", "H.264 hardware encoder\n+ YUV420 lores stream", 45),
+        ("file\\ replay", "PyAV decode\n+ libx264 encode", 26),
+        ("synthetic\\ scene", "pre-encoded GOPs\n+ rendered frames", 7),
+    ]
+    for title, body, y in sources:
+        box(ax, 4, y, 19, 13, title, body, kind="disk")
+
+    # Objects shared between the camera threads and the loop.
+    box(ax, 35, 50, 22, 20, "PacketRing", "pre-event ring buffer\nwhole GOPs\n"
+        "outputframe() contract\nthreading.Lock", kind="shared")  # fmt: skip
+    box(ax, 35, 7, 22, 15, "AnalysisPort", "call_soon_threadsafe\ninto the loop", kind="shared")
+    arrow(ax, [(24.5, 60), (35, 60)], "packets", (30.5, 61.8))
+    arrow(ax, [(24.5, 14.5), (35, 14.5)], "analysis\nframes", (30.5, 18))
+    ax.text(30.5, 12.5, "5 fps, gray", ha="center", va="center", fontsize=9, color="#555555")
+
+    # The asyncio event loop: analysis, tracking, recording, events.
+    region(ax, 60, 3, 79, 44, "asyncio event loop", "#2e7d3e")
+    box(ax, 63, 6, 27, 17, "MotionAnalyzer", "numpy frame difference\nadaptive noise level\n"
+        "8x8 cells → moving macroblocks\nlighting-change filter")  # fmt: skip
+    box(ax, 97, 6, 25, 17, "MotionTracker", "persistence (seconds)\nonset look-back\n"
+        "quiet = post-roll")  # fmt: skip
+    box(ax, 95, 28, 41, 15, "Recorder", "idle / recording / post-roll state machine\n"
+        "reads packets from the ring by sequence number\nmanual capture API")  # fmt: skip
+    box(ax, 63, 28, 18, 15, "EventBus", "publish / subscribe\non the loop")
+    arrow(ax, [(57, 14.5), (63, 14.5)])
+    arrow(ax, [(90, 14.5), (97, 14.5)], "scores", (93.5, 16.3))
+    arrow(ax, [(109, 23), (109, 28)], "motion events", (116, 25.5))
+    arrow(ax, [(95, 35.5), (81, 35.5)], "ClipReady", (88, 37.3))
+
+    # Later issues, fed by the bus.
+    box(ax, 35, 37, 22, 8, "uploader", "(S3, issue 3)", dashed=True)
+    box(ax, 35, 26, 22, 8, "event output / commands", "(issue 4)", dashed=True)
+    arrow(ax, [(63, 37.5), (57, 41)])
+    arrow(ax, [(63, 33.5), (57, 30)])
+
+    # The clip writer and the clip directory.
+    arrow(ax, [(57, 57), (102, 57), (102, 43)], "read by seq", (68, 58.8))
+    region(ax, 112, 51, 27, 23, "clip-writer thread", "#8a5a00")
+    box(ax, 114, 53, 23, 17, "ClipStore", "fragmented MP4 or Annex-B\ntemp name + fsync + rename\n"
+        "salvage at start\nquota eviction", kind="thread")  # fmt: skip
+    arrow(ax, [(128, 43), (128, 53)], "write / close", (121, 49))
+    clips = "clip directory\n{start_epoch}.motion.mp4"
+    box(ax, 82, 62, 22, 10, "motion\\_videos/", clips, kind="disk")
+    arrow(ax, [(114, 67), (104, 67)])
+
+    ax.text(139, 1.3, "dashed box: later issue · yellow: shared by camera threads and loop",
+            ha="right", va="center", fontsize=9, color="#555555")  # fmt: skip
+    fig.savefig(OUT, facecolor="white")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

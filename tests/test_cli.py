@@ -1,0 +1,301 @@
+"""The ``pinthesky`` command as a user runs it: one process per test, exit codes and output.
+
+A mistake a user can fix (a bad flag, a bad config value, an unreadable video, an unusable clip
+directory) must give one clear line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import pinthesky
+
+REPO = Path(__file__).resolve().parent.parent
+OLD_ENV = (
+    "CLOUDWATCH",
+    "CLOUDWATCH_THREADED",
+    "DATAPLANE",
+    "CLOUDWATCH_DELINEATE_STREAM",
+    "AWS_DEFAULT_REGION",
+)
+# The daemon's log lines on a terminal: "<date> <time> LEVEL name: message".
+LOG_LINE = re.compile(
+    r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}[,.]\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: "
+)
+
+
+def pinthesky_cmd(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in OLD_ENV and k != "JOURNAL_STREAM"}
+    # Run this working tree's package, whatever is installed.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "pinthesky", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def stderr_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return proc.stderr.splitlines()
+
+
+def non_log_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if not LOG_LINE.match(line)]
+
+
+def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout, proc.stdout
+
+
+# -- --version ------------------------------------------------------------------------------
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == pinthesky.__version__ + "\n"
+    assert proc.stderr == ""
+
+
+def test_version_after_other_flags(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "--log-level", "DEBUG", "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == pinthesky.__version__ + "\n"
+
+
+def test_version_is_a_release_number() -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)*", pinthesky.__version__)
+
+
+def test_version_is_single_sourced() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    project = pyproject["project"]
+    assert "version" not in project
+    assert "version" in project["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "pinthesky.__version__"
+    }
+    version = pinthesky.__version__
+    init = REPO / "pinthesky" / "__init__.py"
+    assert f'__version__ = "{version}"' in init.read_text(encoding="utf-8")
+    candidates = [
+        REPO / "pyproject.toml",
+        REPO / "Makefile",
+        *(REPO / "pinthesky").rglob("*.py"),
+        *(p for p in (REPO / "service").rglob("*") if p.is_file()),
+        *(REPO / name for name in ("setup.py", "setup.cfg") if (REPO / name).exists()),
+    ]
+    holders = [
+        p.relative_to(REPO).as_posix()
+        for p in candidates
+        if p != init
+        and p.is_file()
+        and re.search(rf"\b{re.escape(version)}\b", p.read_text(encoding="utf-8"))
+    ]
+    assert holders == []
+
+
+# -- --validate-config ----------------------------------------------------------------------
+
+
+def test_validate_config_prints_the_effective_settings_as_toml(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "--validate-config")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    doc = tomllib.loads(proc.stdout)
+    assert doc["camera"]["framerate"] == 20
+    assert doc["camera"]["rotation"] == 0
+    assert doc["camera"]["resolution"] == "640x480"
+    assert doc["camera"]["buffer"] == 15
+    assert doc["recorder"]["pre_roll"] == 7.0
+    assert doc["recorder"]["post_roll"] == 15.0
+    assert doc["storage"]["combine_dir"] == "motion_videos"
+    assert doc["cloudwatch"]["enabled"] is False
+    assert doc["events"]["shadow_update"] == "empty"
+    # Validating creates nothing (no clip directory, no event files).
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_config_shows_flags_and_file(tmp_path: Path) -> None:
+    config = tmp_path / "pinthesky.toml"
+    config.write_text('[camera]\nframerate = "25"\nrotation = 180\n', encoding="utf-8")
+    proc = pinthesky_cmd(
+        tmp_path, "--config", "pinthesky.toml", "--validate-config", "--rotation", "90"
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = tomllib.loads(proc.stdout)
+    assert doc["camera"]["framerate"] == 25
+    assert doc["camera"]["rotation"] == 90
+
+
+def test_validate_config_output_is_accepted_back(tmp_path: Path) -> None:
+    first = pinthesky_cmd(tmp_path, "--validate-config", "--framerate", "30", "--cloudwatch")
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "saved.toml").write_text(first.stdout, encoding="utf-8")
+    second = pinthesky_cmd(tmp_path, "--config", "saved.toml", "--validate-config")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+
+
+def test_validate_config_reports_each_bad_value_on_one_line(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "--validate-config", "--framerate", "abc", "--rotation", "45")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 2, proc.stderr
+    framerate = [line for line in lines if "camera.framerate" in line]
+    rotation = [line for line in lines if "camera.rotation" in line]
+    assert len(framerate) == 1
+    assert len(rotation) == 1
+    assert "abc" in framerate[0]
+    assert "120" in framerate[0]
+    assert "45" in rotation[0]
+    assert "0, 90, 180, 270" in rotation[0]
+
+
+def test_validate_config_bad_file_value(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[camera]\nresolution = "641x480"\n', encoding="utf-8")
+    proc = pinthesky_cmd(tmp_path, "--config", "c.toml", "--validate-config")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "camera.resolution" in lines[0]
+    assert "641x480" in lines[0]
+
+
+def test_unknown_flag_is_one_line_without_usage(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "--bogus")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "--bogus" in lines[0]
+    assert "usage:" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_flag_missing_its_value_is_one_line(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "--validate-config", "--framerate")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "--framerate" in lines[0]
+
+
+def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "--config", "missing.toml", "--validate-config")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "missing.toml" in lines[0]
+
+
+def test_invalid_toml_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.toml").write_text("[camera\nframerate = 25\n", encoding="utf-8")
+    proc = pinthesky_cmd(tmp_path, "--config", "broken.toml", "--validate-config")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "broken.toml" in lines[0]
+
+
+def test_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "latin1.toml").write_bytes('[storage]\nbucket_name = "café"\n'.encode("latin-1"))
+    proc = pinthesky_cmd(tmp_path, "--config", "latin1.toml", "--validate-config")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "latin1.toml" in lines[0]
+
+
+def test_missing_video_source_is_one_line(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "--source", "/nonexistent.mp4", "--validate-config")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "source.source" in lines[0]
+    assert "/nonexistent.mp4" in lines[0]
+
+
+# -- the daemon's own start-up failures -----------------------------------------------------
+
+
+def test_unreadable_video_is_one_line(tmp_path: Path) -> None:
+    video = tmp_path / "x.mp4"
+    video.write_bytes(random.Random(1).randbytes(64 * 1024))
+    proc = pinthesky_cmd(
+        tmp_path, "--source", str(video), "--combine-dir", str(tmp_path / "clips"), timeout=60
+    )
+    assert proc.returncode != 0
+    assert_no_traceback(proc)
+    errors = non_log_lines(proc)
+    assert len(errors) == 1, proc.stderr
+    assert "cannot read video" in errors[0]
+    assert "x.mp4" in errors[0]
+
+
+def test_unusable_clip_directory_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("not a directory\n", encoding="utf-8")
+    clips = tmp_path / "file.txt" / "clips"
+    proc = pinthesky_cmd(tmp_path, "--source", "synthetic", "--combine-dir", str(clips), timeout=60)
+    assert proc.returncode != 0
+    assert_no_traceback(proc)
+    errors = non_log_lines(proc)
+    assert len(errors) == 1, proc.stderr
+    assert "not writable" in errors[0] or "clip directory" in errors[0]
+    assert str(clips) in errors[0]
+
+
+# -- pinthesky detect -----------------------------------------------------------------------
+
+
+def test_detect_without_a_video_is_one_line(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "detect")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "video" in lines[0]
+    assert "usage:" not in proc.stderr
+
+
+def test_detect_missing_video_is_one_line(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(tmp_path, "detect", "/nonexistent.mp4")
+    assert proc.returncode != 0
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "/nonexistent.mp4" in lines[0]
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("flag", ["--framerate", "--sensitivity"])
+def test_detect_bad_setting_is_one_line(tmp_path: Path, flag: str) -> None:
+    video = tmp_path / "x.mp4"
+    video.write_bytes(b"")
+    proc = pinthesky_cmd(tmp_path, "detect", str(video), flag, "abc")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "abc" in lines[0]

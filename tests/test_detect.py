@@ -1,0 +1,48 @@
+"""``pinthesky detect``: the analyzer over a recorded video, for tuning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import pinthesky
+
+CASES = ["walkers", "lights", "dusk", "night_noise", "night_walkers", "small_object"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_detect_reports_events_within_a_second_of_when_motion_begins(footage, tmp_path, name):
+    scenario = footage.scenario(name)
+    out = pinthesky("detect", str(scenario.path), "--json", "--post-roll", "4", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc) >= {"events", "frames", "analysis_us_per_frame"}
+    assert doc["frames"] == pytest.approx(scenario.duration * 5, abs=2)  # 5 fps analysis
+    assert doc["analysis_us_per_frame"] > 0
+    assert len(doc["events"]) == len(scenario.events)
+    for found, (begin, end) in zip(doc["events"], scenario.events, strict=True):
+        assert abs(found["start"] - begin) <= 1.0
+        assert abs(found["end"] - end) <= 1.0
+        assert found["start"] <= found["declared"] <= found["start"] + 1.0
+
+
+def test_events_closer_than_the_post_roll_are_merged(footage, tmp_path):
+    scenario = footage.scenario("walkers")  # walk-ins 12 s apart
+    out = pinthesky("detect", str(scenario.path), "--json", "--post-roll", "15", cwd=tmp_path)
+    (event,) = json.loads(out.stdout)["events"]
+    assert abs(event["start"] - 10) <= 1 and abs(event["end"] - 36) <= 1
+
+
+def test_readable_timeline_and_plot(footage, tmp_path):
+    scenario = footage.scenario("small_object")
+    png = tmp_path / "score.png"
+    out = pinthesky("detect", str(scenario.path), "--plot", str(png), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "event 1: 00:10.00" in out.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_higher_sensitivity_number_misses_the_small_object(footage, tmp_path):
+    scenario = footage.scenario("small_object")
+    out = pinthesky("detect", str(scenario.path), "--json", "--sensitivity", "500", cwd=tmp_path)
+    assert json.loads(out.stdout)["events"] == []

@@ -1,0 +1,384 @@
+"""The parts one at a time: ring buffer, motion analysis and tracking, recorder, clip store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import clip_facts, settings_for
+
+from pinthesky.bus import ClipReady, EventBus
+from pinthesky.camera.base import RateGate
+from pinthesky.camera.x264 import X264Encoder
+from pinthesky.clips import ClipStore
+from pinthesky.media import US, Clock, Packet, StreamInfo, has_parameter_sets
+from pinthesky.motion import (
+    MotionAnalyzer,
+    MotionEnded,
+    MotionStarted,
+    MotionTracker,
+    Score,
+)
+from pinthesky.recorder import Recorder
+from pinthesky.ring import PacketRing
+from pinthesky.settings import RecorderSettings, Rect, Resolution, Window, defaults
+
+S = US  # one second in µs
+
+
+def pkt(ts: float, key: bool = False, size: int = 10) -> Packet:
+    return Packet(b"x" * size, key, round(ts * S))
+
+
+def fill(ring: PacketRing, seconds: float, fps: int = 10, gop: int = 10) -> None:
+    for i in range(round(seconds * fps)):
+        ring.push(pkt(i / fps, key=i % gop == 0))
+
+
+# -- ring buffer ----------------------------------------------------------------------------
+
+
+def test_ring_keeps_the_keyframe_at_or_before_the_retention_window():
+    ring = PacketRing(retain_us=3 * S)
+    fill(ring, 10.1)  # up to t=10.0
+    first_ts = ring.packet_ts(ring.keyframe_before(0))  # type: ignore[arg-type]
+    assert first_ts == 7 * S  # newest 10.0 - 3 s = 7.0, a keyframe
+    ring.push(pkt(10.1))
+    assert ring.packet_ts(ring.keyframe_before(0)) == 7 * S  # type: ignore[arg-type]
+    seq = ring.keyframe_before(round(8.5 * S))
+    assert ring.packet_ts(seq) == 8 * S  # type: ignore[arg-type]
+
+
+def test_ring_skips_until_the_first_keyframe_and_reads_by_sequence():
+    ring = PacketRing(retain_us=5 * S)
+    ring.push(pkt(0.0))  # not decodable on its own: dropped
+    assert ring.newest_ts() is None
+    fill(ring, 2)
+    packets, nxt = ring.read(0, until_ts=round(0.55 * S))
+    assert [p.ts for p in packets] == [round(i / 10 * S) for i in range(6)]
+    more, _ = ring.read(nxt)
+    assert more[0].ts == round(0.6 * S)
+
+
+def test_ring_pin_holds_packets_a_clip_still_needs():
+    ring = PacketRing(retain_us=1 * S)
+    fill(ring, 2)
+    seq = ring.keyframe_before(round(1.0 * S))
+    ring.pin(seq)
+    for i in range(20, 80):
+        ring.push(pkt(i / 10, key=i % 10 == 0))
+    packets, _ = ring.read(seq)  # type: ignore[arg-type]
+    assert packets[0].ts == 1 * S and len(packets) == 70
+    ring.pin(None)
+    assert ring.packet_ts(ring.keyframe_before(0)) >= 6 * S  # type: ignore[arg-type, operator]
+
+
+def test_ring_byte_cap_and_hard_cap():
+    ring = PacketRing(retain_us=100 * S, max_bytes=250)
+    fill(ring, 5)  # 10 bytes a packet, GOPs of 100 bytes
+    assert ring.stats().bytes <= 250 + 100
+    hard = PacketRing(retain_us=1 * S, hard_max_bytes=300)
+    fill(hard, 1)
+    hard.pin(0)
+    for i in range(10, 60):
+        hard.push(pkt(i / 10, key=i % 10 == 0))
+    assert hard.stats().dropped_unread > 0  # counted, not silent
+
+
+def test_ring_outputframe_follows_picamera2_signature():
+    ring = PacketRing(retain_us=S)
+    ring.outputframe(memoryview(b"\x00\x00\x01\x65"), keyframe=True, timestamp=123)
+    ring.outputframe(b"ignored", keyframe=True, timestamp=124, audio=True)
+    packets, _ = ring.read(0)
+    assert packets == [Packet(b"\x00\x00\x01\x65", True, 123)]
+
+
+def test_rate_gate_takes_every_fourth_frame_of_a_jittery_20fps_camera():
+    gate = RateGate(5, 50_000)
+    rng = np.random.default_rng(1)
+    taken = [i for i in range(200) if gate.due(i * 50_000 + int(rng.integers(-2000, 2000)))]
+    assert taken == list(range(0, 200, 4))
+
+
+# -- motion -------------------------------------------------------------------------------
+
+
+def scene(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 200, (30, 40), dtype=np.uint8)
+    return np.kron(base, np.ones((8, 8), np.uint8))  # textured 320x240
+
+
+def noisy(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    return np.clip(img + rng.normal(0, sigma, img.shape), 0, 255).astype(np.uint8)
+
+
+def analyzer(**motion: Any) -> MotionAnalyzer:
+    s = defaults()
+    m = s.motion.__class__(**{**s.motion.__dict__, **motion})
+    return MotionAnalyzer(Resolution(320, 240), Resolution(640, 480), m)
+
+
+def test_brightness_steps_do_not_wrap_around_or_count_as_motion():
+    # The upstream example's uint8 MSE scores a +64 step as 0; we must neither miss real
+    # changes that way nor take a global step for motion.
+    a = analyzer()
+    img = scene()
+    a.analyse(img, 0)
+    for step, ts in ((16, 1), (32, 2), (64, 3)):
+        brighter = np.clip(img.astype(int) + step, 0, 255).astype(np.uint8)
+        assert a.analyse(brighter, ts).blocks == 0
+        a.analyse(img, ts)
+
+
+def test_a_moving_object_scores_in_macroblocks_and_noise_does_not():
+    a = analyzer()
+    rng = np.random.default_rng(2)
+    img = scene()
+    a.analyse(noisy(img, 3, rng), 0)
+    scores = [a.analyse(noisy(img, 3, rng), i).blocks for i in range(1, 20)]
+    assert max(scores) == 0  # noise alone
+    moved = img.copy()
+    moved[80:160, 100:160] = 20  # a dark object appears: 10x7.5 cells
+    score = a.analyse(noisy(moved, 3, rng), 21)
+    assert 60 <= score.blocks <= 90  # 16x16 macroblocks at 640x480 == 8x8 cells here
+
+
+def test_noise_level_adapts_to_a_noisy_night_sensor():
+    a = analyzer()
+    rng = np.random.default_rng(3)
+    dark = (scene() // 5).astype(np.uint8)
+    scores = [a.analyse(noisy(dark, 8, rng), i).blocks for i in range(60)]
+    assert a.noise_level > 20
+    assert max(scores[20:]) <= 10  # settles below the default sensitivity
+
+
+def test_a_light_switched_on_is_not_motion():
+    a = analyzer()
+    img = scene()
+    a.analyse(img, 0)
+    gain = np.linspace(1.8, 1.2, 320)[None, :]  # a lamp on the left
+    lit = np.clip(img * gain + 10, 0, 255).astype(np.uint8)
+    score = a.analyse(lit, 1)
+    assert score.lighting and score.blocks == 0
+
+
+def test_mask_rectangles_and_images_hide_motion(tmp_path: Path):
+    img = scene()
+    moved = img.copy()
+    moved[0:120, 0:160] = 10  # top-left quarter changes
+    masked = analyzer(mask_rects=(Rect(0, 0, 320, 240),))  # main-resolution pixels
+    masked.analyse(img, 0)
+    assert masked.analyse(moved, 1).blocks == 0
+    # The same as an image mask: black where ignored.
+    import av
+
+    mask = np.full((480, 640, 3), 255, np.uint8)
+    mask[:240, :320] = 0
+    png = tmp_path / "mask.png"
+    with av.open(str(png), "w") as out:
+        stream = out.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "rgb24"
+        for p in stream.encode(av.VideoFrame.from_ndarray(mask, format="rgb24")):
+            out.mux(p)
+    by_image = analyzer(mask=png)
+    by_image.analyse(img, 0)
+    assert by_image.analyse(moved, 1).blocks == 0
+    plain = analyzer()
+    plain.analyse(img, 0)
+    assert plain.analyse(moved, 1).blocks > 100
+
+
+def test_mask_follows_the_rotation():
+    # Viewed rotated by 90 degrees, the viewer's top-left is the sensor's bottom-left.
+    s = defaults()
+    m = s.motion.__class__(**{**s.motion.__dict__, "mask_rects": (Rect(0, 0, 240, 320),)})
+    a = MotionAnalyzer(Resolution(320, 240), Resolution(640, 480), m, rotation=90)
+    assert not a.cell_mask[-1, 0] and a.cell_mask[0, -1]
+
+
+def score(ts: float, blocks: float, lighting: bool = False) -> Score:
+    return Score(round(ts * S), blocks, int(blocks), lighting)
+
+
+def test_motion_must_persist_in_seconds_whatever_the_analysis_rate():
+    for fps in (2, 5, 10):
+        t = MotionTracker(sensitivity=10, min_time=0.4, quiet=4)
+        events = []
+        for i in range(10 * fps):
+            ts = i / fps
+            events += t.update(score(ts, 30 if 2.0 <= ts < 5.0 else 0))
+        (started,) = [e for e in events if isinstance(e, MotionStarted)]
+        assert started.onset == 2 * S
+        assert 2.4 * S <= started.declared <= 2.4 * S + S / fps
+        (ended,) = [e for e in events if isinstance(e, MotionEnded)]
+        assert 5.0 * S - S / fps <= ended.last_seen < 5.0 * S
+
+
+def test_a_flicker_shorter_than_min_time_is_not_an_event():
+    t = MotionTracker(sensitivity=10, min_time=0.4, quiet=4)
+    events = [e for i in range(50) for e in t.update(score(i / 5, 30 if i == 10 else 0))]
+    assert events == []
+
+
+def test_onset_looks_back_at_the_frames_that_led_to_motion():
+    t = MotionTracker(sensitivity=10, min_time=0.4, quiet=4)
+    blocks = [0, 0, 4, 8, 12, 20, 30, 30, 30]  # a walker entering the picture
+    events = [e for i, b in enumerate(blocks) for e in t.update(score(i / 5, b))]
+    assert isinstance(events[0], MotionStarted)
+    assert events[0].onset == round(0.4 * S)  # the first frame with some movement
+
+
+# -- recorder -------------------------------------------------------------------------------
+
+
+class Harness:
+    """A recorder on a real ring and clip store, fed hand-made packets and motion."""
+
+    def __init__(self, tmp: Path, hour: int = 12, window: Window | None = None) -> None:
+        self.ring = PacketRing(retain_us=10 * S)
+        self.store = ClipStore(tmp, "h264")
+        self.store.prepare()
+        self.clips: list[Any] = []
+        bus = EventBus()
+        bus.subscribe(ClipReady, lambda e: self.clips.append(e.clip))
+        self.rec = Recorder(
+            RecorderSettings(pre_roll=2, post_roll=3, max_clip=120),
+            self.ring,
+            self.store,
+            StreamInfo(640, 480, Fraction(10)),
+            Clock(0, 1_700_000_000.0),
+            bus,
+            window,
+            hour=lambda: hour,
+        )
+        self.t = 0
+
+    def run_until(self, seconds: float, motion: tuple[float, float] | None = None) -> None:
+        tracker = MotionTracker(10, 0.4, quiet=3)
+        while self.t < seconds * 10:
+            ts = round(self.t * S / 10)
+            self.ring.push(Packet(b"\x00\x00\x01\x65" + bytes(20), self.t % 10 == 0, ts))
+            if self.t % 2 == 0:
+                moving = motion is not None and motion[0] <= self.t / 10 < motion[1]
+                self.rec.on_motion(tracker.update(Score(ts, 30 if moving else 0, 30)), ts)
+            self.t += 1
+
+
+def test_recorder_cuts_a_clip_from_pre_roll_to_post_roll(tmp_path):
+    async def main() -> None:
+        h = Harness(tmp_path)
+        h.run_until(20, motion=(6.0, 9.0))
+        await h.rec.close()
+        (clip,) = h.clips
+        assert clip.start_ts == 3 * S  # the keyframe at or before 6.0 - 0.1 - 2
+        assert clip.trigger == "motion"
+        assert clip.path.name == "1700000003.motion.h264"
+        assert 8.8 * S + 3 * S <= clip.end_ts <= 9 * S + 3 * S + S // 10
+
+    asyncio.run(main())
+
+
+def test_recording_window_gates_motion_but_not_manual_captures(tmp_path):
+    async def main() -> None:
+        h = Harness(tmp_path, hour=3, window=Window(8, 18))
+        h.run_until(15, motion=(6.0, 9.0))
+        assert h.clips == [] and not h.rec.recording
+        fut = h.rec.capture(2.0)
+        h.run_until(20)
+        clip = await asyncio.wait_for(fut, 5)
+        assert clip is not None and clip.trigger == "manual"
+        assert clip.duration >= 4.0  # 2 s pre-roll + 2 s
+        await h.rec.close()
+
+    asyncio.run(main())
+    assert Window(22, 6).contains(23) and Window(22, 6).contains(6)
+    assert not Window(22, 6).contains(7) and Window(8, 18).contains(18)
+
+
+def test_manual_capture_during_motion_extends_the_clip(tmp_path):
+    async def main() -> None:
+        h = Harness(tmp_path)
+        h.run_until(7, motion=(6.0, 9.0))
+        fut = h.rec.capture(10.0)  # until 16.9, past the motion's post-roll at 12
+        h.run_until(25, motion=(6.0, 9.0))
+        clip = await asyncio.wait_for(fut, 5)
+        assert clip is not None and len(h.clips) == 1
+        assert clip.end_ts >= round(16.9 * S)
+        await h.rec.close()
+
+    asyncio.run(main())
+
+
+# -- clip store -----------------------------------------------------------------------------
+
+
+def touch(path: Path, size: int) -> Path:
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def test_quota_evicts_oldest_first_and_keeps_the_newest(tmp_path, caplog):
+    store = ClipStore(tmp_path, max_bytes=2500)
+    for epoch in (1700000300, 1700000100, 1700000200, 1700000400):
+        touch(tmp_path / f"{epoch}.motion.mp4", 1000)
+    touch(tmp_path / "notes.txt", 5000)  # not ours: never touched
+    evicted = store.enforce_quota()
+    assert [p.name for p in evicted] == ["1700000100.motion.mp4", "1700000200.motion.mp4"]
+    assert store.evicted == 2 and "evicted 1700000100.motion.mp4" in caplog.text
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_min_free_space_evicts_too(tmp_path, monkeypatch):
+    store = ClipStore(tmp_path, max_bytes=1 << 40, min_free=10_000)
+    for epoch in (1, 2, 3):
+        touch(tmp_path / f"{epoch}.motion.h264", 4000)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=3000))
+    evicted = store.enforce_quota()
+    assert [p.name for p in evicted] == ["1.motion.h264", "2.motion.h264"]
+
+
+def test_unwritable_clip_directory_is_one_clear_error(tmp_path):
+    from pinthesky.errors import ClipStoreError
+
+    blocker = touch(tmp_path / "file", 1)
+    with pytest.raises(ClipStoreError, match="not writable"):
+        ClipStore(blocker / "clips").prepare()
+
+
+def test_salvage_keeps_the_readable_part_of_a_killed_mp4(tmp_path):
+    info = StreamInfo(320, 240, Fraction(10))
+    enc = X264Encoder(320, 240, Fraction(10), 500_000, iperiod=10)
+    import av
+
+    packets = []
+    for i in range(40):
+        luma = np.full((240, 320), 16 + 4 * i, np.uint8)
+        yuv = np.concatenate([luma, np.full((120, 320), 128, np.uint8)])
+        packets += enc.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p"), i * S // 10)
+    packets += enc.close()
+    assert has_parameter_sets(packets[0].data) and has_parameter_sets(packets[10].data)
+    store = ClipStore(tmp_path)
+    writer = store.new_clip(1700000000, info, "motion")
+    writer.write(packets)
+    writer._container.close()  # as far as a killed process gets: no rename
+    data = writer.temp.read_bytes()
+    writer.temp.write_bytes(data[: len(data) - 300])  # and the tail cut short
+    (saved,) = store.recover(info)
+    assert saved.path.name == "1700000000.motion.mp4"
+    assert not list(tmp_path.glob(".*"))
+    facts = clip_facts(saved.path)
+    assert facts.first_keyframe and 30 <= facts.frames < 40
+    assert os.stat(saved.path).st_size > 0
+
+
+def test_settings_for_uses_defaults(tmp_path):
+    s = settings_for(tmp_path)
+    assert s.recorder.pre_roll == 7 and s.recorder.post_roll == 15
