@@ -27,8 +27,8 @@ from pinthesky.bus import EventBus, MotionDetected
 from pinthesky.camera import AnalysisPort, Camera, make_camera
 from pinthesky.clips import ClipStore
 from pinthesky.errors import PintheskyError, SourceError
-from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us
-from pinthesky.motion import MotionAnalyzer, MotionStarted, MotionTracker
+from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
+from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.recorder import Recorder
 from pinthesky.ring import PacketRing
 from pinthesky.settings import Settings
@@ -98,14 +98,18 @@ class Daemon:
         self.camera = camera
         info = await asyncio.to_thread(camera.open)
         self.info = info
+        release_memory()
         await asyncio.to_thread(self.store.recover, info)
         await asyncio.to_thread(self.store.enforce_quota)
 
         rec = s.recorder
-        # How far back a clip may need to reach: pre-roll, plus the time to confirm motion,
-        # plus the look-back for its onset and a keyframe interval of slack.
+        # How far back a clip may need to reach from the newest frame when motion is confirmed:
+        # the pre-roll, the time to confirm motion and the look-back for its onset, two
+        # analysis intervals (the onset slack and the loop's lag), and one keyframe interval
+        # to round down to a keyframe.
         iperiod_s = s.camera.iperiod / float(info.framerate)
-        retain = rec.pre_roll + s.motion.min_time + 2.0 + 2 * iperiod_s
+        interval_s = 1 / s.motion.analysis_fps
+        retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 * interval_s + iperiod_s
         ring = PacketRing(round(retain * US), max_bytes=s.camera.buffer_size)
         self.ring = ring
         analyzer = MotionAnalyzer(s.camera.lores, s.camera.resolution, s.motion, info.rotation)
@@ -235,6 +239,7 @@ class Daemon:
             if now - last_status >= STATUS_EVERY:
                 last_status = now
                 self._log_status()
+                release_memory()
 
     def _log_status(self) -> None:
         assert self.ring is not None and self.recorder is not None

@@ -53,6 +53,8 @@ NOISE_SIGMAS = 3.0
 """Pixels must change by this many noise standard deviations of a frame difference."""
 NOISE_EVERY = 4
 """Re-estimate the noise every this many frames (a median is the costly part)."""
+LOOKBACK_S = 1.0
+"""How far before the first frame over the threshold an event's onset may be dated back."""
 GAIN_TRIGGER = 2.0
 """Median brightness change (luma levels) above which the previous frame is relit."""
 
@@ -304,7 +306,7 @@ class MotionTracker:
         for past_ts, blocks in reversed(self._recent):
             if past_ts >= onset:
                 continue
-            if blocks <= self.sensitivity / 4 or onset - past_ts > 2 * US:
+            if blocks <= self.sensitivity / 4 or onset - past_ts > LOOKBACK_S * US:
                 break
             onset = past_ts
         self._candidate = None

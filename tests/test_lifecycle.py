@@ -187,3 +187,17 @@ def test_manual_capture_and_still_while_running(tmp_path):
         assert await asyncio.wait_for(task, 10) == 0
 
     asyncio.run(main())
+
+
+def test_auto_source_never_falls_back_silently_on_a_pi_without_camera(tmp_path, monkeypatch):
+    from pinthesky.camera import make_camera, picam
+    from pinthesky.errors import SourceError
+
+    settings = settings_for(tmp_path)
+    monkeypatch.setattr(picam, "camera_present", lambda: False)  # picamera2 here, no camera
+    with pytest.raises(SourceError, match="no camera detected"):
+        make_camera(settings)
+    monkeypatch.setattr(picam, "camera_present", lambda: None)  # not a Pi at all
+    assert make_camera(settings).name == "synthetic"
+    monkeypatch.setattr(picam, "camera_present", lambda: True)
+    assert make_camera(settings).name == "picamera2"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,32 @@ def test_rotation_90_is_a_display_rotation_in_the_clip(footage, tmp_path):
     with av.open(str(clip.path)) as c:
         frame = next(c.decode(video=0))
         assert frame.rotation in (90, -90, 270)
+
+
+def test_h264_at_the_camera_size_is_passed_through_untouched(footage, tmp_path):
+    import av
+
+    # A file as a Pi would record it: H.264 640x480, no B-frames, a keyframe per second.
+    src = tmp_path / "pi.mp4"
+    with av.open(str(footage.scenario("small_object").path)) as inp, av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        stream.options = {"x264-params": "bframes=0:keyint=10:min-keyint=10:scenecut=0"}
+        for i, frame in enumerate(inp.decode(video=0)):
+            small = frame.reformat(width=640, height=480, format="yuv420p")
+            small.pts = i
+            small.time_base = Fraction(1, 10)
+            for p in stream.encode(small):
+                out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+    with av.open(str(src)) as c:
+        source_packets = {bytes(p) for p in c.demux(video=0) if p.size}
+    _, run = replay(footage, "small_object", tmp_path, **{"source.source": src})
+    assert run.daemon.camera.passthrough  # type: ignore[union-attr]
+    (clip,) = run.clips
+    with av.open(str(clip.path)) as c:
+        ours = [(bytes(p), p.is_keyframe) for p in c.demux(video=0) if p.size]
+    inter = [data for data, key in ours if not key]
+    assert inter and all(data in source_packets for data in inter)
+    assert clip_facts(clip.path).frames == clip.packets

@@ -2,9 +2,11 @@
 
 Each frame is scaled to the configured resolution and encoded with libx264 shaped like the
 Pi's encoder (one keyframe per ``iperiod`` frames, no B-frames), so clips cut from a replay
-look like clips from a Pi. Frames are stamped with the file's own media time, shifted to start
-at "now" on the monotonic clock; analysis frames are handed over losslessly (the replay waits
-for the analyzer), so a replay cuts the same clips at any speed.
+look like clips from a Pi. A file that already is what the Pi would produce (H.264 at the
+configured size, no B-frames, a keyframe at least every two ``iperiod``) is passed through
+untouched instead, and only decoded for the analysis. Frames are stamped with the file's own
+media time, shifted to start at "now" on the monotonic clock; analysis frames are handed over
+losslessly (the replay waits for the analyzer), so a replay cuts the same clips at any speed.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pinthesky.camera.base import AnalysisPort, open_error
 from pinthesky.camera.x264 import X264Encoder, encode_jpeg
 from pinthesky.errors import SourceError
-from pinthesky.media import US, AnalysisFrame, StreamInfo, monotonic_us
+from pinthesky.media import US, AnalysisFrame, Packet, StreamInfo, monotonic_us
 from pinthesky.ring import PacketRing
 from pinthesky.settings import CameraSettings
 
@@ -62,6 +66,7 @@ class ReplaySource:
             raise open_error(f"{self._path}: cannot read video", exc) from None
         self._container = container
         self._first = first
+        self.passthrough = self._can_pass_through(stream)
         rate = stream.average_rate or stream.guessed_rate
         self._fps = Fraction(rate) if rate else Fraction(self._settings.framerate)
         w, h = self._settings.resolution
@@ -74,11 +79,42 @@ class ReplaySource:
             float(self._fps),
             "full speed" if self._speed == 0 else f"{self._speed:g}x real time",
         )
+        if self.passthrough:
+            log.info("%s is H.264 as the camera would send it: passed through", self._path)
         return StreamInfo(w, h, self._fps, self._settings.rotation)
 
+    def _can_pass_through(self, stream: Any) -> bool:
+        import av
+
+        ctx = stream.codec_context
+        if ctx.name != "h264" or (stream.width, stream.height) != tuple(self._settings.resolution):
+            return False
+        if getattr(ctx, "has_b_frames", 0):
+            return False
+        # Pre-roll precision depends on frequent keyframes: look at the first few hundred.
+        limit = 2 * self._settings.iperiod
+        gap = 0
+        try:
+            with av.open(str(self._path)) as probe:
+                for n, pkt in enumerate(probe.demux(probe.streams.video[0])):
+                    if n >= 300:
+                        break
+                    if pkt.size == 0:
+                        continue
+                    if pkt.is_keyframe:
+                        gap = 0
+                    else:
+                        gap += 1
+                        if gap >= limit:
+                            return False
+        except av.FFmpegError:
+            return False
+        return True
+
     def start(self, ring: PacketRing, port: AnalysisPort) -> None:
+        target = self._run_passthrough if self.passthrough else self._run
         self._thread = threading.Thread(
-            target=self._run, args=(ring, port), name="replay-camera", daemon=True
+            target=target, args=(ring, port), name="replay-camera", daemon=True
         )
         self._thread.start()
 
@@ -119,7 +155,7 @@ class ReplaySource:
                     ring.push(pkt)
                 if port.due(ts):
                     gray = frame.reformat(width=lw, height=lh, format="gray")
-                    port.submit(AnalysisFrame(gray.to_ndarray().copy(), ts))
+                    port.submit(AnalysisFrame(np.array(gray.to_ndarray(), np.uint8), ts))
                 self.frames += 1
         except av.FFmpegError as exc:
             # A damaged tail: keep what was decoded, like a player would.
@@ -133,6 +169,59 @@ class ReplaySource:
                 ring.push(pkt)
         except av.FFmpegError as exc:
             log.warning("%s: encoder flush failed: %s", self._path, exc)
+        log.info("end of %s after %d frames", self._path, self.frames)
+        port.finished()
+
+    def _run_passthrough(self, ring: PacketRing, port: AnalysisPort) -> None:
+        # Runs on the replay thread: demux, convert to Annex-B, decode for the analysis only.
+        import av
+
+        lw, lh = self._settings.lores
+        origin = monotonic_us()
+        self.origin_us = origin
+        wall0 = time.monotonic()
+        t0: float | None = None
+        last_ts = origin - 1
+        try:
+            with av.open(str(self._path)) as container:
+                stream = container.streams.video[0]
+                extradata = stream.codec_context.extradata or b""
+                # avcC extradata (MP4, MKV) means length-prefixed packets: make them Annex-B.
+                bsf = (
+                    av.BitStreamFilterContext("h264_mp4toannexb", stream)
+                    if extradata[:1] == b"\x01"
+                    else None
+                )
+                for packet in container.demux(stream):
+                    if self._stop.is_set():
+                        break
+                    if packet.size == 0 or packet.pts is None:
+                        continue
+                    t = float(packet.pts * packet.time_base)
+                    if t0 is None:
+                        t0 = t
+                    ts = max(origin + round((t - t0) * US), last_ts + 1)
+                    last_ts = ts
+                    if self._speed > 0:
+                        delay = wall0 + (ts - origin) / US / self._speed - time.monotonic()
+                        if delay > 0 and self._stop.wait(delay):
+                            break
+                    keyframe = bool(packet.is_keyframe)
+                    frames = packet.decode()
+                    for out in bsf.filter(packet) if bsf is not None else [packet]:
+                        ring.push(Packet(bytes(out), keyframe, ts))
+                    for frame in frames:
+                        self._last_frame = frame
+                        self.frames += 1
+                        if port.due(ts):
+                            gray = frame.reformat(width=lw, height=lh, format="gray")
+                            port.submit(AnalysisFrame(np.array(gray.to_ndarray(), np.uint8), ts))
+        except av.FFmpegError as exc:
+            log.warning("%s: stopped reading at frame %d: %s", self._path, self.frames, exc)
+        except Exception as exc:
+            log.exception("replay of %s failed", self._path)
+            port.failed(exc)
+            return
         log.info("end of %s after %d frames", self._path, self.frames)
         port.finished()
 

@@ -50,7 +50,11 @@ class X264Encoder:
             "tune": "zerolatency",
             "profile": _X264_PROFILE.get(profile, "high"),
             # keyint_min/scenecut: keyframes exactly every iperiod frames, as on the Pi.
-            "x264-params": f"repeat-headers=1:bframes=0:scenecut=0:keyint_min={iperiod}",
+            # vbv: hold the bitrate like the Pi's encoder does, which bounds the ring's memory.
+            "x264-params": (
+                f"repeat-headers=1:bframes=0:scenecut=0:keyint_min={iperiod}"
+                f":vbv-maxrate={bitrate // 1000}:vbv-bufsize={bitrate // 1000}"
+            ),
         }
         self._ctx = ctx
         self.width = width

@@ -1,0 +1,105 @@
+"""Runs every benchmark of the performance requirements, one after the other, and sums up.
+
+Requirements measured (each by its own script, see their docstrings):
+
+* bench/analyzer.py: the motion analyzer costs at most 2x the upstream picamera2 example's
+  one-line MSE on the same 320x240 frames, measured side by side.
+* bench/daemon.py: the daemon on the synthetic source (640x480, 20 fps, defaults) uses at most
+  2 % of one core and at most 100 MB resident after one minute, and stops on SIGTERM with
+  code 0 within 5 s.
+* bench/startup.py: ``pinthesky --version`` answers in under 0.3 s; the daemon buffers its
+  first frame in under 2 s.
+
+The scripts run sequentially (never side by side: they would disturb each other's figures),
+each printing its own ``key=value`` figures; a table of every check follows, read back from
+bench/out/<name>.json, and a final ``overall=PASS|FAIL``.
+
+Run (from the repository root; the full run takes about 2.5 minutes)::
+
+    .venv/bin/python bench/run_all.py            # or: make bench
+    .venv/bin/python bench/run_all.py --quick    # daemon window t = 20..40 s instead of 60..120 s
+    .venv/bin/python bench/run_all.py analyzer startup   # a subset
+
+``--quick`` and ``--strict`` are passed on to every script.
+This is a report: it exits 0 even when a requirement FAILs (``--strict`` exits 1 then), and
+non-zero only when a benchmark could not run at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from _common import OUT_DIR, fmt
+
+BENCHMARKS = ("analyzer", "daemon", "startup")
+HERE = Path(__file__).resolve().parent
+
+
+def run_one(name: str, flags: Sequence[str]) -> tuple[int, dict[str, Any] | None, float]:
+    out = OUT_DIR / f"{name}.json"
+    out.unlink(missing_ok=True)  # never report a stale figure as this run's
+    print(f"\n=== {name} ===", flush=True)
+    t0 = time.monotonic()
+    code = subprocess.call([sys.executable, str(HERE / f"{name}.py"), *flags])
+    took = time.monotonic() - t0
+    doc = json.loads(out.read_text()) if out.is_file() else None
+    return code, doc, took
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHMARKS)} (all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter daemon window (20+20 s)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any check FAILs")
+    args = parser.parse_args(argv)
+    names = args.benchmarks or list(BENCHMARKS)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    flags = [f for f, on in (("--quick", args.quick), ("--strict", args.strict)) if on]
+
+    rows: list[tuple[str, str, str, str, str]] = []
+    broken: list[str] = []
+    failed = False
+    for name in names:
+        code, doc, took = run_one(name, flags)
+        if doc is None:
+            broken.append(name)
+            rows.append((name, "did not run", f"exit code {code}", "", "ERROR"))
+            continue
+        print(f"# {name} took {took:.0f} s", flush=True)
+        for c in doc["checks"]:
+            value = f"{fmt(c['value'])} {c['unit']}"
+            limit = f"<= {fmt(c['limit'])} {c['unit']}"
+            verdict = "PASS" if c["pass"] else "FAIL"
+            failed |= not c["pass"]
+            rows.append((name, c["what"], value, limit, verdict))
+
+    header = ("benchmark", "requirement", "measured", "limit", "result")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print("\n=== summary ===")
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        if row[-1] in ("FAIL", "ERROR"):
+            line += "   <<<"
+        print(line.rstrip())
+    overall = "ERROR" if broken else "FAIL" if failed else "PASS"
+    print(f"overall={overall}")
+    if args.quick:
+        print("# --quick: the daemon window was t = 20..40 s, not the required after-one-minute")
+    if broken:
+        return 2
+    return 1 if args.strict and failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
