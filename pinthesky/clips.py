@@ -1,8 +1,8 @@
 """The clip directory: clips written safely, salvaged after a crash, kept under a quota.
 
 A clip is written under a hidden temporary name in the clip directory, as fragmented MP4
-(``frag_keyframe+empty_moov``: readable up to the last complete fragment even if the writer
-dies) or raw Annex-B H.264. When complete it is fsynced, renamed to its final name
+(``mp4.py``: one fragment per GOP, readable up to the last complete fragment even if the
+writer dies) or raw Annex-B H.264. When complete it is fsynced, renamed to its final name
 ``{start_epoch}.motion.mp4`` (or ``.h264``) and the directory is fsynced, so a final name never
 points at a truncated file. At start, temporary files left by a crash are salvaged: the
 packets that can still be read are written again as a proper clip, and a file with nothing
@@ -11,25 +11,22 @@ readable is removed. Every method blocks: the daemon calls them on its clip-writ
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
 import shutil
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from pinthesky.errors import ClipStoreError
-from pinthesky.media import US, Packet, StreamInfo
+from pinthesky.media import US, Packet, StreamInfo, has_parameter_sets
+from pinthesky.mp4 import TIMESCALE, FragmentedMp4Writer
 
 log = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
-TIME_BASE = Fraction(1, 90_000)
 _FINAL = re.compile(r"^(\d+)(?:-(\d+))?\.motion\.(mp4|h264)$")
 _TEMP = re.compile(r"^\.(\d+)(?:-(\d+))?\.motion\.(mp4|h264)\.partial$")
 
@@ -64,8 +61,7 @@ class ClipWriter:
         self.trigger = trigger
         self.start_epoch = start_epoch
         self._fh: Any = None
-        self._container: Any = None
-        self._stream: Any = None
+        self._mp4: FragmentedMp4Writer | None = None
         self._pending: Packet | None = None
         self._first_ts: int | None = None
         self._last_ts = 0
@@ -75,52 +71,30 @@ class ClipWriter:
     def write(self, packets: Iterable[Packet]) -> None:
         for pkt in packets:
             if self._first_ts is None:
-                if not pkt.keyframe:
+                if not pkt.keyframe or (self.fmt == "mp4" and not has_parameter_sets(pkt.data)):
                     continue  # a clip must start decodable
                 self._first_ts = pkt.ts
-                self._open(pkt)
+                self._fh = self.temp.open("wb")
+                if self.fmt == "mp4":
+                    self._mp4 = FragmentedMp4Writer(
+                        self._fh, self.info.width, self.info.height, self.info.rotation
+                    )
             if pkt.ts <= self._last_ts and self.packets:
                 continue  # never go back in time inside one clip
             if self.fmt == "h264":
                 self._fh.write(pkt.data)
             else:
                 if self._pending is not None:
-                    self._mux(self._pending, pkt.ts - self._pending.ts)
+                    self._mux(self._pending, pkt.ts)
                 self._pending = pkt
             self._last_ts = pkt.ts
             self.packets += 1
 
-    def _open(self, first: Packet) -> None:
-        if self.fmt == "h264":
-            self._fh = self.temp.open("wb")
-            return
-        import av
-
-        # The muxer needs the stream's SPS/PPS before the first fragment: read them from the
-        # first keyframe (picamera2's repeat=True puts them in front of every keyframe).
-        probe: Any = av.open(io.BytesIO(first.data), format="h264")
-        template = probe.streams.video[0]
-        self._container = av.open(
-            str(self.temp),
-            "w",
-            format="mp4",
-            options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
-        )
-        self._stream = self._container.add_stream_from_template(template)
-        self._stream.time_base = TIME_BASE
-        probe.close()
-
-    def _mux(self, pkt: Packet, duration_us: int) -> None:
-        import av
-
-        assert self._first_ts is not None
-        out = av.Packet(pkt.data)
-        out.pts = out.dts = _ticks(pkt.ts - self._first_ts)
-        out.duration = max(1, _ticks(duration_us))
-        out.time_base = TIME_BASE
-        out.is_keyframe = pkt.keyframe
-        out.stream = self._stream
-        self._container.mux(out)
+    def _mux(self, pkt: Packet, next_ts: int) -> None:
+        # Durations from cumulative tick positions, so rounding never drifts the timeline.
+        assert self._first_ts is not None and self._mp4 is not None
+        start = _ticks(pkt.ts - self._first_ts)
+        self._mp4.add(pkt.data, pkt.keyframe, max(1, _ticks(next_ts - self._first_ts) - start))
 
     @property
     def duration(self) -> float:
@@ -132,18 +106,14 @@ class ClipWriter:
         """Finish the file and give it its final name; None if it holds no frame."""
         if self._first_ts is None:
             return None
-        if self.fmt == "h264":
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-        else:
+        if self._mp4 is not None:
             if self._pending is not None:
-                self._mux(self._pending, self._frame_us)
+                self._mux(self._pending, self._pending.ts + self._frame_us)
                 self._pending = None
-            self._container.close()
-            if self.info.rotation:
-                set_mp4_rotation(self.temp, self.info.rotation)
-            _fsync_path(self.temp)
+            self._mp4.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
         os.replace(self.temp, self.final)
         _fsync_path(self.final.parent)
         size = self.final.stat().st_size
@@ -160,17 +130,16 @@ class ClipWriter:
 
     def abort(self) -> None:
         """Drop the clip (nothing was written that anyone could want)."""
-        for closer in (self._fh, self._container):
-            if closer is not None:
-                try:
-                    closer.close()
-                except Exception:  # closing a half-written file after an I/O error
-                    log.debug("closing %s failed", self.temp, exc_info=True)
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:  # closing a half-written file after an I/O error
+                log.debug("closing %s failed", self.temp, exc_info=True)
         self.temp.unlink(missing_ok=True)
 
 
 def _ticks(us: int) -> int:
-    return (us * 9 + 50) // 100
+    return (us * TIMESCALE + US // 2) // US
 
 
 def _fsync_path(path: Path) -> None:
@@ -316,47 +285,3 @@ class ClipStore:
 
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.clips())
-
-
-# -- MP4 display rotation -----------------------------------------------------------------
-# The Pi's ISP cannot turn a picture by 90 degrees, so the clip says how to display it: the
-# track header's transformation matrix, which players and browsers honour.
-
-_MATRICES = {
-    0: (0x10000, 0, 0, 0x10000),
-    90: (0, 0x10000, -0x10000, 0),
-    180: (-0x10000, 0, 0, -0x10000),
-    270: (0, -0x10000, 0x10000, 0),
-}
-
-
-def set_mp4_rotation(path: Path, rotation: int) -> None:
-    """Write the display matrix of every track header (``tkhd``) in the file's ``moov``."""
-    a, b, c, d = _MATRICES[rotation]
-    with path.open("r+b") as fh:
-        head = fh.read(1 << 16)
-        for offset in _find_boxes(head, b"tkhd", (b"moov", b"trak")):
-            version = head[offset + 8]
-            # tkhd: size, type, version/flags, then (v0) 4x4-byte or (v1) 8+8+4+4+8 bytes of
-            # times/ids, 8 reserved, layer, group, volume, reserved: the matrix follows.
-            matrix_at = offset + 8 + 4 + (32 if version == 1 else 20) + 8 + 8
-            fh.seek(matrix_at)
-            fh.write(struct.pack(">iiiiiiiii", a, b, 0, c, d, 0, 0, 0, 0x40000000))
-
-
-def _find_boxes(
-    data: bytes, kind: bytes, path: tuple[bytes, ...], start: int = 0, end: int | None = None
-) -> list[int]:
-    end = len(data) if end is None else end
-    found = []
-    pos = start
-    while pos + 8 <= end:
-        size, box = struct.unpack(">I4s", data[pos : pos + 8])
-        if size < 8:
-            break
-        if path and box == path[0]:
-            found += _find_boxes(data, kind, path[1:], pos + 8, min(end, pos + size))
-        elif not path and box == kind:
-            found.append(pos)
-        pos += size
-    return found

@@ -368,14 +368,14 @@ def test_salvage_keeps_the_readable_part_of_a_killed_mp4(tmp_path):
     store = ClipStore(tmp_path)
     writer = store.new_clip(1700000000, info, "motion")
     writer.write(packets)
-    writer._container.close()  # as far as a killed process gets: no rename
+    writer._fh.close()  # as far as a killed process gets: no last fragment, no rename
     data = writer.temp.read_bytes()
     writer.temp.write_bytes(data[: len(data) - 300])  # and the tail cut short
     (saved,) = store.recover(info)
     assert saved.path.name == "1700000000.motion.mp4"
     assert not list(tmp_path.glob(".*"))
     facts = clip_facts(saved.path)
-    assert facts.first_keyframe and 30 <= facts.frames < 40
+    assert facts.first_keyframe and 20 <= facts.frames < 40
     assert os.stat(saved.path).st_size > 0
 
 

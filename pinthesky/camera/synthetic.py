@@ -1,16 +1,21 @@
 """A synthetic scene for machines without a camera: a still room with sensor noise, and an
 object that walks across it every 30 seconds.
 
-The H.264 stream is encoded once at start (a one-second GOP of the still room, and the GOPs of
-one crossing), then replayed GOP by GOP in real time, so the steady-state CPU is the daemon's
-own work, as on a Pi whose encoder is in hardware. The small analysis frames are rendered on
-the fly from the same scene description (cheap: a few numpy additions per analysed frame).
+The H.264 stream is encoded once at start, in a child process (a one-second GOP of the still
+room, and the GOPs of one crossing), then replayed GOP by GOP in real time, so the steady-state
+CPU and memory are the daemon's own, as on a Pi whose encoder is in hardware. The small
+analysis frames are rendered on the fly from the same scene description (cheap: a few numpy
+additions per analysed frame).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import struct
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +26,7 @@ import numpy.typing as npt
 
 from pinthesky.camera.base import AnalysisPort
 from pinthesky.camera.x264 import X264Encoder, encode_jpeg
+from pinthesky.errors import SourceError
 from pinthesky.media import US, AnalysisFrame, Packet, StreamInfo, monotonic_us
 from pinthesky.ring import PacketRing
 from pinthesky.settings import CameraSettings
@@ -104,14 +110,8 @@ class SyntheticSource:
         self._loop_gops = max(2, math.ceil(PERIOD_S * self._fps / iperiod))
         self._cross_gop0 = math.ceil(CROSS_AT_S * self._fps / iperiod)
         self._cross_gops = math.ceil(CROSS_FOR_S * self._fps / iperiod)
-        main_bg = self._main.background()
-        noise = self._rng.normal(0, NOISE_SIGMA, (h + 16, w + 16)).astype(np.int16)
-        self._still = self._encode(main_bg, noise, first_frame=0, frames=iperiod)
-        self._crossing = self._encode(
-            main_bg,
-            noise,
-            first_frame=self._cross_gop0 * iperiod,
-            frames=self._cross_gops * iperiod,
+        self._still, self._crossing = self._encode_in_child(
+            self._cross_gop0 * iperiod, self._cross_gops * iperiod
         )
         log.info(
             "synthetic scene %dx%d at %d fps: an object crosses every %.0f s",
@@ -122,44 +122,40 @@ class SyntheticSource:
         )
         return StreamInfo(w, h, Fraction(self._fps), s.rotation)
 
-    def _encode(
-        self,
-        bg: npt.NDArray[np.int16],
-        noise: npt.NDArray[np.int16],
-        first_frame: int,
-        frames: int,
-    ) -> list[Packet]:
-        import av
-
+    def _encode_in_child(
+        self, cross_first: int, cross_frames: int
+    ) -> tuple[list[Packet], list[Packet]]:
+        """Pre-encode in a child process: the daemon itself then never loads FFmpeg's
+        encoders, whose memory would stay resident long after this one-off job."""
         s = self._settings
-        w, h = s.resolution
-        enc = X264Encoder(
-            w,
-            h,
-            Fraction(self._fps),
-            s.encoding_bitrate,
-            s.encoding_profile,
-            self._gop,
-            preset="ultrafast",
-        )
-        chroma = np.full((h // 2, w), 128, np.uint8)
-        packets: list[Packet] = []
-        for i in range(frames):
-            t = (first_frame + i) / self._fps
-            luma = self._noisy(self._main.render(bg, t), noise)
-            frame = av.VideoFrame.from_ndarray(np.concatenate([luma, chroma]), format="yuv420p")
-            packets += enc.encode(frame, round(i * US / self._fps))
-        packets += enc.close()
-        return packets
+        args = {
+            "width": s.resolution.width,
+            "height": s.resolution.height,
+            "fps": self._fps,
+            "bitrate": s.encoding_bitrate,
+            "profile": s.encoding_profile,
+            "gop": self._gop,
+            "cross_first": cross_first,
+            "cross_frames": cross_frames,
+        }
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "pinthesky.camera.synthetic", json.dumps(args)],
+                capture_output=True,
+                timeout=120,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            reason = detail.decode(errors="replace").strip().splitlines()[-1:] or [str(exc)]
+            raise SourceError(f"synthetic scene: pre-encoding failed: {reason[0]}") from None
+        still, crossing = _unpack(done.stdout)
+        return still, crossing
 
     def _noisy(
         self, img: npt.NDArray[np.int16], noise: npt.NDArray[np.int16]
     ) -> npt.NDArray[np.uint8]:
-        h, w = img.shape
-        dy, dx = self._rng.integers(0, 16, 2)
-        noisy = img + noise[dy : dy + h, dx : dx + w]
-        out: npt.NDArray[np.uint8] = np.clip(noisy, 0, 255).astype(np.uint8)
-        return out
+        return _noisy(img, noise, self._rng)
 
     def start(self, ring: PacketRing, port: AnalysisPort) -> None:
         self._thread = threading.Thread(
@@ -208,3 +204,69 @@ class SyntheticSource:
         yuv = np.concatenate([luma.astype(np.uint8), np.full((h // 2, w), 128, np.uint8)])
         frame: Any = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         return encode_jpeg(frame)
+
+
+def _noisy(
+    img: npt.NDArray[np.int16], noise: npt.NDArray[np.int16], rng: np.random.Generator
+) -> npt.NDArray[np.uint8]:
+    """The scene with sensor noise: a window at a random offset into a fixed noise field."""
+    h, w = img.shape
+    dy, dx = rng.integers(0, 16, 2)
+    noisy = img + noise[dy : dy + h, dx : dx + w]
+    out: npt.NDArray[np.uint8] = np.clip(noisy, 0, 255).astype(np.uint8)
+    return out
+
+
+def encode_scene(args: dict[str, Any], seed: int = 7) -> tuple[list[Packet], list[Packet]]:
+    """One GOP of the still room and the GOPs of one crossing, encoded like the Pi would."""
+    import av
+
+    w, h, fps, gop = args["width"], args["height"], args["fps"], args["gop"]
+    rng = np.random.default_rng(seed)
+    scene = Scene(w, h)
+    bg = scene.background()
+    noise = rng.normal(0, NOISE_SIGMA, (h + 16, w + 16)).astype(np.int16)
+    chroma = np.full((h // 2, w), 128, np.uint8)
+    parts = []
+    for first, frames in ((0, gop), (args["cross_first"], args["cross_frames"])):
+        enc = X264Encoder(
+            w, h, Fraction(fps), args["bitrate"], args["profile"], gop, preset="ultrafast"
+        )
+        packets: list[Packet] = []
+        for i in range(frames):
+            luma = _noisy(scene.render(bg, (first + i) / fps), noise, rng)
+            frame = av.VideoFrame.from_ndarray(np.concatenate([luma, chroma]), format="yuv420p")
+            packets += enc.encode(frame, round(i * US / fps))
+        packets += enc.close()
+        parts.append(packets)
+    return parts[0], parts[1]
+
+
+def _pack(parts: tuple[list[Packet], list[Packet]]) -> bytes:
+    out = bytearray()
+    for packets in parts:
+        out += struct.pack(">I", len(packets))
+        for p in packets:
+            out += struct.pack(">IB", len(p.data), p.keyframe) + p.data
+    return bytes(out)
+
+
+def _unpack(data: bytes) -> tuple[list[Packet], list[Packet]]:
+    parts: list[list[Packet]] = []
+    pos = 0
+    for _ in range(2):
+        (count,) = struct.unpack_from(">I", data, pos)
+        pos += 4
+        packets = []
+        for _ in range(count):
+            size, key = struct.unpack_from(">IB", data, pos)
+            pos += 5
+            packets.append(Packet(data[pos : pos + size], bool(key), 0))
+            pos += size
+        parts.append(packets)
+    return parts[0], parts[1]
+
+
+if __name__ == "__main__":
+    # The pre-encoding child: settings as JSON in, packets on stdout.
+    sys.stdout.buffer.write(_pack(encode_scene(json.loads(sys.argv[1]))))
