@@ -105,11 +105,8 @@ class AnalysisPort:
         if self._closed.is_set():
             return
         if self.lossless:
-            # Wait for the loop to take the previous frame; wake up now and then to notice a
-            # shutdown so a stopping daemon never leaves this thread blocked.
-            while not self._free.acquire(timeout=0.2):
-                if self._closed.is_set():
-                    return
+            if not self._wait_free():
+                return
         elif not self._free.acquire(blocking=False):
             self.dropped += 1
             return
@@ -117,6 +114,16 @@ class AnalysisPort:
             self._loop.call_soon_threadsafe(self._deliver, frame)
         except RuntimeError:  # loop already closed: the daemon is exiting
             self._closed.set()
+
+    def _wait_free(self) -> bool:
+        """Wait for the loop to take the previous frame; False if the port closed meanwhile.
+
+        Wakes up now and then so a stopping daemon never leaves the source thread blocked.
+        """
+        while not self._free.acquire(timeout=0.2):
+            if self._closed.is_set():
+                return False
+        return True
 
     def finished(self) -> None:
         """The source ran out (end of a replayed file)."""
@@ -129,11 +136,9 @@ class AnalysisPort:
     def _end(self, exc: BaseException | None) -> None:
         if self._closed.is_set():
             return
-        if self.lossless:
-            # Deliver the end only after the last frame was analysed.
-            while not self._free.acquire(timeout=0.2):
-                if self._closed.is_set():
-                    return
+        # Deliver the end only after the last frame was analysed.
+        if self.lossless and not self._wait_free():
+            return
         with contextlib.suppress(RuntimeError):  # loop already closed: nobody to tell
             self._loop.call_soon_threadsafe(self._finish, exc)
 

@@ -30,6 +30,31 @@ from pinthesky.settings import CameraSettings
 log = logging.getLogger(__name__)
 
 
+class _Timeline:
+    """Media time of the file -> sensor time, paced to the replay speed (replay thread)."""
+
+    def __init__(self, speed: float, stop: threading.Event) -> None:
+        self.origin = monotonic_us()
+        self._wall0 = time.monotonic()
+        self._speed = speed
+        self._stop = stop
+        self._t0: float | None = None
+        self._last = self.origin - 1
+
+    def stamp(self, t: float) -> int | None:
+        """The sensor timestamp of media time ``t``, once it is due; None when stopping."""
+        if self._t0 is None:
+            self._t0 = t
+        # Strictly increasing stamps even if the file repeats a timestamp.
+        ts = max(self.origin + round((t - self._t0) * US), self._last + 1)
+        self._last = ts
+        if self._speed > 0:
+            delay = self._wall0 + (ts - self.origin) / US / self._speed - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return None
+        return None if self._stop.is_set() else ts
+
+
 class ReplaySource:
     """A ``Camera`` reading a video file."""
 
@@ -128,35 +153,20 @@ class ReplaySource:
 
         s = self._settings
         w, h = s.resolution
-        lw, lh = s.lores
         enc = X264Encoder(w, h, self._fps, s.encoding_bitrate, s.encoding_profile, s.iperiod)
-        origin = monotonic_us()
-        self.origin_us = origin
-        wall0 = time.monotonic()
-        t0: float | None = None
-        last_ts = origin - 1
+        timeline = _Timeline(self._speed, self._stop)
+        self.origin_us = timeline.origin
         try:
             for frame in self._frames():
-                if self._stop.is_set():
-                    break
                 t = frame.time if frame.time is not None else self.frames / float(self._fps)
-                if t0 is None:
-                    t0 = t
-                # Strictly increasing stamps even if the file repeats a timestamp.
-                ts = max(origin + round((t - t0) * US), last_ts + 1)
-                last_ts = ts
-                if self._speed > 0:
-                    delay = wall0 + (ts - origin) / US / self._speed - time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
-                        break
+                ts = timeline.stamp(t)
+                if ts is None:
+                    break
                 main = frame.reformat(width=w, height=h, format="yuv420p")
                 self._last_frame = main
                 for pkt in enc.encode(main, ts):
                     ring.push(pkt)
-                if port.due(ts):
-                    gray = frame.reformat(width=lw, height=lh, format="gray")
-                    port.submit(AnalysisFrame(np.array(gray.to_ndarray(), np.uint8), ts))
-                self.frames += 1
+                self._analyse(frame, ts, port)
         except av.FFmpegError as exc:
             # A damaged tail: keep what was decoded, like a player would.
             log.warning("%s: stopped reading at frame %d: %s", self._path, self.frames, exc)
@@ -176,12 +186,8 @@ class ReplaySource:
         # Runs on the replay thread: demux, convert to Annex-B, decode for the analysis only.
         import av
 
-        lw, lh = self._settings.lores
-        origin = monotonic_us()
-        self.origin_us = origin
-        wall0 = time.monotonic()
-        t0: float | None = None
-        last_ts = origin - 1
+        timeline = _Timeline(self._speed, self._stop)
+        self.origin_us = timeline.origin
         try:
             with av.open(str(self._path)) as container:
                 stream = container.streams.video[0]
@@ -193,29 +199,18 @@ class ReplaySource:
                     else None
                 )
                 for packet in container.demux(stream):
-                    if self._stop.is_set():
-                        break
                     if packet.size == 0 or packet.pts is None:
                         continue
-                    t = float(packet.pts * packet.time_base)
-                    if t0 is None:
-                        t0 = t
-                    ts = max(origin + round((t - t0) * US), last_ts + 1)
-                    last_ts = ts
-                    if self._speed > 0:
-                        delay = wall0 + (ts - origin) / US / self._speed - time.monotonic()
-                        if delay > 0 and self._stop.wait(delay):
-                            break
+                    ts = timeline.stamp(float(packet.pts * packet.time_base))
+                    if ts is None:
+                        break
                     keyframe = bool(packet.is_keyframe)
                     frames = packet.decode()
                     for out in bsf.filter(packet) if bsf is not None else [packet]:
                         ring.push(Packet(bytes(out), keyframe, ts))
                     for frame in frames:
                         self._last_frame = frame
-                        self.frames += 1
-                        if port.due(ts):
-                            gray = frame.reformat(width=lw, height=lh, format="gray")
-                            port.submit(AnalysisFrame(np.array(gray.to_ndarray(), np.uint8), ts))
+                        self._analyse(frame, ts, port)
         except av.FFmpegError as exc:
             log.warning("%s: stopped reading at frame %d: %s", self._path, self.frames, exc)
         except Exception as exc:
@@ -224,6 +219,14 @@ class ReplaySource:
             return
         log.info("end of %s after %d frames", self._path, self.frames)
         port.finished()
+
+    def _analyse(self, frame: Any, ts: int, port: AnalysisPort) -> None:
+        """Count the frame and hand it to the analysis when due (replay thread)."""
+        self.frames += 1
+        if port.due(ts):
+            lw, lh = self._settings.lores
+            gray = frame.reformat(width=lw, height=lh, format="gray")
+            port.submit(AnalysisFrame(np.array(gray.to_ndarray(), np.uint8), ts))
 
     def stop(self) -> None:
         self._stop.set()
