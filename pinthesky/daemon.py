@@ -26,7 +26,6 @@ from typing import Any
 from pinthesky.bus import EventBus, MotionDetected
 from pinthesky.camera import AnalysisPort, Camera, make_camera
 from pinthesky.clips import ClipStore
-from pinthesky.errors import PintheskyError, SourceError
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.recorder import Recorder
@@ -260,10 +259,4 @@ class Daemon:
 
 async def run(settings: Settings, process_start: float | None = None, **kwargs: Any) -> int:
     """Run the daemon until stopped; returns the exit code."""
-    daemon = Daemon(settings, process_start=process_start, **kwargs)
-    try:
-        return await daemon.run()
-    except SourceError:
-        raise
-    except PintheskyError:
-        raise
+    return await Daemon(settings, process_start=process_start, **kwargs).run()
