@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import subprocess
 import sys
@@ -104,10 +105,24 @@ def nal_types(data: bytes) -> list[int]:
     return [u[0] & 0x1F for u in split_annexb(data) if u]
 
 
+OLD_ENV = (
+    "CLOUDWATCH",
+    "CLOUDWATCH_THREADED",
+    "DATAPLANE",
+    "CLOUDWATCH_DELINEATE_STREAM",
+    "AWS_DEFAULT_REGION",
+)
+"""Environment variables the 0.9.1 daemon read: kept out of the tests' subprocesses."""
+
+
 def pinthesky(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m pinthesky ARGS`` from this working tree, in a clean environment."""
+    env = {k: v for k, v in os.environ.items() if k not in OLD_ENV and k != "JOURNAL_STREAM"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "pinthesky", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -6,26 +6,18 @@ directory) must give one clear line and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import pinthesky as run_pinthesky
 
 import pinthesky
 
 REPO = Path(__file__).resolve().parent.parent
-OLD_ENV = (
-    "CLOUDWATCH",
-    "CLOUDWATCH_THREADED",
-    "DATAPLANE",
-    "CLOUDWATCH_DELINEATE_STREAM",
-    "AWS_DEFAULT_REGION",
-)
 # The daemon's log lines on a terminal: "<date> <time> LEVEL name: message".
 LOG_LINE = re.compile(
     r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}[,.]\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: "
@@ -33,18 +25,7 @@ LOG_LINE = re.compile(
 
 
 def pinthesky_cmd(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in OLD_ENV and k != "JOURNAL_STREAM"}
-    # Run this working tree's package, whatever is installed.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return subprocess.run(
-        [sys.executable, "-m", "pinthesky", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_pinthesky(*args, cwd=cwd, timeout=timeout)
 
 
 def stderr_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:

@@ -13,18 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import OLD_ENV
 
 from pinthesky import cli, settings
 from pinthesky.errors import ConfigError
 from pinthesky.settings import Rect, Resolution, Settings, Window
-
-OLD_ENV = (
-    "CLOUDWATCH",
-    "CLOUDWATCH_THREADED",
-    "DATAPLANE",
-    "CLOUDWATCH_DELINEATE_STREAM",
-    "AWS_DEFAULT_REGION",
-)
 
 # The 0.9.1 daemon's flags (pinthesky/__main__.py of philcali/pits-device 0.9.1), each with a
 # value to give it, the setting it feeds, the typed value expected, and the 0.9.1 default.

@@ -137,9 +137,8 @@ class ReplaySource:
         return True
 
     def start(self, ring: PacketRing, port: AnalysisPort) -> None:
-        target = self._run_passthrough if self.passthrough else self._run
         self._thread = threading.Thread(
-            target=target, args=(ring, port), name="replay-camera", daemon=True
+            target=self._run, args=(ring, port), name="replay-camera", daemon=True
         )
         self._thread.start()
 
@@ -148,14 +147,29 @@ class ReplaySource:
         yield from self._container.decode(video=0)
 
     def _run(self, ring: PacketRing, port: AnalysisPort) -> None:
-        # Runs on the replay thread: decode, scale, encode, stamp, pace.
+        # Runs on the replay thread: it plays the part of the sensor and the encoder.
         import av
 
+        timeline = _Timeline(self._speed, self._stop)
+        self.origin_us = timeline.origin
+        produce = self._pass_through if self.passthrough else self._reencode
+        try:
+            produce(ring, port, timeline)
+        except av.FFmpegError as exc:
+            # A damaged tail: keep what was decoded, like a player would.
+            log.warning("%s: stopped reading at frame %d: %s", self._path, self.frames, exc)
+        except Exception as exc:
+            log.exception("replay of %s failed", self._path)
+            port.failed(exc)
+            return
+        log.info("end of %s after %d frames", self._path, self.frames)
+        port.finished()
+
+    def _reencode(self, ring: PacketRing, port: AnalysisPort, timeline: _Timeline) -> None:
+        """Decode, scale and encode like the Pi's encoder."""
         s = self._settings
         w, h = s.resolution
         enc = X264Encoder(w, h, self._fps, s.encoding_bitrate, s.encoding_profile, s.iperiod)
-        timeline = _Timeline(self._speed, self._stop)
-        self.origin_us = timeline.origin
         try:
             for frame in self._frames():
                 t = frame.time if frame.time is not None else self.frames / float(self._fps)
@@ -167,58 +181,37 @@ class ReplaySource:
                 for pkt in enc.encode(main, ts):
                     ring.push(pkt)
                 self._analyse(frame, ts, port)
-        except av.FFmpegError as exc:
-            # A damaged tail: keep what was decoded, like a player would.
-            log.warning("%s: stopped reading at frame %d: %s", self._path, self.frames, exc)
-        except Exception as exc:
-            log.exception("replay of %s failed", self._path)
-            port.failed(exc)
-            return
-        try:
+        finally:
+            # Even after a damaged tail, what the encoder still holds belongs to the clip.
             for pkt in enc.close():
                 ring.push(pkt)
-        except av.FFmpegError as exc:
-            log.warning("%s: encoder flush failed: %s", self._path, exc)
-        log.info("end of %s after %d frames", self._path, self.frames)
-        port.finished()
 
-    def _run_passthrough(self, ring: PacketRing, port: AnalysisPort) -> None:
-        # Runs on the replay thread: demux, convert to Annex-B, decode for the analysis only.
+    def _pass_through(self, ring: PacketRing, port: AnalysisPort, timeline: _Timeline) -> None:
+        """Demux, convert to Annex-B, and decode for the analysis only."""
         import av
 
-        timeline = _Timeline(self._speed, self._stop)
-        self.origin_us = timeline.origin
-        try:
-            with av.open(str(self._path)) as container:
-                stream = container.streams.video[0]
-                extradata = stream.codec_context.extradata or b""
-                # avcC extradata (MP4, MKV) means length-prefixed packets: make them Annex-B.
-                bsf = (
-                    av.BitStreamFilterContext("h264_mp4toannexb", stream)
-                    if extradata[:1] == b"\x01"
-                    else None
-                )
-                for packet in container.demux(stream):
-                    if packet.size == 0 or packet.pts is None:
-                        continue
-                    ts = timeline.stamp(float(packet.pts * packet.time_base))
-                    if ts is None:
-                        break
-                    keyframe = bool(packet.is_keyframe)
-                    frames = packet.decode()
-                    for out in bsf.filter(packet) if bsf is not None else [packet]:
-                        ring.push(Packet(bytes(out), keyframe, ts))
-                    for frame in frames:
-                        self._last_frame = frame
-                        self._analyse(frame, ts, port)
-        except av.FFmpegError as exc:
-            log.warning("%s: stopped reading at frame %d: %s", self._path, self.frames, exc)
-        except Exception as exc:
-            log.exception("replay of %s failed", self._path)
-            port.failed(exc)
-            return
-        log.info("end of %s after %d frames", self._path, self.frames)
-        port.finished()
+        with av.open(str(self._path)) as container:
+            stream = container.streams.video[0]
+            extradata = stream.codec_context.extradata or b""
+            # avcC extradata (MP4, MKV) means length-prefixed packets: make them Annex-B.
+            bsf = (
+                av.BitStreamFilterContext("h264_mp4toannexb", stream)
+                if extradata[:1] == b"\x01"
+                else None
+            )
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                ts = timeline.stamp(float(packet.pts * packet.time_base))
+                if ts is None:
+                    break
+                keyframe = bool(packet.is_keyframe)
+                frames = packet.decode()
+                for out in bsf.filter(packet) if bsf is not None else [packet]:
+                    ring.push(Packet(bytes(out), keyframe, ts))
+                for frame in frames:
+                    self._last_frame = frame
+                    self._analyse(frame, ts, port)
 
     def _analyse(self, frame: Any, ts: int, port: AnalysisPort) -> None:
         """Count the frame and hand it to the analysis when due (replay thread)."""
