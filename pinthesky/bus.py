@@ -12,6 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pinthesky.clips import ClipInfo
@@ -26,6 +27,13 @@ class ClipReady:
     """A clip is complete on disk under its final name (the uploader's queue entry)."""
 
     clip: ClipInfo
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReady:
+    """A still is complete on disk in the capture directory (queued for upload)."""
+
+    path: Path
 
 
 @dataclass(frozen=True, slots=True)

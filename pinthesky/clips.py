@@ -11,6 +11,7 @@ readable is removed. Every method blocks: the daemon calls them on its clip-writ
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -74,6 +75,7 @@ class ClipWriter:
                 if not pkt.keyframe or (self.fmt == "mp4" and not has_parameter_sets(pkt.data)):
                     continue  # a clip must start decodable
                 self._first_ts = pkt.ts
+                write_meta(self.final, {"trigger": self.trigger, "start_epoch": self.start_epoch})
                 self._fh = self.temp.open("wb")
                 if self.fmt == "mp4":
                     self._mp4 = FragmentedMp4Writer(
@@ -136,6 +138,24 @@ class ClipWriter:
             except OSError:  # closing a half-written file after an I/O error
                 log.debug("closing %s failed", self.temp, exc_info=True)
         self.temp.unlink(missing_ok=True)
+
+
+META = ".json"
+
+
+def _meta_path(clip: Path) -> Path:
+    return clip.with_name("." + clip.name + META)
+
+
+def write_meta(clip: Path, meta: dict[str, Any]) -> None:
+    """Keep a clip's trigger beside it, durably, before the clip exists under its name."""
+    path = _meta_path(clip)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as fh:
+        json.dump(meta, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _ticks(us: int) -> int:
@@ -213,7 +233,29 @@ class ClipStore:
                 log.warning("salvaged %s as %s (%.1f s)", path.name, clip.path.name, clip.duration)
                 saved.append(clip)
             path.unlink(missing_ok=True)
+        for entry in os.scandir(self.directory):
+            name = entry.name
+            if name.startswith(".") and ".upload.h264" in name:
+                os.unlink(entry.path)  # a remux for an upload that a crash interrupted
+            elif name.startswith(".") and name.endswith(META):
+                owner = self.directory / name[1 : -len(META)]
+                partial = owner.with_name("." + owner.name + PARTIAL)
+                if not owner.exists() and not partial.exists():
+                    os.unlink(entry.path)
         return saved
+
+    def meta(self, clip: Path) -> dict[str, Any]:
+        """What the recorder knew about a clip (its trigger); empty if nothing was kept."""
+        try:
+            data = json.loads(_meta_path(clip).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def remove(self, clip: Path) -> None:
+        """Delete a clip and what is kept beside it (after upload, or on eviction)."""
+        clip.unlink(missing_ok=True)
+        _meta_path(clip).unlink(missing_ok=True)
 
     def _salvage(self, path: Path, epoch: int, fmt: str, info: StreamInfo) -> ClipInfo | None:
         import av
@@ -240,9 +282,10 @@ class ClipStore:
         if not any(p.keyframe for p in packets):
             return None
         final = path.with_name(path.name[1 : -len(PARTIAL)])
+        trigger = str(self.meta(final).get("trigger", "motion"))
         if final.exists():
             final = self._free_name(epoch, fmt)
-        writer = ClipWriter(final, info, fmt, trigger="motion", start_epoch=epoch)
+        writer = ClipWriter(final, info, fmt, trigger=trigger, start_epoch=epoch)
         writer.temp = path.with_name(path.name + ".salvage")
         try:
             writer.write(packets)
@@ -265,10 +308,9 @@ class ClipStore:
             if not (over or short) or path == keep or path == clips[-1]:
                 break
             size = sizes[path]
-            try:
-                path.unlink()
-            except FileNotFoundError:
+            if not path.exists():
                 continue
+            self.remove(path)
             total -= size
             free += size
             self.evicted += 1

@@ -5,7 +5,7 @@ and hand analysis frames over through the ``AnalysisPort``):
 
     camera thread --packets--> PacketRing <--reads-- Recorder --writer thread--> ClipStore
     camera thread --analysis frames--> MotionAnalyzer -> MotionTracker -> Recorder
-    Recorder --ClipReady--> EventBus --> (uploader, event output: later issues)
+    Recorder --ClipReady--> EventBus --> Uploader --UploadEnded--> EventBus --> (event output)
 
 Start order: clip directory checked, camera opened, crash leftovers salvaged, camera started.
 Stop order (SIGTERM/SIGINT, end of a replayed file, or a failure): stop taking frames, stop the
@@ -16,21 +16,27 @@ the service.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
+import re
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pinthesky.bus import EventBus, MotionDetected
+from pinthesky.bus import ClipReady, EventBus, ImageReady, MotionDetected
 from pinthesky.camera import AnalysisPort, Camera, make_camera
 from pinthesky.clips import ClipStore
+from pinthesky.credentials import IotCredentialsProvider, IotIdentity, boto_session, refreshable
+from pinthesky.errors import PintheskyError
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.recorder import Recorder
 from pinthesky.ring import PacketRing
 from pinthesky.settings import Settings
+from pinthesky.uploader import Target, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,7 @@ class Daemon:
         self._exit_code = 0
         self._last_frame_ts: int | None = None
         self.recorder: Recorder | None = None
+        self.uploader: Uploader | None = None
         self.ring: PacketRing | None = None
         self.info: StreamInfo | None = None
         self.started = asyncio.Event()
@@ -135,6 +142,7 @@ class Daemon:
         )
         self.recorder = recorder
         self._tracker = tracker
+        self.uploader = self._make_uploader()
 
         def first_packet() -> None:
             # Encoder thread: cross into the loop.
@@ -156,13 +164,16 @@ class Daemon:
         )
         await asyncio.to_thread(camera.start, ring, port)
         self.started.set()
-        watchdog = asyncio.create_task(self._watch(camera), name="watchdog")
+        tasks = [asyncio.create_task(self._watch(camera), name="watchdog")]
+        if self.uploader is not None:
+            tasks.append(self._supervise(self.uploader.run(), "uploader"))
         try:
             await self._stop.wait()
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            for task in tasks:
+                task.cancel()
+            # An upload in flight is abandoned: its file stays queued for the next start.
+            await asyncio.gather(*tasks, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             port.close()
@@ -183,6 +194,90 @@ class Daemon:
                     ring_stats.dropped_unread,
                 )
         return self._exit_code
+
+    def _make_uploader(self) -> Uploader | None:
+        """The uploader the settings ask for, or None when clips stay local."""
+        s = self.settings
+        st, cc = s.storage, s.cloud_connection
+        if not st.bucket_name or not st.enabled:
+            log.info(
+                "no upload (%s): clips stay in %s under the quota",
+                "storage disabled" if st.bucket_name else "no bucket",
+                st.combine_dir,
+            )
+            return None
+        if not cc.thing_name:
+            log.error(
+                "storage.bucket_name is set but cloud_connection.thing_name is not: "
+                "uploads are off and clips stay in %s",
+                st.combine_dir,
+            )
+            return None
+        credentials = None
+        if cc.credentials_endpoint and cc.role_alias and cc.cert_path and cc.key_path:
+            identity = IotIdentity(
+                cc.credentials_endpoint,
+                cc.role_alias,
+                cc.thing_name,
+                cc.cert_path,
+                cc.key_path,
+                cc.cacert_path,
+            )
+            credentials = refreshable(IotCredentialsProvider(identity))
+        else:
+            log.info(
+                "no AWS IoT credentials provider configured: using the AWS SDK's own "
+                "credentials (environment, profile)"
+            )
+
+        def make_client() -> object:
+            from botocore.config import Config
+
+            config = Config(
+                connect_timeout=10, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}
+            )
+            return boto_session(credentials, None).client("s3", config=config)
+
+        target = Target(
+            st.bucket_name, cc.thing_name, st.video_prefix, st.image_prefix, st.video_format
+        )
+        uploader = Uploader(target, self.store, st.capture_dir, make_client, self.bus.publish)
+        self.bus.subscribe(ClipReady, lambda _: uploader.notify())
+        self.bus.subscribe(ImageReady, lambda _: uploader.notify())
+        return uploader
+
+    def _supervise(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task that must not die: if it does, the daemon exits non-zero."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed", name)
+                self.request_stop(1, f"the {name} task died")
+
+        return asyncio.create_task(guarded(), name=name)
+
+    async def capture_image(self, file_name: str | None = None) -> Path:
+        """Take a still into the capture directory (and the upload queue); returns its path.
+
+        ``file_name`` must be a plain name (``^[A-Za-z0-9._-]{1,64}$``, not hidden): it comes
+        from the cloud and must never lead outside the capture directory.
+        """
+        assert self.camera is not None
+        name = file_name or f"img-{int(time.time())}.jpg"
+        directory = self.settings.storage.capture_dir
+        if not STILL_NAME.fullmatch(name) or name.startswith("."):
+            raise PintheskyError(
+                f"capture_image file_name {name!r}: must match "
+                "[A-Za-z0-9._-]{1,64} and not start with a dot"
+            )
+        jpeg = await asyncio.to_thread(self.camera.capture_jpeg)
+        path = await asyncio.to_thread(_write_atomically, directory, name, jpeg)
+        self.bus.publish(ImageReady(path))
+        return path
 
     # -- loop callbacks ---------------------------------------------------------------------
 
@@ -255,6 +350,23 @@ class Daemon:
             self.recorder.clips_recorded,
             self.store.evicted,
         )
+
+
+STILL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _write_atomically(directory: Path, name: str, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    if path.resolve().parent != directory.resolve():
+        raise PintheskyError(f"capture_image file_name {name!r}: outside {directory}")
+    tmp = directory / f".{name}.tmp"
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 async def run(settings: Settings, process_start: float | None = None, **kwargs: Any) -> int:

@@ -13,6 +13,7 @@ right length and can seek.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from pinthesky.media import nal_type, split_annexb
@@ -204,3 +205,109 @@ class FragmentedMp4Writer:
         self._fh.flush()
         self._base = self._next
         self._samples = []
+
+
+# -- reading back: the Annex-B stream Pi In The Sky's cloud expects ---------------------------
+
+
+def _children(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, box end) of the boxes between ``start`` and ``end``."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if size == 1:
+            (size,) = struct.unpack_from(">Q", data, pos + 8)
+            header = 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            return  # a cut-off box: stop at the last whole one
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def _find(data: bytes, start: int, end: int, path: tuple[bytes, ...]) -> tuple[int, int] | None:
+    for kind, body, box_end in _children(data, start, end):
+        if kind == path[0]:
+            if len(path) == 1:
+                return body, box_end
+            # stsd and avc1 have fields before their child boxes.
+            skip = {b"stsd": 8, b"avc1": 78}.get(kind, 0)
+            found = _find(data, body + skip, box_end, path[1:])
+            if found is not None:
+                return found
+    return None
+
+
+def to_annexb(data: bytes) -> Iterator[bytes]:
+    """The access units of an MP4 written by ``FragmentedMp4Writer``, as Annex-B H.264, with
+    SPS and PPS before every keyframe (what ``ffmpeg -c copy`` on the cloud side expects).
+
+    No re-encoding and no FFmpeg: the boxes are read directly. Stops at a cut-off fragment.
+    """
+    config = _find(
+        data, 0, len(data), (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd", b"avc1", b"avcC")
+    )
+    if config is None:
+        raise ValueError("no H.264 track configuration (avcC) in the file")
+    pos = config[0] + 5
+    sps_len = struct.unpack_from(">H", data, pos + 1)[0]
+    sps = data[pos + 3 : pos + 3 + sps_len]
+    pos += 3 + sps_len
+    pps_len = struct.unpack_from(">H", data, pos + 1)[0]
+    pps = data[pos + 3 : pos + 3 + pps_len]
+    start = b"\x00\x00\x00\x01"
+    parameter_sets = start + sps + start + pps
+    moof_start = -1
+    samples: list[tuple[int, bool]] = []
+    data_offset = 0
+    for kind, body, end in _children(data, 0, len(data)):
+        if kind == b"moof":
+            moof_start = body - 8
+            trun = _find(data, body, end, (b"traf", b"trun"))
+            if trun is None:
+                continue
+            samples, data_offset = _trun(data, trun[0])
+        elif kind == b"mdat" and moof_start >= 0:
+            pos = moof_start + data_offset
+            for size, key in samples:
+                if pos + size > end:
+                    return
+                unit = bytearray(parameter_sets if key else b"")
+                nal_pos = pos
+                while nal_pos + 4 <= pos + size:
+                    (n,) = struct.unpack_from(">I", data, nal_pos)
+                    unit += start + data[nal_pos + 4 : nal_pos + 4 + n]
+                    nal_pos += 4 + n
+                yield bytes(unit)
+                pos += size
+            moof_start = -1
+
+
+def _trun(data: bytes, at: int) -> tuple[list[tuple[int, bool]], int]:
+    (version_flags, count) = struct.unpack_from(">II", data, at)
+    flags = version_flags & 0xFFFFFF
+    pos = at + 8
+    offset = 0
+    if flags & 0x1:
+        (offset,) = struct.unpack_from(">i", data, pos)
+        pos += 4
+    if flags & 0x4:
+        pos += 4  # first-sample flags
+    samples = []
+    for _ in range(count):
+        if flags & 0x100:
+            pos += 4
+        size = 0
+        if flags & 0x200:
+            (size,) = struct.unpack_from(">I", data, pos)
+            pos += 4
+        sample_flags = 0
+        if flags & 0x400:
+            (sample_flags,) = struct.unpack_from(">I", data, pos)
+            pos += 4
+        if flags & 0x800:
+            pos += 4
+        samples.append((size, not sample_flags & 0x00010000))
+    return samples, offset

@@ -436,6 +436,20 @@ OPTIONS: tuple[Option, ...] = (
         "free space kept on the clip file system; the oldest clips are evicted first",
     ),
     Option(
+        "storage.enabled",
+        None,
+        _bool,
+        True,
+        "upload to the bucket (false keeps every clip local and never deletes one)",
+    ),
+    Option(
+        "storage.video_format",
+        "--video-format",
+        _choice("h264", "mp4"),
+        "h264",
+        "format of uploaded clips: h264 (Annex-B, what Pi In The Sky converts) or mp4",
+    ),
+    Option(
         "storage.bucket_name",
         "--bucket-name",
         _optional(_text),
@@ -701,9 +715,13 @@ class StorageSettings:
     clip_format: str
     """``mp4`` or ``h264``."""
     max_bytes: int
-    """Byte quota of the clip directory."""
+    """Byte quota of the clip directory (the upload queue)."""
     min_free: int
     """Free bytes kept on the clip file system."""
+    enabled: bool
+    """Upload to the bucket; False keeps everything local."""
+    video_format: str
+    """Format of uploaded clips: ``h264`` (remuxed from the local MP4) or ``mp4``."""
     bucket_name: str | None
     video_prefix: str
     image_prefix: str

@@ -1,0 +1,315 @@
+"""Uploads clips and stills to S3, and never loses one.
+
+The clip and capture directories are the queue: a finished clip or still is already on disk
+under its final name (fsynced, renamed) when it is announced, so the queue is durable and a
+restart resumes from the directory listing. One task drains it, stills first (someone is
+waiting for them), then clips oldest first. A file is deleted only after S3 accepted the
+object; the key is derived from the file, so an upload interrupted by a crash is redone under
+the same key, never duplicated. Failures retry without limit, with capped exponential backoff
+and jitter; a broken device identity (401/403, unknown CA) is logged loudly and retried slowly.
+
+The S3 calls block, so each runs on its own daemon thread: a stopping daemon does not wait
+for a large upload to finish (it is redone at the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mmap
+import os
+import random
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pinthesky.clips import ClipStore
+from pinthesky.errors import PintheskyError
+from pinthesky.mp4 import to_annexb
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 300.0
+"""Retries never wait longer than five minutes (as AWS's stream manager)."""
+IDENTITY_BACKOFF_S = 120.0
+"""Least wait after a 401/403: retrying a refused identity quickly only fills the logs."""
+MULTIPART_BYTES = 16 * 1024 * 1024
+
+_IDENTITY_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "Forbidden",
+    "403",
+    "401",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UploadEnded:
+    """A clip or still is in S3 (the commands issue turns this into ``upload_end``)."""
+
+    kind: str
+    """``video`` or ``image``."""
+    name: str
+    """Local file name (gone now)."""
+    bucket: str
+    key: str
+    start_time: int
+    """Epoch seconds the clip started (the still was taken)."""
+    trigger: str | None
+
+
+class UploadError(PintheskyError):
+    """One upload failed; ``identity`` when the device's credentials were refused."""
+
+    def __init__(self, message: str, identity: bool = False) -> None:
+        super().__init__(message)
+        self.identity = identity
+
+
+def backoff(failures: int, identity: bool, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after ``failures`` failures in a row: exponential, capped, jittered."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(failures - 1, 20))
+    if identity:
+        ceiling = max(ceiling, IDENTITY_BACKOFF_S)
+    # "Equal jitter": at least half the ceiling, so waits still grow, yet uploads from many
+    # cameras after a shared outage do not all come back at the same second.
+    return float(ceiling / 2 + rand() * ceiling / 2)
+
+
+def in_thread(fn: Callable[[], T]) -> Awaitable[T]:
+    """Run a blocking call on a daemon thread; the result comes back on the loop."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        # The upload thread: crosses back into the loop only with call_soon_threadsafe.
+        try:
+            result = fn()
+        except BaseException as exc:
+            outcome: tuple[T | None, BaseException | None] = (None, exc)
+        else:
+            outcome = (result, None)
+        with contextlib.suppress(RuntimeError):  # the loop closed: the daemon stopped
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="s3-upload", daemon=True).start()
+    return fut
+
+
+@dataclass(frozen=True)
+class Target:
+    bucket: str
+    thing: str
+    video_prefix: str
+    image_prefix: str
+    video_format: str
+
+
+class Uploader:
+    """Drains the clip and capture directories into S3. Runs as one task on the loop."""
+
+    def __init__(
+        self,
+        target: Target,
+        store: ClipStore,
+        capture_dir: Path,
+        make_client: Callable[[], Any],
+        publish: Callable[[UploadEnded], None],
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.target = target
+        self.store = store
+        self.capture_dir = capture_dir
+        self._make_client = make_client
+        self._publish = publish
+        self._sleep = sleep
+        self._wake = asyncio.Event()
+        self._client: Any = None
+        self.failures = 0
+        self.uploaded = 0
+        self.bytes_uploaded = 0
+        self.idle = asyncio.Event()
+
+    def notify(self) -> None:
+        """Something new is queued (called on the loop)."""
+        self._wake.set()
+
+    def pending(self) -> list[Path]:
+        """The queue, in upload order: stills first, then clips oldest first."""
+        stills: list[Path] = []
+        if self.capture_dir.is_dir():
+            stills = sorted(
+                (
+                    p
+                    for p in self.capture_dir.iterdir()
+                    if p.is_file() and not p.name.startswith(".")
+                ),
+                key=lambda p: p.stat().st_mtime,
+            )
+        return stills + self.store.clips()
+
+    async def run(self) -> None:
+        log.info(
+            "uploading to s3://%s/%s/%s/ (%s)",
+            self.target.bucket,
+            self.target.video_prefix,
+            self.target.thing,
+            self.target.video_format,
+        )
+        while True:
+            self._wake.clear()
+            queue = await asyncio.to_thread(self.pending)
+            if not queue:
+                self.idle.set()
+                await self._wake.wait()
+                continue
+            self.idle.clear()
+            item = queue[0]
+            try:
+                ended = await in_thread(lambda item=item: self._upload(item))  # type: ignore[misc]
+            except UploadError as exc:
+                self.failures += 1
+                delay = backoff(self.failures, exc.identity)
+                level = logging.ERROR if exc.identity or self.failures == 1 else logging.WARNING
+                log.log(
+                    level,
+                    "upload of %s failed (%d in a row): %s; retrying in %.0f s",
+                    item.name,
+                    self.failures,
+                    exc,
+                    delay,
+                )
+                await self._wait(delay)
+                continue
+            if ended is None:
+                continue  # the file went away (evicted) meanwhile
+            self.failures = 0
+            self.uploaded += 1
+            self._publish(ended)
+
+    async def _wait(self, seconds: float) -> None:
+        if self._sleep is not None:
+            await self._sleep(seconds)
+            return
+        # New work does not cut a backoff short: the network is what failed.
+        await asyncio.sleep(seconds)
+
+    # -- the upload thread ------------------------------------------------------------------
+
+    def _client_or_new(self) -> Any:
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _upload(self, path: Path) -> UploadEnded | None:
+        if not path.exists():
+            return None
+        if path.parent == self.capture_dir:
+            return self._put(
+                path,
+                path,
+                "image",
+                self.target.image_prefix,
+                path.name,
+                int(path.stat().st_mtime),
+                None,
+            )
+        stem = path.name.split(".")[0]
+        meta = self.store.meta(path)
+        trigger = meta.get("trigger", "motion")
+        start = int(meta.get("start_epoch", stem.split("-")[0]))
+        ext = self.target.video_format
+        key_name = f"{stem}.motion.{ext}"
+        body = path
+        if ext == "h264" and path.suffix == ".mp4":
+            body = path.with_name(f".{path.name}.upload.h264")
+            _remux_to_annexb(path, body)
+        try:
+            return self._put(
+                path, body, "video", self.target.video_prefix, key_name, start, trigger
+            )
+        finally:
+            if body != path:
+                body.unlink(missing_ok=True)
+
+    def _put(
+        self,
+        path: Path,
+        body: Path,
+        kind: str,
+        prefix: str,
+        name: str,
+        start: int,
+        trigger: str | None,
+    ) -> UploadEnded:
+        from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = f"{prefix}/{self.target.thing}/{name}"
+        extra: dict[str, Any] = {
+            "ContentType": "image/jpeg"
+            if kind == "image"
+            else "video/mp4"
+            if name.endswith(".mp4")
+            else "video/h264"
+        }
+        if trigger is not None:
+            extra["Metadata"] = {"trigger": trigger}
+        config = TransferConfig(
+            multipart_threshold=MULTIPART_BYTES,
+            multipart_chunksize=8 * 1024 * 1024,
+            max_concurrency=2,
+        )
+        size = body.stat().st_size
+        try:
+            self._client_or_new().upload_file(
+                str(body), self.target.bucket, key, ExtraArgs=extra, Config=config
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            raise UploadError(
+                f"s3://{self.target.bucket}/{key}: {code or exc}", identity=code in _IDENTITY_CODES
+            ) from None
+        except S3UploadFailedError as exc:
+            text = str(exc)
+            raise UploadError(
+                f"s3://{self.target.bucket}/{key}: {text}",
+                identity=any(c in text for c in _IDENTITY_CODES),
+            ) from None
+        except BotoCoreError as exc:
+            raise UploadError(f"s3://{self.target.bucket}/{key}: {exc}") from None
+        except PintheskyError as exc:  # credentials could not be refreshed
+            raise UploadError(str(exc), identity=getattr(exc, "identity", False)) from None
+        # S3 has the object: only now may the local copy go.
+        self.store.remove(path)
+        self.bytes_uploaded += size
+        log.info("uploaded %s to s3://%s/%s (%d bytes)", path.name, self.target.bucket, key, size)
+        return UploadEnded(kind, path.name, self.target.bucket, key, start, trigger)
+
+
+def _remux_to_annexb(src: Path, dst: Path) -> None:
+    """Write the Annex-B stream of an MP4 clip next to it (no re-encoding, little memory)."""
+    with src.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        tmp = dst.with_name(dst.name + ".tmp")
+        with tmp.open("wb") as out:
+            for unit in to_annexb(data):  # type: ignore[arg-type]
+                out.write(unit)
+        os.replace(tmp, dst)
