@@ -7,6 +7,8 @@ Requirements measured (each by its own script, see their docstrings):
 * bench/daemon.py: the daemon on the synthetic source (640x480, 20 fps, defaults) uses at most
   2 % of one core and at most 100 MB resident after one minute, and stops on SIGTERM with
   code 0 within 5 s.
+* bench/upload.py: a 20 MB clip uploads in at most 1.5x a bare boto3 upload_file; kill -9 at
+  random points during uploads (20 trials) loses and duplicates nothing.
 * bench/startup.py: ``pinthesky --version`` answers in under 0.3 s; the daemon buffers its
   first frame in under 2 s.
 
@@ -38,7 +40,7 @@ from typing import Any
 
 from _common import OUT_DIR, fmt
 
-BENCHMARKS = ("analyzer", "daemon", "startup")
+BENCHMARKS = ("analyzer", "daemon", "startup", "upload")
 HERE = Path(__file__).resolve().parent
 
 

@@ -380,3 +380,57 @@ def test_a_slow_upload_never_stalls_the_camera_loop(tmp_path):
         release.set()
 
     asyncio.run(main())
+
+
+def test_credentials_endpoint_down_then_up(recorded, tmp_path, aws_env, monkeypatch):
+    pki = Pki(tmp_path / "certs")
+    copy_clips(recorded, tmp_path / "clips")
+    provider = CredentialsProvider(pki)  # not serving yet: its port refuses connections
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            provider.__enter__()  # the endpoint comes back
+        await asyncio.sleep(0)
+
+    async def main() -> list[UploadEnded]:
+        monkeypatch.setattr(uploader_module.asyncio, "sleep", _fast_sleep(fake_sleep))
+        return await drain(Daemon(iot_settings(tmp_path, pki, provider)), 2, within=120)
+
+    with moto_server() as endpoint:
+        aws_env(endpoint)
+        s3(endpoint).create_bucket(Bucket=BUCKET)
+        try:
+            ended = asyncio.run(main())
+        finally:
+            provider.__exit__()
+    assert len(waits) >= 2 and len(ended) == 2
+    assert provider.requests  # credentials were fetched once it was back
+
+
+def test_file_source_ending_with_uploads_pending_exits_0_and_keeps_them(
+    footage, tmp_path, aws_env, monkeypatch
+):
+    aws_env(f"http://127.0.0.1:{free_port()}")  # S3 is down for the whole run
+    settings = settings_for(
+        tmp_path,
+        **{
+            "source.source": footage.scenario("walkers").path,
+            "source.replay_speed": 0,
+            "recorder.pre_roll": 3,
+            "recorder.post_roll": 4,
+            "storage.bucket_name": BUCKET,
+            "cloud_connection.thing_name": "cam1",
+            "storage.capture_dir": tmp_path / "images",
+            # A quota that holds one clip: the outage makes the queue evict, recording goes on.
+            "storage.max_bytes": "9M",
+        },
+    )
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    run = run_daemon(settings)
+    assert run.code == 0 and len(run.clips) == 2
+    left = ClipStore(tmp_path / "clips").clips()
+    assert [p.name for p in left] == [run.clips[1].path.name]  # the newest is kept
+    assert run.daemon.store.evicted == 1
