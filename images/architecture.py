@@ -118,8 +118,8 @@ def main() -> None:
     arrow(ax, [(109, 23), (109, 28)], "motion events", (116, 25.5))
     arrow(ax, [(95, 35.5), (81, 35.5)], "ClipReady", (88, 37.3))
 
-    # Later issues, fed by the bus.
-    box(ax, 35, 37, 22, 8, "uploader", "(S3, issue 3)", dashed=True)
+    # Fed by the bus: the uploader (S3 calls on upload threads), and a later issue.
+    box(ax, 35, 37, 22, 8, "Uploader", "queue = clip dir -> S3\n(upload threads)")
     box(ax, 35, 26, 22, 8, "event output / commands", "(issue 4)", dashed=True)
     arrow(ax, [(63, 37.5), (57, 41)])
     arrow(ax, [(63, 33.5), (57, 30)])
