@@ -20,6 +20,7 @@ import logging
 import mmap
 import os
 import random
+import struct
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -183,7 +184,7 @@ class Uploader:
             self.idle.clear()
             item = queue[0]
             try:
-                ended = await in_thread(lambda item=item: self._upload(item))  # type: ignore[misc]
+                ended = await in_thread(lambda item=item: self._guarded(item))  # type: ignore[misc]
             except UploadError as exc:
                 self.failures += 1
                 delay = backoff(self.failures, exc.identity)
@@ -218,6 +219,17 @@ class Uploader:
             self._client = self._make_client()
         return self._client
 
+    def _guarded(self, path: Path) -> UploadEnded | None:
+        try:
+            return self._upload(path)
+        except UploadError:
+            raise
+        except Exception as exc:
+            # Whatever it is, the file stays queued and is tried again later; the uploader
+            # itself must not die (that would stop every later upload).
+            log.exception("unexpected failure uploading %s", path.name)
+            raise UploadError(f"{path.name}: {type(exc).__name__}: {exc}") from None
+
     def _upload(self, path: Path) -> UploadEnded | None:
         if not path.exists():
             return None
@@ -235,12 +247,22 @@ class Uploader:
         meta = self.store.meta(path)
         trigger = meta.get("trigger", "motion")
         start = int(meta.get("start_epoch", stem.split("-")[0]))
-        ext = self.target.video_format
-        key_name = f"{stem}.motion.{ext}"
+        ext = self.target.video_format if path.suffix == ".mp4" else "h264"
         body = path
         if ext == "h264" and path.suffix == ".mp4":
             body = path.with_name(f".{path.name}.upload.h264")
-            _remux_to_annexb(path, body)
+            try:
+                _remux_to_annexb(path, body)
+            except (ValueError, IndexError, struct.error) as exc:
+                # Never let one damaged clip block the queue: send the MP4 itself.
+                log.error(
+                    "%s cannot be remuxed to H.264 (%s): uploading the MP4 as it is", path.name, exc
+                )
+                body.unlink(missing_ok=True)
+                body, ext = path, "mp4"
+            except OSError as exc:
+                raise UploadError(f"{path.name}: cannot remux: {exc}") from None
+        key_name = f"{stem}.motion.{ext}"
         try:
             return self._put(
                 path, body, "video", self.target.video_prefix, key_name, start, trigger
@@ -309,7 +331,12 @@ def _remux_to_annexb(src: Path, dst: Path) -> None:
     """Write the Annex-B stream of an MP4 clip next to it (no re-encoding, little memory)."""
     with src.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
         tmp = dst.with_name(dst.name + ".tmp")
+        units = 0
         with tmp.open("wb") as out:
             for unit in to_annexb(data):  # type: ignore[arg-type]
                 out.write(unit)
+                units += 1
+        if units == 0:
+            tmp.unlink()
+            raise ValueError("no frame could be read")
         os.replace(tmp, dst)

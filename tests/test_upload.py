@@ -434,3 +434,20 @@ def test_file_source_ending_with_uploads_pending_exits_0_and_keeps_them(
     left = ClipStore(tmp_path / "clips").clips()
     assert [p.name for p in left] == [run.clips[1].path.name]  # the newest is kept
     assert run.daemon.store.evicted == 1
+
+
+def test_a_damaged_clip_is_uploaded_as_mp4_and_never_blocks_the_queue(
+    recorded, tmp_path, aws_env, monkeypatch
+):
+    clips = copy_clips(recorded, tmp_path / "clips")
+    clips[0].write_bytes(clips[0].read_bytes()[:2000])  # the header cut short: no avcC
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with moto_server() as endpoint:
+        aws_env(endpoint)
+        s3(endpoint).create_bucket(Bucket=BUCKET)
+        settings = settings_for(
+            tmp_path, **{"storage.bucket_name": BUCKET, "cloud_connection.thing_name": "cam1"}
+        )
+        ended = asyncio.run(drain(Daemon(settings), 2))
+    assert ended[0].key.endswith(".motion.mp4") and ended[1].key.endswith(".motion.h264")
