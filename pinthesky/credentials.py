@@ -81,21 +81,32 @@ class IotCredentialsProvider:
     """Fetches credentials; ``fetch`` blocks (call it off the event loop)."""
 
     def __init__(self, identity: IotIdentity, timeout: float = TIMEOUT_S) -> None:
-        check_key_permissions(identity.key)
+        # A key others can read is refused at once (the daemon does not start). Files that
+        # are missing or unreadable are not: they may be installed later, so fetch() reports
+        # them and the uploader keeps retrying.
+        if identity.key.exists():
+            check_key_permissions(identity.key)
         self.identity = identity
         self.timeout = timeout
         self.fetches = 0
-        try:
-            ctx = ssl.create_default_context(
-                cafile=str(identity.ca) if identity.ca is not None else None
-            )
-            ctx.load_cert_chain(str(identity.cert), str(identity.key))
-        except (OSError, ssl.SSLError) as exc:
-            raise CredentialsError(
-                f"certificate {identity.cert} / key {identity.key}: cannot load: {exc}",
-                identity=True,
-            ) from None
-        self._ctx = ctx
+        self._ctx: ssl.SSLContext | None = None
+
+    def _context(self) -> ssl.SSLContext:
+        if self._ctx is None:
+            ident = self.identity
+            check_key_permissions(ident.key)
+            try:
+                ctx = ssl.create_default_context(
+                    cafile=str(ident.ca) if ident.ca is not None else None
+                )
+                ctx.load_cert_chain(str(ident.cert), str(ident.key))
+            except (OSError, ssl.SSLError) as exc:
+                raise CredentialsError(
+                    f"certificate {ident.cert} / key {ident.key}: cannot load: {exc}",
+                    identity=True,
+                ) from None
+            self._ctx = ctx
+        return self._ctx
 
     def fetch(self) -> dict[str, str]:
         """One request; botocore's metadata dict (access_key, secret_key, token, expiry_time)."""
@@ -104,7 +115,9 @@ class IotCredentialsProvider:
         path = f"/role-aliases/{ident.role_alias}/credentials"
         where = f"credentials provider {host}:{port}"
         self.fetches += 1
-        conn = http.client.HTTPSConnection(host, port, context=self._ctx, timeout=self.timeout)
+        conn = http.client.HTTPSConnection(
+            host, port, context=self._context(), timeout=self.timeout
+        )
         try:
             conn.request("GET", path, headers={"x-amzn-iot-thingname": ident.thing_name})
             response = conn.getresponse()
