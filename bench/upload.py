@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import REPO, Check, pinthesky_command, report
 
@@ -40,6 +41,19 @@ NAME = "upload"
 BUCKET = "bench-clips"
 LIMIT_RATIO = 1.5
 CLIP_MB = 20
+
+
+def local_s3(endpoint: str) -> Any:
+    """A boto3 S3 client for the local moto server."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
 
 
 def big_clip(directory: Path, epoch: int, megabytes: float) -> Path:
@@ -89,18 +103,11 @@ def big_clip(directory: Path, epoch: int, megabytes: float) -> Path:
 
 
 def speed(work: Path, endpoint: str) -> dict[str, float]:
-    import boto3
 
     from pinthesky.clips import ClipStore
     from pinthesky.uploader import Target, Uploader
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    client = local_s3(endpoint)
     master = big_clip(work / "master", 1_700_000_000, CLIP_MB)
     size = master.stat().st_size
     bare, ours = [], []
@@ -131,7 +138,6 @@ def speed(work: Path, endpoint: str) -> dict[str, float]:
 
 
 def kill_trials(work: Path, endpoint: str, trials: int) -> dict[str, float]:
-    import boto3
     import footage
 
     from pinthesky.clips import ClipStore, write_meta
@@ -188,13 +194,7 @@ def kill_trials(work: Path, endpoint: str, trials: int) -> dict[str, float]:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=10)
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    client = local_s3(endpoint)
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix="motion_videos/").get("Contents", [])
     found = {o["Key"]: o["Size"] for o in listed}
     return {
@@ -214,7 +214,6 @@ def main() -> int:
     args = parser.parse_args()
     import logging
 
-    import boto3
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
@@ -223,13 +222,7 @@ def main() -> int:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    ).create_bucket(Bucket=BUCKET)
+    local_s3(endpoint).create_bucket(Bucket=BUCKET)
     work = Path(tempfile.mkdtemp(prefix="pinthesky-bench-upload-"))
     try:
         figures: dict[str, float] = {

@@ -171,7 +171,6 @@ def test_s3_down_then_up_every_clip_arrives_oldest_first(recorded, tmp_path, aws
         assert ClipStore(tmp_path / "clips").clips() == clips  # nothing deleted early
         if len(waits) == 3:
             s3_up.set()
-        await asyncio.sleep(0)
 
     async def main(provider: CredentialsProvider) -> list[UploadEnded]:
         daemon = Daemon(iot_settings(tmp_path, pki, provider))
@@ -233,7 +232,6 @@ def test_refused_identity_keeps_clips_and_retries_slowly(
             waits.append(seconds)
             if len(waits) >= 2:
                 got_two.set()
-            await asyncio.sleep(0)
 
         monkeypatch.setattr(uploader_module.asyncio, "sleep", _fast_sleep(fake_sleep))
         daemon = Daemon(iot_settings(tmp_path, pki, provider))
@@ -265,7 +263,6 @@ def test_missing_bucket_is_a_clear_error_and_clips_stay(
         async def fake_sleep(seconds: float) -> None:
             waits.append(seconds)
             seen.set()
-            await asyncio.sleep(0)
 
         monkeypatch.setattr(uploader_module.asyncio, "sleep", _fast_sleep(fake_sleep))
         uploader = Daemon(iot_settings(tmp_path, pki, provider))._make_uploader()
@@ -392,7 +389,6 @@ def test_credentials_endpoint_down_then_up(recorded, tmp_path, aws_env, monkeypa
         waits.append(seconds)
         if len(waits) == 2:
             provider.__enter__()  # the endpoint comes back
-        await asyncio.sleep(0)
 
     async def main() -> list[UploadEnded]:
         monkeypatch.setattr(uploader_module.asyncio, "sleep", _fast_sleep(fake_sleep))
