@@ -21,7 +21,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,10 @@ from typing import Any
 from pinthesky.bus import ClipReady, EventBus, ImageReady, MotionDetected
 from pinthesky.camera import AnalysisPort, Camera, make_camera
 from pinthesky.clips import ClipStore
+from pinthesky.control import Control
 from pinthesky.credentials import IotCredentialsProvider, IotIdentity, boto_session, refreshable
 from pinthesky.errors import PintheskyError
+from pinthesky.eventfiles import Watcher
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.recorder import Recorder
@@ -84,6 +86,7 @@ class Daemon:
         self._last_frame_ts: int | None = None
         self.recorder: Recorder | None = None
         self.uploader: Uploader | None = None
+        self.control: Control | None = None
         self.ring: PacketRing | None = None
         self.info: StreamInfo | None = None
         self.started = asyncio.Event()
@@ -163,10 +166,14 @@ class Daemon:
             s.storage.combine_dir,
         )
         await asyncio.to_thread(camera.start, ring, port)
-        self.started.set()
         tasks = [asyncio.create_task(self._watch(camera), name="watchdog")]
         if self.uploader is not None:
-            tasks.append(self._supervise(self.uploader.run(), "uploader"))
+            tasks.append(self._supervise(self.uploader.run, "uploader"))
+        watcher = Watcher(loop)
+        self.control = Control(self)
+        for name, run in self.control.start(watcher).items():
+            tasks.append(self._supervise(run, name))
+        self.started.set()
         try:
             await self._stop.wait()
         finally:
@@ -174,6 +181,7 @@ class Daemon:
                 task.cancel()
             # An upload in flight is abandoned: its file stays queued for the next start.
             await asyncio.gather(*tasks, return_exceptions=True)
+            watcher.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             port.close()
@@ -246,12 +254,14 @@ class Daemon:
         self.bus.subscribe(ImageReady, lambda _: uploader.notify())
         return uploader
 
-    def _supervise(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def _supervise(
+        self, run: Callable[[], Coroutine[Any, Any, None]], name: str
+    ) -> asyncio.Task[None]:
         """A task that must not die: if it does, the daemon exits non-zero."""
 
         async def guarded() -> None:
             try:
-                await coro
+                await run()
             except asyncio.CancelledError:
                 raise
             except Exception:

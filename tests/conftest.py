@@ -25,7 +25,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 def settings_for(tmp: Path, **flags: Any) -> Settings:
     """Settings as the command line would give them (keys are option key paths)."""
-    raw: dict[str, Any] = {"storage.combine_dir": str(tmp / "clips")}
+    raw: dict[str, Any] = {
+        "storage.combine_dir": str(tmp / "clips"),
+        "storage.capture_dir": str(tmp / "images"),
+        "events.event_input": str(tmp / "events" / "input.json"),
+        "events.event_output": str(tmp / "events" / "output.json"),
+        "events.configure_input": str(tmp / "configuration" / "input.json"),
+        "events.configure_output": str(tmp / "configuration" / "output.json"),
+    }
     raw.update({k: str(v) for k, v in flags.items()})
     return load(raw, environ={})
 
