@@ -10,6 +10,7 @@ one that a command asked for also carries that command's ``capture_id``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -25,9 +26,17 @@ from pinthesky.commands import (
     parse_command,
 )
 from pinthesky.errors import PintheskyError
-from pinthesky.eventfiles import EventInput, EventOutput, Watcher, ensure_file
+from pinthesky.eventfiles import (
+    EventInput,
+    EventOutput,
+    Watcher,
+    ensure_file,
+    truncate,
+    write_in_place,
+)
 from pinthesky.health import Health as HealthReport
-from pinthesky.shadow import reported_document
+from pinthesky.jsonstream import MAX_MESSAGE_BYTES, parse_stream
+from pinthesky.shadow import desired_changes, reported_document
 from pinthesky.uploader import UploadEnded
 
 if TYPE_CHECKING:
@@ -50,12 +59,14 @@ class Control:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.commands = 0
         self.refused = 0
+        self.shadow = ShadowSync(daemon)
         daemon.bus.subscribe(UploadEnded, self._on_upload)
 
     def start(self, watcher: Watcher) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
         """Start reading commands; the tasks to run (and supervise), by name."""
         self.input.start(watcher)
         ensure_file(self.output.path)  # the sidecar watches it: it must exist from the start
+        self.shadow.start(watcher)
         return {"event output": self.output.run, "health": self._periodic_health}
 
     # -- input --------------------------------------------------------------------------------
@@ -129,8 +140,9 @@ class Control:
     def emit_health(self, echo: dict[str, Any] | None = None) -> None:
         d = self.daemon
         recording = d.recorder is not None and d.ring is not None and d.ring.newest_ts() is not None
-        clips = d.recorder.clips_recorded if d.recorder is not None else 0
-        self.output.emit("health_end", **self.health.report(clips, recording), **(echo or {}))
+        self.output.emit(
+            "health_end", **self.health.report(d.motion_captured, recording), **(echo or {})
+        )
 
     async def _periodic_health(self, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         # One at start, then every health.interval (at most an hour: the cloud marks a device
@@ -138,3 +150,83 @@ class Control:
         while True:
             self.emit_health()
             await sleep(min(self.daemon.settings.health.interval, 3600))
+
+
+class ShadowSync:
+    """The named shadow through two files: desired state in (``--configure-output``, rewritten
+    by the sidecar on every ``/update/documents``), reported state out (``--configure-input``,
+    published by the sidecar when written). Runs on the loop."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.output = daemon.settings.events.configure_output
+        self.input = daemon.settings.events.configure_input
+        self._lock = asyncio.Lock()
+        self._seen_documents = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.applied = 0
+        self.rejected = 0
+        self.reports = 0
+
+    def start(self, watcher: Watcher) -> None:
+        ensure_file(self.output)
+        ensure_file(self.input)
+        policy = self.daemon.settings.events.shadow_update
+        empty = self._read() is None
+        if policy == "always" or (policy == "empty" and empty):
+            self.write_report()
+        watcher.watch(self.output, lambda _: self._schedule())
+        if not empty:
+            self._schedule()  # the last desired state the sidecar wrote applies at start
+
+    def _schedule(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._apply())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            data = self.output.read_bytes()[: MAX_MESSAGE_BYTES + 1]
+        except OSError:
+            return None
+        parsed = parse_stream(data.decode("utf-8", errors="surrogateescape"))
+        for reason in parsed.skipped:
+            log.warning("shadow document: %s", reason)
+        if not parsed.values or parsed.values[-1] == {}:
+            return None
+        return parsed.values[-1]
+
+    async def _apply(self) -> None:
+        async with self._lock:  # one document at a time, in order
+            doc = self._read()
+            if doc is None:
+                return
+            current = doc.get("current", {})
+            state = current.get("state", {}) if isinstance(current, dict) else {}
+            desired = state.get("desired") if isinstance(state, dict) else None
+            if desired is None:
+                return
+            d = self.daemon
+            changes, refused = desired_changes(
+                d.settings, desired, d.settings.events.shadow_allow_identity
+            )
+            for line in refused:
+                log.warning("%s", line)
+            self.rejected += len(refused)
+            before = len(changes)
+            applied = await d.reconfigure(changes, "shadow") if changes else set()
+            self.rejected += before - len({k for k in changes if k in applied})
+            first = not self._seen_documents
+            self._seen_documents = True
+            if applied:
+                self.applied += 1
+                self.write_report()
+            elif first:
+                # As the old daemon did: a sidecar restart must not publish stale boot values.
+                truncate(self.input)
+
+    def write_report(self) -> None:
+        """The full reported document, in place (the sidecar watches this file's inode)."""
+        data = json.dumps(reported_document(self.daemon.settings), separators=(",", ":"))
+        write_in_place(self.input, data.encode())
+        self.reports += 1

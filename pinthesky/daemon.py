@@ -37,7 +37,8 @@ from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, 
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.recorder import Recorder
 from pinthesky.ring import PacketRing
-from pinthesky.settings import Settings
+from pinthesky.settings import Settings, flatten, merge
+from pinthesky.shadow import RESTART_KEYS
 from pinthesky.uploader import Target, Uploader
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,16 @@ class Daemon:
         self._last_frame_ts: int | None = None
         self.recorder: Recorder | None = None
         self.uploader: Uploader | None = None
+        self._uploader_task: asyncio.Task[None] | None = None
         self.control: Control | None = None
+        self.bus.subscribe(ClipReady, self._notify_uploader)
+        self.bus.subscribe(ImageReady, self._notify_uploader)
+        self.clips_recorded = 0
+        """Clips of the pipelines that were stopped (restarts); see ``motion_captured``."""
         self.ring: PacketRing | None = None
         self.info: StreamInfo | None = None
         self.started = asyncio.Event()
+        self._restarting = False
         self.first_frame = asyncio.Event()
 
     def request_stop(self, code: int = 0, why: str = "") -> None:
@@ -101,16 +108,52 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        s = self.settings
         await asyncio.to_thread(self.store.prepare)
-        camera = self.camera or make_camera(s)
+        await self._start_pipeline(first=True)
+        self.uploader = self._make_uploader()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, 0, f"signal {sig.name}")
+        tasks = [asyncio.create_task(self._watch(), name="watchdog")]
+        if self.uploader is not None:
+            self._uploader_task = self._supervise(self.uploader.run, "uploader")
+        watcher = Watcher(loop)
+        self.control = Control(self)
+        for name, run in self.control.start(watcher).items():
+            tasks.append(self._supervise(run, name))
+        self.started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            if self._uploader_task is not None:
+                tasks.append(self._uploader_task)
+            for task in tasks:
+                task.cancel()
+            # An upload in flight is abandoned: its file stays queued for the next start.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            watcher.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self._stop_pipeline()
+            log.info(
+                "pinthesky stopped: %d clips recorded, %d motion events, %d frames analysed",
+                self.clips_recorded,
+                self.stats.motion_events,
+                self.stats.frames_analysed,
+            )
+        return self._exit_code
+
+    async def _start_pipeline(self, first: bool) -> None:
+        """Open the camera and build ring, analysis and recorder around it; start it."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        camera = self.camera if first and self.camera is not None else make_camera(s)
         self.camera = camera
         info = await asyncio.to_thread(camera.open)
         self.info = info
-        release_memory()
-        await asyncio.to_thread(self.store.recover, info)
-        await asyncio.to_thread(self.store.enforce_quota)
-
+        if first:
+            release_memory()
+            await asyncio.to_thread(self.store.recover, info)
+            await asyncio.to_thread(self.store.enforce_quota)
         rec = s.recorder
         # How far back a clip may need to reach from the newest frame when motion is confirmed:
         # the pre-roll, the time to confirm motion and the look-back for its onset, two
@@ -120,11 +163,9 @@ class Daemon:
         interval_s = 1 / s.motion.analysis_fps
         retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 * interval_s + iperiod_s
         ring = PacketRing(round(retain * US), max_bytes=s.camera.buffer_size)
-        self.ring = ring
         analyzer = MotionAnalyzer(s.camera.lores, s.camera.resolution, s.motion, info.rotation)
         tracker = MotionTracker(s.camera.sensitivity, s.motion.min_time, quiet=rec.post_roll)
         clock = Clock.now(monotonic_us())
-        self.clock = clock
         port = AnalysisPort(
             loop,
             handler=lambda frame: self._on_frame(frame, analyzer, tracker),
@@ -143,17 +184,14 @@ class Daemon:
             s.camera.recording_window,
             analysis_interval_us=port.interval_us,
         )
-        self.recorder = recorder
-        self._tracker = tracker
-        self.uploader = self._make_uploader()
+        self.ring, self.recorder, self.clock = ring, recorder, clock
+        self._tracker, self._port = tracker, port
 
         def first_packet() -> None:
             # Encoder thread: cross into the loop.
             loop.call_soon_threadsafe(self._first_frame)
 
         ring.on_first_packet = first_packet
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, 0, f"signal {sig.name}")
         log.info(
             "pinthesky started: %s source %dx%d at %.3g fps, pre-roll %.1f s, post-roll %.1f s,"
             " clips in %s",
@@ -166,42 +204,19 @@ class Daemon:
             s.storage.combine_dir,
         )
         await asyncio.to_thread(camera.start, ring, port)
-        tasks = [asyncio.create_task(self._watch(camera), name="watchdog")]
-        if self.uploader is not None:
-            tasks.append(self._supervise(self.uploader.run, "uploader"))
-        watcher = Watcher(loop)
-        self.control = Control(self)
-        for name, run in self.control.start(watcher).items():
-            tasks.append(self._supervise(run, name))
-        self.started.set()
-        try:
-            await self._stop.wait()
-        finally:
-            for task in tasks:
-                task.cancel()
-            # An upload in flight is abandoned: its file stays queued for the next start.
-            await asyncio.gather(*tasks, return_exceptions=True)
-            watcher.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            port.close()
-            await asyncio.to_thread(camera.stop)
-            if self._last_frame_ts is not None:
-                recorder.on_motion(tracker.finish(), self._last_frame_ts)
-            await recorder.close()
-            ring_stats = ring.stats()
-            log.info(
-                "pinthesky stopped: %d clips recorded, %d motion events, %d frames analysed",
-                recorder.clips_recorded,
-                self.stats.motion_events,
-                self.stats.frames_analysed,
-            )
-            if ring_stats.dropped_unread:
-                log.error(
-                    "%d packets were dropped before the clip writer could save them",
-                    ring_stats.dropped_unread,
-                )
-        return self._exit_code
+
+    async def _stop_pipeline(self) -> None:
+        """Stop taking frames, stop the camera, finish the open clip, wait for the disk."""
+        assert self.camera is not None and self.recorder is not None and self.ring is not None
+        self._port.close()
+        await asyncio.to_thread(self.camera.stop)
+        if self._last_frame_ts is not None:
+            self.recorder.on_motion(self._tracker.finish(), self._last_frame_ts)
+        await self.recorder.close()
+        self.clips_recorded += self.recorder.clips_recorded
+        dropped = self.ring.stats().dropped_unread
+        if dropped:
+            log.error("%d packets were dropped before the clip writer could save them", dropped)
 
     def _make_uploader(self) -> Uploader | None:
         """The uploader the settings ask for, or None when clips stay local."""
@@ -249,10 +264,11 @@ class Daemon:
         target = Target(
             st.bucket_name, cc.thing_name, st.video_prefix, st.image_prefix, st.video_format
         )
-        uploader = Uploader(target, self.store, st.capture_dir, make_client, self.bus.publish)
-        self.bus.subscribe(ClipReady, lambda _: uploader.notify())
-        self.bus.subscribe(ImageReady, lambda _: uploader.notify())
-        return uploader
+        return Uploader(target, self.store, st.capture_dir, make_client, self.bus.publish)
+
+    def _notify_uploader(self, _: object) -> None:
+        if self.uploader is not None:
+            self.uploader.notify()
 
     def _supervise(
         self, run: Callable[[], Coroutine[Any, Any, None]], name: str
@@ -325,7 +341,7 @@ class Daemon:
         else:
             self.request_stop(1, f"camera failed: {exc}")
 
-    async def _watch(self, camera: Camera) -> None:
+    async def _watch(self) -> None:
         """Exit (for systemd to restart us) when a live camera stops delivering frames, and
         log a status line now and then."""
         last_status = time.monotonic()
@@ -337,13 +353,86 @@ class Daemon:
             newest = self.ring.newest_ts() if self.ring else None
             if newest != last_seen:
                 last_seen, last_change = newest, now
-            elif camera.name != "file" and now - last_change > STALL_SECONDS:
+            elif (
+                self.camera is not None
+                and self.camera.name != "file"
+                and not self._restarting
+                and now - last_change > STALL_SECONDS
+            ):
                 self.request_stop(1, f"camera delivered no frame for {STALL_SECONDS:.0f} s")
                 return
             if now - last_status >= STATUS_EVERY:
                 last_status = now
                 self._log_status()
                 release_memory()
+
+    async def reconfigure(self, changes: dict[str, Any], origin: str) -> set[str]:
+        """Apply setting changes live; returns the keys that changed.
+
+        Values are checked like on the command line; a bad one is logged and left out while
+        the rest applies. The camera is reopened only for what it cannot change running
+        (resolution, frame rate, rotation, encoder); everything else applies in place.
+        """
+        old = self.settings
+        new, errors = merge(old, changes, origin)
+        for line in errors:
+            log.warning("%s", line)
+        before, after = flatten(old), flatten(new)
+        diff = {k for k, v in after.items() if before[k] != v}
+        if not diff:
+            return diff
+        self.settings = new
+        log.info("%s: applied %s", origin, ", ".join(f"{k}={after[k]}" for k in sorted(diff)))
+        if "daemon.log_level" in diff:
+            level = new.daemon.log_level
+            logging.getLogger().setLevel("CRITICAL" if level == "FATAL" else level)
+        if diff & RESTART_KEYS:
+            await self._restart_camera(old)
+        else:
+            self._apply_live(new)
+        if any(k.startswith(("storage.", "cloud_connection.")) for k in diff):
+            await self._restart_uploader()
+        return diff
+
+    def _apply_live(self, s: Settings) -> None:
+        rec = s.recorder
+        if self.recorder is not None:
+            self.recorder.update(rec, s.camera.recording_window)
+        self._tracker.sensitivity = s.camera.sensitivity
+        self._tracker.quiet_us = round(rec.post_roll * US)
+        if self.ring is not None and self.info is not None:
+            iperiod_s = s.camera.iperiod / float(self.info.framerate)
+            retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 / s.motion.analysis_fps
+            self.ring.retain_us = round((retain + iperiod_s) * US)
+
+    async def _restart_camera(self, previous: Settings) -> None:
+        self._restarting = True
+        try:
+            await self._stop_pipeline()
+            try:
+                await self._start_pipeline(first=False)
+            except PintheskyError as exc:
+                log.error(
+                    "camera cannot take the new settings (%s): back to the last good ones", exc
+                )
+                self.settings = previous
+                await self._start_pipeline(first=False)
+        finally:
+            self._restarting = False
+
+    async def _restart_uploader(self) -> None:
+        if self._uploader_task is not None:
+            self._uploader_task.cancel()
+            await asyncio.gather(self._uploader_task, return_exceptions=True)
+            self._uploader_task = None
+        self.uploader = self._make_uploader()
+        if self.uploader is not None:
+            self._uploader_task = self._supervise(self.uploader.run, "uploader")
+
+    @property
+    def motion_captured(self) -> int:
+        """Clips recorded since the daemon started (all pipelines)."""
+        return self.clips_recorded + (self.recorder.clips_recorded if self.recorder else 0)
 
     def _log_status(self) -> None:
         assert self.ring is not None and self.recorder is not None

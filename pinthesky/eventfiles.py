@@ -47,6 +47,20 @@ def ensure_file(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
 
 
+def write_in_place(path: Path, data: bytes) -> None:
+    """Truncate and write, so a watch on this inode sees one CLOSE_WRITE (aws-iot-device-client
+    watches its files' inodes: a renamed-in replacement would go unnoticed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def truncate(path: Path) -> None:
+    write_in_place(path, b"")
+
+
 class Watcher:
     """inotify on the event loop; handlers get the name of the file that changed."""
 
@@ -223,11 +237,6 @@ class EventOutput:
                 len(data),
             )
             return
-        # In place, so the sidecar's watch on this inode sees one CLOSE_WRITE per event.
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        write_in_place(self.path, data)
         self.written += 1
         log.debug("event %s written", event.get("name"))

@@ -88,6 +88,14 @@ class Recorder:
         self.write_errors = 0
         self._window_logged: bool | None = None
 
+    def update(self, settings: RecorderSettings, window: Window | None) -> None:
+        """New timings and window, live (the clip being recorded keeps going)."""
+        self.settings = settings
+        self.window = window
+        self._pre_us = round(settings.pre_roll * US)
+        self._post_us = round(settings.post_roll * US)
+        self._max_us = round(settings.max_clip * US)
+
     @property
     def recording(self) -> bool:
         return self._clip is not None

@@ -624,6 +624,14 @@ OPTIONS: tuple[Option, ...] = (
         "file of shadow documents written by the sidecar",
     ),
     Option(
+        "events.shadow_allow_identity",
+        "--shadow-allow-identity",
+        _bool,
+        False,
+        "let the shadow change cloud_connection and storage.bucket_name (refused by default)",
+        switch=True,
+    ),
+    Option(
         "events.shadow_update",
         "--shadow-update",
         _choice("always", "never", "empty"),
@@ -766,6 +774,8 @@ class EventSettings:
     event_output: Path
     configure_input: Path
     configure_output: Path
+    shadow_allow_identity: bool
+    """The shadow may change where credentials and uploads go (off: refused and logged)."""
     shadow_update: str
 
 
@@ -985,3 +995,40 @@ def _freeze(values: Mapping[str, Any]) -> Settings:
 def defaults() -> Settings:
     """The embedded defaults (what ``make run`` uses), ignoring the environment."""
     return load({}, environ={})
+
+
+def flatten(s: Settings) -> dict[str, Any]:
+    """Key path -> typed value, for every setting."""
+    out: dict[str, Any] = {}
+    for section in fields(s):
+        obj = getattr(s, section.name)
+        for f in fields(obj):
+            out[f"{section.name}.{f.name}"] = getattr(obj, f.name)
+    return out
+
+
+def merge(s: Settings, changes: Mapping[str, Any], origin: str) -> tuple[Settings, list[str]]:
+    """``s`` with ``changes`` (key path -> raw value) applied, each checked by the same rules
+    as on the command line. A value that does not pass is left out with one line naming the
+    key, the value and what is allowed; the others still apply."""
+    values = flatten(s)
+    errors: list[str] = []
+    old_buffer = values["camera.buffer"]
+    for key, raw in changes.items():
+        try:
+            values[key] = OPTION_BY_KEY[key].parse(raw)
+        except ValueError as exc:
+            errors.append(f"{origin} {key} = {_show(raw)}: {exc}")
+    # The old meaning of buffer carries over when the rolls were following it.
+    if values["camera.buffer"] != old_buffer:
+        if "recorder.pre_roll" not in changes and s.recorder.pre_roll == old_buffer // 2:
+            values["recorder.pre_roll"] = float(values["camera.buffer"] // 2)
+        if "recorder.post_roll" not in changes and s.recorder.post_roll == old_buffer:
+            values["recorder.post_roll"] = float(values["camera.buffer"])
+    for problem in _verify(values):
+        errors.append(f"{origin} {problem}")
+        key = problem.split(" =")[0]
+        for k in (key, "camera.resolution", "camera.lores"):
+            if k in changes:
+                values[k] = flatten(s)[k]  # keep the last good value
+    return _freeze(values), errors

@@ -64,3 +64,115 @@ def reported_document(s: Settings) -> dict[str, Any]:
             "region_name": dp.region_name,
         },
     }
+
+
+# Keys of the shadow's desired state, as settings key paths. cloud_connection and the bucket
+# can redirect credentials and uploads: only the operator may open them to the cloud.
+SHADOW_KEYS: dict[str, dict[str, str]] = {
+    "camera": {
+        k: f"camera.{k}"
+        for k in (
+            "buffer",
+            "buffer_size",
+            "sensitivity",
+            "rotation",
+            "resolution",
+            "framerate",
+            "recording_window",
+            "encoding_level",
+            "encoding_profile",
+            "encoding_bitrate",
+        )
+    },
+    "health": {"interval": "health.interval"},
+    "cloudwatch": {
+        **{
+            k: f"cloudwatch.{k}"
+            for k in (
+                "enabled",
+                "threaded",
+                "delineate_stream",
+                "log_group_name",
+                "metric_namespace",
+                "event_type",
+                "region_name",
+            )
+        },
+        "log_level": "daemon.log_level",
+    },
+    "storage": {
+        k: f"storage.{k}"
+        for k in (
+            "enabled",
+            "bucket_name",
+            "video_prefix",
+            "image_prefix",
+        )
+    },
+    "dataplane": {k: f"dataplane.{k}" for k in ("enabled", "endpoint_url", "region_name")},
+    "cloud_connection": {
+        k: f"cloud_connection.{k}"
+        for k in (
+            "cert_path",
+            "key_path",
+            "cacert_path",
+            "thing_name",
+            "role_alias",
+            "credentials_endpoint",
+        )
+    },
+}
+PROTECTED = {
+    "storage.bucket_name",
+    *SHADOW_KEYS["cloud_connection"].values(),
+}
+RESTART_KEYS = {
+    "camera.resolution",
+    "camera.framerate",
+    "camera.rotation",
+    "camera.encoding_bitrate",
+    "camera.encoding_profile",
+    "camera.encoding_level",
+    "camera.buffer_size",
+}
+"""Settings the running camera cannot take without being reopened."""
+
+
+def desired_changes(
+    s: Settings, desired: Any, allow_identity: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The settings a shadow ``desired`` document asks to change, and one line per refusal.
+
+    Missing sections and unknown keys are tolerated; values equal to the current ones (the
+    sidecar's echo of our own report) are no change at all.
+    """
+    if not isinstance(desired, dict):
+        return {}, ["shadow: desired state is not an object"]
+    current = reported_document(s)
+    changes: dict[str, Any] = {}
+    refused: list[str] = []
+    for section, keys in SHADOW_KEYS.items():
+        body = desired.get(section)
+        if not isinstance(body, dict):
+            continue
+        for name, value in body.items():
+            key = keys.get(name)
+            if key is None:
+                continue  # unknown keys are tolerated (newer consoles)
+            if _same(value, current[section].get(name)):
+                continue
+            if key in PROTECTED and not allow_identity:
+                refused.append(
+                    f"shadow {key}: can only be changed on the device "
+                    "(start it with --shadow-allow-identity to allow it)"
+                )
+                continue
+            changes[key] = value
+    return changes, refused
+
+
+def _same(desired: Any, reported: Any) -> bool:
+    if desired == reported:
+        return True
+    # The console sends numbers as strings ("20" for 20).
+    return isinstance(desired, str) and not isinstance(reported, bool) and desired == str(reported)

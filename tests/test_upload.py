@@ -288,7 +288,7 @@ def test_stills_upload_under_the_image_prefix_and_bad_names_are_refused(tmp_path
         got = asyncio.Event()
         daemon.bus.subscribe(UploadEnded, lambda e: (ended.append(e), got.set()))
         task = asyncio.create_task(daemon.run())
-        await asyncio.wait_for(daemon.first_frame.wait(), 15)
+        await asyncio.wait_for(daemon.started.wait(), 15)
         for bad in ("../x.jpg", "..", ".hidden.jpg", "a/b.jpg", "x" * 65):
             with pytest.raises(PintheskyError):
                 await daemon.capture_image(bad)
@@ -363,6 +363,7 @@ def test_a_slow_upload_never_stalls_the_camera_loop(tmp_path):
 
         daemon._on_frame = counting  # type: ignore[method-assign]
         task = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.started.wait(), 15)
         await asyncio.wait_for(daemon.first_frame.wait(), 15)
         assert daemon.uploader is not None
         daemon.uploader._client = SlowS3()

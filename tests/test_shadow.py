@@ -1,0 +1,136 @@
+"""The named shadow through the sidecar's files: desired in, reported out, applied live."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from conftest import settings_for
+
+from pinthesky.daemon import Daemon
+from pinthesky.settings import defaults
+from pinthesky.shadow import desired_changes, reported_document
+
+
+def documents(desired: dict[str, Any], version: int = 2) -> str:
+    """What aws-iot-device-client writes on every /update/documents message."""
+    state = {"state": {"desired": desired, "reported": {}}, "metadata": {}, "version": version}
+    return json.dumps({"previous": state, "current": state, "timestamp": 1715700000.0})
+
+
+def test_reported_document_keeps_the_console_working():
+    doc = reported_document(defaults())
+    assert set(doc) == {
+        "camera",
+        "cloud_connection",
+        "health",
+        "cloudwatch",
+        "storage",
+        "dataplane",
+    }
+    assert doc["camera"]["resolution"] == "640x480" and doc["camera"]["framerate"] == 20
+    assert isinstance(doc["camera"]["recording_window"], str)  # the console splits it
+    assert doc["cloudwatch"]["log_level"] == "INFO"  # a name, not 20
+
+
+def test_console_strings_coerced_bad_values_named_protected_keys_refused():
+    s = defaults()
+    desired = {
+        "camera": {
+            "sensitivity": "25",
+            "framerate": "20",
+            "rotation": "45",
+            "resolution": "640x480",
+            "bogus": 1,
+        },
+        "storage": {"bucket_name": "attacker-bucket"},
+        "cloud_connection": {"credentials_endpoint": "evil.example"},
+        "health": {"interval": "600"},
+    }
+    changes, refused = desired_changes(s, desired, allow_identity=False)
+    assert changes == {
+        "camera.sensitivity": "25",
+        "camera.rotation": "45",
+        "health.interval": "600",
+    }  # framerate "20" is the echo of 20
+    assert len(refused) == 2 and all("--shadow-allow-identity" in r for r in refused)
+    from pinthesky.settings import merge
+
+    new, errors = merge(s, changes, "shadow")
+    assert new.camera.sensitivity == 25 and new.health.interval == 600
+    assert new.camera.rotation == 0  # kept: the bad value is left out, the rest applies
+    (line,) = errors
+    assert "camera.rotation" in line and "'45'" in line and "0, 90, 180, 270" in line
+
+
+async def running(tmp: Path, **flags: Any) -> tuple[Daemon, asyncio.Task[int]]:
+    daemon = Daemon(settings_for(tmp, **{"source.source": "synthetic", **flags}))
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(daemon.started.wait(), 15)
+    return daemon, task
+
+
+def write(path: Path, text: str) -> None:
+    with path.open("w") as fh:  # truncate + write, as the sidecar does
+        fh.write(text)
+
+
+async def until_reported(daemon: Daemon, count: int) -> dict[str, Any]:
+    assert daemon.control is not None
+    sync = daemon.control.shadow
+    done = asyncio.Event()
+
+    def check() -> None:
+        if sync.reports >= count:
+            done.set()
+        else:
+            asyncio.get_running_loop().call_later(0.01, check)
+
+    check()
+    await asyncio.wait_for(done.wait(), 20)
+    return json.loads(sync.input.read_text())
+
+
+def test_sensitivity_applies_live_and_resolution_restarts_the_camera(tmp_path):
+    async def main() -> None:
+        daemon, task = await running(tmp_path)
+        camera = daemon.camera
+        assert daemon.control is not None
+        reported = await until_reported(daemon, 1)  # the start-up report (shadow empty)
+        assert reported["camera"]["sensitivity"] == 10
+        out = daemon.settings.events.configure_output
+        write(out, documents({"camera": {"sensitivity": "25"}}))
+        reported = await until_reported(daemon, 2)
+        assert reported["camera"]["sensitivity"] == 25
+        assert daemon.camera is camera  # no restart for a sensitivity change
+        assert daemon._tracker.sensitivity == 25
+        # An echo of what is applied changes nothing and restarts nothing.
+        write(out, documents({"camera": {"sensitivity": 25}}, version=3))
+        write(out, documents({"camera": {"resolution": "320x240", "sensitivity": 25}}, 4))
+        reported = await until_reported(daemon, 3)
+        assert reported["camera"]["resolution"] == "320x240"
+        assert daemon.camera is not camera and daemon.info is not None
+        assert (daemon.info.width, daemon.info.height) == (320, 240)
+        assert daemon.control.shadow.reports == 3
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+    asyncio.run(main())
+
+
+def test_last_desired_state_applies_at_start(tmp_path):
+    out = tmp_path / "configuration" / "output.json"
+    out.parent.mkdir(parents=True)
+    out.write_text(documents({"camera": {"sensitivity": 40, "recording_window": "22-6"}}))
+
+    async def main() -> None:
+        daemon, task = await running(tmp_path)
+        reported = await until_reported(daemon, 1)
+        assert reported["camera"]["sensitivity"] == 40
+        assert reported["camera"]["recording_window"] == "22-6"
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+    asyncio.run(main())
