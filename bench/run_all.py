@@ -9,6 +9,7 @@ Requirements measured (each by its own script, see their docstrings):
   code 0 within 5 s.
 * bench/upload.py: a 20 MB clip uploads in at most 1.5x a bare boto3 upload_file; kill -9 at
   random points during uploads (20 trials) loses and duplicates nothing.
+* bench/shadow_latency.py: a shadow change is applied and reported within 200 ms.
 * bench/startup.py: ``pinthesky --version`` answers in under 0.3 s; the daemon buffers its
   first frame in under 2 s.
 
@@ -40,7 +41,7 @@ from typing import Any
 
 from _common import OUT_DIR, fmt
 
-BENCHMARKS = ("analyzer", "daemon", "startup", "upload")
+BENCHMARKS = ("analyzer", "daemon", "startup", "upload", "shadow_latency")
 HERE = Path(__file__).resolve().parent
 
 

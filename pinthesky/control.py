@@ -176,6 +176,7 @@ class ShadowSync:
         if policy == "always" or (policy == "empty" and empty):
             self.write_report()
         watcher.watch(self.output, lambda _: self._schedule())
+        log.info("shadow: desired state from %s, reported to %s", self.output, self.input)
         if not empty:
             self._schedule()  # the last desired state the sidecar wrote applies at start
 

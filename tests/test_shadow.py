@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from conftest import settings_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pinthesky.daemon import Daemon
-from pinthesky.settings import defaults
+from pinthesky.settings import defaults, merge
 from pinthesky.shadow import desired_changes, reported_document
 
 
@@ -56,8 +58,6 @@ def test_console_strings_coerced_bad_values_named_protected_keys_refused():
         "health.interval": "600",
     }  # framerate "20" is the echo of 20
     assert len(refused) == 2 and all("--shadow-allow-identity" in r for r in refused)
-    from pinthesky.settings import merge
-
     new, errors = merge(s, changes, "shadow")
     assert new.camera.sensitivity == 25 and new.health.interval == 600
     assert new.camera.rotation == 0  # kept: the bad value is left out, the rest applies
@@ -134,3 +134,57 @@ def test_last_desired_state_applies_at_start(tmp_path):
         assert await asyncio.wait_for(task, 10) == 0
 
     asyncio.run(main())
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=16,
+)
+SECTION_KEYS = st.sampled_from(
+    ["camera", "storage", "cloudwatch", "health", "dataplane", "cloud_connection", "other"]
+)
+FIELDS = st.sampled_from(
+    [
+        "buffer",
+        "buffer_size",
+        "sensitivity",
+        "rotation",
+        "resolution",
+        "framerate",
+        "recording_window",
+        "encoding_level",
+        "encoding_profile",
+        "encoding_bitrate",
+        "interval",
+        "enabled",
+        "bucket_name",
+        "video_prefix",
+        "log_level",
+        "event_type",
+        "endpoint_url",
+        "cert_path",
+        "thing_name",
+        "x",
+    ]
+)
+DESIRED = (
+    st.dictionaries(SECTION_KEYS, st.dictionaries(FIELDS, JSON, max_size=5) | JSON, max_size=6)
+    | JSON
+)
+
+
+@settings(max_examples=10_000, deadline=None)
+@given(DESIRED)
+def test_any_desired_document_applies_what_is_valid_and_never_raises(desired: Any) -> None:
+    s = defaults()
+    changes, refused = desired_changes(s, desired, allow_identity=False)
+    new, errors = merge(s, changes, "shadow")
+    assert all("\n" not in line for line in refused + errors)
+    assert new.cloud_connection == s.cloud_connection  # never from the cloud by default
+    assert new.storage.bucket_name == s.storage.bucket_name
+    doc = reported_document(new)  # whatever was applied can be reported
+    assert isinstance(doc["camera"]["resolution"], str)
+    json.dumps(doc)
