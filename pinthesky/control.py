@@ -167,6 +167,7 @@ class ShadowSync:
         self.applied = 0
         self.rejected = 0
         self.reports = 0
+        self.reads = 0
 
     def start(self, watcher: Watcher) -> None:
         ensure_file(self.output)
@@ -200,6 +201,7 @@ class ShadowSync:
     async def _apply(self) -> None:
         async with self._lock:  # one document at a time, in order
             doc = self._read()
+            self.reads += 1
             if doc is None:
                 return
             current = doc.get("current", {})

@@ -77,19 +77,24 @@ def write(path: Path, text: str) -> None:
         fh.write(text)
 
 
-async def until_reported(daemon: Daemon, count: int) -> dict[str, Any]:
-    assert daemon.control is not None
-    sync = daemon.control.shadow
+async def until(predicate: Any) -> None:
+    """Wait (20 s at most) until ``predicate()`` holds, checking on the loop."""
     done = asyncio.Event()
 
     def check() -> None:
-        if sync.reports >= count:
+        if predicate():
             done.set()
         else:
             asyncio.get_running_loop().call_later(0.01, check)
 
     check()
     await asyncio.wait_for(done.wait(), 20)
+
+
+async def until_reported(daemon: Daemon, count: int) -> dict[str, Any]:
+    assert daemon.control is not None
+    sync = daemon.control.shadow
+    await until(lambda: sync.reports >= count)
     return json.loads(sync.input.read_text())
 
 
@@ -188,3 +193,48 @@ def test_any_desired_document_applies_what_is_valid_and_never_raises(desired: An
     doc = reported_document(new)  # whatever was applied can be reported
     assert isinstance(doc["camera"]["resolution"], str)
     json.dumps(doc)
+
+
+def test_hostile_shadow_files_leave_the_last_good_settings(tmp_path, caplog):
+    attacks = [
+        '{"current": {"state": {"desired": {"camera": {"sensitivity": NaN}}}}}',
+        "[" * 100_000 + "]" * 100_000,
+        '"just a string"',
+        documents({"camera": "not an object", "health": {"interval": 10**30}}),
+        "x" * (10 * 1024 * 1024),
+    ]
+
+    async def main() -> None:
+        daemon, task = await running(tmp_path)
+        await until_reported(daemon, 1)
+        assert daemon.control is not None
+        before = daemon.settings
+        out = daemon.settings.events.configure_output
+        sync = daemon.control.shadow
+        for text in attacks:
+            reads = sync.reads
+            write(out, text)
+            await until(lambda reads=reads: sync.reads > reads)  # each one really read
+        # The sidecar rewrites the file for every message: only the latest counts. A valid
+        # change after the attacks still applies, next to refused identity keys.
+        write(
+            out,
+            documents(
+                {
+                    "camera": {"sensitivity": 33},
+                    "cloud_connection": {"key_path": "/etc/shadow"},
+                    "storage": {"bucket_name": "attacker"},
+                },
+                version=9,
+            ),
+        )
+        reported = await until_reported(daemon, 2)
+        assert reported["camera"]["sensitivity"] == 33
+        assert daemon.settings.cloud_connection == before.cloud_connection
+        assert daemon.settings.storage == before.storage
+        assert daemon.ring is not None and daemon.ring.newest_ts() is not None
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+    asyncio.run(main())
+    assert "can only be changed on the device" in caplog.text
