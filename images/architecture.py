@@ -118,9 +118,9 @@ def main() -> None:
     arrow(ax, [(109, 23), (109, 28)], "motion events", (116, 25.5))
     arrow(ax, [(95, 35.5), (81, 35.5)], "ClipReady", (88, 37.3))
 
-    # Fed by the bus: the uploader (S3 calls on upload threads), and a later issue.
+    # Fed by the bus: the uploader (S3 calls on upload threads) and cloud control.
     box(ax, 35, 37, 22, 8, "Uploader", "queue = clip dir -> S3\n(upload threads)")
-    box(ax, 35, 26, 22, 8, "event output / commands", "(issue 4)", dashed=True)
+    box(ax, 35, 26, 22, 8, "Control", "sidecar files (inotify)\ncommands, events, shadow")
     arrow(ax, [(63, 37.5), (57, 41)])
     arrow(ax, [(63, 33.5), (57, 30)])
 
@@ -134,7 +134,7 @@ def main() -> None:
     box(ax, 82, 62, 22, 10, "motion\\_videos/", clips, kind="disk")
     arrow(ax, [(114, 67), (104, 67)])
 
-    ax.text(139, 1.3, "dashed box: later issue · yellow: shared by camera threads and loop",
+    ax.text(139, 1.3, "yellow: shared by camera threads and loop",
             ha="right", va="center", fontsize=9, color="#555555")  # fmt: skip
     fig.savefig(OUT, facecolor="white")
     print(f"wrote {OUT}")
