@@ -33,6 +33,9 @@ $(VENV)/.run-stamp: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 	$(MAKE) system-deps
+	@# Debian's Chromium: the tests play clips in a real browser.
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.run-stamp
 
