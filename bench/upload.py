@@ -31,29 +31,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from _common import REPO, Check, pinthesky_command, report
 
 sys.path.insert(0, str(REPO / "tests"))
+from servers import s3_client
 
 NAME = "upload"
 BUCKET = "bench-clips"
 LIMIT_RATIO = 1.5
 CLIP_MB = 20
-
-
-def local_s3(endpoint: str) -> Any:
-    """A boto3 S3 client for the local moto server."""
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
 
 
 def big_clip(directory: Path, epoch: int, megabytes: float) -> Path:
@@ -107,7 +94,7 @@ def speed(work: Path, endpoint: str) -> dict[str, float]:
     from pinthesky.clips import ClipStore
     from pinthesky.uploader import Target, Uploader
 
-    client = local_s3(endpoint)
+    client = s3_client(endpoint)
     master = big_clip(work / "master", 1_700_000_000, CLIP_MB)
     size = master.stat().st_size
     bare, ours = [], []
@@ -194,7 +181,7 @@ def kill_trials(work: Path, endpoint: str, trials: int) -> dict[str, float]:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=10)
-    client = local_s3(endpoint)
+    client = s3_client(endpoint)
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix="motion_videos/").get("Contents", [])
     found = {o["Key"]: o["Size"] for o in listed}
     return {
@@ -222,7 +209,7 @@ def main() -> int:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    local_s3(endpoint).create_bucket(Bucket=BUCKET)
+    s3_client(endpoint).create_bucket(Bucket=BUCKET)
     work = Path(tempfile.mkdtemp(prefix="pinthesky-bench-upload-"))
     try:
         figures: dict[str, float] = {

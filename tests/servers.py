@@ -43,6 +43,19 @@ def moto_server(port: int | None = None) -> Iterator[str]:
         server.stop()
 
 
+def s3_client(endpoint: str) -> Any:
+    """A boto3 S3 client for a local moto server."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
 class Pki:
     """A CA, a server certificate for 127.0.0.1 and a device certificate, as files."""
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pinthesky.daemon import Daemon
 from pinthesky.settings import defaults, merge
-from pinthesky.shadow import desired_changes, reported_document
+from pinthesky.shadow import SHADOW_KEYS, desired_changes, reported_document
 
 
 def documents(desired: dict[str, Any], version: int = 2) -> str:
@@ -151,30 +151,7 @@ JSON = st.recursive(
 SECTION_KEYS = st.sampled_from(
     ["camera", "storage", "cloudwatch", "health", "dataplane", "cloud_connection", "other"]
 )
-FIELDS = st.sampled_from(
-    [
-        "buffer",
-        "buffer_size",
-        "sensitivity",
-        "rotation",
-        "resolution",
-        "framerate",
-        "recording_window",
-        "encoding_level",
-        "encoding_profile",
-        "encoding_bitrate",
-        "interval",
-        "enabled",
-        "bucket_name",
-        "video_prefix",
-        "log_level",
-        "event_type",
-        "endpoint_url",
-        "cert_path",
-        "thing_name",
-        "x",
-    ]
-)
+FIELDS = st.sampled_from(sorted({k for keys in SHADOW_KEYS.values() for k in keys} | {"x"}))
 DESIRED = (
     st.dictionaries(SECTION_KEYS, st.dictionaries(FIELDS, JSON, max_size=5) | JSON, max_size=6)
     | JSON

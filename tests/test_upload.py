@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import av
-import boto3
 import pytest
 from conftest import clip_facts, run_daemon, settings_for
 from servers import CredentialsProvider, Pki, free_port, moto_server
+from servers import s3_client as s3
 
 from pinthesky import uploader as uploader_module
 from pinthesky.clips import ClipStore
@@ -61,16 +61,6 @@ def aws_env(monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     return point_at
-
-
-def s3(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
 
 
 def iot_settings(tmp: Path, pki: Pki, provider: CredentialsProvider, **extra: Any):  # type: ignore[no-untyped-def]
