@@ -324,6 +324,3 @@ class ClipStore:
                 else f"less than {self.min_free} bytes free",
             )
         return evicted
-
-    def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.clips())

@@ -22,7 +22,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ STATUS_EVERY = 60.0
 class Stats:
     """Counters for the status line (and, later, health and metrics)."""
 
-    started: float = field(default_factory=time.monotonic)
     first_frame_after: float | None = None
     frames_analysed: int = 0
     analysis_seconds: float = 0.0

@@ -104,9 +104,6 @@ class MotionAnalyzer:
         self._noise = float(settings.noise_level)
         self._frames = 0
 
-    def reset(self) -> None:
-        self._prev = None
-
     @property
     def noise_level(self) -> int:
         return round(self._noise)
@@ -272,10 +269,6 @@ class MotionTracker:
         self._last_seen = 0
         # Recent (ts, blocks) to find where a confirmed motion really started.
         self._recent: deque[tuple[int, float]] = deque(maxlen=64)
-
-    @property
-    def active(self) -> bool:
-        return self._active
 
     def update(self, score: Score) -> list[MotionEvent]:
         moving = not score.lighting and score.blocks > self.sensitivity

@@ -159,14 +159,6 @@ class PacketRing:
                 idx += 1
             return out, start + len(out)
 
-    def next_keyframe(self, from_seq: int) -> int | None:
-        """Sequence number of the first keyframe at or after ``from_seq``, if buffered."""
-        with self._lock:
-            for seq in self._keyframes:
-                if seq >= from_seq:
-                    return seq
-            return None
-
     def packet_ts(self, seq: int) -> int | None:
         with self._lock:
             idx = seq - self._first_seq

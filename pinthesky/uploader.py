@@ -133,14 +133,12 @@ class Uploader:
         capture_dir: Path,
         make_client: Callable[[], Any],
         publish: Callable[[UploadEnded], None],
-        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.target = target
         self.store = store
         self.capture_dir = capture_dir
         self._make_client = make_client
         self._publish = publish
-        self._sleep = sleep
         self._wake = asyncio.Event()
         self._client: Any = None
         self.failures = 0
@@ -206,9 +204,6 @@ class Uploader:
             self._publish(ended)
 
     async def _wait(self, seconds: float) -> None:
-        if self._sleep is not None:
-            await self._sleep(seconds)
-            return
         # New work does not cut a backoff short: the network is what failed.
         await asyncio.sleep(seconds)
 
