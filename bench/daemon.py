@@ -137,8 +137,17 @@ def sleep_until(deadline: float, daemon: DaemonProcess) -> None:
         time.sleep(min(left, 0.5))
 
 
-def measure(warmup: float, seconds: float, combine_dir: Path) -> dict[str, Any]:
-    daemon = DaemonProcess(["--source", "synthetic", "--combine-dir", str(combine_dir)])
+def measure(
+    warmup: float,
+    seconds: float,
+    combine_dir: Path,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run the daemon (``extra_args`` added to the defaults) and measure it (see above)."""
+    daemon = DaemonProcess(
+        ["--source", "synthetic", "--combine-dir", str(combine_dir), *extra_args], env
+    )
     try:
         first_at, m = daemon.wait_for(FIRST_FRAME, timeout=30)
         print(

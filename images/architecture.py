@@ -124,6 +124,10 @@ def main() -> None:
     arrow(ax, [(63, 37.5), (57, 41)])
     arrow(ax, [(63, 33.5), (57, 30)])
 
+    # CloudWatch: the log handler's buffer is filled from any thread, emptied by its sender.
+    box(ax, 124, 6, 13.5, 17, "Telemetry", "logs + EMF\nbounded buffer\n→ CloudWatch\n"
+        "(sender thread)")  # fmt: skip
+
     # The clip writer and the clip directory.
     arrow(ax, [(57, 57), (102, 57), (102, 43)], "read by seq", (68, 58.8))
     region(ax, 112, 51, 27, 23, "clip-writer thread", "#8a5a00")

@@ -8,8 +8,6 @@ anything heavy is imported.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -66,16 +64,6 @@ def load_settings(ns: argparse.Namespace) -> object:
         raise SystemExit(2) from None
 
 
-def setup_logging(level: str) -> None:
-    # Under systemd, journald stamps every line itself.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(
-        level=level if level != "FATAL" else "CRITICAL", format=fmt, stream=sys.stderr
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     process_start = time.monotonic()
     args = list(sys.argv[1:] if argv is None else argv)
@@ -94,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.validate_config:
         print(cfg.to_toml(), end="")
         return 0
+    from pinthesky.logs import setup_logging
+
     setup_logging(cfg.daemon.log_level)
     import asyncio
 

@@ -16,11 +16,14 @@ the service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import signal
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +33,23 @@ from pinthesky.bus import ClipReady, EventBus, ImageReady, MotionDetected
 from pinthesky.camera import AnalysisPort, Camera, make_camera
 from pinthesky.clips import ClipStore
 from pinthesky.control import Control
-from pinthesky.credentials import IotCredentialsProvider, IotIdentity, boto_session, refreshable
+from pinthesky.credentials import (
+    IotCredentialsProvider,
+    IotIdentity,
+    boto_session,
+    check_key_permissions,
+    refreshable,
+)
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import Watcher
+from pinthesky.logs import set_level
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.recorder import Recorder
 from pinthesky.ring import PacketRing
 from pinthesky.settings import Settings, flatten, merge
 from pinthesky.shadow import RESTART_KEYS
+from pinthesky.telemetry import Telemetry
 from pinthesky.uploader import Target, Uploader
 
 log = logging.getLogger(__name__)
@@ -90,8 +101,17 @@ class Daemon:
         self.control: Control | None = None
         self.bus.subscribe(ClipReady, self._notify_uploader)
         self.bus.subscribe(ImageReady, self._notify_uploader)
-        self.clips_recorded = 0
-        """Clips of the pipelines that were stopped (restarts); see ``motion_captured``."""
+        self._retired: Counter[str] = Counter()
+        """Counts of the recorders and uploaders that were replaced (restarts)."""
+        self.camera_restarts = 0
+        self._credentials: tuple[IotIdentity, Any] | None = None
+        self._credentials_lock = threading.Lock()
+        self.telemetry = Telemetry(
+            self.aws_session,
+            self.readings,
+            self._queue_gauges,
+            lambda: self.settings.storage.combine_dir,
+        )
         self.ring: PacketRing | None = None
         self.info: StreamInfo | None = None
         self.started = asyncio.Event()
@@ -107,12 +127,15 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # CloudWatch comes up beside the camera; what is logged meanwhile is held for it.
+        self.telemetry.hold(self.settings)
+        telemetry = asyncio.create_task(self._apply_telemetry(self.settings))
         await asyncio.to_thread(self.store.prepare)
         await self._start_pipeline(first=True)
         self.uploader = self._make_uploader()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, 0, f"signal {sig.name}")
-        tasks = [asyncio.create_task(self._watch(), name="watchdog")]
+        tasks = [asyncio.create_task(self._watch(), name="watchdog"), telemetry]
         if self.uploader is not None:
             self._uploader_task = self._supervise(self.uploader.run, "uploader")
         watcher = Watcher(loop)
@@ -135,10 +158,11 @@ class Daemon:
             await self._stop_pipeline()
             log.info(
                 "pinthesky stopped: %d clips recorded, %d motion events, %d frames analysed",
-                self.clips_recorded,
+                self.motion_captured,
                 self.stats.motion_events,
                 self.stats.frames_analysed,
             )
+            await self.telemetry.close()
         return self._exit_code
 
     async def _start_pipeline(self, first: bool) -> None:
@@ -212,7 +236,8 @@ class Daemon:
         if self._last_frame_ts is not None:
             self.recorder.on_motion(self._tracker.finish(), self._last_frame_ts)
         await self.recorder.close()
-        self.clips_recorded += self.recorder.clips_recorded
+        self._retired["ClipsRecorded"] += self.recorder.clips_recorded
+        self._retired["ClipWriteErrors"] += self.recorder.write_errors
         dropped = self.ring.stats().dropped_unread
         if dropped:
             log.error("%d packets were dropped before the clip writer could save them", dropped)
@@ -235,17 +260,10 @@ class Daemon:
                 st.combine_dir,
             )
             return None
-        credentials = None
-        if cc.credentials_endpoint and cc.role_alias and cc.cert_path and cc.key_path:
-            identity = IotIdentity(
-                cc.credentials_endpoint,
-                cc.role_alias,
-                cc.thing_name,
-                cc.cert_path,
-                cc.key_path,
-                cc.cacert_path,
-            )
-            credentials = refreshable(IotCredentialsProvider(identity))
+        identity = self._iot_identity()
+        if identity is not None:
+            if identity.key.exists():  # one others can read: refuse to start (a missing one
+                check_key_permissions(identity.key)  # may be installed later: retried)
         else:
             log.info(
                 "no AWS IoT credentials provider configured: using the AWS SDK's own "
@@ -258,12 +276,81 @@ class Daemon:
             config = Config(
                 connect_timeout=10, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}
             )
-            return boto_session(credentials, None).client("s3", config=config)
+            return self.aws_session(None).client("s3", config=config)
 
         target = Target(
             st.bucket_name, cc.thing_name, st.video_prefix, st.image_prefix, st.video_format
         )
         return Uploader(target, self.store, st.capture_dir, make_client, self.bus.publish)
+
+    def _iot_identity(self) -> IotIdentity | None:
+        cc = self.settings.cloud_connection
+        if (
+            not (cc.credentials_endpoint and cc.role_alias and cc.cert_path and cc.key_path)
+            or not cc.thing_name
+        ):
+            return None
+        return IotIdentity(
+            cc.credentials_endpoint,
+            cc.role_alias,
+            cc.thing_name,
+            cc.cert_path,
+            cc.key_path,
+            cc.cacert_path,
+        )
+
+    def aws_session(self, region: str | None) -> Any:
+        """A boto3 session on the device's AWS IoT credentials (the SDK's own chain when no
+        credentials provider is configured). One set of credentials serves S3 and CloudWatch:
+        it is fetched once and refreshed before it expires. Imports boto3: call it on a worker
+        thread."""
+        identity = self._iot_identity()
+        credentials = None
+        if identity is not None:
+            with self._credentials_lock:
+                if self._credentials is None or self._credentials[0] != identity:
+                    provider = IotCredentialsProvider(identity)
+                    self._credentials = (identity, refreshable(provider))
+                credentials = self._credentials[1]
+        return boto_session(credentials, region)
+
+    async def _apply_telemetry(self, settings: Settings) -> None:
+        try:
+            await self.telemetry.apply(settings)
+        except PintheskyError as exc:
+            log.error("CloudWatch stays off: %s", exc)
+        except Exception:
+            # Losing CloudWatch must never stop the camera: the local log has everything.
+            log.exception("CloudWatch could not be set up; local logs continue")
+
+    def readings(self) -> dict[str, float]:
+        """Every counter of the daemon since it started (for the metrics)."""
+        totals = Counter(self._retired)
+        if self.recorder is not None:
+            totals["ClipsRecorded"] += self.recorder.clips_recorded
+            totals["ClipWriteErrors"] += self.recorder.write_errors
+        if self.uploader is not None:
+            totals.update(_uploader_totals(self.uploader))
+        if self.control is not None:
+            totals["CommandsHandled"] += self.control.commands
+            totals["CommandsRejected"] += self.control.refused
+            totals["ShadowUpdatesApplied"] += self.control.shadow.applied
+            totals["ShadowUpdatesRejected"] += self.control.shadow.rejected
+        totals["MotionEvents"] = self.stats.motion_events
+        totals["ClipsEvicted"] = self.store.evicted
+        totals["CameraRestarts"] = self.camera_restarts
+        return {k: float(v) for k, v in totals.items()}
+
+    def _queue_gauges(self) -> dict[str, float]:
+        """Upload queue depth and bytes (lists the directories: call on a worker thread)."""
+        uploader = self.uploader
+        if uploader is None:
+            return {}
+        sizes = []
+        for path in uploader.pending():
+            with contextlib.suppress(OSError):
+                sizes.append(path.stat().st_size)
+        return {"UploadQueueDepth": len(sizes), "UploadQueueBytes": sum(sizes)}
 
     def _notify_uploader(self, _: object) -> None:
         if self.uploader is not None:
@@ -383,14 +470,15 @@ class Daemon:
         self.settings = new
         log.info("%s: applied %s", origin, ", ".join(f"{k}={after[k]}" for k in sorted(diff)))
         if "daemon.log_level" in diff:
-            level = new.daemon.log_level
-            logging.getLogger().setLevel("CRITICAL" if level == "FATAL" else level)
+            set_level(new.daemon.log_level)
         if diff & RESTART_KEYS:
             await self._restart_camera(old)
         else:
             self._apply_live(new)
         if any(k.startswith(("storage.", "cloud_connection.")) for k in diff):
             await self._restart_uploader()
+        if any(k.startswith(("cloudwatch.", "cloud_connection.")) for k in diff):
+            await self._apply_telemetry(new)
         return diff
 
     def _apply_live(self, s: Settings) -> None:
@@ -406,6 +494,7 @@ class Daemon:
 
     async def _restart_camera(self, previous: Settings) -> None:
         self._restarting = True
+        self.camera_restarts += 1
         try:
             await self._stop_pipeline()
             try:
@@ -424,6 +513,8 @@ class Daemon:
             self._uploader_task.cancel()
             await asyncio.gather(self._uploader_task, return_exceptions=True)
             self._uploader_task = None
+        if self.uploader is not None:
+            self._retired.update(_uploader_totals(self.uploader))
         self.uploader = self._make_uploader()
         if self.uploader is not None:
             self._uploader_task = self._supervise(self.uploader.run, "uploader")
@@ -431,7 +522,8 @@ class Daemon:
     @property
     def motion_captured(self) -> int:
         """Clips recorded since the daemon started (all pipelines)."""
-        return self.clips_recorded + (self.recorder.clips_recorded if self.recorder else 0)
+        live = self.recorder.clips_recorded if self.recorder else 0
+        return self._retired["ClipsRecorded"] + live
 
     def _log_status(self) -> None:
         assert self.ring is not None and self.recorder is not None
@@ -448,6 +540,16 @@ class Daemon:
             self.recorder.clips_recorded,
             self.store.evicted,
         )
+
+
+def _uploader_totals(uploader: Uploader) -> dict[str, float]:
+    return {
+        "ClipsUploaded": uploader.uploaded["video"],
+        "ImagesUploaded": uploader.uploaded["image"],
+        "UploadsFailed": uploader.failed,
+        "UploadBytes": uploader.bytes_uploaded,
+        "UploadSeconds": uploader.seconds,
+    }
 
 
 STILL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")

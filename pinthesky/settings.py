@@ -135,6 +135,28 @@ def _text(v: Any) -> str:
     return v.strip()
 
 
+def _pattern(regex: str, allowed: str) -> Callable[[Any], str]:
+    """Text matching ``regex`` (what AWS accepts), else ``allowed`` as the error."""
+    compiled = re.compile(regex)
+
+    def parse(v: Any) -> str:
+        text = _text(v)
+        if not compiled.fullmatch(text):
+            raise ValueError(allowed)
+        return text
+
+    return parse
+
+
+_log_group = _pattern(
+    r"[A-Za-z0-9._/#-]{1,512}", "must be 1 to 512 of the characters A-Z a-z 0-9 . _ - / #"
+)
+_namespace = _pattern(
+    r"(?!AWS/)[A-Za-z0-9 ._/#:-]{1,255}",
+    "must be 1 to 255 of the characters A-Z a-z 0-9 space . _ - / # : and not start with AWS/",
+)
+
+
 def _resolution(lo: int, hi: int) -> Callable[[Any], Resolution]:
     def parse(v: Any) -> Resolution:
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(v))
@@ -548,14 +570,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "cloudwatch.metric_namespace",
         "--cloudwatch-metric-namespace",
-        _text,
+        _namespace,
         "Pits/Device",
         "namespace of EMF metrics",
     ),
     Option(
         "cloudwatch.log_group_name",
         "--cloudwatch-log-group",
-        _optional(_text),
+        _optional(_log_group),
         None,
         "CloudWatch log group",
     ),
@@ -568,6 +590,20 @@ OPTIONS: tuple[Option, ...] = (
         env="CLOUDWATCH_DELINEATE_STREAM",
         switch=True,
         invert=True,
+    ),
+    Option(
+        "cloudwatch.send_interval",
+        "--cloudwatch-send-interval",
+        _float(0.1, 300),
+        10.0,
+        "seconds log records wait to be sent in one batch (errors go at once)",
+    ),
+    Option(
+        "cloudwatch.metrics_interval",
+        "--cloudwatch-metrics-interval",
+        _int(1, 3600),
+        60,
+        "seconds between EMF metric records",
     ),
     # dataplane
     Option(
@@ -759,6 +795,8 @@ class CloudWatchSettings:
     metric_namespace: str
     log_group_name: str | None
     delineate_stream: bool
+    send_interval: float
+    metrics_interval: int
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import os
 import random
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +143,12 @@ class Uploader:
         self._wake = asyncio.Event()
         self._client: Any = None
         self.failures = 0
-        self.uploaded = 0
+        """Failed uploads in a row (the backoff)."""
+        self.uploaded = {"video": 0, "image": 0}
+        self.failed = 0
         self.bytes_uploaded = 0
+        self.seconds = 0.0
+        """Time spent uploading, failures included."""
         self.idle = asyncio.Event()
 
     def notify(self) -> None:
@@ -181,10 +186,13 @@ class Uploader:
                 continue
             self.idle.clear()
             item = queue[0]
+            started = time.monotonic()
             try:
                 ended = await in_thread(lambda item=item: self._guarded(item))  # type: ignore[misc]
             except UploadError as exc:
+                self.seconds += time.monotonic() - started
                 self.failures += 1
+                self.failed += 1
                 delay = backoff(self.failures, exc.identity)
                 level = logging.ERROR if exc.identity or self.failures == 1 else logging.WARNING
                 log.log(
@@ -197,10 +205,11 @@ class Uploader:
                 )
                 await self._wait(delay)
                 continue
+            self.seconds += time.monotonic() - started
             if ended is None:
                 continue  # the file went away (evicted) meanwhile
             self.failures = 0
-            self.uploaded += 1
+            self.uploaded[ended.kind] += 1
             self._publish(ended)
 
     async def _wait(self, seconds: float) -> None:

@@ -7,6 +7,9 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,32 @@ def settings_for(tmp: Path, **flags: Any) -> Settings:
     }
     raw.update({k: str(v) for k, v in flags.items()})
     return load(raw, environ={})
+
+
+async def until(predicate: Callable[[], Any], within: float = 20) -> None:
+    """Wait until ``predicate()`` holds, checking on the loop every 10 ms."""
+    done = asyncio.Event()
+
+    def check() -> None:
+        if predicate():
+            done.set()
+        else:
+            asyncio.get_running_loop().call_later(0.01, check)
+
+    check()
+    await asyncio.wait_for(done.wait(), within)
+
+
+def eventually(predicate: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    """Wait (in a thread-free test) until ``predicate()`` returns something true; return it."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while True:
+        result = predicate()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
+        tick.wait(0.05)
 
 
 @dataclass

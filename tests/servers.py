@@ -5,6 +5,7 @@ and an AWS IoT credentials provider (TLS with client-certificate auth, certifica
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import ssl
@@ -31,6 +32,8 @@ def moto_server(port: int | None = None) -> Iterator[str]:
     """moto in server mode on 127.0.0.1; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
+    # moto's web server logs every request: the CloudWatch tests would ship those lines too.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = port or free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -43,17 +46,30 @@ def moto_server(port: int | None = None) -> Iterator[str]:
         server.stop()
 
 
-def s3_client(endpoint: str) -> Any:
-    """A boto3 S3 client for a local moto server."""
+def aws_client(service: str, endpoint: str) -> Any:
+    """A boto3 client of ``service`` for a local moto server."""
     import boto3
 
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",
     )
+
+
+def s3_client(endpoint: str) -> Any:
+    return aws_client("s3", endpoint)
+
+
+@contextmanager
+def black_hole() -> Iterator[str]:
+    """An endpoint that takes connections and never answers (a network that hangs)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1024)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 class Pki:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from conftest import settings_for
+from conftest import settings_for, until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -75,20 +75,6 @@ async def running(tmp: Path, **flags: Any) -> tuple[Daemon, asyncio.Task[int]]:
 def write(path: Path, text: str) -> None:
     with path.open("w") as fh:  # truncate + write, as the sidecar does
         fh.write(text)
-
-
-async def until(predicate: Any) -> None:
-    """Wait (20 s at most) until ``predicate()`` holds, checking on the loop."""
-    done = asyncio.Event()
-
-    def check() -> None:
-        if predicate():
-            done.set()
-        else:
-            asyncio.get_running_loop().call_later(0.01, check)
-
-    check()
-    await asyncio.wait_for(done.wait(), 20)
 
 
 async def until_reported(daemon: Daemon, count: int) -> dict[str, Any]:

@@ -1,0 +1,91 @@
+"""Local logging: one stderr handler for journald, the level, and secrets kept out of every log.
+
+The daemon always logs to stderr (journald stamps each line under systemd); CloudWatch, when
+enabled, is one more handler on the root logger (``pinthesky.cloudwatch``). ``Redact`` is
+attached to every handler: whatever a message or a traceback holds, AWS secret keys, session
+tokens, request signatures and PEM private keys never leave the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+THIRD_PARTY = ("botocore", "boto3", "urllib3", "s3transfer", "awscrt", "awsiot")
+"""Loggers held at WARNING: at DEBUG they print whole signed requests, and pinthesky's own
+DEBUG lines are what a user debugging the camera wants."""
+
+_SECRET_PATTERNS = (
+    # key = value / "key": "value" forms of secret fields, whatever their spelling.
+    re.compile(
+        r"""(?ix)
+        (?P<keep>
+          (?: (?:aws_)?secret_?access_?key | (?:aws_)?session_?token | x-amz-security-token
+            | security_?token | ["']token["'] | private_?key | password )
+          ["']? \s* [:=] \s* ["']? )
+        [^\s"',}]+
+        """
+    ),
+    # SigV4 Authorization headers and presigned URLs: the access key id and the signature.
+    re.compile(r"(?P<keep>Credential=)[A-Z0-9]{16,128}"),
+    re.compile(r"(?P<keep>(?:X-Amz-)?Signature=)[0-9a-fA-F]{64}"),
+    # Access key ids wherever they appear.
+    re.compile(r"(?P<keep>)\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
+)
+_PEM_KEY = re.compile(
+    r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL
+)
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret it holds replaced by ``[redacted]``."""
+    if "PRIVATE KEY-----" in text:
+        text = _PEM_KEY.sub(f"-----{REDACTED} PRIVATE KEY-----", text)
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\g<keep>" + REDACTED, text)
+    return text
+
+
+class Redact(logging.Filter):
+    """Rewrites a record whose message or traceback holds a secret (before any handler
+    formats it; the record is shared, so every handler gets the redacted text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def level_number(name: str) -> int:
+    """The logging level of a settings name (``FATAL`` is ``CRITICAL``)."""
+    return logging.CRITICAL if name == "FATAL" else logging.getLevelName(name)
+
+
+def setup_logging(level: str) -> None:
+    """stderr for journald, at ``level``; redacted; chatty AWS libraries at WARNING."""
+    # Under systemd, journald stamps every line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(Redact())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level_number(level))
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def set_level(level: str) -> None:
+    """Change the level of every log, local and CloudWatch (they share the root logger)."""
+    logging.getLogger().setLevel(level_number(level))
