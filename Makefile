@@ -33,9 +33,15 @@ $(VENV)/.run-stamp: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 	$(MAKE) system-deps
-	@# Debian's Chromium: the tests play clips in a real browser.
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@# Debian's Chromium: the tests play clips in a real browser. Debian's mosquitto: the
+	@# sidecar's tests run an MQTT broker with mutual TLS.
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.run-stamp
 

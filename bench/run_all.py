@@ -43,7 +43,15 @@ from typing import Any
 
 from _common import OUT_DIR, fmt
 
-BENCHMARKS = ("analyzer", "daemon", "startup", "upload", "shadow_latency", "cloudwatch")
+BENCHMARKS = (
+    "analyzer",
+    "daemon",
+    "startup",
+    "upload",
+    "shadow_latency",
+    "cloudwatch",
+    "sidecar",
+)
 HERE = Path(__file__).resolve().parent
 
 

@@ -50,7 +50,7 @@ def build_parser(prog: str = PROG, description: str | None = None) -> OneLinePar
     return parser
 
 
-def load_settings(ns: argparse.Namespace) -> object:
+def load_settings(ns: argparse.Namespace, prog: str = PROG) -> object:
     """Settings from parsed flags; prints one line per problem and exits 2 when invalid."""
     from pinthesky import settings
     from pinthesky.errors import ConfigError
@@ -60,7 +60,7 @@ def load_settings(ns: argparse.Namespace) -> object:
         return settings.load(raw, config_file=ns.config)
     except ConfigError as exc:
         for line in exc.errors:
-            print(f"{PROG}: {line}", file=sys.stderr)
+            print(f"{prog}: {line}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

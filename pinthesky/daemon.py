@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import signal
 import threading
@@ -41,7 +40,7 @@ from pinthesky.credentials import (
     refreshable,
 )
 from pinthesky.errors import PintheskyError
-from pinthesky.eventfiles import Watcher
+from pinthesky.eventfiles import Watcher, write_atomically
 from pinthesky.logs import set_level
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
@@ -387,7 +386,7 @@ class Daemon:
                 "[A-Za-z0-9._-]{1,64} and not start with a dot"
             )
         jpeg = await asyncio.to_thread(self.camera.capture_jpeg)
-        path = await asyncio.to_thread(_write_atomically, directory, name, jpeg)
+        path = await asyncio.to_thread(_write_still, directory, name, jpeg)
         self.bus.publish(ImageReady(path))
         return path
 
@@ -555,17 +554,12 @@ def _uploader_totals(uploader: Uploader) -> dict[str, float]:
 STILL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def _write_atomically(directory: Path, name: str, data: bytes) -> Path:
+def _write_still(directory: Path, name: str, data: bytes) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     if path.resolve().parent != directory.resolve():
         raise PintheskyError(f"capture_image file_name {name!r}: outside {directory}")
-    tmp = directory / f".{name}.tmp"
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, data, 0o644)
     return path
 
 

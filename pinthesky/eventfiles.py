@@ -11,6 +11,9 @@
   inode for ``CLOSE_WRITE`` (a renamed-in replacement would never be published), reads it when
   it gets round to it and then sleeps 500 ms; so each event is written in place (truncate,
   write, close) and the next one waits ``SPACING_S``, so that two events never coalesce.
+  When the outbox directory next to it exists (``pinthesky-iot`` creates it), each event is
+  also put there as a file of its own, named in order: a queue on disk that the sidecar
+  drains, so no event is lost while the sidecar or MQTT is down (``OUTBOX_MAX`` at most).
 """
 
 from __future__ import annotations
@@ -37,6 +40,27 @@ CONSUME_GRACE_S = 5.0
 """A renamed-aside input file is removed after this long without new writes."""
 FILE_MODE = 0o600
 DIR_MODE = 0o745
+
+
+OUTBOX_MAX = 1000
+"""Events kept for the sidecar at most; beyond, the oldest go (logged and counted)."""
+
+
+def outbox_dir(event_output: Path) -> Path:
+    """The sidecar's queue of events to publish: ``<event output file>.outbox/``."""
+    return event_output.with_name(event_output.name + ".outbox")
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
+    """Write to a hidden temporary name, fsync, rename into place: readers see all or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def ensure_file(path: Path) -> None:
@@ -80,6 +104,14 @@ class Watcher:
         mask = flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE
         wd = self._inotify.add_watch(str(path.parent), mask)
         self._dirs.setdefault(wd, []).append((path.name + ("*" if prefix else ""), handler))
+
+    def watch_dir(self, directory: Path, handler: Callable[[str], None]) -> None:
+        """Call ``handler(name)`` for any file written, created or moved into ``directory``."""
+        from inotify_simple import flags
+
+        mask = flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE
+        wd = self._inotify.add_watch(str(directory), mask)
+        self._dirs.setdefault(wd, []).append(("*", handler))
 
     def _read(self) -> None:
         # On the loop: the inotify descriptor is readable.
@@ -238,5 +270,24 @@ class EventOutput:
             )
             return
         write_in_place(self.path, data)
+        self._to_outbox(data)
         self.written += 1
         log.debug("event %s written", event.get("name"))
+
+    def _to_outbox(self, data: bytes) -> None:
+        outbox = outbox_dir(self.path)
+        if not outbox.is_dir():
+            return  # another sidecar (aws-iot-device-client) reads the file itself
+        try:
+            write_atomically(outbox / f"{time.time_ns():020d}.json", data)
+            queued = sorted(p for p in outbox.iterdir() if p.suffix == ".json")
+            for old in queued[: max(0, len(queued) - OUTBOX_MAX)]:
+                old.unlink(missing_ok=True)
+                self.dropped += 1
+                log.error(
+                    "event outbox: more than %d events unpublished, dropped %s",
+                    OUTBOX_MAX,
+                    old.name,
+                )
+        except OSError as exc:
+            log.error("event outbox %s: %s", outbox, exc)

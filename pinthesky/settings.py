@@ -676,7 +676,34 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # the daemon itself
     Option("daemon.log_level", "--log-level", _log_level, "INFO", "log level"),
+    # pinthesky-iot, the MQTT sidecar (its flags are on its own command line only)
+    Option(
+        "iot.endpoint",
+        "--endpoint",
+        _optional(_text),
+        None,
+        "AWS IoT data endpoint (iot:Data-ATS) host name",
+    ),
+    Option("iot.port", "--port", _int(1, 65535), 8883, "MQTT port"),
+    Option(
+        "iot.shadow_name",
+        "--shadow-name",
+        _pattern(r"[A-Za-z0-9:_-]{1,64}", "must be 1 to 64 of A-Z a-z 0-9 : _ -"),
+        "pinthesky",
+        "named shadow holding the configuration",
+    ),
+    Option(
+        "iot.seed_desired",
+        "--seed-desired",
+        _bool,
+        False,
+        "when the shadow's desired state is empty, seed it from the first report"
+        " (the console needs desired.camera)",
+        switch=True,
+    ),
 )
+SIDECAR_SECTIONS = ("iot",)
+"""Sections whose flags belong to ``pinthesky-iot``, not to the daemon."""
 
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 
@@ -823,6 +850,14 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class IotSettings:
+    endpoint: str | None
+    port: int
+    shadow_name: str
+    seed_desired: bool
+
+
+@dataclass(frozen=True)
 class Settings:
     camera: CameraSettings
     motion: MotionSettings
@@ -835,6 +870,7 @@ class Settings:
     dataplane: DataplaneSettings
     events: EventSettings
     daemon: DaemonSettings
+    iot: IotSettings
 
     def to_toml(self) -> str:
         """The effective settings as a TOML document that ``--config`` accepts back."""
@@ -873,17 +909,23 @@ _SECTIONS: dict[str, type[Any]] = {
     "dataplane": DataplaneSettings,
     "events": EventSettings,
     "daemon": DaemonSettings,
+    "iot": IotSettings,
 }
 
 
 # -- loading -------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every option's flag to ``parser``; values stay raw strings until ``load``."""
+def add_arguments(
+    parser: argparse.ArgumentParser, keys: Callable[[str], bool] | None = None
+) -> None:
+    """Add the flags of the options whose key ``keys`` accepts (by default the daemon's: all
+    but the sidecar's) to ``parser``; values stay raw strings until ``load``."""
+    if keys is None:
+        keys = lambda key: key.split(".")[0] not in SIDECAR_SECTIONS  # noqa: E731
     groups: dict[str, argparse._ArgumentGroup] = {}
     for opt in OPTIONS:
-        if opt.flag is None:
+        if opt.flag is None or not keys(opt.key):
             continue
         section = opt.key.split(".")[0]
         group = groups.get(section) or parser.add_argument_group(section)

@@ -1,0 +1,514 @@
+"""``pinthesky-iot``: the AWS IoT sidecar. MQTT 5 over mutual TLS (awsiotsdk/awscrt) on one
+side, the daemon's four files on the other; nothing compiled on the Pi.
+
+- **Shadow** (named ``--shadow-name``, default ``pinthesky``): on every connection it
+  subscribes to the shadow's ``get`` and ``update`` answers, ``update/documents`` and
+  ``update/delta``, asks for the shadow (``get``) and writes it to the configure-output file as
+  a documents message, so the daemon applies the current ``desired``. Every
+  ``update/documents`` message is written there too, atomically (temporary name + rename). The
+  configure-input file, when the daemon writes it, is published as ``reported`` (8 KiB at
+  most, invalid JSON skipped with one line). A delta is not echoed: the daemon reports what
+  it applied. With ``--seed-desired``, an empty ``desired`` is seeded from the first report
+  (without ``cloud_connection``), because the console needs ``desired.camera``.
+- **Commands**: each message on ``pinthesky/events/{thing}/input`` (QoS 1) is appended to the
+  event-input file with one ``write`` and fsynced before it is acknowledged, in order. The
+  daemon renames that file aside before reading it, so nothing appended is ever lost, and it
+  reads the values one by one, so messages never run together. The MQTT session persists
+  for an hour, so the broker keeps commands sent while the sidecar is offline.
+- **Events**: the daemon puts each event it writes into ``<event-output>.outbox/`` as a file
+  of its own (the sidecar creates that directory; see ``eventfiles``). Files are published in
+  name order on ``pinthesky/events/output`` at QoS 1 and deleted once the broker acknowledged
+  them: events written while MQTT is down wait on disk (1,000 at most) and go after the
+  reconnection, in order.
+
+Reconnection is the CRT's own, with capped exponential backoff and jitter (1 s to 2 min).
+SIGTERM/SIGINT disconnect cleanly and exit 0. Bad input from the broker (invalid JSON, a
+message too large, a document of the wrong shape) is one log line and is dropped; nothing
+partial is ever written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from pinthesky.eventfiles import (
+    FILE_MODE,
+    Watcher,
+    ensure_file,
+    outbox_dir,
+    write_atomically,
+)
+from pinthesky.jsonstream import MAX_MESSAGE_BYTES
+from pinthesky.settings import Settings
+
+log = logging.getLogger("pinthesky.iot")
+
+PROG = "pinthesky-iot"
+MAX_REPORT_BYTES = 8 * 1024
+"""A named shadow's document is 8 KiB at most."""
+MAX_INBOUND_BYTES = 128 * 1024
+"""AWS IoT's largest message."""
+EVENTS_OUTPUT = "pinthesky/events/output"
+SESSION_EXPIRY_S = 3600
+GET_TIMEOUT_S = 10.0
+PUBLISH_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+OUTBOX_MODE = 0o2770
+"""The daemon (its own user, same group) writes into the outbox; setgid keeps the group."""
+
+
+class Topics:
+    def __init__(self, thing: str, shadow: str) -> None:
+        base = f"$aws/things/{thing}/shadow/name/{shadow}"
+        self.get = f"{base}/get"
+        self.get_accepted = f"{base}/get/accepted"
+        self.get_rejected = f"{base}/get/rejected"
+        self.update = f"{base}/update"
+        self.update_accepted = f"{base}/update/accepted"
+        self.update_rejected = f"{base}/update/rejected"
+        self.documents = f"{base}/update/documents"
+        self.delta = f"{base}/update/delta"
+        self.commands = f"pinthesky/events/{thing}/input"
+
+    def subscriptions(self) -> list[str]:
+        return [
+            self.get_accepted,
+            self.get_rejected,
+            self.update_accepted,
+            self.update_rejected,
+            self.documents,
+            self.delta,
+            self.commands,
+        ]
+
+
+def _json_object(payload: bytes, limit: int, what: str) -> dict[str, Any] | None:
+    """The payload as a JSON object, or None after one log line saying what was wrong."""
+    if len(payload) > limit:
+        log.warning("%s: %d bytes, more than %d: dropped", what, len(payload), limit)
+        return None
+    try:
+        value = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("%s: not JSON (%s): dropped", what, exc)
+        return None
+    if not isinstance(value, dict):
+        log.warning("%s: a JSON %s, not an object: dropped", what, type(value).__name__)
+        return None
+    return value
+
+
+def append_message(path: Path, data: bytes) -> None:
+    """One message appended with one write, fsynced (the daemon reads values one by one)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        os.write(fd, data + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Sidecar:
+    """One MQTT connection bridged to the daemon's files. ``run`` returns the exit code."""
+
+    def __init__(self, settings: Settings) -> None:
+        cc, ev, iot = settings.cloud_connection, settings.events, settings.iot
+        assert cc.thing_name and iot.endpoint and cc.cert_path and cc.key_path
+        self.settings = settings
+        self.thing = cc.thing_name
+        self.topics = Topics(cc.thing_name, iot.shadow_name)
+        self.outbox = outbox_dir(ev.event_output)
+        self.connected = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._wake_outbox = asyncio.Event()
+        self._shadow_known = asyncio.Event()
+        self._desired: dict[str, Any] | None = None
+        self._last_report: bytes | None = None
+        self._client: Any = None
+        self._stopped: Future[None] = Future()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.commands = 0
+        self.documents = 0
+        self.published = 0
+        self.reports = 0
+        self.dropped = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        ev = self.settings.events
+        for path in (ev.event_input, ev.event_output, ev.configure_input, ev.configure_output):
+            ensure_file(path)
+        with contextlib.suppress(FileExistsError):
+            self.outbox.mkdir(mode=OUTBOX_MODE)
+        self._client = self._make_client()
+        watcher = Watcher(loop)
+        watcher.watch(ev.configure_input, lambda _: self._spawn(self._publish_report()))
+        watcher.watch_dir(self.outbox, lambda _: self._wake_outbox.set())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        drain = asyncio.create_task(self._drain_outbox(), name="outbox")
+        iot = self.settings.iot
+        log.info(
+            "pinthesky-iot: connecting to %s:%d as %s; shadow %s; events in %s, out %s",
+            iot.endpoint,
+            iot.port,
+            self.thing,
+            iot.shadow_name,
+            ev.event_input,
+            self.outbox,
+        )
+        self._client.start()
+        try:
+            await self._stop.wait()
+        finally:
+            drain.cancel()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(drain, *self._tasks, return_exceptions=True)
+            watcher.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self._disconnect()
+        log.info(
+            "pinthesky-iot stopped: %d commands delivered, %d events published, %d reports",
+            self.commands,
+            self.published,
+            self.reports,
+        )
+        return 0
+
+    async def _disconnect(self) -> None:
+        from awscrt import mqtt5
+
+        self._client.stop(mqtt5.DisconnectPacket())
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self._stopped), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("MQTT client did not stop within %.0f s", STOP_TIMEOUT_S)
+
+    def _make_client(self) -> Any:
+        from awscrt import mqtt5
+        from awsiot import mqtt5_client_builder
+
+        cc, iot = self.settings.cloud_connection, self.settings.iot
+        return mqtt5_client_builder.mtls_from_path(
+            endpoint=iot.endpoint,
+            port=iot.port,
+            cert_filepath=str(cc.cert_path),
+            pri_key_filepath=str(cc.key_path),
+            ca_filepath=str(cc.cacert_path) if cc.cacert_path else None,
+            client_id=self.thing,
+            keep_alive_interval_sec=60,
+            session_expiry_interval_sec=SESSION_EXPIRY_S,
+            session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS,
+            min_reconnect_delay_ms=1000,
+            max_reconnect_delay_ms=120_000,
+            ack_timeout_sec=int(PUBLISH_TIMEOUT_S),
+            on_publish_received=self._on_publish,
+            on_lifecycle_connection_success=self._on_connected,
+            on_lifecycle_connection_failure=self._on_connection_failure,
+            on_lifecycle_disconnection=self._on_disconnected,
+            on_lifecycle_stopped=self._on_stopped,
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- CRT threads: connection events -------------------------------------------------------
+
+    def _on_connected(self, data: Any) -> None:
+        log.info("connected to %s", self.settings.iot.endpoint)
+        self.loop.call_soon_threadsafe(self._spawn, self._after_connect())
+
+    def _on_connection_failure(self, data: Any) -> None:
+        log.warning("cannot connect to %s: %s", self.settings.iot.endpoint, _crt_error(data))
+
+    def _on_disconnected(self, data: Any) -> None:
+        if not self._stop.is_set():
+            log.warning("disconnected: %s", _crt_error(data))
+        self.loop.call_soon_threadsafe(self.connected.clear)
+
+    def _on_stopped(self, data: Any) -> None:
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+
+    # -- on the loop: after each connection ---------------------------------------------------
+
+    async def _after_connect(self) -> None:
+        from awscrt import mqtt5
+
+        subscribe = mqtt5.SubscribePacket(
+            subscriptions=[
+                mqtt5.Subscription(topic_filter=t, qos=mqtt5.QoS.AT_LEAST_ONCE)
+                for t in self.topics.subscriptions()
+            ]
+        )
+        try:
+            suback = await asyncio.wait_for(
+                asyncio.wrap_future(self._client.subscribe(subscribe)), PUBLISH_TIMEOUT_S
+            )
+        except Exception as exc:
+            log.error("subscribing failed: %s", exc)
+            return
+        for topic, code in zip(self.topics.subscriptions(), suback.reason_codes, strict=False):
+            if code.value >= 0x80:
+                log.error("subscription to %s refused: %s", topic, code.name)
+        self._shadow_known.clear()
+        await self._publish(self.topics.get, {"clientToken": _token()})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._shadow_known.wait(), GET_TIMEOUT_S)
+        self.connected.set()
+        self._wake_outbox.set()
+        self._last_report = None  # what the shadow holds may be older: report again
+        await self._publish_report()
+
+    async def _publish(self, topic: str, message: dict[str, Any] | bytes) -> bool:
+        """Publish at QoS 1; True once the broker acknowledged it."""
+        from awscrt import mqtt5
+
+        payload = message if isinstance(message, bytes) else json.dumps(message).encode()
+        packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
+        try:
+            done = await asyncio.wait_for(
+                asyncio.wrap_future(self._client.publish(packet)), PUBLISH_TIMEOUT_S
+            )
+        except Exception as exc:
+            log.warning("publishing to %s failed: %s", topic, exc or type(exc).__name__)
+            return False
+        code = done.puback.reason_code if done.puback is not None else None
+        if code is not None and code.value >= 0x80:
+            log.warning("publishing to %s refused: %s", topic, code.name)
+            return False
+        return True
+
+    async def _publish_report(self) -> None:
+        """The configure-input file as ``reported`` (when connected and it changed)."""
+        if not self.connected.is_set():
+            return  # published after the next connection
+        path = self.settings.events.configure_input
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            log.warning("reported state %s: %s", path, exc)
+            return
+        if not data.strip() or data == self._last_report:
+            return
+        reported = _json_object(data, MAX_REPORT_BYTES, f"reported state {path}")
+        if reported is None:
+            return
+        state: dict[str, Any] = {"reported": reported}
+        if self.settings.iot.seed_desired and self._shadow_known.is_set() and not self._desired:
+            state["desired"] = {k: v for k, v in reported.items() if k != "cloud_connection"}
+            log.info("shadow desired state is empty: seeding it from the report")
+        self._last_report = data
+        if await self._publish(self.topics.update, {"state": state, "clientToken": _token()}):
+            self.reports += 1
+            if "desired" in state:
+                self._desired = state["desired"]
+        else:
+            self._last_report = None
+
+    async def _drain_outbox(self) -> None:
+        """Publish the daemon's events in order, one at a time, deleting each once acked."""
+        while True:
+            await self.connected.wait()
+            self._wake_outbox.clear()
+            queued = sorted(self.outbox.glob("*.json"))
+            if not queued:
+                await self._wake_outbox.wait()
+                continue
+            for path in queued:
+                if not self.connected.is_set():
+                    break
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    continue
+                if _json_object(data, MAX_MESSAGE_BYTES, f"event {path.name}") is None:
+                    path.unlink(missing_ok=True)
+                    self.dropped += 1
+                    continue
+                if not await self._publish(EVENTS_OUTPUT, data):
+                    await asyncio.sleep(1.0)  # the connection is going: wait for the next
+                    break
+                path.unlink(missing_ok=True)
+                self.published += 1
+
+    # -- CRT thread: messages in --------------------------------------------------------------
+
+    def _on_publish(self, data: Any) -> None:
+        packet = data.publish_packet
+        topic, payload = packet.topic, bytes(packet.payload or b"")
+        try:
+            self._route(topic, payload)
+        except Exception:
+            # Never let one message break the connection's thread.
+            log.exception("handling a message on %s failed", topic)
+
+    def _route(self, topic: str, payload: bytes) -> None:
+        t = self.topics
+        ev = self.settings.events
+        if topic == t.commands:
+            message = _json_object(payload, MAX_MESSAGE_BYTES, f"command on {topic}")
+            if message is None:
+                self.dropped += 1
+                return
+            append_message(ev.event_input, json.dumps(message, separators=(",", ":")).encode())
+            self.commands += 1
+        elif topic == t.documents:
+            doc = _json_object(payload, MAX_INBOUND_BYTES, f"shadow documents on {topic}")
+            desired = _desired_of(doc.get("current")) if doc is not None else None
+            if doc is None or desired is None:
+                self.dropped += 1
+                return
+            self._set_desired(desired)
+            write_atomically(ev.configure_output, json.dumps(doc).encode(), FILE_MODE)
+            self.documents += 1
+        elif topic == t.get_accepted:
+            doc = _json_object(payload, MAX_INBOUND_BYTES, f"shadow on {topic}")
+            desired = _desired_of(doc) if doc is not None else None
+            if doc is None or desired is None:
+                self.dropped += 1
+                return
+            self._set_desired(desired)
+            state = doc.get("state", {})
+            message = {
+                "previous": None,
+                "current": {
+                    "state": {"desired": desired, "reported": state.get("reported") or {}},
+                    "metadata": doc.get("metadata") or {},
+                    "version": doc.get("version"),
+                },
+                "timestamp": doc.get("timestamp") or int(time.time()),
+            }
+            write_atomically(ev.configure_output, json.dumps(message).encode(), FILE_MODE)
+            self.documents += 1
+            self.loop.call_soon_threadsafe(self._shadow_known.set)
+        elif topic == t.get_rejected:
+            answer = _json_object(payload, MAX_INBOUND_BYTES, f"answer on {topic}") or {}
+            if answer.get("code") == 404:
+                log.info("shadow %s does not exist yet", self.settings.iot.shadow_name)
+                self._set_desired({})
+            else:
+                log.warning("shadow get refused: %s %s", answer.get("code"), answer.get("message"))
+            self.loop.call_soon_threadsafe(self._shadow_known.set)
+        elif topic == t.update_rejected:
+            answer = _json_object(payload, MAX_INBOUND_BYTES, f"answer on {topic}") or {}
+            log.warning("shadow update refused: %s %s", answer.get("code"), answer.get("message"))
+        elif topic == t.delta:
+            log.debug("shadow delta received (the daemon reports what it applies)")
+
+    def _set_desired(self, desired: dict[str, Any]) -> None:
+        self.loop.call_soon_threadsafe(setattr, self, "_desired", desired)
+
+
+def _desired_of(doc: Any) -> dict[str, Any] | None:
+    """``state.desired`` of a shadow document ({} when absent), None when malformed."""
+    if not isinstance(doc, dict):
+        log.warning("shadow document without a state: dropped")
+        return None
+    state = doc.get("state")
+    desired = state.get("desired", {}) if isinstance(state, dict) else None
+    if desired is None:
+        desired = {}
+    if not isinstance(desired, dict):
+        log.warning(
+            "shadow document whose desired state is not an object (%s): dropped",
+            type(desired).__name__,
+        )
+        return None
+    return desired
+
+
+def _crt_error(data: Any) -> str:
+    exc = getattr(data, "exception", None)
+    name = getattr(exc, "name", None) or type(exc).__name__
+    return f"{name}" + (f" ({exc})" if exc and str(exc) != name else "")
+
+
+def _token() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+# -- command line ---------------------------------------------------------------------------
+
+SIDECAR_KEYS = (
+    "cloud_connection.thing_name",
+    "cloud_connection.cert_path",
+    "cloud_connection.key_path",
+    "cloud_connection.cacert_path",
+    "events.event_input",
+    "events.event_output",
+    "events.configure_input",
+    "events.configure_output",
+    "daemon.log_level",
+)
+
+
+def check_readable(settings: Settings) -> list[str]:
+    """One line per missing setting or unreadable certificate or key."""
+    cc, iot = settings.cloud_connection, settings.iot
+    errors = []
+    if not iot.endpoint:
+        errors.append("--endpoint is required (the iot:Data-ATS endpoint)")
+    if not cc.thing_name:
+        errors.append("--thing-name is required")
+    for flag, path in (
+        ("--thing-cert", cc.cert_path),
+        ("--thing-key", cc.key_path),
+        ("--ca-cert", cc.cacert_path),
+    ):
+        if path is None:
+            if flag != "--ca-cert":
+                errors.append(f"{flag} is required")
+            continue
+        try:
+            with path.open("rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            errors.append(f"{flag} {path}: cannot read: {exc.strerror}")
+    return errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pinthesky import settings as settings_module
+    from pinthesky.cli import OneLineParser, load_settings
+    from pinthesky.logs import setup_logging
+
+    parser = OneLineParser(
+        prog=PROG, description="AWS IoT sidecar of pinthesky: MQTT to the daemon's files."
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", type=Path, help="the daemon's TOML file of settings"
+    )
+    settings_module.add_arguments(parser, lambda key: key in SIDECAR_KEYS or key.startswith("iot."))
+    ns = parser.parse_args(argv)
+    cfg = load_settings(ns, PROG)
+    assert isinstance(cfg, Settings)
+    errors = check_readable(cfg)
+    for line in errors:
+        print(f"{PROG}: {line}", file=sys.stderr)
+    if errors:
+        return 2
+    setup_logging(cfg.daemon.log_level)
+    return asyncio.run(Sidecar(cfg).run())
