@@ -15,6 +15,10 @@ side, the daemon's four files on the other; nothing compiled on the Pi.
   daemon renames that file aside before reading it, so nothing appended is ever lost, and it
   reads the values one by one, so messages never run together. The MQTT session persists
   for an hour, so the broker keeps commands sent while the sidecar is offline.
+- **Jobs** (the console's reboot, shutdown, service-logs and update buttons): AWS IoT Jobs on
+  ``$aws/things/{thing}/jobs/...``; the next execution is started on every connection and on
+  ``notify-next``, one at a time; only the handlers in ``jobs`` run, and the execution is
+  reported SUCCEEDED or FAILED with the output's tail.
 - **Events**: the daemon puts each event it writes into ``<event-output>.outbox/`` as a file
   of its own (the sidecar creates that directory; see ``eventfiles``). Files are published in
   name order on ``pinthesky/events/output`` at QoS 1 and deleted once the broker acknowledged
@@ -34,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -43,6 +48,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from pinthesky.credentials import check_key_permissions
+from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import (
     FILE_MODE,
     Watcher,
@@ -65,8 +72,10 @@ SESSION_EXPIRY_S = 3600
 GET_TIMEOUT_S = 10.0
 PUBLISH_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
-OUTBOX_MODE = 0o2770
-"""The daemon (its own user, same group) writes into the outbox; setgid keeps the group."""
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+OUTBOX_MODE = 0o700
+"""Like the four files (0600, in directories the daemon's user owns): the daemon and the
+sidecar run as the same dedicated user, which aws-iot-device-client's mode checks need too."""
 
 
 class Topics:
@@ -81,6 +90,12 @@ class Topics:
         self.documents = f"{base}/update/documents"
         self.delta = f"{base}/update/delta"
         self.commands = f"pinthesky/events/{thing}/input"
+        self.jobs = f"$aws/things/{thing}/jobs"
+        self.notify_next = f"{self.jobs}/notify-next"
+        self.start_next = f"{self.jobs}/start-next"
+        self.start_next_accepted = f"{self.start_next}/accepted"
+        self.start_next_rejected = f"{self.start_next}/rejected"
+        self.job_update_rejected = f"{self.jobs}/+/update/rejected"
 
     def subscriptions(self) -> list[str]:
         return [
@@ -91,6 +106,10 @@ class Topics:
             self.documents,
             self.delta,
             self.commands,
+            self.notify_next,
+            self.start_next_accepted,
+            self.start_next_rejected,
+            self.job_update_rejected,
         ]
 
 
@@ -144,6 +163,8 @@ class Sidecar:
         self.published = 0
         self.reports = 0
         self.dropped = 0
+        self.jobs = 0
+        self._job_running = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -281,6 +302,7 @@ class Sidecar:
         self._wake_outbox.set()
         self._last_report = None  # what the shadow holds may be older: report again
         await self._publish_report()
+        await self._ask_for_job()
 
     async def _publish(self, topic: str, message: dict[str, Any] | bytes) -> bool:
         """Publish at QoS 1; True once the broker acknowledged it."""
@@ -327,6 +349,43 @@ class Sidecar:
                 self._desired = state["desired"]
         else:
             self._last_report = None
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def _ask_for_job(self) -> None:
+        if not self._job_running:
+            await self._publish(self.topics.start_next, {"clientToken": _token()})
+
+    async def _run_job(self, execution: dict[str, Any]) -> None:
+        """One job execution: the allowed handler run off the loop, its outcome reported."""
+        from pinthesky.jobs import JobRefused, parse_job, run_job
+
+        job_id = execution.get("jobId")
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+            log.warning("job execution with an invalid jobId %r: ignored", job_id)
+            return
+        self._job_running = True
+        try:
+            try:
+                job = parse_job(execution.get("jobDocument"))
+            except JobRefused as exc:
+                log.warning("job %s refused: %s", job_id, exc)
+                ok, details = False, {"reason": str(exc)[:1000]}
+            else:
+                log.info("job %s: running %s", job_id, job.handler)
+                ok, output = await asyncio.to_thread(run_job, job)
+                details = {"handler": job.handler, "output": output}
+                log.info("job %s: %s", job_id, "succeeded" if ok else "failed")
+            update = {
+                "status": "SUCCEEDED" if ok else "FAILED",
+                "statusDetails": details,
+                "clientToken": _token(),
+            }
+            await self._publish(f"{self.topics.jobs}/{job_id}/update", update)
+            self.jobs += 1
+        finally:
+            self._job_running = False
+        await self._ask_for_job()
 
     async def _drain_outbox(self) -> None:
         """Publish the daemon's events in order, one at a time, deleting each once acked."""
@@ -417,6 +476,18 @@ class Sidecar:
             log.warning("shadow update refused: %s %s", answer.get("code"), answer.get("message"))
         elif topic == t.delta:
             log.debug("shadow delta received (the daemon reports what it applies)")
+        elif topic in (t.notify_next, t.start_next_accepted):
+            message = _json_object(payload, MAX_INBOUND_BYTES, f"jobs message on {topic}")
+            execution = (message or {}).get("execution")
+            if not isinstance(execution, dict):
+                return  # no job waiting
+            if topic == t.notify_next:
+                self.loop.call_soon_threadsafe(self._spawn, self._ask_for_job())
+            else:
+                self.loop.call_soon_threadsafe(self._spawn, self._run_job(execution))
+        elif topic == t.start_next_rejected or topic.endswith("/update/rejected"):
+            answer = _json_object(payload, MAX_INBOUND_BYTES, f"answer on {topic}") or {}
+            log.warning("jobs: %s refused: %s", topic, answer.get("message") or answer)
 
     def _set_desired(self, desired: dict[str, Any]) -> None:
         self.loop.call_soon_threadsafe(setattr, self, "_desired", desired)
@@ -487,6 +558,12 @@ def check_readable(settings: Settings) -> list[str]:
                 fh.read(1)
         except OSError as exc:
             errors.append(f"{flag} {path}: cannot read: {exc.strerror}")
+            continue
+        if flag == "--thing-key":
+            try:
+                check_key_permissions(path)
+            except PintheskyError as exc:
+                errors.append(f"{flag} {exc}")
     return errors
 
 

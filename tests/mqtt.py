@@ -242,3 +242,52 @@ class ShadowService(Peer):
         with self.lock:
             assert self.lock.wait_for(predicate, timeout), f"shadow now: {self.shadows}"
         return []
+
+
+class JobsService(Peer):
+    """Answers ``$aws/things/{thing}/jobs/start-next`` and records ``.../{jobId}/update``, as
+    the AWS IoT Jobs service does for one thing; ``add`` queues a job and notifies."""
+
+    def __init__(self, pki: Pki, broker: Mosquitto, thing: str) -> None:
+        self.base = f"$aws/things/{thing}/jobs"
+        self.queued: list[tuple[str, Any]] = []
+        self.updates: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Condition()
+        super().__init__(pki, broker, "jobs-service")
+        self.subscribe(f"{self.base}/start-next")
+        self.subscribe(f"{self.base}/+/update")
+
+    def add(self, job_id: str, document: Any) -> None:
+        with self.lock:
+            self.queued.append((job_id, document))
+        self.publish(f"{self.base}/notify-next", {"execution": self._execution(job_id, document)})
+
+    @staticmethod
+    def _execution(job_id: str, document: Any) -> dict[str, Any]:
+        return {"jobId": job_id, "jobDocument": document, "status": "QUEUED", "versionNumber": 1}
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        body = json.loads(payload) if payload else {}
+        token = {"clientToken": body["clientToken"]} if "clientToken" in body else {}
+        with self.lock:
+            if topic == f"{self.base}/start-next":
+                answer: dict[str, Any] = {**token, "timestamp": int(time.time())}
+                if self.queued:
+                    job_id, document = self.queued.pop(0)
+                    answer["execution"] = {
+                        **self._execution(job_id, document),
+                        "status": "IN_PROGRESS",
+                    }
+                self.client.publish(f"{topic}/accepted", json.dumps(answer).encode(), qos=1)
+            else:
+                job_id = topic[len(self.base) + 1 :].split("/", maxsplit=1)[0]
+                self.updates[job_id] = body
+                self.lock.notify_all()
+                self.client.publish(
+                    f"{self.base}/{job_id}/update/accepted", json.dumps(token).encode(), qos=1
+                )
+
+    def wait_for(self, predicate: Any, timeout: float = 30) -> list[tuple[str, bytes]]:
+        with self.lock:
+            assert self.lock.wait_for(lambda: predicate(self.updates), timeout), self.updates
+        return []

@@ -17,11 +17,14 @@ from typing import Any
 
 import pytest
 from conftest import REPO, eventually, settings_for
-from mqtt import Mosquitto, Peer, ShadowService
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mqtt import JobsService, Mosquitto, Peer, ShadowService
 from servers import Pki
 
 from pinthesky.daemon import Daemon
 from pinthesky.eventfiles import outbox_dir
+from pinthesky.jobs import ALIASES, HANDLERS, JobRefused, parse_job
 
 THING = "cam1"
 COMMANDS = f"pinthesky/events/{THING}/input"
@@ -40,7 +43,9 @@ def sidecar_command() -> list[str]:
 
 
 class SidecarProcess:
-    def __init__(self, tmp: Path, pki: Pki, port: int, *extra: str) -> None:
+    def __init__(
+        self, tmp: Path, pki: Pki, port: int, *extra: str, path: str | None = None
+    ) -> None:
         self.log = tmp / "sidecar.log"
         args = [
             "--endpoint",
@@ -60,6 +65,8 @@ class SidecarProcess:
         ]
         env = dict(os.environ, PYTHONPATH=str(REPO))
         env.pop("JOURNAL_STREAM", None)
+        if path is not None:
+            env["PATH"] = path
         self.out = self.log.open("w")
         self.proc = subprocess.Popen([*sidecar_command(), *args], stderr=self.out, env=env)
 
@@ -108,8 +115,10 @@ def cloud(tmp: Path) -> Iterator[tuple[Pki, Mosquitto, ShadowService, Peer]]:
 
 
 @contextmanager
-def sidecar(tmp: Path, pki: Pki, broker: Mosquitto, *extra: str) -> Iterator[SidecarProcess]:
-    proc = SidecarProcess(tmp, pki, broker.port, *extra)
+def sidecar(
+    tmp: Path, pki: Pki, broker: Mosquitto, *extra: str, path: str | None = None
+) -> Iterator[SidecarProcess]:
+    proc = SidecarProcess(tmp, pki, broker.port, *extra, path=path)
     try:
         yield proc
     finally:
@@ -274,21 +283,13 @@ def test_a_certificate_the_broker_does_not_trust_is_one_line_and_no_crash(tmp_pa
         assert "Traceback" not in proc.text()
 
 
-@pytest.mark.parametrize("missing", ["--thing-cert", "--thing-key"])
-def test_a_missing_certificate_or_key_is_one_line_and_exit_2(tmp_path, missing):
-    pki = Pki(tmp_path / "certs")
-    args = [
-        "--endpoint",
-        "example.invalid",
-        "--thing-name",
-        THING,
-        "--thing-cert",
-        str(pki.cert_file),
-        "--thing-key",
-        str(pki.key_file),
-        *file_flags(tmp_path),
-    ]
-    args[args.index(missing) + 1] = str(tmp_path / "absent.pem")
+def refused_at_start(tmp: Path, pki: Pki, **replace: str) -> str:
+    """Run the sidecar with certificate flags (``replace`` overrides some); its one-line error
+    and exit code 2 are checked; returns the line."""
+    flags = {"--thing-cert": str(pki.cert_file), "--thing-key": str(pki.key_file), **replace}
+    args = ["--endpoint", "example.invalid", "--thing-name", THING, *file_flags(tmp)]
+    for flag, value in flags.items():
+        args += [flag, value]
     done = subprocess.run(
         [*sidecar_command(), *args],
         capture_output=True,
@@ -297,9 +298,22 @@ def test_a_missing_certificate_or_key_is_one_line_and_exit_2(tmp_path, missing):
         env=dict(os.environ, PYTHONPATH=str(REPO)),
         check=False,
     )
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1
-    assert missing in done.stderr and "absent.pem" in done.stderr and "cannot read" in done.stderr
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    return done.stderr
+
+
+def test_a_private_key_others_can_read_is_refused(tmp_path):
+    pki = Pki(tmp_path / "certs")
+    pki.key_file.chmod(0o644)
+    line = refused_at_start(tmp_path, pki)
+    assert "--thing-key" in line and "chmod 600" in line
+
+
+@pytest.mark.parametrize("missing", ["--thing-cert", "--thing-key"])
+def test_a_missing_certificate_or_key_is_one_line_and_exit_2(tmp_path, missing):
+    pki = Pki(tmp_path / "certs")
+    line = refused_at_start(tmp_path, pki, **{missing: str(tmp_path / "absent.pem")})
+    assert missing in line and "absent.pem" in line and "cannot read" in line
 
 
 def test_killing_the_broker_and_the_sidecar_at_random_points_loses_no_event(tmp_path):
@@ -348,3 +362,76 @@ def test_killing_the_broker_and_the_sidecar_at_random_points_loses_no_event(tmp_
             assert await asyncio.wait_for(task, 10) == 0
 
         asyncio.run(main())
+
+
+def fake_tool(bin_dir: Path, name: str, output: str) -> Path:
+    """A stand-in for systemctl or journalctl: records its arguments, prints ``output``."""
+    bin_dir.mkdir(exist_ok=True)
+    record = bin_dir / f"{name}.args"
+    script = bin_dir / name
+    script.write_text(f'#!/bin/sh\necho "$@" >> {record}\nprintf "%s\\n" "{output}"\n')
+    script.chmod(0o755)
+    return record
+
+
+def test_jobs_run_only_allowed_handlers_and_report_their_outcome(tmp_path):
+    bin_dir = tmp_path / "bin"
+    systemctl = fake_tool(bin_dir, "systemctl", "rebooting")
+    journalctl = fake_tool(bin_dir, "journalctl", "Nov 21 pinthesky[1]: status: buffer 7.0 s")
+    with cloud(tmp_path) as (pki, broker, _, _):
+        jobs = JobsService(pki, broker, THING)
+        jobs.queued.append(("reboot-1", {"operation": "reboot", "args": []}))  # before we connect
+        path = f"{bin_dir}:{os.environ['PATH']}"
+        with sidecar(tmp_path, pki, broker, path=path) as proc:
+            jobs.wait_for(lambda u: "reboot-1" in u)
+            steps = {"handler": "read-service-logs.sh", "args": ["pinthesky", "50", "status"]}
+            jobs.add(
+                "logs-1",
+                {"version": "1.0", "steps": [{"action": {"type": "runHandler", "input": steps}}]},
+            )
+            jobs.add("evil-1", {"operation": "rm", "args": ["-rf", "/"]})
+            jobs.add("evil-2", {"operation": "service-logs", "args": ["sshd"]})
+            jobs.add("evil-3", {"operation": "service-logs", "args": ["pinthesky", "1; reboot"]})
+            jobs.wait_for(lambda u: {"logs-1", "evil-1", "evil-2", "evil-3"} <= set(u))
+            text = proc.text()
+        jobs.close()
+    u = jobs.updates
+    assert u["reboot-1"]["status"] == "SUCCEEDED"
+    assert u["reboot-1"]["statusDetails"]["output"].strip() == "rebooting"
+    assert systemctl.read_text().split("\n")[0] == "reboot"
+    assert u["logs-1"]["status"] == "SUCCEEDED"
+    assert "status: buffer" in u["logs-1"]["statusDetails"]["output"]
+    assert journalctl.read_text().strip() == "--no-pager -u pinthesky -n 50 -g status"
+    assert u["evil-1"]["status"] == "FAILED"
+    assert "not an allowed handler" in u["evil-1"]["statusDetails"]["reason"]
+    assert u["evil-2"]["status"] == "FAILED" and "sshd" in u["evil-2"]["statusDetails"]["reason"]
+    assert u["evil-3"]["status"] == "FAILED" and "lines" in u["evil-3"]["statusDetails"]["reason"]
+    assert len(systemctl.read_text().splitlines()) == 1  # nothing but the one reboot ran
+    assert "Traceback" not in text
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=12,
+)
+documents = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"operation": st.sampled_from([*HANDLERS, *ALIASES, "rm", ""]), "args": json_values}
+    ),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(documents)
+def test_any_job_document_is_an_allowed_command_or_one_refusal(document: Any) -> None:
+    try:
+        job = parse_job(document)
+    except JobRefused as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    allowed = {"systemctl", "journalctl", sys.executable}
+    assert job.argv[0] in allowed and job.handler in HANDLERS
+    if job.argv[0] == "systemctl":
+        assert job.argv[1:] in (["reboot"], ["poweroff"])
