@@ -34,9 +34,10 @@ $(VENV)/.run-stamp: pyproject.toml | $(BIN)/python
 $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 	$(MAKE) system-deps
 	@# Debian's Chromium: the tests play clips in a real browser. Debian's mosquitto: the
-	@# sidecar's tests run an MQTT broker with mutual TLS.
+	@# sidecar's tests run an MQTT broker with mutual TLS. systemd-analyze checks the units.
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	[ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \

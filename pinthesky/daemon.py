@@ -44,6 +44,7 @@ from pinthesky.eventfiles import Watcher, write_atomically
 from pinthesky.logs import set_level
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
+from pinthesky.notify import Notifier
 from pinthesky.recorder import Recorder
 from pinthesky.ring import PacketRing
 from pinthesky.settings import Settings, flatten, merge
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 STALL_SECONDS = 10.0
 """A live camera that delivers no frame for this long is broken (loose ribbon, dead ISP)."""
 STATUS_EVERY = 60.0
+WATCHDOG_FRAME_AGE_S = 3.0
+"""systemd's watchdog is fed only if the newest frame is at most this old."""
 """Seconds between status lines in the log."""
 
 
@@ -116,6 +119,8 @@ class Daemon:
         self.started = asyncio.Event()
         self._restarting = False
         self.first_frame = asyncio.Event()
+        self.notifier = Notifier()
+        self._vital: list[asyncio.Task[Any]] = []
 
     def request_stop(self, code: int = 0, why: str = "") -> None:
         if not self._stop.is_set():
@@ -123,6 +128,7 @@ class Daemon:
                 (log.error if code else log.info)("stopping: %s", why)
             self._exit_code = code
             self._stop.set()
+            self.notifier.stopping()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -141,6 +147,8 @@ class Daemon:
         self.control = Control(self)
         for name, run in self.control.start(watcher).items():
             tasks.append(self._supervise(run, name))
+        self._vital = [t for t in tasks if t is not telemetry]
+        tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
         self.started.set()
         try:
             await self._stop.wait()
@@ -426,10 +434,20 @@ class Daemon:
         else:
             self.request_stop(1, f"camera failed: {exc}")
 
+    async def _announce_ready(self) -> None:
+        await self.first_frame.wait()
+        self.notifier.ready(f"recording from the {self.camera.name if self.camera else ''} source")
+
+    def _healthy(self, since_last_frame: float) -> bool:
+        """Frames advance (or the camera is being reopened) and every long-running task runs."""
+        vital = [*self._vital, *([self._uploader_task] if self._uploader_task else [])]
+        frames = since_last_frame <= WATCHDOG_FRAME_AGE_S or self._restarting
+        return frames and all(not t.done() for t in vital)
+
     async def _watch(self) -> None:
-        """Exit (for systemd to restart us) when a live camera stops delivering frames, and
-        log a status line now and then."""
-        last_status = time.monotonic()
+        """Exit (for systemd to restart us) when a live camera stops delivering frames, tell
+        systemd's watchdog we are alive only while we are, and log a status line now and then."""
+        last_status = last_ping = time.monotonic()
         last_seen = self.ring.newest_ts() if self.ring else None
         last_change = time.monotonic()
         while True:
@@ -438,6 +456,10 @@ class Daemon:
             newest = self.ring.newest_ts() if self.ring else None
             if newest != last_seen:
                 last_seen, last_change = newest, now
+            every = self.notifier.watchdog_s
+            if every and now - last_ping >= every / 3 and self._healthy(now - last_change):
+                self.notifier.watchdog()
+                last_ping = now
             elif (
                 self.camera is not None
                 and self.camera.name != "file"

@@ -58,6 +58,7 @@ from pinthesky.eventfiles import (
     write_atomically,
 )
 from pinthesky.jsonstream import MAX_MESSAGE_BYTES
+from pinthesky.notify import Notifier
 from pinthesky.settings import Settings
 
 log = logging.getLogger("pinthesky.iot")
@@ -197,9 +198,14 @@ class Sidecar:
             self.outbox,
         )
         self._client.start()
+        notifier = Notifier()
+        notifier.ready("connecting")
+        alive = asyncio.create_task(self._feed_watchdog(notifier, drain), name="watchdog")
         try:
             await self._stop.wait()
         finally:
+            notifier.stopping()
+            alive.cancel()
             drain.cancel()
             for task in self._tasks:
                 task.cancel()
@@ -215,6 +221,19 @@ class Sidecar:
             self.reports,
         )
         return 0
+
+    async def _feed_watchdog(self, notifier: Notifier, drain: asyncio.Task[None]) -> None:
+        """WATCHDOG=1 while the loop turns and the outbox task lives; STATUS on changes."""
+        every = notifier.watchdog_s
+        was = None
+        while True:
+            now = self.connected.is_set()
+            if now != was:
+                notifier.status("connected" if now else "disconnected, retrying")
+                was = now
+            if every and not drain.done():
+                notifier.watchdog()
+            await asyncio.sleep(every / 3 if every else 5.0)
 
     async def _disconnect(self) -> None:
         from awscrt import mqtt5
