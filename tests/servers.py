@@ -46,14 +46,14 @@ def moto_server(port: int | None = None) -> Iterator[str]:
         server.stop()
 
 
-def aws_client(service: str, endpoint: str) -> Any:
+def aws_client(service: str, endpoint: str, region: str = "us-east-1") -> Any:
     """A boto3 client of ``service`` for a local moto server."""
     import boto3
 
     return boto3.client(
         service,
         endpoint_url=endpoint,
-        region_name="us-east-1",
+        region_name=region,
         aws_access_key_id="test",
         aws_secret_access_key="test",
     )
