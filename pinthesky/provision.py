@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,7 +188,7 @@ class Provisioner:
             if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
                 raise ProvisionError(
                     f"{what}: the workstation's AWS credentials may not do this ({code}); "
-                    "grant the permissions listed in the README's pitsctl section"
+                    "grant the permissions listed in the README's cloud resources section"
                 ) from None
             raise
 
@@ -204,6 +204,10 @@ class Provisioner:
     def install(self, csr_pem: str | None = None, certificate_pem: str | None = None) -> Installed:
         """Create or reuse everything. ``certificate_pem``: the certificate the Pi already
         has (a re-install keeps it); otherwise ``csr_pem`` is signed into a new one."""
+        with _explained():
+            return self._install(csr_pem, certificate_pem)
+
+    def _install(self, csr_pem: str | None, certificate_pem: str | None) -> Installed:
         n = self.names
         created: list[str] = []
         self._ensure_bucket(created)
@@ -427,6 +431,10 @@ class Provisioner:
 
     def remove(self) -> list[str]:
         """Remove this camera's resources, and the shared ones once no camera uses them."""
+        with _explained():
+            return self._remove()
+
+    def _remove(self) -> list[str]:
         n = self.names
         removed: list[str] = []
         if self._thing_exists():
@@ -479,6 +487,28 @@ class Provisioner:
         except self.iot.exceptions.ResourceNotFoundException:
             return False
         return True
+
+
+@contextlib.contextmanager
+def _explained() -> Iterator[None]:
+    """Any AWS refusal not handled on the way becomes one ``ProvisionError`` line."""
+    try:
+        yield
+    except ProvisionError:
+        raise
+    except Exception as exc:
+        operation = getattr(exc, "operation_name", None)
+        if operation is None:
+            raise
+        message = " ".join(
+            str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")).split()
+        )
+        hint = (
+            "; grant the permissions listed in the README's cloud resources section"
+            if "denied" in _code(exc).lower() or "denied" in message.lower()
+            else "; run the same command again: finished steps are kept"
+        )
+        raise ProvisionError(f"{operation} failed: {_code(exc)}: {message}{hint}") from None
 
 
 def _same_pem(a: str, b: str) -> bool:

@@ -158,3 +158,36 @@ def test_a_thing_may_use_only_its_own_topics_and_shadow():
     assert not allowed(policy, "iot:Receive", f"{arn}:topic/pinthesky/events/cam-b/input", as_a)
     assert not allowed(policy, "iot:Publish", f"{arn}:topic/pinthesky/events/cam-b/input", as_a)
     assert allowed(policy, "iot:AssumeRoleWithCertificate", f"{arn}:rolealias/{ROLE_ALIAS}", as_a)
+
+
+def test_missing_permissions_are_one_message_and_a_rerun_repairs(aws, monkeypatch):
+    """moto enforces IAM for a user allowed S3 and STS only: the first IAM call is refused
+    with one clear message; with the permissions granted, the same install completes."""
+    import boto3
+    from moto import settings as moto_settings
+
+    iam = aws_client("iam", aws)
+    iam.create_user(UserName="limited")
+    allow = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:*", "sts:*", "logs:*"], "Resource": "*"}],
+    }
+    iam.put_user_policy(UserName="limited", PolicyName="p", PolicyDocument=json.dumps(allow))
+    key = iam.create_access_key(UserName="limited")["AccessKey"]
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    session = boto3.Session(
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+        region_name="eu-west-1",
+    )
+    names = Names(thing="cam-a", bucket="cams", region="eu-west-1")
+    with pytest.raises(ProvisionError) as refused:
+        Provisioner(session, names).install(csr_pem("cam-a"))
+    text = str(refused.value)
+    assert "\n" not in text and "README" in text
+    assert text.startswith("GetRole failed: AccessDenied") and "iam:GetRole" in text
+    # Permissions granted (moto checks no signatures on IoT once auth is off): the same
+    # command finishes the job, keeping what the first run made.
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", float("inf"))
+    installed = Provisioner(session, names).install(csr_pem("cam-a"))
+    assert installed.certificate_arn and "bucket cams" not in installed.created  # kept
