@@ -209,7 +209,7 @@ class Sidecar:
             drain.cancel()
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(drain, *self._tasks, return_exceptions=True)
+            await asyncio.gather(alive, drain, *self._tasks, return_exceptions=True)
             watcher.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -308,7 +308,9 @@ class Sidecar:
                 asyncio.wrap_future(self._client.subscribe(subscribe)), PUBLISH_TIMEOUT_S
             )
         except Exception as exc:
-            log.error("subscribing failed: %s", exc)
+            # Events can still go out; commands and the shadow wait for the next connection.
+            log.error("subscribing failed: %s", exc or type(exc).__name__)
+            self.connected.set()
             return
         for topic, code in zip(self.topics.subscriptions(), suback.reason_codes, strict=False):
             if code.value >= 0x80:
