@@ -35,9 +35,15 @@ $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 	$(MAKE) system-deps
 	@# Debian's Chromium: the tests play clips in a real browser. Debian's mosquitto: the
 	@# sidecar's tests run an MQTT broker with mutual TLS. systemd-analyze checks the units.
+	@# OpenSSH's server: pitsctl's tests install a camera over ssh on 127.0.0.1.
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	[ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || \
+		missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \

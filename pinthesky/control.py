@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pinthesky.commands import (
@@ -32,6 +33,7 @@ from pinthesky.eventfiles import (
     Watcher,
     ensure_file,
     truncate,
+    write_atomically,
     write_in_place,
 )
 from pinthesky.health import Health as HealthReport
@@ -57,6 +59,7 @@ class Control:
         self._requests: dict[str, dict[str, Any]] = {}  # local file name -> echo of its command
         self._durations: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._health_next: dict[str, Any] | None = None
         self.commands = 0
         self.refused = 0
         self.shadow = ShadowSync(daemon)
@@ -81,9 +84,7 @@ class Control:
             return
         self.commands += 1
         log.info("command %s", type(command).__name__)
-        task = asyncio.get_running_loop().create_task(self._carry_out(command))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._carry_out(command))
 
     async def _carry_out(self, command: Command) -> None:
         try:
@@ -140,9 +141,46 @@ class Control:
     def emit_health(self, echo: dict[str, Any] | None = None) -> None:
         d = self.daemon
         recording = d.recorder is not None and d.ring is not None and d.ring.newest_ts() is not None
-        self.output.emit(
+        event = self.output.emit(
             "health_end", **self.health.report(d.motion_captured, recording), **(echo or {})
         )
+        if d.settings.health.file is not None:
+            # One writer at a time, the newest report wins (two in flight would race).
+            writing = self._health_next is not None
+            self._health_next = event
+            if not writing:
+                self._spawn(self._write_health_file())
+
+    async def _write_health_file(self) -> None:
+        while self._health_next is not None:
+            event = self._health_next
+            path = self.daemon.settings.health.file
+            if path is not None:
+                await asyncio.to_thread(self._keep_health, path, event)
+            if self._health_next is event:
+                self._health_next = None
+
+    def _keep_health(self, path: Path, event: dict[str, Any]) -> None:
+        """The last report and the upload queue, for ``pitsctl view`` (on a worker thread:
+        it lists the queue's directories)."""
+        queue = self.daemon.queue_gauges()
+        document = {
+            **event,
+            "upload_queue": {
+                "clips": int(queue.get("UploadQueueDepth", 0)),
+                "bytes": int(queue.get("UploadQueueBytes", 0)),
+                "uploading": self.daemon.uploader is not None,
+            },
+        }
+        try:
+            write_atomically(path, json.dumps(document).encode(), mode=0o600)
+        except OSError as exc:
+            log.warning("health file %s: %s", path, exc)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _periodic_health(self, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         # One at start, then every health.interval (at most an hour: the cloud marks a device

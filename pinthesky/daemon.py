@@ -111,7 +111,7 @@ class Daemon:
         self.telemetry = Telemetry(
             self.aws_session,
             self.readings,
-            self._queue_gauges,
+            self.queue_gauges,
             lambda: self.settings.storage.combine_dir,
         )
         self.ring: PacketRing | None = None
@@ -348,7 +348,7 @@ class Daemon:
         totals["CameraRestarts"] = self.camera_restarts
         return {k: float(v) for k, v in totals.items()}
 
-    def _queue_gauges(self) -> dict[str, float]:
+    def queue_gauges(self) -> dict[str, float]:
         """Upload queue depth and bytes (lists the directories: call on a worker thread)."""
         uploader = self.uploader
         if uploader is None:

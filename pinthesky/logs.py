@@ -84,6 +84,9 @@ def setup_logging(level: str) -> None:
     root.setLevel(level_number(level))
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It logs a traceback on every failed refresh; the uploader and CloudWatch already say
+    # in one line that the credentials provider is unreachable, and retry.
+    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
 
 
 def set_level(level: str) -> None:

@@ -13,15 +13,21 @@ of the account and region, and scoped per thing by policy variables:
   into another's folder), write to its CloudWatch log group, and post to the data plane;
 - the role alias, the bucket (in any region) and the log group.
 
+The role's policy is shared too: each install adds its bucket and log group to it, so
+cameras installed with different buckets keep working side by side.
+
 ``remove`` takes away what belongs to the thing (certificate deactivated and deleted, thing,
-group membership) and the shared policy, role and role alias once no camera uses them; the
-bucket and the log group hold the user's clips and logs and are kept.
+group membership) and, once no camera is left, the shared policy, role, role alias and thing
+group, and the bucket and log group that pitsctl made (tagged ``created-by: pitsctl``). A
+bucket that still holds clips is kept, and said so: removing a camera never deletes what it
+recorded.
 
 Every AWS refusal becomes a ``ProvisionError`` naming the call and what to do.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections.abc import Callable, Iterator
@@ -36,6 +42,8 @@ ROLE = "pinthesky-device"
 ROLE_POLICY = "pinthesky-device-access"
 ROLE_ALIAS = "pinthesky-role-alias"
 SHADOW = "pinthesky"
+CREATED_BY = "created-by"
+"""Tag on the bucket and log group that pitsctl made: only those are its to remove."""
 
 
 class ProvisionError(PintheskyError):
@@ -60,6 +68,12 @@ class Installed:
     credentials_endpoint: str
     role_alias: str
     created: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Removal:
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
 
 
 def thing_policy(region: str, account: str) -> dict[str, Any]:
@@ -161,6 +175,25 @@ def role_policy(names: Names, account: str) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def merge_policies(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with the resources ``old`` allowed in statements of the same ``Sid`` added
+    (other cameras' buckets and log groups), and ``old``'s other statements kept."""
+    merged = [dict(st) for st in new["Statement"]]
+    by_sid = {st.get("Sid"): st for st in merged}
+    for st in old.get("Statement", []):
+        mine = by_sid.get(st.get("Sid"))
+        if mine is None:
+            merged.append(st)
+            continue
+        have = _as_list(mine["Resource"])
+        mine["Resource"] = have + [r for r in _as_list(st.get("Resource", [])) if r not in have]
+    return {"Version": new["Version"], "Statement": merged}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
 def _code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__))
 
@@ -201,15 +234,16 @@ class Provisioner:
 
     # -- install ------------------------------------------------------------------------------
 
-    def install(self, csr_pem: str | None = None, certificate_pem: str | None = None) -> Installed:
-        """Create or reuse everything. ``certificate_pem``: the certificate the Pi already
-        has (a re-install keeps it); otherwise ``csr_pem`` is signed into a new one."""
+    def install(self, csr_pem: str) -> Installed:
+        """Create or reuse everything; ``csr_pem`` is the Pi's signing request (made from its
+        key every time: the same key gets back the same certificate)."""
         with _explained():
-            return self._install(csr_pem, certificate_pem)
+            return self._install(csr_pem)
 
-    def _install(self, csr_pem: str | None, certificate_pem: str | None) -> Installed:
+    def _install(self, csr_pem: str) -> Installed:
         n = self.names
         created: list[str] = []
+        self._claimed_certificate(csr_pem)  # refused before anything is made
         self._ensure_bucket(created)
         if n.log_group:
             self._ensure_log_group(created)
@@ -217,7 +251,7 @@ class Provisioner:
         self._ensure_role_alias(role_arn, created)
         self._ensure_thing_policy(created)
         self._ensure_thing(created)
-        cert_arn, cert_pem = self._ensure_certificate(csr_pem, certificate_pem, created)
+        cert_arn, cert_pem = self._ensure_certificate(csr_pem, created)
         self._call(
             "iot attach-policy",
             self.iot.attach_policy,
@@ -266,6 +300,12 @@ class Provisioner:
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": n.region}
         self._call("s3 create-bucket", self.s3.create_bucket, **kwargs)
         self._call(
+            "s3 put-bucket-tagging",
+            self.s3.put_bucket_tagging,
+            Bucket=n.bucket,
+            Tagging={"TagSet": [{"Key": CREATED_BY, "Value": "pitsctl"}]},
+        )
+        self._call(
             "s3 put-public-access-block",
             self.s3.put_public_access_block,
             Bucket=n.bucket,
@@ -281,7 +321,12 @@ class Provisioner:
     def _ensure_log_group(self, created: list[str]) -> None:
         group = self.names.log_group
         try:
-            self._call("logs create-log-group", self.logs.create_log_group, logGroupName=group)
+            self._call(
+                "logs create-log-group",
+                self.logs.create_log_group,
+                logGroupName=group,
+                tags={CREATED_BY: "pitsctl"},
+            )
             created.append(f"log group {group}")
         except self.logs.exceptions.ResourceAlreadyExistsException:
             pass
@@ -299,13 +344,21 @@ class Provisioner:
                 Description="pinthesky cameras, through the AWS IoT credentials provider",
             )["Role"]
             created.append(f"IAM role {ROLE}")
-        # Always (re)written: a re-install with another bucket or log group updates it.
+        # Shared by every camera: this camera's bucket and log group are added to what the
+        # others already use, never put in their place.
+        document = role_policy(self.names, self.account)
+        with contextlib.suppress(self.iam.exceptions.NoSuchEntityException):
+            answer = self.iam.get_role_policy(RoleName=ROLE, PolicyName=ROLE_POLICY)
+            existing = answer["PolicyDocument"]
+            document = merge_policies(
+                json.loads(existing) if isinstance(existing, str) else existing, document
+            )
         self._call(
             "iam put-role-policy",
             self.iam.put_role_policy,
             RoleName=ROLE,
             PolicyName=ROLE_POLICY,
-            PolicyDocument=json.dumps(role_policy(self.names, self.account)),
+            PolicyDocument=json.dumps(document),
         )
         return str(role["Arn"])
 
@@ -368,24 +421,41 @@ class Provisioner:
         answer = self.iot.list_thing_principals(thingName=self.names.thing)
         return [p for p in answer.get("principals", []) if ":cert/" in p]
 
-    def _ensure_certificate(
-        self, csr_pem: str | None, certificate_pem: str | None, created: list[str]
-    ) -> tuple[str, str]:
+    def _claimed_certificate(self, csr_pem: str) -> dict[str, Any] | None:
+        """The description of the thing's certificate for the Pi's key (a re-install, or a
+        first run cut short after AWS made it); None when the thing has no certificate yet.
+        A thing that holds another key's certificate belongs to another camera: refused."""
         n = self.names
+        if not self._thing_exists():
+            return None
+        wanted = public_key(csr_pem)
         principals = self._principals()
-        if certificate_pem is not None:
-            for arn in principals:
-                cert_id = arn.rsplit("/", 1)[1]
-                desc = self.iot.describe_certificate(certificateId=cert_id)
-                if _same_pem(desc["certificateDescription"]["certificatePem"], certificate_pem):
-                    return arn, certificate_pem
+        for arn in principals:
+            cert_id = arn.rsplit("/", 1)[1]
+            desc = self.iot.describe_certificate(certificateId=cert_id)["certificateDescription"]
+            if public_key(desc["certificatePem"]) == wanted:
+                return dict(desc)
         if principals:
             raise ProvisionError(
-                f"thing {n.thing} already has a certificate that is not this camera's "
-                f"({principals[0]}): choose another --thing, or remove the old camera first"
+                f"thing {n.thing} already has a certificate for another key "
+                f"({principals[0]}): choose another --thing, or remove that camera first "
+                f"(pitsctl remove --cloud --thing {n.thing})"
             )
-        if csr_pem is None:
-            raise ProvisionError("no certificate signing request to create the certificate from")
+        return None
+
+    def _ensure_certificate(self, csr_pem: str, created: list[str]) -> tuple[str, str]:
+        """The thing's certificate for the Pi's key, else a new one from its request."""
+        n = self.names
+        desc = self._claimed_certificate(csr_pem)
+        if desc is not None:
+            if desc.get("status") != "ACTIVE":
+                self._call(
+                    "iot update-certificate",
+                    self.iot.update_certificate,
+                    certificateId=desc["certificateId"],
+                    newStatus="ACTIVE",
+                )
+            return str(desc["certificateArn"]), str(desc["certificatePem"])
         self.progress(f"creating the certificate of {n.thing} from the Pi's signing request")
         answer = self._call(
             "iot create-certificate-from-csr",
@@ -429,14 +499,14 @@ class Provisioner:
         out["policy_attached"] = attached
         return out
 
-    def remove(self) -> list[str]:
+    def remove(self) -> Removal:
         """Remove this camera's resources, and the shared ones once no camera uses them."""
         with _explained():
             return self._remove()
 
-    def _remove(self) -> list[str]:
+    def _remove(self) -> Removal:
         n = self.names
-        removed: list[str] = []
+        done = Removal()
         if self._thing_exists():
             for arn in self._principals():
                 cert_id = arn.rsplit("/", 1)[1]
@@ -445,19 +515,20 @@ class Provisioner:
                     self.iot.detach_policy(policyName=p["policyName"], target=arn)
                 self.iot.update_certificate(certificateId=cert_id, newStatus="INACTIVE")
                 self.iot.delete_certificate(certificateId=cert_id)
-                removed.append(f"certificate {cert_id}")
+                done.removed.append(f"certificate {cert_id}")
             with contextlib.suppress(self.iot.exceptions.ResourceNotFoundException):
                 self.iot.remove_thing_from_thing_group(
                     thingGroupName=THING_GROUP, thingName=n.thing
                 )
             self.iot.delete_thing(thingName=n.thing)
-            removed.append(f"thing {n.thing}")
+            done.removed.append(f"thing {n.thing}")
         try:
             left = self.iot.list_things_in_thing_group(thingGroupName=THING_GROUP)["things"]
         except self.iot.exceptions.ResourceNotFoundException:
             left = None  # no group (DeleteThingGroup would succeed on it all the same)
         if left:
-            return removed
+            done.kept.append(f"shared resources: still used by {len(left)} other camera(s)")
+            return done
         shared: list[tuple[str, Callable[..., Any], dict[str, str]]] = [
             ("IoT policy", self.iot.delete_policy, {"policyName": THING_POLICY}),
             ("role alias", self.iot.delete_role_alias, {"roleAlias": ROLE_ALIAS}),
@@ -475,11 +546,42 @@ class Provisioner:
         for what, fn, kwargs in shared:
             try:
                 fn(**kwargs)
-                removed.append(what)
+                done.removed.append(what)
             except Exception as exc:
                 if _code(exc) not in ("ResourceNotFoundException", "NoSuchEntity"):
                     raise
-        return removed
+        self._remove_storage(done)
+        return done
+
+    def _remove_storage(self, done: Removal) -> None:
+        """The bucket and the log group, when pitsctl made them; a bucket that holds clips
+        is never emptied: it is kept and said so."""
+        n = self.names
+        try:
+            # An unknown bucket (a Pi that is gone, and no --bucket) is left alone.
+            tags = self.s3.get_bucket_tagging(Bucket=n.bucket)["TagSet"] if n.bucket else []
+        except Exception as exc:
+            if _code(exc) not in ("NoSuchBucket", "NoSuchTagSet", "404", "NoSuchTagSetError"):
+                raise
+            tags = []
+        if {"Key": CREATED_BY, "Value": "pitsctl"} in tags:
+            listed = self.s3.list_objects_v2(Bucket=n.bucket, MaxKeys=1)
+            if listed.get("KeyCount", 0):
+                done.kept.append(
+                    f"bucket {n.bucket}: it holds clips (delete it yourself once you no "
+                    f"longer need them: aws s3 rb s3://{n.bucket} --force)"
+                )
+            else:
+                self.s3.delete_bucket(Bucket=n.bucket)
+                done.removed.append(f"bucket {n.bucket}")
+        if n.log_group:
+            try:
+                group_tags = self.logs.list_tags_log_group(logGroupName=n.log_group)["tags"]
+            except self.logs.exceptions.ResourceNotFoundException:
+                group_tags = {}
+            if group_tags.get(CREATED_BY) == "pitsctl":
+                self.logs.delete_log_group(logGroupName=n.log_group)
+                done.removed.append(f"log group {n.log_group}")
 
     def _thing_exists(self) -> bool:
         try:
@@ -511,8 +613,40 @@ def _explained() -> Iterator[None]:
         raise ProvisionError(f"{operation} failed: {_code(exc)}: {message}{hint}") from None
 
 
-def _same_pem(a: str, b: str) -> bool:
-    def body(pem: str) -> str:
-        return "".join(line.strip() for line in pem.strip().splitlines() if "-----" not in line)
+def public_key(pem: str) -> bytes:
+    """The DER SubjectPublicKeyInfo of a PEM certificate or signing request: the first
+    SEQUENCE in the signed part whose children are an algorithm (SEQUENCE) and a key (BIT
+    STRING). Just enough DER for that, so the workstation needs no crypto library."""
+    body = "".join(line.strip() for line in pem.strip().splitlines() if "-----" not in line)
+    try:
+        der = base64.b64decode(body, validate=True)
+        (_, _, start, end), *_ = _children(der, 0, len(der))
+        (_, _, signed_start, signed_end), *_ = _children(der, start, end)
+        for tag, at, s, e in _children(der, signed_start, signed_end):
+            inner = [t for t, _, _, _ in _children(der, s, e)] if tag == _SEQUENCE else []
+            if inner == [_SEQUENCE, _BIT_STRING]:
+                return der[at:e]
+    except (ValueError, IndexError):
+        pass
+    raise ProvisionError("not a PEM certificate or signing request with a public key")
 
-    return body(a) == body(b)
+
+_SEQUENCE, _BIT_STRING = 0x30, 0x03
+
+
+def _children(der: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    """The DER elements between ``start`` and ``end``: (tag, offset, content start, end)."""
+    out = []
+    at = start
+    while at < end:
+        tag, first = der[at], der[at + 1]
+        if first < 0x80:
+            content, length = at + 2, first
+        else:
+            count = first & 0x7F
+            content, length = at + 2 + count, int.from_bytes(der[at + 2 : at + 2 + count], "big")
+        if content + length > end:
+            raise ValueError("truncated DER")
+        out.append((tag, at, content, content + length))
+        at = content + length
+    return out

@@ -533,6 +533,15 @@ OPTIONS: tuple[Option, ...] = (
         3600,
         "seconds between health reports (at most an hour: the cloud flags older ones)",
     ),
+    Option(
+        "health.file",
+        "--health-file",
+        _optional(_path),
+        None,
+        "also keep the last health report, with the upload queue, in this JSON file "
+        "(pitsctl reads it)",
+        metavar="FILE",
+    ),
     # cloudwatch
     Option(
         "cloudwatch.enabled",
@@ -811,6 +820,9 @@ class CloudConnectionSettings:
 @dataclass(frozen=True)
 class HealthSettings:
     interval: int
+    """Seconds between two health reports."""
+    file: Path | None
+    """The last report and the upload queue, rewritten atomically with every report."""
 
 
 @dataclass(frozen=True)

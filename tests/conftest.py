@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,3 +172,12 @@ def footage() -> Any:
     import footage as module
 
     return module
+
+
+@pytest.fixture
+def target() -> Iterator[Path]:
+    """A stand-in for a Pi's file system to install into (``pitarget``)."""
+    from pitarget import target_root
+
+    with target_root() as root:
+        yield root

@@ -9,10 +9,13 @@ import logging
 import os
 import socket
 import ssl
+import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -151,3 +154,64 @@ class CredentialsProvider:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@dataclass
+class Sshd:
+    """A running sshd: log in as root with ``options`` (ssh ``-o`` values)."""
+
+    port: int
+    options: list[str]
+    key: Path
+
+
+@contextmanager
+def sshd(directory: Path) -> Iterator[Sshd]:
+    """Debian's OpenSSH server on 127.0.0.1, for root with a throwaway key only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    host_key, client_key = directory / "host_key", directory / "client_key"
+    for key in (host_key, client_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (directory / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
+    port = free_port()
+    config = directory / "sshd_config"
+    config.write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPidFile none\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation directory
+    with (directory / "sshd.log").open("w") as log:
+        server = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        wait_for_port(port, server)
+        yield Sshd(
+            port,
+            [
+                f"Port={port}",
+                f"IdentityFile={client_key}",
+                "IdentitiesOnly=yes",
+                f"UserKnownHostsFile={directory / 'known_hosts'}",
+            ],
+            client_key,
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """Until something accepts connections on 127.0.0.1:``port`` (the process must live)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert process.poll() is None, f"exited with {process.returncode}"
+        assert time.monotonic() < deadline, f"nothing listens on port {port}"
+        threading.Event().wait(0.05)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import settings_for
+from conftest import settings_for, until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from servers import moto_server
@@ -178,6 +178,40 @@ def test_ten_messages_in_one_burst_are_all_answered_in_order(tmp_path):
     events = asyncio.run(main())
     ids = [e["health_id"] for e in events if "health_id" in e]
     assert ids == [f"h{i}" for i in range(10)]  # every one published, none coalesced
+
+
+def test_the_health_file_keeps_the_last_report_and_the_upload_queue(tmp_path, caplog):
+    """pitsctl reads the last health report from ``--health-file``: each report, periodic or
+    asked for, replaces it whole, with the upload queue beside it; reports that come
+    together (a burst of requests) are written one at a time, the newest last."""
+    health_file = tmp_path / "state" / "health.json"
+    health_file.parent.mkdir()
+
+    def report() -> dict[str, Any] | None:
+        with contextlib.suppress(OSError, ValueError):
+            return dict(json.loads(health_file.read_text()))
+        return None
+
+    async def main() -> dict[str, Any]:
+        settings = settings_for(
+            tmp_path, **{"source.source": "synthetic", "health.file": str(health_file)}
+        )
+        daemon, task = await start(settings)
+        await until(lambda: report() is not None)  # the report at start
+        with (tmp_path / "events" / "input.json").open("a") as fh:
+            for i in range(5):
+                fh.write(json.dumps({"name": "health", "context": {"health_id": f"pitsctl-{i}"}}))
+        await until(lambda: (report() or {}).get("health_id") == "pitsctl-4")
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+        return report() or {}
+
+    last = asyncio.run(main())
+    assert last["name"] == "health_end" and last["recording_status"] is True
+    assert last["upload_queue"] == {"clips": 0, "bytes": 0, "uploading": False}
+    assert health_file.stat().st_mode & 0o077 == 0
+    assert not list(health_file.parent.glob(".*"))  # written atomically: no temporary left
+    assert "health file" not in caplog.text
 
 
 ATTACKS = [

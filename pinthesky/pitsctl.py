@@ -1,0 +1,425 @@
+"""``pitsctl``: install, inspect and remove a pinthesky camera from a workstation.
+
+    pitsctl install --host pi@camera.local [--thing NAME] [--bucket NAME] [--region R]
+    pitsctl view --host pi@camera.local
+    pitsctl remove --host pi@camera.local [--keep-clips] [--cloud]
+
+The cloud side runs here, with the workstation's own AWS credentials (``provision``); the
+Pi side runs there over ssh (``ssh`` and ``onpi``). An install goes: look at the Pi, make
+its key and a signing request there, create or reuse the AWS resources, install the package
+this pitsctl belongs to (built here as a wheel, so the Pi runs the same version) with the
+settings, certificates and units, start both services, and wait for the daemon's health
+report before saying done. Every step can be run again: a failed install is finished by the
+same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Sequence
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any, TextIO
+
+from pinthesky import __version__
+from pinthesky.cli import OneLineParser
+from pinthesky.errors import PintheskyError
+
+PROG = "pitsctl"
+THING_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")
+BUCKET_NAME = re.compile(r"(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+DEFAULT_LOG_GROUP = "pinthesky"
+
+
+class Progress:
+    """Steps with their duration; on a terminal the current detail (pip's lines, the cloud
+    steps) is shown on one line that is rewritten in place."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._step: str | None = None
+        self._started = 0.0
+        self._detail = False
+
+    def step(self, text: str) -> None:
+        self.end()
+        self._step, self._started = text, time.monotonic()
+        self._write(f"- {text}")
+
+    def detail(self, text: str) -> None:
+        if self.tty:
+            width = max(20, os.get_terminal_size(self.stream.fileno()).columns - 6)
+            self.stream.write(f"\r\x1b[K    {text[:width]}")
+            self.stream.flush()
+            self._detail = True
+        else:
+            self._write(f"    {text}")
+
+    def end(self, ok: bool = True) -> None:
+        if self._step is not None:
+            self._write(
+                f"  {'done' if ok else 'FAILED'} in {time.monotonic() - self._started:.1f} s"
+            )
+        self._step = None
+
+    def on_event(self, kind: str, text: str) -> None:
+        (self.step if kind == "step" else self.detail)(text)
+
+    def _write(self, line: str) -> None:
+        if self._detail:
+            self.stream.write("\r\x1b[K")
+            self._detail = False
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def build_wheel() -> tuple[str, bytes]:
+    """A wheel of the pinthesky package this pitsctl runs from (its files, its metadata and
+    entry points), so the Pi gets exactly this version, whether it came from PyPI or a
+    checkout. Returns its file name and bytes."""
+    import pinthesky
+
+    dist = metadata.distribution("pinthesky")
+    package = Path(pinthesky.__file__).parent
+    info = f"pinthesky-{__version__}.dist-info"
+    files: dict[str, bytes] = {}
+    for directory, dirs, names in os.walk(package, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(names):
+            if not name.endswith(".pyc"):
+                path = Path(directory) / name
+                files[path.relative_to(package.parent).as_posix()] = path.read_bytes()
+    meta = re.sub(
+        r"^Version: .*$", f"Version: {__version__}", dist.read_text("METADATA") or "", count=1,
+        flags=re.M,
+    )  # fmt: skip
+    files[f"{info}/METADATA"] = meta.encode()
+    files[f"{info}/entry_points.txt"] = (dist.read_text("entry_points.txt") or "").encode()
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: pitsctl\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+    return f"pinthesky-{__version__}-py3-none-any.whl", buffer.getvalue()
+
+
+def unit_texts() -> dict[str, str]:
+    units = resources.files("pinthesky") / "units"
+    return {
+        name: (units / f"{name}.service").read_text() for name in ("pinthesky", "pinthesky-iot")
+    }
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _session(region: str | None) -> Any:
+    import boto3
+
+    return boto3.Session(region_name=region) if region else boto3.Session()
+
+
+def _provisioner(session: Any, names: Any, progress: Progress | None = None) -> Any:
+    from pinthesky.provision import Provisioner
+
+    return Provisioner(session, names, progress.detail if progress else None)
+
+
+def _remote(ns: argparse.Namespace) -> Any:
+    from pinthesky.ssh import Remote
+
+    return Remote(ns.host, ns.ssh_option, ns.target_root)
+
+
+def _default_thing(hostname: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9:_-]", "-", hostname.split(".", maxsplit=1)[0]) or "pinthesky"
+    return name[:128]
+
+
+def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
+    from pinthesky.provision import Names
+
+    remote = _remote(ns)
+    progress.step(f"connecting to {ns.host}")
+    pi = remote.call("probe")
+    before = pi["installed"] or {}
+    region = ns.region or before.get("region") or _session(None).region_name
+    if not region:
+        raise PintheskyError("no AWS region: pass --region, or set one in your AWS config")
+    for what in ("thing", "region"):
+        given, have = getattr(ns, what), before.get(what)
+        if given and have and given != have:
+            raise PintheskyError(
+                f"{ns.host} is already installed with {what} {have}: run the same command "
+                f"with --{what} {have}, or `pitsctl remove --host {ns.host} --cloud` first"
+            )
+    thing = ns.thing or before.get("thing") or _default_thing(pi["hostname"])
+    if not THING_NAME.fullmatch(thing):
+        raise PintheskyError(f"--thing {thing!r}: use 1-128 of A-Z a-z 0-9 : _ -")
+    session = _session(region)
+    progress.detail(f"{pi['model'] or 'not a Raspberry Pi'}, {pi['os']}, Python {pi['python']}")
+    bucket = ns.bucket or before.get("bucket")
+    if not bucket:
+        account = session.client("sts").get_caller_identity()["Account"]
+        bucket = f"pinthesky-{account}-{region}"
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise PintheskyError(f"--bucket {bucket!r}: not a valid S3 bucket name")
+    log_group = (ns.log_group or DEFAULT_LOG_GROUP) if ns.with_cloudwatch else None
+    log_group = log_group or before.get("log_group")
+    names = Names(thing=thing, bucket=bucket, region=region, log_group=log_group)
+
+    progress.step("the Pi: service user, directories, private key")
+    csr = remote.call("prepare", {"thing": thing}, progress.on_event)["csr"]
+    progress.step(f"AWS ({region}): thing, certificate, policies, role alias, bucket")
+    cloud = _provisioner(session, names, progress).install(csr)
+    progress.step("building the pinthesky package")
+    wheel_name, wheel = build_wheel()
+    args = {
+        "thing": thing,
+        "bucket": bucket,
+        "region": region,
+        "log_group": log_group,
+        "certificate": cloud.certificate_pem,
+        "data_endpoint": cloud.data_endpoint,
+        "credentials_endpoint": cloud.credentials_endpoint,
+        "role_alias": cloud.role_alias,
+        "wheel_name": wheel_name,
+        "wheel": base64.b64encode(wheel).decode(),
+        "units": unit_texts(),
+        "ca_pem": Path(ns.ca_cert).read_text() if ns.ca_cert else None,
+    }
+    installed = remote.call("install", args, progress.on_event)
+    progress.step("waiting for the camera's health report")
+    health_id = f"pitsctl-{uuid.uuid4().hex[:12]}"
+    answer = remote.call("health", {"health_id": health_id, "timeout": ns.health_timeout})
+    progress.end()
+    report, services = answer["report"], answer["services"]
+    down = [unit for unit, state in services.items() if state != "active"]
+    if down or not report.get("recording_status"):
+        raise PintheskyError(
+            f"installed, but not healthy yet: services {services}, camera recording "
+            f"{report.get('recording_status')}; see `pitsctl view --host {ns.host}` and "
+            "`journalctl -u pinthesky` on the Pi"
+        )
+    if ns.json:
+        out.write(json.dumps({"thing": thing, "names": vars(names), "health": report}) + "\n")
+        return 0
+    made = ", ".join(cloud.created) or "nothing new"
+    out.write(
+        f"pinthesky {installed['version']} is running on {ns.host} as thing {thing} "
+        f"(region {region}, bucket {bucket}); created in AWS: {made}\n"
+    )
+    return 0
+
+
+def view(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
+    from pinthesky.provision import Names
+
+    progress.step(f"looking at {ns.host}")
+    pi = _remote(ns).call("view")
+    progress.end()
+    cloud: dict[str, Any] = {}
+    ident = pi["installed"]
+    if ident and ident.get("thing") and ident.get("region"):
+        names = Names(
+            thing=ident["thing"],
+            bucket=ident.get("bucket") or "",
+            region=ident["region"],
+            log_group=ident.get("log_group"),
+        )
+        cloud = _provisioner(_session(ident["region"]), names).view()
+    if ns.json:
+        out.write(json.dumps({"pi": pi, "cloud": cloud}) + "\n")
+        return 0
+    out.write(_describe(ns.host, pi, cloud))
+    return 0
+
+
+def _describe(host: str, pi: dict[str, Any], cloud: dict[str, Any]) -> str:
+    lines = [f"{host}: {pi['model'] or 'not a Raspberry Pi'}, {pi['os']}, Python {pi['python']}"]
+    ident = pi["installed"]
+    if not ident:
+        return "\n".join([*lines, "pinthesky is not installed"]) + "\n"
+    lines.append(
+        f"installed: pinthesky {pi['version'] or '(missing)'}, thing {ident['thing']}, "
+        f"region {ident['region']}, bucket {ident['bucket']}"
+        + (f", log group {ident['log_group']}" if ident.get("log_group") else "")
+    )
+    lines.append("services: " + ", ".join(f"{u} {s}" for u, s in pi["services"].items()))
+    h = pi["health"]
+    if h:
+        queue = h.get("upload_queue", {})
+        lines.append(
+            f"health ({h['age_s']} s ago): recording {h.get('recording_status')}, "
+            f"{h.get('motion_captured')} clips since start, up {h.get('up_time')} s, "
+            f"CPU {h.get('cpu_used')} %, memory available {h.get('mem_avail', 0) // 1024} MB, "
+            f"disk free {h.get('disk_free', 0) // 2**20} MB"
+        )
+        lines.append(
+            f"upload queue: {queue.get('clips', '?')} files, "
+            f"{queue.get('bytes', 0) / 1e6:.1f} MB waiting"
+        )
+    else:
+        lines.append("health: no report yet")
+    if cloud:
+        state = ", ".join(
+            f"{k} {'yes' if v is True else 'no' if v is False else v}"
+            for k, v in cloud.items()
+            if k != "certificates"
+        )
+        lines.append(f"cloud: {state}, certificates {len(cloud.get('certificates', []))}")
+    return "\n".join(lines) + "\n"
+
+
+def remove(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
+    from pinthesky.provision import Names
+
+    ident: dict[str, Any] = {}
+    on_pi: dict[str, Any] = {}
+    if ns.host:
+        remote = _remote(ns)
+        progress.step(f"connecting to {ns.host}")
+        ident = remote.call("probe")["installed"] or {}
+        progress.step(f"removing pinthesky from {ns.host}")
+        on_pi = remote.call("remove", {"keep_clips": ns.keep_clips}, progress.on_event)
+    removal = None
+    if ns.cloud:
+        thing = ns.thing or ident.get("thing")
+        region = ns.region or ident.get("region") or _session(None).region_name
+        if not thing or not region:
+            raise PintheskyError(
+                "--cloud: which camera? pass --thing (and --region) for one that is not on "
+                "the Pi any more"
+            )
+        names = Names(
+            thing=thing,
+            bucket=ns.bucket or ident.get("bucket") or "",
+            region=region,
+            log_group=ns.log_group or ident.get("log_group"),
+        )
+        progress.step(f"removing the AWS resources of {thing} ({region})")
+        removal = _provisioner(_session(region), names, progress).remove()
+    progress.end()
+    result = {
+        "pi": on_pi,
+        "cloud": vars(removal) if removal is not None else None,
+    }
+    if ns.json:
+        out.write(json.dumps(result) + "\n")
+        return 0
+    if on_pi:
+        out.write(f"removed from {ns.host}: {', '.join(on_pi['removed']) or 'nothing'}\n")
+        for kept in on_pi["kept"]:
+            out.write(f"kept on {ns.host}: {kept}\n")
+    if removal is not None:
+        out.write(f"removed from AWS: {', '.join(removal.removed) or 'nothing'}\n")
+        for kept in removal.kept:
+            out.write(f"kept in AWS: {kept}\n")
+    return 0
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=PROG, description="Install, inspect and remove pinthesky cameras over ssh."
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    def common(p: argparse.ArgumentParser, host_required: bool = True) -> None:
+        p.add_argument(
+            "--host",
+            required=host_required,
+            help="the Pi, as for ssh: user@address or a Host of your ssh config",
+        )
+        p.add_argument(
+            "-o",
+            "--ssh-option",
+            action="append",
+            default=[],
+            metavar="OPTION",
+            help="an ssh option (as ssh -o), e.g. Port=2222 or IdentityFile=~/.ssh/pi",
+        )
+        p.add_argument("--region", help="AWS region (default: the installed camera's, or yours)")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        # Tests only: install into this directory of the target instead of /, start the
+        # services without systemd.
+        p.add_argument("--target-root", default="/", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("install", help="install or upgrade a camera (and its AWS resources)")
+    common(p)
+    p.add_argument("--thing", help="AWS IoT thing name (default: the Pi's host name)")
+    p.add_argument("--bucket", help="S3 bucket for clips (default: pinthesky-ACCOUNT-REGION)")
+    p.add_argument(
+        "--with-cloudwatch", action="store_true", help="send logs and metrics to CloudWatch"
+    )
+    p.add_argument("--log-group", help=f"CloudWatch log group (default: {DEFAULT_LOG_GROUP})")
+    p.add_argument("--ca-cert", help="AWS IoT's root CA (default: the Pi's own Amazon Root CA 1)")
+    p.add_argument(
+        "--health-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds to wait for the daemon's first health report",
+    )
+    p.set_defaults(run=install)
+
+    p = sub.add_parser("view", help="what is installed, its services, health and AWS resources")
+    common(p)
+    p.set_defaults(run=view)
+
+    p = sub.add_parser("remove", help="remove a camera from the Pi (and with --cloud from AWS)")
+    common(p, host_required=False)
+    p.add_argument("--keep-clips", action="store_true", help="leave the clips on the Pi")
+    p.add_argument("--cloud", action="store_true", help="also remove the camera's AWS resources")
+    p.add_argument("--thing", help="with --cloud and no --host: the camera to remove")
+    p.add_argument("--bucket", help="with --cloud and no --host: its bucket (removed if empty)")
+    p.add_argument("--log-group", help="with --cloud and no --host: its log group")
+    p.set_defaults(run=remove)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.command == "remove" and not ns.host and not (ns.cloud and ns.thing):
+        sys.stderr.write(f"{PROG}: remove needs --host, or --cloud with --thing\n")
+        return 2
+    progress = Progress()
+    try:
+        code: int = ns.run(ns, sys.stdout, progress)
+        return code
+    except PintheskyError as exc:
+        progress.end(ok=False)
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    except Exception as exc:
+        if not type(exc).__module__.startswith("botocore"):
+            raise
+        progress.end(ok=False)  # no credentials, no network, a refusal outside provision
+        sys.stderr.write(f"{PROG}: AWS: {' '.join(str(exc).split())}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted; run the same command again to finish\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

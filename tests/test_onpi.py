@@ -1,0 +1,79 @@
+"""The Pi side of pitsctl, run here directly on a target root (as pitsctl runs it over ssh,
+as root): the settings file merge that keeps the owner's edits, and removal with
+``--keep-clips``."""
+
+from __future__ import annotations
+
+import stat
+import tomllib
+from pathlib import Path
+
+from pitarget import account, snapshot
+
+from pinthesky import onpi
+
+
+def test_pitsctls_keys_are_set_and_every_other_line_stays():
+    mine = (
+        "# my camera\n"
+        "[camera]\n"
+        "sensitivity = 25  # windy garden\n"
+        "\n"
+        "[storage]\n"
+        'bucket_name = "old"\n'
+        'clip_quota = "2G"\n'
+    )
+    merged = onpi.merge_toml(
+        mine,
+        {
+            "storage": {"bucket_name": "new", "combine_dir": "/var/lib/pinthesky/clips"},
+            "iot": {"endpoint": 'a"b.example', "seed_desired": True, "port": 8883},
+        },
+    )
+    assert merged.startswith("# my camera\n[camera]\nsensitivity = 25  # windy garden\n\n")
+    doc = tomllib.loads(merged)
+    assert doc["storage"] == {
+        "bucket_name": "new",
+        "clip_quota": "2G",
+        "combine_dir": "/var/lib/pinthesky/clips",
+    }
+    assert doc["iot"] == {"endpoint": 'a"b.example', "seed_desired": True, "port": 8883}
+    assert onpi.merge_toml(merged, {"storage": {"bucket_name": "new"}}) == merged  # stable
+
+
+def test_remove_keeps_the_clips_owned_by_root_and_takes_everything_else(target):
+    host = onpi.Host(str(target))
+    before = snapshot(target)
+    csr = onpi.prepare(host, {"thing": "cam-a"})["csr"]
+    assert csr.startswith("-----BEGIN CERTIFICATE REQUEST-----")
+    uid, _ = account(target)
+    key = target / "etc/pinthesky/certs/thing.key"
+    assert key.read_text().startswith("-----BEGIN EC PRIVATE KEY-----")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == uid
+    # A second prepare keeps the key: the camera's identity survives a re-run.
+    first = key.read_bytes()
+    onpi.prepare(host, {"thing": "cam-a"})
+    assert key.read_bytes() == first
+
+    clips = target / "var/lib/pinthesky/motion_videos"
+    clips.mkdir(parents=True)
+    (clips / "1700000000.motion.mp4").write_bytes(b"a clip")
+    (target / "var/lib/pinthesky/health.json").write_text("{}")
+    done = onpi.remove(host, {"keep_clips": True})
+    assert done["kept"] == [str(clips)] and "user pinthesky" in done["removed"]
+    assert (clips / "1700000000.motion.mp4").read_bytes() == b"a clip"
+    assert clips.stat().st_uid == 0 and (clips / "1700000000.motion.mp4").stat().st_uid == 0
+    assert not (target / "etc/pinthesky").exists()
+    assert not (target / "var/lib/pinthesky/health.json").exists()
+    left = {k: v for k, v in snapshot(target).items() if not k.startswith("var/lib/pinthesky")}
+    assert left == before
+    assert onpi.remove(host, {}) == {"removed": ["/var/lib/pinthesky"], "kept": []}
+    assert snapshot(target) == before
+
+
+def test_write_file_changes_nothing_when_the_file_is_already_right(tmp_path: Path):
+    path = tmp_path / "a" / "b.conf"
+    assert onpi.write_file(path, b"x", 0o640) is True
+    assert onpi.write_file(path, b"x", 0o640) is False
+    assert onpi.write_file(path, b"x", 0o600) is True and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["b.conf"]  # no temporary left

@@ -1,0 +1,270 @@
+"""pitsctl end to end: a real sshd from Debian's openssh-server on 127.0.0.1 (root, with a
+throwaway key), moto in server mode for IoT, IAM, S3, Logs and STS, and a target root
+standing in for the Pi's file system (no systemd runs here: units are enabled with
+``systemctl --root`` and the services are started as the service user by ``onpi.Direct``).
+
+The install really creates the user, makes the key on the "Pi", installs this package into a
+virtualenv with pip, starts the daemon and the sidecar from it, and waits for the daemon's
+health report; ``remove --cloud`` must then leave the target root and moto as they were."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pitarget import account, snapshot
+from servers import Sshd, aws_client, free_port, moto_server, sshd
+from test_provision import assert_nothing_left, csr_pem, enforce_iam, sign_requests_like_aws
+
+from pinthesky import __version__, onpi, pitsctl
+from pinthesky.provision import Names, Provisioner
+
+REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    with sshd(tmp_path_factory.mktemp("sshd")) as running:
+        yield running
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    sign_requests_like_aws(monkeypatch)
+    with moto_server() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        yield endpoint
+
+
+def pitsctl_run(
+    capsys: pytest.CaptureFixture[str], server: Sshd, root: Path, *args: str
+) -> tuple[int, Any, str]:
+    """pitsctl in this process (moto's stand-in fix applies), as a user would run it."""
+    argv = [args[0], "--host", "root@127.0.0.1", "--target-root", str(root), "--json"]
+    for option in server.options:
+        argv += ["-o", option]
+    code = pitsctl.main([*argv, *args[1:]])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out.strip() else None, err
+
+
+def service_pids(root: Path) -> dict[str, int]:
+    return {p.stem: int(p.read_text()) for p in (root / "run/pinthesky").glob("*.pid")}
+
+
+def uid_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+def test_install_view_reinstall_and_remove_leave_nothing_behind(
+    server: Sshd, aws: str, target: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    before = snapshot(target)
+    iot = aws_client("iot", aws, REGION)
+
+    # Someone else's camera already holds the thing name: refused in one line, exit 1.
+    Provisioner(
+        __import__("boto3").Session(region_name=REGION),
+        Names(thing="taken", bucket="theirs", region=REGION),
+    ).install(csr_pem("taken"))
+    code, _, err = pitsctl_run(capsys, server, target, "install", "--thing", "taken")
+    assert code == 1
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("pitsctl: thing taken already has a certificate for another key")
+    Provisioner(
+        __import__("boto3").Session(region_name=REGION),
+        Names(thing="taken", bucket="theirs", region=REGION),
+    ).remove()
+
+    # The same Pi, installed as cam-a: the run that was refused left nothing a re-run trips on.
+    code, result, err = pitsctl_run(
+        capsys, server, target, "install", "--thing", "cam-a", "--bucket", "cams",
+        "--with-cloudwatch",
+    )  # fmt: skip
+    assert code == 0, err
+    assert result["thing"] == "cam-a" and result["health"]["recording_status"] is True
+    assert "done in" in err and "pip install" in err  # the progress display
+    uid, gid = account(target)
+    pids = service_pids(target)
+    assert set(pids) == {"pinthesky", "pinthesky-iot"}
+    assert all(uid_of(pid) == uid for pid in pids.values())  # not root
+
+    etc = target / "etc/pinthesky"
+    key = etc / "certs/thing.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == uid
+    assert stat.S_IMODE((etc / "certs").stat().st_mode) == 0o700
+    cert_pem = (etc / "certs/thing.cert.pem").read_bytes()
+    # The certificate AWS made is for the key made on the Pi (which never left it).
+    pi_key = serialization.load_pem_private_key(key.read_bytes(), None)
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    assert cert.public_key() == pi_key.public_key()
+    [registered] = iot.list_certificates()["certificates"]
+    assert iot.list_thing_principals(thingName="cam-a")["principals"] == [
+        registered["certificateArn"]
+    ]
+    config = etc / "pinthesky.toml"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640 and config.stat().st_gid == gid
+    for name in ("input.json", "output.json"):
+        events = target / "var/lib/pinthesky/events" / name
+        assert events.stat().st_uid == uid and stat.S_IMODE(events.stat().st_mode) == 0o600
+    wants = target / "etc/systemd/system/multi-user.target.wants"
+    assert sorted(p.name for p in wants.iterdir()) == [
+        "pinthesky-iot.service",
+        "pinthesky.service",
+        "ssh.service",
+    ]
+    assert (target / onpi.POLKIT_RULE.lstrip("/")).exists()
+    # The installed daemon reads the settings pitsctl wrote as the user meant them.
+    venv = target / "opt/pinthesky/venv/bin"
+    checked = subprocess.run(
+        [venv / "pinthesky", "--config", config, "--validate-config"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert 'thing_name = "cam-a"' in checked.stdout and 'bucket_name = "cams"' in checked.stdout
+    assert 'log_group_name = "pinthesky"' in checked.stdout
+    version = subprocess.run(
+        [venv / "pinthesky", "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.strip() == __version__
+
+    # view: what is installed, the services, the last health report, the cloud.
+    code, seen, err = pitsctl_run(capsys, server, target, "view")
+    assert code == 0, err
+    pi, cloud = seen["pi"], seen["cloud"]
+    assert pi["version"] == __version__ and pi["installed"]["thing"] == "cam-a"
+    assert pi["services"] == {"pinthesky": "active", "pinthesky-iot": "active"}
+    assert pi["health"]["name"] == "health_end" and pi["health"]["age_s"] < 600
+    assert pi["health"]["upload_queue"]["uploading"] is True
+    assert cloud["thing"] is True and cloud["policy_attached"] is True
+    assert cloud["bucket"] is True and cloud["role_alias"] is True
+
+    # The owner tunes a setting by hand; a re-install (an upgrade) keeps it and the identity.
+    config.write_text(config.read_text() + "\n[camera]\nsensitivity = 25  # windy garden\n")
+    code, result, err = pitsctl_run(capsys, server, target, "install")
+    assert code == 0, err
+    assert "sensitivity = 25  # windy garden" in config.read_text()
+    assert (etc / "certs/thing.cert.pem").read_bytes() == cert_pem
+    assert len(iot.list_certificates()["certificates"]) == 1
+    assert service_pids(target) != pids  # restarted on the new code
+
+    # remove --cloud: nothing the install made is left, on the Pi or in AWS.
+    code, removed, err = pitsctl_run(capsys, server, target, "remove", "--cloud")
+    assert code == 0, err
+    assert "user pinthesky" in removed["pi"]["removed"]
+    assert "thing cam-a" in removed["cloud"]["removed"]
+    assert "bucket cams" in removed["cloud"]["removed"]
+    assert snapshot(target) == before
+    assert not any(onpi.alive(pid) for pid in pids.values())
+    assert_nothing_left(aws, REGION)
+
+
+def test_an_unreachable_host_is_one_line_and_exit_1(
+    target: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nobody = Sshd(free_port(), [f"Port={free_port()}"], Path("/nonexistent"))
+    code, _, err = pitsctl_run(capsys, nobody, target, "view")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "pitsctl: cannot reach root@127.0.0.1 over ssh: no ssh server answers there; enable "
+        "ssh on the Pi (raspi-config, or Raspberry Pi Imager's settings)"
+    )
+
+
+def test_a_wrong_key_is_one_line_and_changes_nothing(
+    server: Sshd, target: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    before = snapshot(target)
+    wrong = Sshd(
+        server.port,
+        [
+            o if not o.startswith("IdentityFile=") else f"IdentityFile={other}"
+            for o in server.options
+        ],
+        other,
+    )
+    code, _, err = pitsctl_run(capsys, wrong, target, "install", "--thing", "cam-a")
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("pitsctl: cannot reach root@127.0.0.1 over ssh: the ssh login was")
+    assert snapshot(target) == before
+
+
+def test_missing_aws_permissions_are_one_line_and_a_rerun_repairs(
+    server: Sshd, aws: str, target: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """moto enforcing IAM: the workstation's user may not create IAM roles. pitsctl stops at
+    the first refusal, naming the call; granted the permission, the same command finishes."""
+    from moto import settings as moto_settings
+
+    iam = aws_client("iam", aws)
+    iam.create_user(UserName="laptop")
+    allow = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:*", "sts:*", "logs:*", "iot:*"], "Resource": "*"},
+    ]}  # fmt: skip
+    iam.put_user_policy(UserName="laptop", PolicyName="p", PolicyDocument=json.dumps(allow))
+    key = iam.create_access_key(UserName="laptop")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    enforce_iam(monkeypatch)
+    code, _, err = pitsctl_run(capsys, server, target, "install", "--thing", "cam-a",
+                               "--bucket", "cams")  # fmt: skip
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("pitsctl: GetRole failed: AccessDenied") and "README" in line
+    assert not (target / "etc/pinthesky/pinthesky.toml").exists()  # stopped before the Pi
+    assert (target / "etc/pinthesky/certs/thing.key").exists()  # kept for the re-run
+    key_before = (target / "etc/pinthesky/certs/thing.key").read_bytes()
+
+    allow["Statement"][0]["Action"].append("iam:*")  # granted (by an administrator)
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", float("inf"))
+    iam.put_user_policy(UserName="laptop", PolicyName="p", PolicyDocument=json.dumps(allow))
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    code, result, err = pitsctl_run(capsys, server, target, "install", "--thing", "cam-a",
+                                    "--bucket", "cams")  # fmt: skip
+    assert code == 0, err
+    assert result["thing"] == "cam-a"
+    assert (target / "etc/pinthesky/certs/thing.key").read_bytes() == key_before
+    code, _, err = pitsctl_run(capsys, server, target, "remove", "--cloud")
+    assert code == 0, err
+
+
+def test_policy_documents_are_valid_json_with_no_trailing_commas() -> None:
+    from pinthesky.provision import role_policy, thing_policy
+
+    names = Names(thing="cam-a", bucket="cams", region=REGION, log_group="pinthesky")
+    for document in (role_policy(names, "123456789012"), thing_policy(REGION, "123456789012")):
+        text = json.dumps(document)
+        assert json.loads(text) == document and ",]" not in text and ",}" not in text
+
+
+def test_the_wheel_pitsctl_ships_holds_this_version_and_the_units() -> None:
+    import io
+    import zipfile
+
+    name, data = pitsctl.build_wheel()
+    assert name == f"pinthesky-{__version__}-py3-none-any.whl"
+    with zipfile.ZipFile(io.BytesIO(data)) as wheel:
+        names = set(wheel.namelist())
+        assert {"pinthesky/onpi.py", "pinthesky/units/pinthesky.service"} <= names
+        meta = wheel.read(f"pinthesky-{__version__}.dist-info/METADATA").decode()
+        assert f"Version: {__version__}" in meta and "Requires-Dist: boto3" in meta
+        entry = wheel.read(f"pinthesky-{__version__}.dist-info/entry_points.txt").decode()
+        assert "pitsctl = pinthesky.pitsctl:main" in entry
+    assert not any(n.endswith(".pyc") for n in names)
+    assert os.path.basename(name) == name
