@@ -155,8 +155,11 @@ class Control:
         while self._health_next is not None:
             event = self._health_next
             path = self.daemon.settings.health.file
-            if path is not None:
-                await asyncio.to_thread(self._keep_health, path, event)
+            try:
+                if path is not None:
+                    await asyncio.to_thread(self._keep_health, path, event)
+            except Exception:  # the next report tries again; the camera carries on
+                log.exception("health file %s could not be written", path)
             if self._health_next is event:
                 self._health_next = None
 
