@@ -177,10 +177,9 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
         raise PintheskyError(f"--thing {thing!r}: use 1-128 of A-Z a-z 0-9 : _ -")
     session = _session(region)
     progress.detail(f"{pi['model'] or 'not a Raspberry Pi'}, {pi['os']}, Python {pi['python']}")
-    bucket = ns.bucket or before.get("bucket")
-    if not bucket:
-        account = session.client("sts").get_caller_identity()["Account"]
-        bucket = f"pinthesky-{account}-{region}"
+    # The workstation's AWS credentials work (or fail in one line) before the Pi is touched.
+    account = session.client("sts").get_caller_identity()["Account"]
+    bucket = ns.bucket or before.get("bucket") or f"pinthesky-{account}-{region}"
     if not BUCKET_NAME.fullmatch(bucket):
         raise PintheskyError(f"--bucket {bucket!r}: not a valid S3 bucket name")
     log_group = (ns.log_group or DEFAULT_LOG_GROUP) if ns.with_cloudwatch else None

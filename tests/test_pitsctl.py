@@ -205,6 +205,21 @@ def test_a_wrong_key_is_one_line_and_changes_nothing(
     assert snapshot(target) == before
 
 
+def test_no_aws_credentials_is_one_line_before_the_pi_is_touched(
+    server: Sshd, target: Path, capsys: pytest.CaptureFixture[str], monkeypatch, tmp_path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    before = snapshot(target)
+    code, _, err = pitsctl_run(capsys, server, target, "install", "--region", REGION)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == "pitsctl: AWS: Unable to locate credentials"
+    assert snapshot(target) == before
+
+
 def test_missing_aws_permissions_are_one_line_and_a_rerun_repairs(
     server: Sshd, aws: str, target: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
