@@ -2,9 +2,11 @@
 
 Messages read from the event-input file become typed commands (``commands.py``); anything
 else is refused with one log line. Commands are carried out with the daemon's own APIs
-(a manual clip, a still, a health report, the configuration) and answered on the
+(a manual clip, a still, a health report, the configuration, a live stream) and answered on the
 event-output file, echoing the request's ids. Every upload is announced with ``upload_end``;
-one that a command asked for also carries that command's ``capture_id``.
+one that a command asked for also carries that command's ``capture_id``. An answer to a request
+that came through the data plane (its ``connection`` has an ``id``) is also posted there, as
+``{"invoke": <event>}``, for the console to match by ``connection.invoke_id``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pinthesky.commands import (
     Record,
     Refused,
     parse_command,
+    parse_connection,
 )
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import (
@@ -108,11 +111,13 @@ class Control:
         elif isinstance(command, Health):
             self.emit_health(command.echo)
         elif isinstance(command, Configuration):
-            self.output.emit(
+            self.answer(
                 "configuration_end", configuration=reported_document(d.settings), **command.echo
             )
         elif isinstance(command, Record):
-            log.warning("record: live streaming is not available in this version")
+            if d.sessions is None:
+                raise PintheskyError("record: the daemon is not running")
+            d.sessions.handle(command)
 
     def _remember(self, name: str, echo: dict[str, Any], duration: int | None) -> None:
         if self.daemon.uploader is None:
@@ -135,14 +140,27 @@ class Control:
             fields["trigger"] = ended.trigger
         if ended.name in self._durations:
             fields["duration"] = self._durations.pop(ended.name)
-        self.output.emit("upload_end", **fields)
+        self.answer("upload_end", **fields)
 
     def emit_health(self, echo: dict[str, Any] | None = None) -> None:
         d = self.daemon
-        recording = d.recorder is not None and d.ring is not None and d.ring.newest_ts() is not None
-        self.output.emit(
-            "health_end", **self.health.report(d.motion_captured, recording), **(echo or {})
-        )
+        report = self.health.report(d.motion_captured, d.recording)
+        self.answer("health_end", **report, **(echo or {}))
+
+    def answer(self, name: str, **fields: Any) -> None:
+        """Write an event to the event-output file and, when its request came through the
+        data plane, post it to the request's connection too."""
+        event = self.output.emit(name, **fields)
+        if "connection" not in fields:
+            return
+        try:
+            connection = parse_connection(fields["connection"])
+        except Refused as exc:
+            log.warning("%s not posted to the data plane: %s", name, exc)
+            return
+        task = self.daemon.dataplane.reply(connection, event)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _periodic_health(self, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         # One at start, then every health.interval (at most an hour: the cloud marks a device

@@ -237,8 +237,9 @@ class EventOutput:
         self.written = 0
         self.dropped = 0
 
-    def emit(self, name: str, **fields: Any) -> None:
-        """Queue an event (on the loop); the oldest is dropped if 256 are already waiting."""
+    def emit(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Queue an event (on the loop); the oldest is dropped if 256 are already waiting.
+        Returns the event as written."""
         event = {
             "name": name,
             "timestamp": int(time.time()),
@@ -252,6 +253,7 @@ class EventOutput:
             self.dropped += 1
             log.error("event output: more than 256 events waiting, the oldest was dropped")
             self._queue.put_nowait(event)
+        return event
 
     async def run(self) -> None:
         await asyncio.to_thread(ensure_file, self.path)
