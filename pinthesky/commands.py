@@ -123,7 +123,10 @@ def parse_command(message: dict[str, Any], default_duration: int) -> Command:
     if not isinstance(context, dict):
         raise Refused(f"{name}: context must be an object")
     shown = name if len(name) <= 40 else name[:37] + "..."
-    echo = _echo(context)
+    try:
+        echo = _echo(context)
+    except Refused as exc:
+        raise Refused(f"{shown}: {exc}") from None
     if name == "capture_video":
         duration = context.get("duration", default_duration)
         if isinstance(duration, str) and duration.strip().isdigit():
