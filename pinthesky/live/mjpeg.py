@@ -17,6 +17,7 @@ from functools import partial
 from pinthesky.live.encoders import EncodeError, JpegEncoder
 from pinthesky.live.tap import JPEG, YUV420, Feed, LiveTap
 from pinthesky.live.worker import Worker
+from pinthesky.media import release_memory
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class MjpegBroadcaster:
             self._producer = asyncio.get_running_loop().create_task(
                 self._produce(), name="mjpeg-producer"
             )
+            # Once the producer and its encoder are gone, glibc returns their heap.
+            self._producer.add_done_callback(lambda _: release_memory())
             log.info("live view: first MJPEG viewer, pictures at %d fps", self.tap.fps)
         return viewer
 

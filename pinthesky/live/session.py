@@ -26,6 +26,7 @@ from pinthesky.dataplane import CHUNK_BYTES, DataPlane, DataPlaneError, header, 
 from pinthesky.live.encoders import EncodeError, Mpeg1Encoder
 from pinthesky.live.tap import YUV420, Feed, LiveTap
 from pinthesky.live.worker import Worker
+from pinthesky.media import release_memory
 from pinthesky.settings import Resolution, Settings, live_size
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,8 @@ class LiveSessions:
                 await session.run()
             finally:
                 self.sessions.pop(connection.id, None)
+                if not self.sessions:
+                    release_memory()  # glibc returns the freed encoder's heap
 
         self._spawn(run())
 
