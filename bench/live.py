@@ -17,6 +17,10 @@ daemon process is read over ``--seconds`` (default 60); ``--rounds`` (default 2)
 The viewer's cost is the ``mjpeg`` daemon's CPU minus the ``off`` daemon's, summed over the
 rounds, as a share of one core; the session's likewise (reported, not a requirement).
 
+Encoders: our JPEG and MPEG-1 encoders' time per picture on 100 frames of real footage
+(``walkers`` at 640x480), in this process, for scale (the synthetic room compresses far better
+than a real scene).
+
 Clips: the ``walkers`` footage (46 s, people walking in at 10-18 s and 30-36 s) is replayed
 in real time by two daemons side by side (pre-roll 3 s, post-roll 4 s): one alone, one with an
 MJPEG viewer and a data-plane session for the whole replay. The clips must be the same: as
@@ -296,6 +300,40 @@ def clip_timing(cloud: Cloud, scratch: Path) -> dict[str, Any]:
     }
 
 
+def encoder_costs(pictures: int = 100) -> dict[str, float]:
+    """Milliseconds per picture of our JPEG and MPEG-1 encoders on real footage (the walkers,
+    scaled to 640x480 as the camera's main stream would be), in this process: the synthetic
+    room compresses much better than a real scene."""
+    import av
+    import numpy as np
+
+    from pinthesky.live.encoders import JpegEncoder, Mpeg1Encoder
+    from pinthesky.live.tap import YUV420, Picture
+
+    frames = []
+    with av.open(str(footage.scenario("walkers").path)) as container:
+        for frame in container.decode(video=0):
+            yuv = frame.reformat(width=640, height=480, format="yuv420p").to_ndarray()
+            frames.append(Picture(YUV420, np.ascontiguousarray(yuv), 640, 480, 0))
+            if len(frames) == pictures:
+                break
+    jpeg, mpeg1 = JpegEncoder(640, 480), Mpeg1Encoder(640, 480, 5, 800_000)
+    jpeg.encode(frames[0])  # the first call opens the codec
+    t0 = time.perf_counter()
+    sizes = [len(jpeg.encode(f)) for f in frames]
+    t1 = time.perf_counter()
+    mpeg1.encode(frames[0])
+    t2 = time.perf_counter()
+    for f in frames:
+        mpeg1.encode(f)
+    t3 = time.perf_counter()
+    return {
+        "jpeg_ms_per_picture_real_footage": (t1 - t0) / len(frames) * 1000,
+        "jpeg_kbytes_real_footage": sum(sizes) / len(sizes) / 1000,
+        "mpeg1_ms_per_picture_real_footage": (t3 - t2) / len(frames) * 1000,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds (default 30)")
@@ -312,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Cloud(scratch) as cloud:
             measured = cpu_rounds(warmup, seconds, rounds, cloud, scratch)
             timing = clip_timing(cloud, scratch)
+        costs = encoder_costs()
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -345,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "viewer_kbytes_per_jpeg": sum(r["mjpeg"]["viewer_bytes"] for r in measured)
         / max(1, sum(r["mjpeg"]["viewer_jpegs"] for r in measured))
         / 1000,
+        **costs,
         "rss_mb_off": max(r["off"]["rss_mb"] for r in measured),
         "rss_mb_mjpeg_viewer": max(r["mjpeg"]["rss_mb"] for r in measured),
         "rss_mb_session": max(r["session"]["rss_mb"] for r in measured),
