@@ -191,7 +191,8 @@ class WebServer:
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away or stalled: nothing to answer
         except asyncio.LimitOverrunError:
-            await self._error(writer, 400, "request header too large")
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await self._error(writer, 400, "request header too large")
         except Exception:
             log.exception("http: a request failed")
         finally:

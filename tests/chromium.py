@@ -57,6 +57,7 @@ class Chromium:
             os.close(fd)
         self._next_id = 0
         self._answers: dict[int, dict[str, Any]] = {}
+        self._events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._closed = False
         self._reader = threading.Thread(target=self._read, name="chromium-pipe", daemon=True)
@@ -72,6 +73,8 @@ class Chromium:
                     message = json.loads(raw)
                     if "id" in message:
                         self._answers[message["id"]] = message
+                    else:
+                        self._events.append(message)
                 self._cond.notify_all()
         with self._cond:
             self._closed = True
@@ -109,8 +112,22 @@ class Chromium:
         self.call("Emulation.setDeviceMetricsOverride", {
             "width": 1000, "height": 1400, "deviceScaleFactor": 1, "mobile": False,
         }, session=session)  # fmt: skip
+        with self._cond:
+            seen = len(self._events)
         self.call("Page.navigate", {"url": url}, session=session)
+        # The new document is parsed (its elements exist) once DOMContentLoaded fired.
+        self.wait_event("Page.domContentEventFired", session, after=seen)
         return session
+
+    def wait_event(self, method: str, session: str, after: int = 0, timeout: float = 60) -> None:
+        def fired() -> bool:
+            return any(
+                e.get("method") == method and e.get("sessionId") == session
+                for e in self._events[after:]
+            )
+
+        with self._cond:
+            assert self._cond.wait_for(fired, timeout), f"no {method} within {timeout} s"
 
     def evaluate(self, session: str, expression: str, timeout: float = 60) -> Any:
         result = self.call(
