@@ -245,7 +245,9 @@ class Daemon:
         ring.on_first_packet = first_packet
         assert self.live is not None
         self.live.reset(
-            live_size(s.live, Resolution(info.width, info.height)), round(US / info.framerate)
+            live_size(s.live, Resolution(info.width, info.height)),
+            round(US / info.framerate),
+            info.rotation,
         )
         log.info(
             "pinthesky started: %s source %dx%d at %.3g fps, pre-roll %.1f s, post-roll %.1f s,"
@@ -330,7 +332,7 @@ class Daemon:
             mjpeg,
             self._health_report,
             lambda: self.settings.cloud_connection.thing_name or "pinthesky",
-            lambda: live.size,
+            lambda: live.view_size,
         )
         try:
             await web.start()

@@ -446,3 +446,20 @@ def test_configuration_and_upload_answers_go_back_over_the_data_plane(tmp_path, 
     }
     written = json.loads((tmp_path / "events" / "output.json").read_text())
     assert written["name"] in ("upload_end", "configuration_end", "health_end")
+
+
+def test_a_turned_camera_streams_turned_pictures(tmp_path, cloud):
+    """--rotation 270: the header and the pictures are 480x640, as the clips are shown."""
+    pki, api = cloud
+
+    async def main() -> None:
+        daemon, task = await start(live_settings(tmp_path, pki, api, **{"camera.rotation": 270}))
+        send(tmp_path, record("viewer", "manager", api.endpoint))
+        await posted(api, lambda: len(api.to("viewer")) >= 4)
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+    asyncio.run(main())
+    head, chunks = stream(api.to("viewer"))
+    assert head == header(480, 640)
+    assert set(decode_mpeg1(b"".join(chunks))) == {(480, 640)}

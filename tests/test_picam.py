@@ -842,6 +842,23 @@ def test_hardware_mjpeg_runs_beside_h264_while_someone_watches(
     assert fake.calls.count("stop_encoder") == 2  # the MJPEG one, then H.264 at stop
 
 
+def test_no_hardware_jpeg_for_a_quarter_turn(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hardware encoder cannot turn a JPEG by 90 degrees: our encoder does it then."""
+    monkeypatch.setattr(picam, "_hardware_jpeg", lambda: True)
+    src, _ = open_source(rotation=90)
+
+    async def main() -> bool:
+        tap = LiveTap(asyncio.get_running_loop(), 5)
+        tap.reset(Resolution(320, 240), US // FPS, rotation=src.open().rotation)
+        src.start(PacketRing(10 * US), _port_nowhere(), tap)
+        src.stop()
+        return tap.native_jpeg
+
+    assert asyncio.run(main()) is False
+
+
 def test_a_failing_mjpeg_encoder_falls_back_to_software(
     stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -363,3 +363,21 @@ def test_the_live_rate_follows_sensor_time():
         return [i for i in range(40) if tap.due(i * 50_000 + jitter[i % 4])]
 
     assert asyncio.run(main()) == list(range(0, 40, 4))
+
+
+def test_live_pictures_are_turned_like_the_clips(tmp_path):
+    """--rotation 90 is a display rotation in the clips; live pictures are turned to match:
+    the synthetic room's bright window, top left on the sensor, shows at the top right."""
+
+    def check(daemon: Daemon, port: int) -> None:
+        page = fetch(port, "/")[2]
+        assert b'<img id="live" src="stream.mjpg" width="480" height="640"' in page
+        parts: list[bytes] = []
+        read_parts(port, 2, parts, threading.Barrier(1))
+        with av.open(io.BytesIO(parts[-1]), format="mjpeg") as c:
+            gray = next(c.decode(video=0)).to_ndarray(format="gray")
+        assert gray.shape == (640, 480)
+        window, elsewhere = gray[80:200, 280:370].mean(), gray[80:200, 110:200].mean()
+        assert window > 180 > elsewhere + 10, (window, elsewhere)
+
+    serve(web_settings(tmp_path, **{"camera.rotation": 90}), check)

@@ -310,7 +310,8 @@ class PicameraSource:
             lores = self._geometry.get("lores", (0, 0, 0))[:2]
             self._live_stream = "lores" if lores == size else "main"
             at_size = self._geometry.get(self._live_stream, (0, 0, 0))[:2] == size
-            self._live_jpeg = at_size and _hardware_jpeg()
+            # The hardware cannot turn a JPEG by a quarter: then our encoder makes them.
+            self._live_jpeg = at_size and live.rotation == 0 and _hardware_jpeg()
             live.native_jpeg = self._live_jpeg
         self._live = live
         try:

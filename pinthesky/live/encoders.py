@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Any
 
 from pinthesky.errors import PintheskyError
-from pinthesky.live.tap import Picture
+from pinthesky.live.tap import Picture, turn
 
 JPEG_QSCALE = 6
 """JPEG quantiser, 2 (best) to 31: about 30 KB for a 640x480 picture of a room."""
@@ -36,14 +36,15 @@ class EncodeError(PintheskyError):
     """A picture could not be encoded (FFmpeg's message, one line)."""
 
 
-def _encode(ctx: Any, picture: Picture | None, pts: int = 0) -> bytes:
-    """Scale and convert ``picture`` for ``ctx`` (None flushes it), encode; FFmpeg's errors
-    become ``EncodeError``."""
+def _encode(ctx: Any, picture: Picture | None, pts: int = 0, rotation: int = 0) -> bytes:
+    """Turn, scale and convert ``picture`` for ``ctx`` (None flushes it), encode; FFmpeg's
+    errors become ``EncodeError``."""
     import av
 
     try:
         frame = None
         if picture is not None:
+            picture = turn(picture, rotation)
             frame = av.VideoFrame.from_ndarray(picture.data, format="yuv420p")
             if (picture.width, picture.height, ctx.pix_fmt) != (ctx.width, ctx.height, "yuv420p"):
                 frame = frame.reformat(width=ctx.width, height=ctx.height, format=ctx.pix_fmt)
@@ -54,10 +55,12 @@ def _encode(ctx: Any, picture: Picture | None, pts: int = 0) -> bytes:
 
 
 class JpegEncoder:
-    """YUV420 pictures to baseline JPEG (JFIF, full range), any size in, ``width`` x ``height``
-    out."""
+    """YUV420 pictures to baseline JPEG (JFIF, full range), any size in, turned clockwise by
+    ``rotation``, ``width`` x ``height`` out."""
 
-    def __init__(self, width: int, height: int, qscale: int = JPEG_QSCALE) -> None:
+    def __init__(
+        self, width: int, height: int, rotation: int = 0, qscale: int = JPEG_QSCALE
+    ) -> None:
         import av
 
         ctx: Any = av.CodecContext.create("mjpeg", "w")
@@ -69,12 +72,12 @@ class JpegEncoder:
         ctx.qmin = ctx.qmax = qscale
         ctx.thread_count = 1  # FFmpeg's slice threads: 12 MB more, and a Pi Zero has one core
         self._ctx = ctx
-        self.width, self.height = width, height
+        self.width, self.height, self.rotation = width, height, rotation
         self._pts = 0
 
     def encode(self, picture: Picture) -> bytes:
         self._pts += 1
-        return _encode(self._ctx, picture, self._pts)
+        return _encode(self._ctx, picture, self._pts, self.rotation)
 
 
 class Mpeg1Encoder:
@@ -82,7 +85,7 @@ class Mpeg1Encoder:
     daemon's ``ffmpeg -f mpeg1video -b 800k`` made it: no B-frames, so every byte goes out as
     soon as its picture is encoded, and one I-frame a second for a player to resync on."""
 
-    def __init__(self, width: int, height: int, fps: int, bitrate: int) -> None:
+    def __init__(self, width: int, height: int, fps: int, bitrate: int, rotation: int = 0) -> None:
         import av
 
         rate = mpeg1_rate(fps)
@@ -98,12 +101,12 @@ class Mpeg1Encoder:
             ctx.options = {"strict": "unofficial"}
         ctx.thread_count = 1
         self._ctx = ctx
-        self.width, self.height, self.rate = width, height, rate
+        self.width, self.height, self.rate, self.rotation = width, height, rate, rotation
         self._pts = 0
 
     def encode(self, picture: Picture) -> bytes:
         self._pts += 1
-        return _encode(self._ctx, picture, self._pts)
+        return _encode(self._ctx, picture, self._pts, self.rotation)
 
     def flush(self) -> bytes:
         """What the encoder still holds, and the sequence end code."""

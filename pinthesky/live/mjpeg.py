@@ -141,9 +141,12 @@ class MjpegBroadcaster:
                     jpeg = bytes(picture.data)
                     self.forwarded += 1
                 else:
-                    size = self.tap.size
-                    if encoder is None or (encoder.width, encoder.height) != size:
-                        encoder = await worker.run(partial(JpegEncoder, *size))
+                    size, turned = self.tap.view_size, self.tap.rotation
+                    if encoder is None or (encoder.width, encoder.height, encoder.rotation) != (
+                        *size,
+                        turned,
+                    ):
+                        encoder = await worker.run(partial(JpegEncoder, *size, turned))
                     try:
                         jpeg = await worker.run(partial(encoder.encode, picture))
                     except EncodeError as exc:

@@ -62,6 +62,7 @@ class LiveSession:
         bitrate: int,
         thing_name: str | None,
         limits: Limits,
+        rotation: int = 0,
     ) -> None:
         self.connection = connection
         self.echo = echo
@@ -69,6 +70,8 @@ class LiveSession:
         self.dataplane = dataplane
         self.target = target
         self.size = size
+        """The stream's size, as people see it (in the header)."""
+        self.rotation = rotation
         self.fps = fps
         self.bitrate = bitrate
         self.thing_name = thing_name
@@ -135,7 +138,9 @@ class LiveSession:
             await post_thread.run(partial(post, client, cid, header(*self.size)))
             feed = self.tap.subscribe(YUV420)
             w, h = self.size
-            encoder = await encoder_thread.run(partial(Mpeg1Encoder, w, h, self.fps, self.bitrate))
+            encoder = await encoder_thread.run(
+                partial(Mpeg1Encoder, w, h, self.fps, self.bitrate, self.rotation)
+            )
             pending = bytearray()
             more = asyncio.Event()
 
@@ -276,17 +281,21 @@ class LiveSessions:
                 )
             )
             return
+        size = live_size(s.live, self._camera_size())
+        if self.tap.rotation in (90, 270):
+            size = Resolution(size.height, size.width)
         session = LiveSession(
             connection,
             command.echo,
             self.tap,
             self.dataplane,
             target,
-            live_size(s.live, self._camera_size()),
+            size,
             s.live.fps,
             s.live.bitrate,
             s.cloud_connection.thing_name,
             self.limits,
+            self.tap.rotation,
         )
         self.sessions[connection.id] = session
         self.started += 1

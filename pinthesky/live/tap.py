@@ -113,17 +113,28 @@ class LiveTap:
         """The live size: sources that can make pictures of any size make them this size."""
         self.native_jpeg = False
         """Set by a source whose camera encodes JPEG itself (picamera2 on a Pi 0-4)."""
+        self.rotation = 0
+        """Clockwise turn people see the pictures with, where the camera cannot turn them itself
+        (the clips carry it as a display rotation; live pictures are turned by the encoders)."""
         self._lock = threading.Lock()
         self._feeds: dict[str, tuple[Feed, ...]] = {kind: () for kind in KINDS}
         self._gate = _Gate(fps, US // 20)
         self.offered = 0
 
-    def reset(self, size: Resolution, frame_period_us: int) -> None:
-        """A (re)started camera: its frame period and the live size (on the loop, before the
-        source starts)."""
+    def reset(self, size: Resolution, frame_period_us: int, rotation: int = 0) -> None:
+        """A (re)started camera: its frame period, the live size and the rotation to show its
+        pictures with (on the loop, before the source starts)."""
         self.size = size
+        self.rotation = rotation
         self.native_jpeg = False
         self._gate = _Gate(self.fps, frame_period_us)
+
+    @property
+    def view_size(self) -> Resolution:
+        """The live size as people see it (turned by a quarter when the rotation says so)."""
+        if self.rotation in (90, 270):
+            return Resolution(self.size.height, self.size.width)
+        return self.size
 
     # -- event loop ---------------------------------------------------------------------------
 
@@ -177,6 +188,25 @@ class _Gate:
             return False
         self._next = ts + self._interval
         return True
+
+
+def turn(picture: Picture, rotation: int) -> Picture:
+    """A YUV420 picture turned clockwise by ``rotation`` degrees (copies; worker thread)."""
+    import numpy as np
+
+    turns = (rotation // 90) % 4
+    if not turns:
+        return picture
+    w, h = picture.width, picture.height
+    chroma = picture.data[h:].reshape(-1)
+    n = (h // 2) * (w // 2)
+    planes = (
+        picture.data[:h],
+        chroma[:n].reshape(h // 2, w // 2),
+        chroma[n : 2 * n].reshape(h // 2, w // 2),
+    )
+    y, u, v = (np.rot90(plane, k=-turns) for plane in planes)
+    return Picture(picture.kind, i420(y, u, v), y.shape[1], y.shape[0], picture.ts)
 
 
 def i420(y: Any, u: Any, v: Any) -> Any:
