@@ -179,6 +179,7 @@ class WebServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
+            log.info("http: the local page stopped (%d requests served)", self.requests)
 
     # -- one connection ------------------------------------------------------------------------
 
