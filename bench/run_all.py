@@ -14,6 +14,8 @@ Requirements measured (each by its own script, see their docstrings):
   first frame in under 2 s.
 * bench/cloudwatch.py: with CloudWatch logs (and metrics) on at INFO, the daemon's CPU stays
   within 1.2x of the same run with CloudWatch off.
+* bench/live.py: one viewer of the MJPEG stream (640x480, 5 fps) adds at most 15 % of one core
+  to the daemon; the clips of a replayed video are the same with and without live view.
 
 The scripts run sequentially (never side by side: they would disturb each other's figures),
 each printing its own ``key=value`` figures; a table of every check follows, read back from
@@ -51,6 +53,7 @@ BENCHMARKS = (
     "shadow_latency",
     "cloudwatch",
     "sidecar",
+    "live",
 )
 HERE = Path(__file__).resolve().parent
 

@@ -1,7 +1,8 @@
 """Draw the camera daemon's architecture and event flow to ``images/architecture.png``.
 
-Run with ``.venv/bin/python images/architecture.py``. The canvas is 140 x 80 units, one unit
-being 10 px of the 1400 x 800 px output (100 dpi).
+Run with ``.venv/bin/python images/architecture.py``. The canvas is 140 x 102 units (y from
+-22 to 80; the live-view band is below 0), one unit being 10 px of the 1400 x 1020 px output
+(100 dpi).
 """
 
 from __future__ import annotations
@@ -75,10 +76,10 @@ def arrow(ax: Axes, points: list[Point], label: str = "", at: Point | None = Non
 
 
 def main() -> None:
-    fig = plt.figure(figsize=(14, 8), dpi=100, facecolor="white")
+    fig = plt.figure(figsize=(14, 10.2), dpi=100, facecolor="white")
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, 140)
-    ax.set_ylim(0, 80)
+    ax.set_ylim(-22.5, 79.5)
     ax.axis("off")
     ax.text(70, 77, "pinthesky camera daemon: architecture and event flow", ha="center",
             va="center", fontsize=14, weight="bold")  # fmt: skip
@@ -138,7 +139,29 @@ def main() -> None:
     box(ax, 82, 62, 22, 10, "motion\\_videos/", clips, kind="disk")
     arrow(ax, [(114, 67), (104, 67)])
 
-    ax.text(139, 1.3, "yellow: shared by camera threads and loop",
+    # Live view: pictures only while someone watches; encoders and posts on worker threads.
+    region(ax, 60, -20.5, 79, 22.5, "asyncio event loop: live view (encoding and posts on "
+           "worker threads)", "#2e7d3e")  # fmt: skip
+    box(ax, 35, -15, 22, 12, "LiveTap", "YUV420 (or camera JPEG)\nonly while watched\n"
+        "newest picture wins", kind="shared")  # fmt: skip
+    arrow(ax, [(13.5, 5), (13.5, -9), (35, -9)], "live pictures", (24.5, -7.2))
+    box(ax, 63, -8.5, 22, 6, "MjpegBroadcaster", "one JPEG encoder, all viewers")
+    box(ax, 63, -18.5, 22, 7, "LiveSession", "record: MPEG-1 encoder\n≤ 32 KB base64 posts")
+    arrow(ax, [(57, -6), (63, -6)])
+    arrow(ax, [(57, -12), (63, -14)])
+    box(ax, 90, -8.5, 21, 6, "WebServer", "/ · /stream.mjpg · /clips · auth")
+    arrow(ax, [(85, -5.5), (90, -5.5)])
+    box(ax, 90, -18.5, 21, 7, "DataPlane", "apigatewaymanagementapi\nreplies, record_end")
+    arrow(ax, [(85, -15), (90, -15)])
+    box(ax, 116, -8.5, 21, 6, "browser\\ (LAN)", "the local page", kind="disk")
+    arrow(ax, [(111, -5.5), (116, -5.5)])
+    box(ax, 116, -18.5, 21, 7, "API\\ Gateway", "Pi In The Sky console\n(WebSocket, SigV4)",
+        kind="disk")  # fmt: skip
+    arrow(ax, [(111, -15), (116, -15)])
+    # Control starts sessions and sends the data-plane replies.
+    arrow(ax, [(57, 28), (59, 28), (59, -17), (63, -17)], "record", (61.6, 24))
+
+    ax.text(139, -21.6, "yellow: shared by camera threads and loop",
             ha="right", va="center", fontsize=9, color="#555555")  # fmt: skip
     fig.savefig(OUT, facecolor="white")
     print(f"wrote {OUT}")

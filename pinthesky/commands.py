@@ -13,9 +13,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pinthesky.settings import https_url
+
 FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_DURATION_S = 600
 _ECHOED = ("capture_id", "health_id", "session", "connection")
+CONNECTION_ID = re.compile(r"[A-Za-z0-9=+_-]{1,128}")
+"""API Gateway connection ids are 16 base64 characters; nothing else goes into a URL path."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,50 @@ class Configuration(Command):
 
 
 @dataclass(frozen=True)
+class Connection:
+    """Where the data plane wants answers: a WebSocket connection of API Gateway."""
+
+    id: str
+    """The connection a live stream or a reply goes to."""
+    manager_id: str | None = None
+    """The console's own connection, told when a live stream ends (``record_end``)."""
+    management_endpoint: str | None = None
+    """The management API of that WebSocket API (https); the configured one when absent."""
+
+
+@dataclass(frozen=True)
 class Record(Command):
     start: bool = False
     stop: bool = False
+    connection: Connection | None = None
+
+
+def parse_connection(value: Any) -> Connection:
+    """The typed ``connection`` block of a command; ``Refused`` with the reason otherwise."""
+    if not isinstance(value, dict):
+        raise Refused("connection must be an object")
+    cid = value.get("id")
+    if not isinstance(cid, str) or not CONNECTION_ID.fullmatch(cid):
+        raise Refused(f"connection.id {_short(cid)} must be 1-128 of A-Z a-z 0-9 = + _ -")
+    manager = value.get("manager_id")
+    if manager is not None and (
+        not isinstance(manager, str) or not CONNECTION_ID.fullmatch(manager)
+    ):
+        raise Refused(
+            f"connection.manager_id {_short(manager)} must be 1-128 of A-Z a-z 0-9 = + _ -"
+        )
+    endpoint = value.get("management_endpoint")
+    if endpoint is not None:
+        try:
+            endpoint = https_url(endpoint)
+        except ValueError as exc:
+            raise Refused(f"connection.management_endpoint {_short(endpoint)} {exc}") from None
+    return Connection(cid, manager, endpoint)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Refused(ValueError):
@@ -78,7 +123,10 @@ def parse_command(message: dict[str, Any], default_duration: int) -> Command:
     if not isinstance(context, dict):
         raise Refused(f"{name}: context must be an object")
     shown = name if len(name) <= 40 else name[:37] + "..."
-    echo = _echo(context)
+    try:
+        echo = _echo(context)
+    except Refused as exc:
+        raise Refused(f"{shown}: {exc}") from None
     if name == "capture_video":
         duration = context.get("duration", default_duration)
         if isinstance(duration, str) and duration.strip().isdigit():
@@ -112,7 +160,14 @@ def parse_command(message: dict[str, Any], default_duration: int) -> Command:
         session = context.get("session")
         if not isinstance(session, dict):
             raise Refused("record: session must be an object with start or stop")
-        return Record(echo, bool(session.get("start")), bool(session.get("stop")))
+        start, stop = session.get("start") is True, session.get("stop") is True
+        if start == stop:
+            raise Refused("record: session must ask to start or to stop (one of them true)")
+        try:
+            connection = parse_connection(context.get("connection"))
+        except Refused as exc:
+            raise Refused(f"record: {exc}") from None
+        return Record(echo, start, stop, connection)
     raise Refused(
         f"{shown!r} is not a command (capture_video, capture_image, health, configuration, record)"
     )

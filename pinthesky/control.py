@@ -2,9 +2,11 @@
 
 Messages read from the event-input file become typed commands (``commands.py``); anything
 else is refused with one log line. Commands are carried out with the daemon's own APIs
-(a manual clip, a still, a health report, the configuration) and answered on the
+(a manual clip, a still, a health report, the configuration, a live stream) and answered on the
 event-output file, echoing the request's ids. Every upload is announced with ``upload_end``;
-one that a command asked for also carries that command's ``capture_id``.
+one that a command asked for also carries that command's ``capture_id``. An answer to a request
+that came through the data plane (its ``connection`` has an ``id``) is also posted there, as
+``{"invoke": <event>}``, for the console to match by ``connection.invoke_id``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pinthesky.commands import (
     Record,
     Refused,
     parse_command,
+    parse_connection,
 )
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import (
@@ -84,7 +87,7 @@ class Control:
             return
         self.commands += 1
         log.info("command %s", type(command).__name__)
-        self._spawn(self._carry_out(command))
+        self._track(asyncio.get_running_loop().create_task(self._carry_out(command)))
 
     async def _carry_out(self, command: Command) -> None:
         try:
@@ -109,11 +112,13 @@ class Control:
         elif isinstance(command, Health):
             self.emit_health(command.echo)
         elif isinstance(command, Configuration):
-            self.output.emit(
+            self.answer(
                 "configuration_end", configuration=reported_document(d.settings), **command.echo
             )
         elif isinstance(command, Record):
-            log.warning("record: live streaming is not available in this version")
+            if d.sessions is None:
+                raise PintheskyError("record: the daemon is not running")
+            d.sessions.handle(command)
 
     def _remember(self, name: str, echo: dict[str, Any], duration: int | None) -> None:
         if self.daemon.uploader is None:
@@ -136,20 +141,18 @@ class Control:
             fields["trigger"] = ended.trigger
         if ended.name in self._durations:
             fields["duration"] = self._durations.pop(ended.name)
-        self.output.emit("upload_end", **fields)
+        self.answer("upload_end", **fields)
 
     def emit_health(self, echo: dict[str, Any] | None = None) -> None:
         d = self.daemon
-        recording = d.recorder is not None and d.ring is not None and d.ring.newest_ts() is not None
-        event = self.output.emit(
-            "health_end", **self.health.report(d.motion_captured, recording), **(echo or {})
-        )
+        report = self.health.report(d.motion_captured, d.recording)
+        event = self.answer("health_end", **report, **(echo or {}))
         if d.settings.health.file is not None:
             # One writer at a time, the newest report wins (two in flight would race).
             writing = self._health_next is not None
             self._health_next = event
             if not writing:
-                self._spawn(self._write_health_file())
+                self._track(asyncio.get_running_loop().create_task(self._write_health_file()))
 
     async def _write_health_file(self) -> None:
         while self._health_next is not None:
@@ -180,8 +183,22 @@ class Control:
         except OSError as exc:
             log.warning("health file %s: %s", path, exc)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+    def answer(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Write an event to the event-output file and, when its request came through the
+        data plane, post it to the request's connection too. Returns the event."""
+        event = self.output.emit(name, **fields)
+        if "connection" not in fields:
+            return event
+        try:
+            connection = parse_connection(fields["connection"])
+        except Refused as exc:
+            log.warning("%s not posted to the data plane: %s", name, exc)
+            return event
+        self._track(self.daemon.dataplane.reply(connection, event))
+        return event
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        """Keep a reference to a task until it ends (the loop only keeps weak ones)."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

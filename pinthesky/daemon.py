@@ -6,11 +6,13 @@ and hand analysis frames over through the ``AnalysisPort``):
     camera thread --packets--> PacketRing <--reads-- Recorder --writer thread--> ClipStore
     camera thread --analysis frames--> MotionAnalyzer -> MotionTracker -> Recorder
     Recorder --ClipReady--> EventBus --> Uploader --UploadEnded--> EventBus --> (event output)
+    camera thread --live pictures, while watched--> LiveTap --> MJPEG viewers, LiveSessions
 
-Start order: clip directory checked, camera opened, crash leftovers salvaged, camera started.
-Stop order (SIGTERM/SIGINT, end of a replayed file, or a failure): stop taking frames, stop the
-camera, finish the open clip, wait for the disk. A failure exits non-zero so systemd restarts
-the service.
+Start order: clip directory checked, camera opened, crash leftovers salvaged, camera started,
+then the control files and the local web server. Stop order (SIGTERM/SIGINT, end of a replayed
+file, or a failure): end the live sessions (``record_end``) and the web server, stop taking
+frames, stop the camera, finish the open clip, wait for the disk. A failure exits non-zero so
+systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -39,18 +41,24 @@ from pinthesky.credentials import (
     check_key_permissions,
     refreshable,
 )
+from pinthesky.dataplane import DataPlane
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import Watcher, write_atomically
+from pinthesky.health import Health
+from pinthesky.live.mjpeg import MjpegBroadcaster
+from pinthesky.live.session import LiveSessions
+from pinthesky.live.tap import LiveTap
 from pinthesky.logs import set_level
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.notify import Notifier
 from pinthesky.recorder import Recorder
 from pinthesky.ring import PacketRing
-from pinthesky.settings import Settings, flatten, merge
+from pinthesky.settings import Resolution, Settings, flatten, live_size, merge
 from pinthesky.shadow import RESTART_KEYS
 from pinthesky.telemetry import Telemetry
 from pinthesky.uploader import Target, Uploader
+from pinthesky.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +129,11 @@ class Daemon:
         self.first_frame = asyncio.Event()
         self.notifier = Notifier()
         self._vital: list[asyncio.Task[Any]] = []
+        self.live: LiveTap | None = None
+        self.dataplane = DataPlane(self.aws_session, lambda: self.settings.dataplane)
+        self.sessions: LiveSessions | None = None
+        self.web: WebServer | None = None
+        self._page_health = Health()
 
     def request_stop(self, code: int = 0, why: str = "") -> None:
         if not self._stop.is_set():
@@ -136,6 +149,8 @@ class Daemon:
         self.telemetry.hold(self.settings)
         telemetry = asyncio.create_task(self._apply_telemetry(self.settings))
         await asyncio.to_thread(self.store.prepare)
+        self.live = LiveTap(loop, self.settings.live.fps)
+        self.sessions = LiveSessions(self.live, self.dataplane, lambda: self.settings, self._size)
         await self._start_pipeline(first=True)
         self.uploader = self._make_uploader()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -149,10 +164,16 @@ class Daemon:
             tasks.append(self._supervise(run, name))
         self._vital = [t for t in tasks if t is not telemetry]
         tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
+        await self._start_web()
         self.started.set()
         try:
             await self._stop.wait()
         finally:
+            # Live viewers first: the console hears record_end while the camera still runs.
+            await self.sessions.close()
+            if self.web is not None:
+                await self.web.close()
+            self.dataplane.close()
             if self._uploader_task is not None:
                 tasks.append(self._uploader_task)
             for task in tasks:
@@ -222,6 +243,12 @@ class Daemon:
             loop.call_soon_threadsafe(self._first_frame)
 
         ring.on_first_packet = first_packet
+        assert self.live is not None
+        self.live.reset(
+            live_size(s.live, Resolution(info.width, info.height)),
+            round(US / info.framerate),
+            info.rotation,
+        )
         log.info(
             "pinthesky started: %s source %dx%d at %.3g fps, pre-roll %.1f s, post-roll %.1f s,"
             " clips in %s",
@@ -233,7 +260,7 @@ class Daemon:
             rec.post_roll,
             s.storage.combine_dir,
         )
-        await asyncio.to_thread(camera.start, ring, port)
+        await asyncio.to_thread(camera.start, ring, port, self.live)
 
     async def _stop_pipeline(self) -> None:
         """Stop taking frames, stop the camera, finish the open clip, wait for the disk."""
@@ -289,6 +316,49 @@ class Daemon:
             st.bucket_name, cc.thing_name, st.video_prefix, st.image_prefix, st.video_format
         )
         return Uploader(target, self.store, st.capture_dir, make_client, self.bus.publish)
+
+    async def _start_web(self) -> None:
+        """The local page, when ``http.port`` is set. A port that cannot be used is one
+        error line: the camera goes on recording without the page."""
+        s = self.settings.http
+        if s.port is None:
+            return
+        assert self.live is not None
+        live = self.live
+        mjpeg = MjpegBroadcaster(live, s.max_viewers)
+        web = WebServer(
+            s,
+            self.store,
+            mjpeg,
+            self._health_report,
+            lambda: self.settings.cloud_connection.thing_name or "pinthesky",
+            lambda: live.view_size,
+        )
+        try:
+            await web.start()
+        except OSError as exc:
+            log.error("http: cannot listen on %s port %d: %s; no local page", s.bind, s.port, exc)
+            return
+        self.web = web
+
+    def _health_report(self) -> dict[str, Any]:
+        """The health figures for the local page (reads /proc: call on a worker thread)."""
+        return self._page_health.report(self.motion_captured, self.recording)
+
+    def _size(self) -> Resolution:
+        """The camera's resolution as opened (the settings' before it is)."""
+        if self.info is not None:
+            return Resolution(self.info.width, self.info.height)
+        return self.settings.camera.resolution
+
+    @property
+    def recording(self) -> bool:
+        """The camera delivers and the recorder runs (health's ``recording_status``)."""
+        return (
+            self.recorder is not None
+            and self.ring is not None
+            and self.ring.newest_ts() is not None
+        )
 
     def _iot_identity(self) -> IotIdentity | None:
         cc = self.settings.cloud_connection

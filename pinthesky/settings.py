@@ -242,6 +242,66 @@ def _path(v: Any) -> Path:
     return Path(_text(v))
 
 
+MAX_URL = 512
+
+
+def https_url(v: Any) -> str:
+    """An ``https://host[:port][/path]`` URL: no credentials, query or fragment in it.
+
+    Endpoints the device signs requests for: plain HTTP would expose the signed requests, and
+    they come from the cloud (or the shadow), so anything else is refused.
+    """
+    from urllib.parse import urlsplit
+
+    allowed = f"must be an https:// URL of at most {MAX_URL} characters, without credentials"
+    text = _text(v)
+    if len(text) > MAX_URL or any(c.isspace() or ord(c) < 32 for c in text):
+        raise ValueError(allowed)
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError on a port that is not a number or out of range
+    except ValueError:
+        raise ValueError(allowed) from None
+    if (
+        parts.scheme.lower() != "https"
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+        or port == 0
+    ):
+        raise ValueError(allowed)
+    return text
+
+
+def _live_size(v: Any) -> Resolution | None:
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("auto", "none", "")):
+        return None
+    try:
+        return _resolution(32, 1920)(v)
+    except ValueError:
+        raise ValueError(
+            "must be auto or WIDTHxHEIGHT with even numbers from 32 to 1920, e.g. 640x480"
+        ) from None
+
+
+def _port(v: Any) -> int | None:
+    """A TCP port; 0 (or none) means off."""
+    port: int = _int(0, 65535)(v)
+    return port or None
+
+
+def _bind(v: Any) -> str:
+    import ipaddress
+
+    text = _text(v)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError("must be an IP address to listen on, e.g. 0.0.0.0 or 127.0.0.1") from None
+    return text
+
+
 PROFILES = ("baseline", "main", "extended", "high", "constrained")
 LEVELS = ("1", "1b", "1.1", "1.2", "1.3", "2", "2.1", "2.2", "3", "3.1", "3.2", "4", "4.1", "4.2")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "FATAL")
@@ -627,7 +687,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "dataplane.endpoint_url",
         "--dataplane-endpoint",
-        _optional(_text),
+        _optional(https_url),
         None,
         "API Gateway management endpoint of the data plane",
     ),
@@ -638,6 +698,65 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "AWS region of the data plane",
         env="AWS_DEFAULT_REGION",
+    ),
+    # live view: the data plane's record command and the local page
+    Option(
+        "live.size",
+        "--live-size",
+        _live_size,
+        "auto",
+        "size of live pictures (MJPEG and MPEG-1): WIDTHxHEIGHT, or auto for the camera's "
+        "resolution halved until it fits 640x480",
+    ),
+    Option(
+        "live.fps",
+        "--live-fps",
+        _int(1, 30),
+        5,
+        "live pictures per second (MJPEG viewers and data-plane streams)",
+    ),
+    Option(
+        "live.bitrate",
+        "--live-bitrate",
+        _int(100_000, 8_000_000),
+        800_000,
+        "bits per second of the MPEG-1 stream to the data plane",
+    ),
+    Option(
+        "live.max_sessions",
+        "--live-max-sessions",
+        _int(1, 4),
+        1,
+        "data-plane live streams at once; one more record command is refused",
+    ),
+    Option(
+        "http.port",
+        "--http-port",
+        _optional(_port),
+        None,
+        "port of the local page and MJPEG stream; off when not set (or 0)",
+    ),
+    Option(
+        "http.bind",
+        "--http-bind",
+        _bind,
+        "0.0.0.0",
+        "address the local page listens on (127.0.0.1: this machine only)",
+    ),
+    Option(
+        "http.password",
+        "--http-password",
+        _optional(_text),
+        None,
+        "password of the local page (HTTP basic auth, any user name); better set in the "
+        "--config file than on the command line",
+    ),
+    Option(
+        "http.max_viewers",
+        "--http-max-viewers",
+        _int(1, 32),
+        4,
+        "MJPEG viewers at once (they share one encoder); one more is answered 503",
     ),
     # events: the files shared with the IoT sidecar
     Option(
@@ -846,6 +965,30 @@ class DataplaneSettings:
 
 
 @dataclass(frozen=True)
+class LiveSettings:
+    size: Resolution | None
+    """Size of live pictures; ``None`` follows the camera (see ``live_size``)."""
+    fps: int
+    """Live pictures per second."""
+    bitrate: int
+    """MPEG-1 bits per second to the data plane."""
+    max_sessions: int
+    """Data-plane streams at once."""
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    port: int | None
+    """Port of the local web server; ``None`` is off."""
+    bind: str
+    """Address it listens on."""
+    password: str | None
+    """Basic-auth password; ``None`` lets anyone who can reach the port in."""
+    max_viewers: int
+    """MJPEG viewers at once."""
+
+
+@dataclass(frozen=True)
 class EventSettings:
     event_input: Path
     event_output: Path
@@ -880,6 +1023,8 @@ class Settings:
     health: HealthSettings
     cloudwatch: CloudWatchSettings
     dataplane: DataplaneSettings
+    live: LiveSettings
+    http: HttpSettings
     events: EventSettings
     daemon: DaemonSettings
     iot: IotSettings
@@ -919,6 +1064,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "health": HealthSettings,
     "cloudwatch": CloudWatchSettings,
     "dataplane": DataplaneSettings,
+    "live": LiveSettings,
+    "http": HttpSettings,
     "events": EventSettings,
     "daemon": DaemonSettings,
     "iot": IotSettings,
@@ -1124,3 +1271,25 @@ def merge(s: Settings, changes: Mapping[str, Any], origin: str) -> tuple[Setting
             if k in changes:
                 values[k] = flatten(s)[k]  # keep the last good value
     return _freeze(values), errors
+
+
+LIVE_MAX = Resolution(640, 480)
+"""What ``live.size = auto`` fits into: enough for a phone, cheap enough for a Pi Zero."""
+
+
+def live_size(live: LiveSettings, camera: Resolution) -> Resolution:
+    """The size of live pictures for a camera of size ``camera``.
+
+    ``auto`` halves the camera's resolution until it fits ``LIVE_MAX`` (so the aspect ratio
+    stays, and scaling is a cheap 2:1); a size larger than the camera's is not upscaled.
+    """
+    if (
+        live.size is not None
+        and live.size.width <= camera.width
+        and live.size.height <= camera.height
+    ):
+        return live.size
+    w, h = camera
+    while w > LIVE_MAX.width or h > LIVE_MAX.height:
+        w, h = w // 2, h // 2
+    return Resolution(max(2, w - w % 2), max(2, h - h % 2))

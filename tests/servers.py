@@ -1,25 +1,30 @@
-"""Local stand-ins for AWS, started and stopped by the tests: an S3 server (moto, real HTTP)
-and an AWS IoT credentials provider (TLS with client-certificate auth, certificates by trustme).
+"""Local stand-ins for AWS, started and stopped by the tests: an S3 server (moto, real HTTP),
+an AWS IoT credentials provider (TLS with client-certificate auth, certificates by trustme) and
+API Gateway's WebSocket management API (TLS, SigV4 signatures checked).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import trustme
 
@@ -215,3 +220,132 @@ def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 10
         assert process.poll() is None, f"exited with {process.returncode}"
         assert time.monotonic() < deadline, f"nothing listens on port {port}"
         threading.Event().wait(0.05)
+
+
+@dataclass
+class Post:
+    """One ``post_to_connection`` as the stand-in received it."""
+
+    connection_id: str
+    body: bytes
+    region: str
+    service: str
+    signed: bool
+    """The SigV4 signature matches the request, recomputed with the expected secret."""
+
+
+def sigv4_check(
+    method: str, path: str, headers: dict[str, str], body: bytes, secret: str
+) -> tuple[bool, str, str]:
+    """(signature valid, region, service) of a SigV4-signed request without a query string,
+    computed here from AWS's published algorithm (not with botocore, which signed it)."""
+    found = re.fullmatch(
+        r"AWS4-HMAC-SHA256 Credential=[^/]+/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+        r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})",
+        headers.get("authorization", ""),
+    )
+    if not found:
+        return False, "", ""
+    date, region, service, signed, signature = found.groups()
+    names = signed.split(";")
+    if "host" not in names or any(n not in headers for n in names):
+        return False, region, service
+    canonical = "\n".join(
+        [
+            method,
+            quote(path, safe="/~"),  # non-S3 services: the path is encoded once more
+            "",
+            "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names),
+            signed,
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
+    to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            headers.get("x-amz-date", ""),
+            f"{date}/{region}/{service}/aws4_request",
+            hashlib.sha256(canonical.encode()).hexdigest(),
+        ]
+    )
+    key = f"AWS4{secret}".encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature), region, service
+
+
+class ApiGateway:
+    """API Gateway's WebSocket management API over TLS: ``POST /{stage}/@connections/{id}``.
+
+    Every request's signature is checked against ``secret`` (what ``CredentialsProvider``
+    hands out). A connection in ``gone`` answers 410 ``GoneException``, as API Gateway does
+    once the viewer left; ``gone_after[id] = n`` makes it go after ``n`` posts.
+    """
+
+    def __init__(self, pki: Pki, stage: str = "prod", secret: str = "secret") -> None:
+        self.posts: list[Post] = []
+        self.gone: set[str] = set()
+        self.gone_after: dict[str, int] = {}
+        self.changed = threading.Condition()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                prefix = f"/{stage}/@connections/"
+                if not self.path.startswith(prefix):
+                    self._answer(404, b'{"message":"Not Found"}')
+                    return
+                cid = unquote(self.path[len(prefix) :])
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                signed, region, service = sigv4_check("POST", self.path, headers, body, secret)
+                with api.changed:
+                    post = Post(cid, body, region, service, signed)
+                    count = sum(1 for p in api.posts if p.connection_id == cid)
+                    gone = cid in api.gone or count >= api.gone_after.get(cid, count + 1)
+                    if not gone:
+                        api.posts.append(post)
+                    api.changed.notify_all()
+                if not signed:
+                    self._answer(403, b'{"message":"Forbidden"}', "ForbiddenException")
+                elif gone:
+                    self._answer(410, b'{"message":null}', "GoneException")
+                else:
+                    self._answer(200, b"")
+
+            def _answer(self, status: int, body: bytes, error: str | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                if error:
+                    self.send_header("x-amzn-ErrorType", error)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        pki.server.configure_cert(ctx)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.endpoint = f"https://127.0.0.1:{self.httpd.server_address[1]}/{stage}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def to(self, connection_id: str) -> list[Post]:
+        with self.changed:
+            return [p for p in self.posts if p.connection_id == connection_id]
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30) -> None:
+        with self.changed:
+            assert self.changed.wait_for(predicate, timeout), f"timed out; {len(self.posts)} posts"
+
+    def __enter__(self) -> ApiGateway:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,6 +1,6 @@
 """Clips play in a real browser: Debian's Chromium, headless, loads a clip over HTTP (with
 Range requests, as any web server serves files), reads its duration and size, and seeks to
-its last frame."""
+its last frame; and the daemon's own local page works in it: live MJPEG and clip playback."""
 
 from __future__ import annotations
 
@@ -124,3 +124,97 @@ def test_a_clip_plays_and_seeks_to_its_end_in_chromium(footage, tmp_path):
     seeked = events[1].split()
     assert seeked[0] == "seeked" and abs(float(seeked[1]) - (clip.duration - 0.2)) < 0.15
     assert seeked[2] == "4"  # HAVE_ENOUGH_DATA: the last frames decoded
+
+
+LIVE_PICTURE = """(async () => {
+  const img = document.getElementById('live');
+  const deadline = Date.now() + 30000;
+  const later = (ms) => new Promise((r) => setTimeout(r, ms));
+  while (img.naturalWidth === 0) {
+    if (Date.now() > deadline) return {error: 'no live picture'};
+    await later(50);
+  }
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const g = canvas.getContext('2d');
+  const grab = () => {
+    g.drawImage(img, 0, 0);
+    return g.getImageData(0, 0, canvas.width, canvas.height).data;
+  };
+  const first = grab();
+  let changed = 0;
+  while (changed < 1000) {
+    if (Date.now() > deadline) return {error: 'the live picture never changed'};
+    await later(100);
+    const now = grab();
+    changed = 0;
+    for (let i = 0; i < now.length; i += 4) if (Math.abs(now[i] - first[i]) > 8) changed++;
+  }
+  return {width: img.naturalWidth, height: img.naturalHeight, changed};
+})()"""
+
+PLAY_CLIP = """(async () => {
+  const v = document.querySelector('video');
+  if (!v) return {error: 'no video element'};
+  v.muted = true;
+  if (v.readyState < 1) {
+    await new Promise((ok, bad) => {
+      v.addEventListener('loadedmetadata', ok, {once: true});
+      v.addEventListener('error', () => bad(new Error('video error ' + (v.error && v.error.code))));
+      v.load();
+    });
+  }
+  const duration = v.duration;
+  await v.play();
+  const start = v.currentTime;
+  const deadline = Date.now() + 30000;
+  while (v.currentTime < start + 1.0) {
+    if (Date.now() > deadline) return {error: 'currentTime did not advance', at: v.currentTime};
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {duration, start, now: v.currentTime, width: v.videoWidth, height: v.videoHeight,
+          src: v.currentSrc};
+})()"""
+
+
+def test_the_local_page_in_chromium(footage, tmp_path):
+    """The daemon's own page in a real browser: the live image shows the camera and changes, a
+    clip from the clip directory plays in the page's <video>, and a screenshot is kept."""
+    from chromium import Chromium
+    from conftest import REPO
+    from test_web import serve, web_settings
+
+    settings = settings_for(
+        tmp_path,
+        **{
+            "source.source": footage.scenario("small_object").path,
+            "source.replay_speed": 0,
+            "recorder.pre_roll": 3,
+            "recorder.post_roll": 4,
+        },
+    )
+    (clip,) = run_daemon(settings).clips
+    artifact = REPO / ".cache" / "artifacts" / "live-page.png"
+    results: dict[str, Any] = {}
+
+    def check(daemon: Any, port: int) -> None:
+        with Chromium(tmp_path / "profile") as browser:
+            page = browser.open(f"http://127.0.0.1:{port}/")
+            results["live"] = browser.evaluate(page, LIVE_PICTURE)
+            results["clip"] = browser.evaluate(page, PLAY_CLIP)
+            browser.evaluate(page, "window.scrollTo(0, 0)")
+            results["shot"] = browser.screenshot(page, artifact)
+
+    serve(web_settings(tmp_path), check)
+    print(f"screenshot of the local page: {results['shot']}")
+    live, played = results["live"], results["clip"]
+    assert "error" not in live, live
+    assert (live["width"], live["height"]) == (640, 480) and live["changed"] >= 1000
+    assert "error" not in played, played
+    assert played["src"].endswith(f"/clips/{clip.path.name}")
+    assert abs(played["duration"] - clip.duration) < 0.1
+    assert played["now"] >= played["start"] + 1.0
+    assert (played["width"], played["height"]) == (640, 480)
+    assert results["shot"].stat().st_size > 10_000
+    assert results["shot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -135,7 +135,7 @@ class FailingCamera:
     def open(self) -> StreamInfo:
         return StreamInfo(640, 480, Fraction(20))
 
-    def start(self, ring: PacketRing, port: AnalysisPort) -> None:
+    def start(self, ring: PacketRing, port: AnalysisPort, live: object = None) -> None:
         def run() -> None:
             for i in range(self.packets):
                 ring.outputframe(b"\x00\x00\x00\x01\x65", keyframe=True, timestamp=i * 50_000)

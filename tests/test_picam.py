@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import io
+import itertools
 import logging
 import sys
 import threading
@@ -26,11 +27,14 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+from conftest import eventually
 
 from pinthesky.camera import picam
 from pinthesky.camera.base import AnalysisPort
 from pinthesky.camera.picam import PicameraSource, camera_present
 from pinthesky.errors import SourceError
+from pinthesky.live import tap as live_tap
+from pinthesky.live.tap import YUV420, LiveTap, Picture
 from pinthesky.media import US, AnalysisFrame, has_parameter_sets, nal_type, split_annexb
 from pinthesky.ring import PacketRing
 from pinthesky.settings import CameraSettings, Resolution, defaults
@@ -244,15 +248,15 @@ class FakePicamera2:
         self._step("start")
         self.started = True
 
-    def start_encoder(self, encoder: Any, output: Any) -> None:
+    def start_encoder(self, encoder: Any, output: Any, name: str | None = None) -> None:
         # What Picamera2.start_encoder does, minus the camera.
         self._step("start_encoder")
         encoder.output = output  # the real Encoder accepts only picamera2 Output objects
-        main = self.camera_config["main"]
-        encoder.name = "main"
-        encoder.width, encoder.height = main["size"]
-        encoder.format = main["format"]
-        encoder.stride = main["stride"]
+        stream = self.camera_config[name or "main"]
+        encoder.name = name or "main"
+        encoder.width, encoder.height = stream["size"]
+        encoder.format = stream["format"]
+        encoder.stride = stream["stride"]
         encoder.start()
         self.encoders.append((encoder, output))
 
@@ -284,11 +288,11 @@ class FakePicamera2:
         metadata = {ts_key: T0_NS + i * FRAME_NS, ControlId("ExposureTime"): 10_000}
         return CompletedRequest(FakeLibcameraRequest(buffers, metadata), self)
 
-    def run_camera(self, frames: int) -> threading.Thread:
+    def run_camera(self, frames: int, first: int = 0) -> threading.Thread:
         """Deliver ``frames`` frames from a thread, as Picamera2.process_requests does."""
 
         def run() -> None:
-            for i in range(frames):
+            for i in range(first, first + frames):
                 request = self.make_request(i)
                 if self.post_callback is not None:
                     self.callback_threads.add(threading.get_ident())
@@ -732,6 +736,156 @@ def test_capture_jpeg_errors(stubs: types.ModuleType) -> None:
     with pytest.raises(SourceError, match=r"^picamera2: still capture failed: TimeoutError$"):
         src.capture_jpeg()
     src.stop()
+
+
+# -- live view ------------------------------------------------------------------------------
+
+
+class RecordingTap(LiveTap):
+    """A live tap that also keeps every picture offered (a feed keeps only the newest)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop, 5)
+        self.pictures: list[Picture] = []
+
+    def offer(self, picture: Picture) -> None:
+        self.pictures.append(picture)
+        super().offer(picture)
+
+
+@pytest.mark.parametrize(
+    ("size", "stream"), [((160, 120), "lores"), ((320, 240), "main"), ((240, 180), "main")]
+)
+def test_live_yuv_comes_from_the_stream_of_the_live_size(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int], stream: str
+) -> None:
+    monkeypatch.setattr(picam, "_hardware_jpeg", lambda: False)
+    src, fake = open_source()  # main 320x240 with 64 bytes of row padding, lores 160x120 with 32
+    src.open()
+
+    async def main() -> list[Picture]:
+        tap = RecordingTap(asyncio.get_running_loop())
+        tap.reset(Resolution(*size), US // FPS)
+        src.start(PacketRing(10 * US), _port_nowhere(), tap)
+        assert tap.native_jpeg is False
+        join(fake.run_camera(8))
+        assert tap.pictures == [], "nothing is copied while nobody watches"
+        feed = tap.subscribe(YUV420)
+        join(fake.run_camera(20, first=8))
+        feed.close()
+        join(fake.run_camera(8, first=28))
+        src.stop()
+        return tap.pictures
+
+    pictures = asyncio.run(main())
+    frame_us = FRAME_NS // 1000
+    # 20 fps camera, 5 fps live: every 4th frame while the feed was open.
+    assert [p.ts for p in pictures] == [T0_US + i * frame_us for i in range(8, 28, 4)]
+    w, h = (160, 120) if stream == "lores" else (320, 240)
+    make_y = lores_y if stream == "lores" else main_y
+    for p in pictures:
+        assert p.kind == YUV420 and (p.width, p.height) == (w, h)
+        assert p.data.shape == (h * 3 // 2, w) and p.data.flags.c_contiguous
+        np.testing.assert_array_equal(p.data[:h], make_y((p.ts - T0_US) // frame_us, w, h))
+        assert (p.data[h:] == 128).all(), "U and V planes, without the stride's padding"
+
+
+def test_hardware_mjpeg_runs_beside_h264_while_someone_watches(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Pi 0-4 the JPEGs come from picamera2's MJPEGEncoder, a second encoder on the
+    stream of the live size, started for the first JPEG consumer and stopped after the last.
+    Here the real LibavMjpegEncoder stands in for the V4L2 one (what picamera2 itself picks
+    where there is no hardware encoder)."""
+    import picamera2.encoders
+    from PIL import Image
+
+    monkeypatch.setattr(picam, "_hardware_jpeg", lambda: True)
+    monkeypatch.setattr(picamera2.encoders, "MJPEGEncoder", picamera2.encoders.LibavMjpegEncoder)
+    src, fake = open_source()
+    src.open()
+    ring = PacketRing(60 * US)
+
+    async def main() -> list[Picture]:
+        tap = RecordingTap(asyncio.get_running_loop())
+        tap.reset(Resolution(320, 240), US // FPS)
+        src.start(ring, _port_nowhere(), tap)
+        assert tap.native_jpeg is True
+        feed = tap.subscribe(live_tap.JPEG)
+        join(fake.run_camera(1))  # the camera thread sees a JPEG consumer: encoder started
+        await asyncio.to_thread(eventually, lambda: len(fake.encoders) == 2, 10, "MJPEG")
+        mjpeg, _ = fake.encoders[1]
+        assert isinstance(mjpeg, picamera2.encoders.LibavMjpegEncoder)
+        assert (mjpeg.name, mjpeg.frame_skip_count) == ("main", 4)
+        join(fake.run_camera(24, first=1))
+        feed.close()
+        join(fake.run_camera(1, first=25))  # nobody left: encoder stopped
+        await asyncio.to_thread(
+            eventually, lambda: fake.calls.count("stop_encoder") == 1, 10, "MJPEG stopped"
+        )
+        join(fake.run_camera(4, first=26))
+        await asyncio.to_thread(src.stop)
+        return tap.pictures
+
+    pictures = asyncio.run(main())
+    assert pictures and all(p.kind == live_tap.JPEG for p in pictures)
+    frame_us = FRAME_NS // 1000
+    steps = {b.ts - a.ts for a, b in itertools.pairwise(pictures)}
+    assert steps == {4 * frame_us}, "one frame in four: the live rate"
+    assert all((p.ts - T0_US) % frame_us == 0 and p.ts < T0_US + 26 * frame_us for p in pictures)
+    for p in (pictures[0], pictures[-1]):
+        with Image.open(io.BytesIO(p.data)) as image:
+            assert image.format == "JPEG" and image.size == (320, 240) == (p.width, p.height)
+    # H.264 went on for every frame: the recording never noticed.
+    packets, _ = ring.read(0)
+    assert len(packets) == 30
+    assert fake.calls.count("stop_encoder") == 2  # the MJPEG one, then H.264 at stop
+
+
+def test_no_hardware_jpeg_for_a_quarter_turn(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hardware encoder cannot turn a JPEG by 90 degrees: our encoder does it then."""
+    monkeypatch.setattr(picam, "_hardware_jpeg", lambda: True)
+    src, _ = open_source(rotation=90)
+
+    async def main() -> bool:
+        tap = LiveTap(asyncio.get_running_loop(), 5)
+        tap.reset(Resolution(320, 240), US // FPS, rotation=src.open().rotation)
+        src.start(PacketRing(10 * US), _port_nowhere(), tap)
+        src.stop()
+        return tap.native_jpeg
+
+    assert asyncio.run(main()) is False
+
+
+def test_a_failing_mjpeg_encoder_falls_back_to_software(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import picamera2.encoders
+
+    def broken() -> Any:
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(picam, "_hardware_jpeg", lambda: True)
+    monkeypatch.setattr(picamera2.encoders, "MJPEGEncoder", broken)
+    src, fake = open_source()
+    src.open()
+
+    async def main() -> LiveTap:
+        tap = LiveTap(asyncio.get_running_loop(), 5)
+        tap.reset(Resolution(320, 240), US // FPS)
+        src.start(PacketRing(10 * US), _port_nowhere(), tap)
+        feed = tap.subscribe(live_tap.JPEG)
+        with caplog.at_level(logging.WARNING, logger="pinthesky.camera.picam"):
+            join(fake.run_camera(1))
+            await asyncio.to_thread(eventually, lambda: not tap.native_jpeg, 10, "fallback")
+        feed.close()
+        src.stop()
+        return tap
+
+    asyncio.run(main())
+    assert "MJPEG encoder failed ([Errno 16] Device or resource busy)" in caplog.text
 
 
 # -- camera_present -------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The small interface every camera source implements, and the bridge into the event loop.
 
-A source produces two things on its own thread(s): encoded H.264 packets, pushed straight into
-the ring buffer (``PacketRing.outputframe``), and small grayscale analysis frames, handed to
-the loop through an ``AnalysisPort`` at the analysis rate.
+A source produces three things on its own thread(s): encoded H.264 packets, pushed straight
+into the ring buffer (``PacketRing.outputframe``), small grayscale analysis frames, handed to
+the loop through an ``AnalysisPort`` at the analysis rate, and, only while someone watches,
+live pictures handed to the ``LiveTap`` at the live rate.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pinthesky.errors import SourceError
 from pinthesky.media import US, AnalysisFrame, StreamInfo
 from pinthesky.ring import PacketRing
+
+if TYPE_CHECKING:
+    from pinthesky.live.tap import LiveTap
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,9 @@ class Camera(Protocol):
         """Configure the device or file; raise ``SourceError`` with a one-line reason."""
         ...
 
-    def start(self, ring: PacketRing, port: AnalysisPort) -> None:
-        """Start producing on the source's own thread(s); returns at once."""
+    def start(self, ring: PacketRing, port: AnalysisPort, live: LiveTap | None = None) -> None:
+        """Start producing on the source's own thread(s); returns at once. Live pictures go
+        to ``live`` while it ``wants`` them."""
         ...
 
     def stop(self) -> None:

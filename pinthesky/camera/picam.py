@@ -9,6 +9,13 @@ goes to picamera2's H.264 encoder (the V4L2 hardware encoder on Pi 0-4, libx264 
 Pi 5), whose packets land in our ``PacketRing``; the small ``lores`` stream (YUV420) is sampled
 in picamera2's ``post_callback`` at the analysis rate and its Y plane goes to the analyzer.
 
+Live view takes pictures from the stream of the live size (``lores`` when it has that size, else
+``main``), only while the ``LiveTap`` wants them: YUV420 copied in the ``post_callback`` at the
+live rate, and, on a Pi 0-4 while someone watches the local page, JPEG from picamera2's hardware
+``MJPEGEncoder`` running as a second encoder on that stream (``frame_skip_count`` brings it down
+to the live rate). On a Pi 5 picamera2's MJPEG is software on the camera thread, so there the
+daemon's own encoder does it on a worker thread instead.
+
 A note on threads:
 
 - ``open``, ``start``, ``stop`` and ``capture_jpeg`` run on the daemon's executor threads.
@@ -18,7 +25,10 @@ A note on threads:
 - ``_RingOutput.outputframe`` runs where the encoder produces packets: on the V4L2 encoder's
   poll thread (Pi 0-4), on the camera thread right after ``_on_request`` (libx264 on Pi 5),
   and, for the packets libx264 still holds when it stops, on the thread calling ``stop``.
-  ``PacketRing`` locks for itself.
+  ``PacketRing`` locks for itself; so does ``LiveTap`` (JPEG pictures arrive the same way).
+- The MJPEG encoder is started and stopped on a short-lived thread of its own (picamera2's
+  camera thread must not wait for it), under ``_stop_lock`` like ``stop``; ``_on_request`` only
+  reads whether it runs and starts that thread.
 
 Timestamps: picamera2's encoders stamp packets relative to their first frame
 (``Encoder._timestamp`` keeps the absolute first one in ``encoder.firsttimestamp``), while the
@@ -40,6 +50,7 @@ import numpy as np
 
 from pinthesky.camera.base import AnalysisPort, open_error
 from pinthesky.errors import SourceError
+from pinthesky.live.tap import JPEG, YUV420, LiveTap, Picture, i420
 from pinthesky.media import AnalysisFrame, StreamInfo
 from pinthesky.ring import PacketRing
 from pinthesky.settings import CameraSettings
@@ -100,6 +111,47 @@ def _default_factory() -> Any:
     return Picamera2()
 
 
+def _hardware_jpeg() -> bool:
+    """Whether picamera2's ``MJPEGEncoder`` is the hardware one here (Pi 0-4, V4L2)."""
+    try:
+        from picamera2.platform import Platform, get_platform
+    except Exception as exc:  # a partial install fails in many ways (see camera_present)
+        log.debug("picamera2 platform unknown: %s", _one_line(exc))
+        return False
+    return bool(get_platform() == Platform.VC4)
+
+
+def _make_jpeg_output(live: LiveTap, encoder: Any, size: tuple[int, int]) -> Any:
+    """A real picamera2 ``Output`` handing the MJPEG encoder's JPEGs to the live tap."""
+    from picamera2.outputs import Output
+
+    errors: set[str] = set()
+
+    class _LiveOutput(Output):  # type: ignore[misc]
+        def outputframe(
+            self,
+            frame: Any,
+            keyframe: bool = True,
+            timestamp: int | None = None,
+            packet: Any = None,
+            audio: bool = False,
+        ) -> None:
+            # Encoder thread (see the note on threads): never raise into picamera2.
+            try:
+                if audio or frame is None:
+                    return
+                first = encoder.firsttimestamp or 0
+                ts = int(first) + int(timestamp or 0)
+                live.offer(Picture(JPEG, bytes(frame), size[0], size[1], ts))
+            except Exception as exc:
+                msg = _one_line(exc)
+                if msg not in errors:
+                    errors.add(msg)
+                    log.warning("picamera2: live JPEG lost: %s", msg)
+
+    return _LiveOutput()
+
+
 def _make_output(ring: PacketRing, encoder: Any) -> Any:
     """A real ``picamera2.outputs.Output`` (encoders accept nothing else) that feeds ``ring``
     with absolute sensor timestamps."""
@@ -157,6 +209,14 @@ class PicameraSource:
         self._encoder_started = False
         self._callback_errors: set[str] = set()
         self._stop_lock = threading.Lock()
+        self._geometry: dict[str, tuple[int, int, int]] = {}
+        """Stream name -> (width, height, stride) as configured."""
+        self._live: LiveTap | None = None
+        self._live_stream = "main"
+        self._live_jpeg = False
+        """Whether live JPEG comes from picamera2's hardware MJPEG encoder."""
+        self._mjpeg: Any = None
+        self._mjpeg_switching = False
 
     # -- executor threads -----------------------------------------------------------------
 
@@ -219,6 +279,10 @@ class PicameraSource:
             width, height = streams["main"]["size"]
             lw, lh = streams["lores"]["size"]
             self._lores_size = (int(lw), int(lh))
+            self._geometry = {
+                name: (int(s["size"][0]), int(s["size"][1]), int(s["stride"]))
+                for name, s in ((n, streams[n]) for n in ("main", "lores"))
+            }
             self._encoder = H264Encoder(
                 bitrate=s.encoding_bitrate,
                 repeat=True,
@@ -235,12 +299,21 @@ class PicameraSource:
             int(width), int(height), Fraction(s.framerate), rotation if rotation in (90, 270) else 0
         )
 
-    def start(self, ring: PacketRing, port: AnalysisPort) -> None:
+    def start(self, ring: PacketRing, port: AnalysisPort, live: LiveTap | None = None) -> None:
         picam2 = self._picam2
         if picam2 is None:
             raise SourceError("picamera2: start() before open()")
         output = _make_output(ring, self._encoder)
         self._port = port
+        if live is not None:
+            size = tuple(live.size)
+            lores = self._geometry.get("lores", (0, 0, 0))[:2]
+            self._live_stream = "lores" if lores == size else "main"
+            at_size = self._geometry.get(self._live_stream, (0, 0, 0))[:2] == size
+            # The hardware cannot turn a JPEG by a quarter: then our encoder makes them.
+            self._live_jpeg = at_size and live.rotation == 0 and _hardware_jpeg()
+            live.native_jpeg = self._live_jpeg
+        self._live = live
         try:
             picam2.post_callback = self._on_request
             picam2.start()
@@ -255,11 +328,15 @@ class PicameraSource:
         with self._stop_lock:
             picam2, self._picam2 = self._picam2, None
             self._port = None
+            self._live = None
             if picam2 is None:
                 return
             encoder_started, self._encoder_started = self._encoder_started, False
             self._camera_started = False
+            mjpeg, self._mjpeg = self._mjpeg, None
             steps: list[tuple[str, Callable[[], Any]]] = []
+            if mjpeg is not None:
+                steps.append(("stop_encoder (MJPEG)", lambda: picam2.stop_encoder(mjpeg)))
             if encoder_started:
                 steps.append(("stop_encoder", lambda: picam2.stop_encoder(self._encoder)))
             steps += [("stop", picam2.stop), ("close", picam2.close)]
@@ -295,14 +372,80 @@ class PicameraSource:
             # Rounded exactly as Encoder._timestamp does, so a packet and the analysis frame
             # of the same picture carry the same microsecond.
             ts = int(ns / 1000)
-            if not port.due(ts):
-                return
-            w, h = self._lores_size
-            i420 = request.make_array("lores")  # (h * 3 // 2, stride), Y plane on top
-            luma = np.array(i420[:h, :w], dtype=np.uint8, copy=True, order="C")
-            port.submit(AnalysisFrame(luma, ts))
+            if port.due(ts):
+                w, h = self._lores_size
+                yuv = request.make_array("lores")  # (h * 3 // 2, stride), Y plane on top
+                luma = np.array(yuv[:h, :w], dtype=np.uint8, copy=True, order="C")
+                port.submit(AnalysisFrame(luma, ts))
         except Exception as exc:
-            msg = f"{type(exc).__name__}: {_one_line(exc)}"
-            if msg not in self._callback_errors:
-                self._callback_errors.add(msg)
-                log.warning("picamera2: analysis frame lost: %s", msg, exc_info=True)
+            self._callback_error("analysis frame lost", exc)
+            return
+        live = self._live
+        if live is not None:
+            try:
+                self._live_request(request, live, ts)
+            except Exception as exc:
+                self._callback_error("live picture lost", exc)
+
+    def _callback_error(self, what: str, exc: Exception) -> None:
+        msg = f"{type(exc).__name__}: {_one_line(exc)}"
+        if msg not in self._callback_errors:
+            self._callback_errors.add(msg)
+            log.warning("picamera2: %s: %s", what, msg, exc_info=True)
+
+    def _live_request(self, request: Any, live: LiveTap, ts: int) -> None:
+        """Live view's share of a frame (camera thread): start or stop the MJPEG encoder as
+        viewers come and go, and copy a YUV420 picture when one is wanted and due."""
+        running = self._mjpeg is not None
+        if self._live_jpeg and live.wants(JPEG) != running and not self._mjpeg_switching:
+            self._mjpeg_switching = True
+            threading.Thread(
+                target=self._switch_mjpeg, args=(live,), name="picamera2-mjpeg", daemon=True
+            ).start()
+        if not (live.wants(YUV420) and live.due(ts)):
+            return
+        from picamera2.request import MappedArray
+
+        w, h, stride = self._geometry[self._live_stream]
+        with MappedArray(request, self._live_stream, write=False) as mapped:
+            # libcamera's YUV420: Y rows of ``stride`` bytes, then U and V rows of half that.
+            flat = mapped.array.reshape(-1)
+            half = stride // 2
+            u0 = stride * h
+            v0 = u0 + half * (h // 2)
+            y = flat[:u0].reshape(h, stride)[:, :w]
+            u = flat[u0:v0].reshape(h // 2, half)[:, : w // 2]
+            v = flat[v0 : v0 + half * (h // 2)].reshape(h // 2, half)[:, : w // 2]
+            picture = i420(y, u, v)  # the one copy, made before the buffer goes back
+        live.offer(Picture(YUV420, picture, w, h, ts))
+
+    def _switch_mjpeg(self, live: LiveTap) -> None:
+        """Start or stop picamera2's MJPEG encoder to match the tap (its own short thread)."""
+        wanted = live.wants(JPEG)
+        try:
+            with self._stop_lock:
+                picam2 = self._picam2
+                if picam2 is None or not self._camera_started:
+                    return
+                if wanted and self._mjpeg is None:
+                    from picamera2.encoders import MJPEGEncoder
+
+                    encoder = MJPEGEncoder()
+                    # picamera2 encodes one frame in frame_skip_count: the live rate, roughly.
+                    encoder.frame_skip_count = max(1, round(self._settings.framerate / live.fps))
+                    w, h, _ = self._geometry[self._live_stream]
+                    output = _make_jpeg_output(live, encoder, (w, h))
+                    picam2.start_encoder(encoder, output, name=self._live_stream)
+                    self._mjpeg = encoder
+                    log.info("picamera2: MJPEG encoder started on the %s stream", self._live_stream)
+                elif not wanted and self._mjpeg is not None:
+                    encoder, self._mjpeg = self._mjpeg, None
+                    picam2.stop_encoder(encoder)
+                    log.info("picamera2: MJPEG encoder stopped")
+        except Exception as exc:
+            # Live view falls back to the daemon's own JPEG encoder; recording goes on.
+            log.warning("picamera2: MJPEG encoder failed (%s): encoding JPEG in software", exc)
+            self._live_jpeg = False
+            live.native_jpeg = False
+        finally:
+            self._mjpeg_switching = False

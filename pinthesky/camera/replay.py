@@ -23,6 +23,7 @@ import numpy as np
 from pinthesky.camera.base import AnalysisPort, open_error
 from pinthesky.camera.x264 import X264Encoder, encode_jpeg
 from pinthesky.errors import SourceError
+from pinthesky.live.tap import YUV420, LiveTap, Picture
 from pinthesky.media import US, AnalysisFrame, Packet, StreamInfo, monotonic_us
 from pinthesky.ring import PacketRing
 from pinthesky.settings import CameraSettings
@@ -68,6 +69,7 @@ class ReplaySource:
         self._thread: threading.Thread | None = None
         self._container: Any = None
         self._last_frame: Any = None
+        self._live: LiveTap | None = None
         self.frames = 0
         self.origin_us: int | None = None
         """Sensor time of the file's first frame: media time t is ``origin_us + t``."""
@@ -136,7 +138,8 @@ class ReplaySource:
             return False
         return True
 
-    def start(self, ring: PacketRing, port: AnalysisPort) -> None:
+    def start(self, ring: PacketRing, port: AnalysisPort, live: LiveTap | None = None) -> None:
+        self._live = live
         self._thread = threading.Thread(
             target=self._run, args=(ring, port), name="replay-camera", daemon=True
         )
@@ -181,6 +184,7 @@ class ReplaySource:
                 for pkt in enc.encode(main, ts):
                     ring.push(pkt)
                 self._analyse(frame, ts, port)
+                self._offer_live(main, ts)
         finally:
             # Even after a damaged tail, what the encoder still holds belongs to the clip.
             for pkt in enc.close():
@@ -212,6 +216,7 @@ class ReplaySource:
                 for frame in frames:
                     self._last_frame = frame
                     self._analyse(frame, ts, port)
+                    self._offer_live(frame, ts)
 
     def _analyse(self, frame: Any, ts: int, port: AnalysisPort) -> None:
         """Count the frame and hand it to the analysis when due (replay thread)."""
@@ -220,6 +225,14 @@ class ReplaySource:
             lw, lh = self._settings.lores
             gray = frame.reformat(width=lw, height=lh, format="gray")
             port.submit(AnalysisFrame(np.array(gray.to_ndarray(), np.uint8), ts))
+
+    def _offer_live(self, frame: Any, ts: int) -> None:
+        """Hand a frame of the main stream to live view while someone watches (replay thread;
+        the live encoder scales it, on its own thread)."""
+        live = self._live
+        if live is not None and live.wants(YUV420) and live.due(ts):
+            yuv = frame if frame.format.name == "yuv420p" else frame.reformat(format="yuv420p")
+            live.offer(Picture(YUV420, yuv.to_ndarray(), frame.width, frame.height, ts))
 
     def stop(self) -> None:
         self._stop.set()

@@ -27,9 +27,10 @@ import numpy.typing as npt
 from pinthesky.camera.base import AnalysisPort
 from pinthesky.camera.x264 import X264Encoder, encode_jpeg
 from pinthesky.errors import SourceError
+from pinthesky.live.tap import YUV420, LiveTap, Picture
 from pinthesky.media import US, AnalysisFrame, Packet, StreamInfo, monotonic_us
 from pinthesky.ring import PacketRing
-from pinthesky.settings import CameraSettings
+from pinthesky.settings import CameraSettings, Resolution
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ class SyntheticSource:
         self._crossing: list[Packet] = []
         self._fps = settings.framerate
         self._t = 0.0
+        # Live pictures draw their noise from a generator of their own, so that watching never
+        # changes the analysis frames (and with them the clips).
+        self._live_rng = np.random.default_rng(seed + 1)
+        self._live_scene: tuple[Resolution, Scene, npt.NDArray[np.int16]] | None = None
+        self._live_noise: npt.NDArray[np.int16] | None = None
 
     def open(self) -> StreamInfo:
         s = self._settings
@@ -157,13 +163,13 @@ class SyntheticSource:
     ) -> npt.NDArray[np.uint8]:
         return _noisy(img, noise, self._rng)
 
-    def start(self, ring: PacketRing, port: AnalysisPort) -> None:
+    def start(self, ring: PacketRing, port: AnalysisPort, live: LiveTap | None = None) -> None:
         self._thread = threading.Thread(
-            target=self._run, args=(ring, port), name="synthetic-camera", daemon=True
+            target=self._run, args=(ring, port, live), name="synthetic-camera", daemon=True
         )
         self._thread.start()
 
-    def _run(self, ring: PacketRing, port: AnalysisPort) -> None:
+    def _run(self, ring: PacketRing, port: AnalysisPort, live: LiveTap | None) -> None:
         # Runs on the synthetic camera thread: it plays the part of the sensor and encoder.
         try:
             origin = monotonic_us()
@@ -186,10 +192,29 @@ class SyntheticSource:
                 if port.due(ts):
                     luma = self._noisy(self._lores.render(self._lores_bg, self._t), self._noise)
                     port.submit(AnalysisFrame(luma, ts))
+                if live is not None and live.wants(YUV420) and live.due(ts):
+                    live.offer(self._live_picture(live.size, ts))
                 i += 1
         except Exception as exc:  # the daemon restarts or exits; never die silently
             log.exception("synthetic camera failed")
             port.failed(exc)
+
+    def _live_picture(self, size: Resolution, ts: int) -> Picture:
+        """The scene now, rendered at the live size with its noise (synthetic thread)."""
+        if self._live_scene is None or self._live_scene[0] != size:
+            scene = Scene(*size)
+            self._live_scene = (size, scene, scene.background())
+            self._live_noise = self._live_rng.normal(
+                0, NOISE_SIGMA, (size.height + 16, size.width + 16)
+            ).astype(np.int16)
+        _, scene, background = self._live_scene
+        assert self._live_noise is not None
+        luma = _noisy(scene.render(background, self._t), self._live_noise, self._live_rng)
+        w, h = size
+        yuv = np.empty((h * 3 // 2, w), np.uint8)
+        yuv[:h] = luma
+        yuv[h:] = 128  # no colour in the synthetic room
+        return Picture(YUV420, yuv, w, h, ts)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,102 @@
+"""The local page: the live picture, the last clips with playback and download, health.
+
+One small HTML document with its style inline and no script: nothing is fetched from anywhere
+but this camera, so the page works on a network without Internet access. Every value shown is
+escaped; clip links carry names taken from the clip directory's listing, URL-quoted.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+STYLE = """
+body{font:15px/1.4 system-ui,sans-serif;margin:0;background:#15181c;color:#e8e8e8}
+header,main{max-width:1000px;margin:0 auto;padding:12px 16px}
+h1{font-size:20px;margin:0}h2{font-size:16px;margin:18px 0 8px}
+#live{width:100%;height:auto;background:#000;border-radius:6px;display:block}
+.clips{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
+.clip{background:#20242a;border-radius:6px;padding:8px}
+.clip video{width:100%;border-radius:4px;background:#000}
+a{color:#7cb7ff}dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px}
+dt{color:#9aa3ad}dd{margin:0}
+"""
+
+
+@dataclass(frozen=True)
+class ClipEntry:
+    name: str
+    start_epoch: int
+    size: int
+
+    @property
+    def playable(self) -> bool:
+        """Browsers play MP4; raw H.264 can only be downloaded."""
+        return self.name.endswith(".mp4")
+
+
+def _when(epoch: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return (
+        f"{s // 86400}d {s // 3600 % 24}h {s // 60 % 60}m"
+        if s >= 86400
+        else (f"{s // 3600}h {s // 60 % 60}m {s % 60}s")
+    )
+
+
+def _health_rows(h: dict[str, Any]) -> list[tuple[str, str]]:
+    mb = 1024  # /proc/meminfo figures are kB
+    return [
+        ("version", str(h.get("version", ""))),
+        ("recording", "yes" if h.get("recording_status") else "no"),
+        ("clips since start", str(h.get("motion_captured", 0))),
+        ("up", _duration(float(h.get("up_time", 0)))),
+        ("CPU used", f"{h.get('cpu_used', 0)} %"),
+        ("memory available", f"{int(h.get('mem_avail', 0)) // mb} MB"),
+        ("disk free", f"{int(h.get('disk_free', 0)) / 1e9:.1f} GB"),
+        ("address", str(h.get("ip_addr") or "")),
+    ]
+
+
+def render(
+    title: str,
+    clips: list[ClipEntry],
+    health: dict[str, Any],
+    live_size: tuple[int, int],
+) -> bytes:
+    """The page, newest clip first."""
+    e = html.escape
+    w, h = live_size
+    items = []
+    for clip in clips:
+        url = "clips/" + quote(clip.name)
+        player = (
+            f'<video controls muted playsinline preload="metadata" src="{e(url)}"></video>'
+            if clip.playable
+            else ""
+        )
+        items.append(
+            f'<div class="clip">{player}<div>{e(_when(clip.start_epoch))} · '
+            f"{clip.size / 1e6:.1f} MB · "
+            f'<a href="{e(url)}?download=1" download="{e(clip.name)}">download</a></div></div>'
+        )
+    rows = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _health_rows(health))
+    clip_list = f'<div class="clips">{"".join(items)}</div>' if items else "<p>No clip yet.</p>"
+    doc = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        f"<title>{e(title)}</title><style>{STYLE}</style></head><body>"
+        f"<header><h1>{e(title)}</h1></header><main>"
+        f'<img id="live" src="stream.mjpg" width="{w}" height="{h}" alt="live view">'
+        f"<h2>Last clips</h2>{clip_list}"
+        f"<h2>Health</h2><dl>{rows}</dl>"
+        "</main></body></html>"
+    )
+    return doc.encode()
