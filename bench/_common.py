@@ -7,6 +7,7 @@ Every benchmark prints its figures as ``key=value`` lines (one per line, so ``gr
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -237,3 +238,39 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass(frozen=True)
+class Window:
+    """How a side-by-side bench measures: warm-up and window in seconds, rounds, --strict."""
+
+    warmup: float
+    seconds: float
+    rounds: int
+    strict: bool
+
+
+def window_args(
+    description: str,
+    argv: Sequence[str] | None,
+    warmup: float,
+    rounds: int,
+    quick: tuple[float, float, int],
+) -> Window:
+    """The command line of a side-by-side bench (``--quick`` for a short look)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--warmup", type=float, default=warmup, help=f"seconds (default {warmup:g})"
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="window (default 60)")
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"side-by-side runs ({rounds})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="--warmup {:g} --seconds {:g} --rounds {}".format(*quick),
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 on FAIL")
+    args = parser.parse_args(argv)
+    if args.quick:
+        return Window(*quick, args.strict)
+    return Window(args.warmup, max(1.0, args.seconds), args.rounds, args.strict)

@@ -28,7 +28,6 @@ could not be measured.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -38,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, report
+from _common import REPO, Check, report, window_args
 from daemon import measure
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -69,14 +68,8 @@ def records_in(endpoint: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--warmup", type=float, default=60.0, help="seconds (default 60)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="window (default 60)")
-    parser.add_argument("--rounds", type=int, default=3, help="side-by-side runs (default 3)")
-    parser.add_argument("--quick", action="store_true", help="--warmup 20 --seconds 20")
-    parser.add_argument("--strict", action="store_true", help="exit 1 on FAIL")
-    args = parser.parse_args(argv)
-    warmup, seconds = (20.0, 20.0) if args.quick else (args.warmup, max(1.0, args.seconds))
+    window = window_args(__doc__.split("\n\n")[0], argv, 60.0, 3, quick=(20.0, 20.0, 3))
+    warmup, seconds = window.warmup, window.seconds
 
     rounds: list[dict[str, dict[str, Any]]] = []
     with moto_server() as endpoint:
@@ -96,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--thing-name",
             "bench-cam",
         ]
-        for n in range(args.rounds):
-            print(f"# round {n + 1} of {args.rounds}: CloudWatch off and on, side by side")
+        for n in range(window.rounds):
+            print(f"# round {n + 1} of {window.rounds}: CloudWatch off and on, side by side")
             runs: dict[str, dict[str, Any]] = {}
             errors: list[str] = []
 
@@ -152,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Check("cpu_ratio", "CPU with CloudWatch on / off", ratio, LIMIT_RATIO, "x"),
     ]
     passed = report(NAME, figures, checks)
-    return 1 if args.strict and not passed else 0
+    return 1 if window.strict and not passed else 0
 
 
 if __name__ == "__main__":

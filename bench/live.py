@@ -40,7 +40,6 @@ requirements pass or fail (``--strict`` exits 1 on FAIL); 2 if a run could not b
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import json
@@ -55,7 +54,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, DaemonProcess, report
+from _common import REPO, Check, DaemonProcess, report, window_args
 from daemon import measure
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -335,16 +334,8 @@ def encoder_costs(pictures: int = 100) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--warmup", type=float, default=30.0, help="seconds (default 30)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="window (default 60)")
-    parser.add_argument("--rounds", type=int, default=2, help="side-by-side runs (default 2)")
-    parser.add_argument("--quick", action="store_true", help="--warmup 15 --seconds 20 --rounds 1")
-    parser.add_argument("--strict", action="store_true", help="exit 1 on FAIL")
-    args = parser.parse_args(argv)
-    warmup, seconds, rounds = (
-        (15.0, 20.0, 1) if args.quick else (args.warmup, max(1.0, args.seconds), args.rounds)
-    )
+    window = window_args(__doc__.split("\n\n")[0], argv, 30.0, 2, quick=(15.0, 20.0, 1))
+    warmup, seconds, rounds = window.warmup, window.seconds, window.rounds
     scratch = Path(tempfile.mkdtemp(prefix="pinthesky-bench-live-"))
     try:
         with Cloud(scratch) as cloud:
@@ -421,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     ]
     passed = report(NAME, figures, checks)
-    return 1 if args.strict and not passed else 0
+    return 1 if window.strict and not passed else 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-FLAGS = (
+HEADLESS = (
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -28,9 +28,10 @@ FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    "--remote-debugging-pipe",
 )
+"""Headless on a machine with no network but loopback (without the last four, Chromium
+keeps trying to reach Google's hosts)."""
+FLAGS = (*HEADLESS, "--autoplay-policy=no-user-gesture-required", "--remote-debugging-pipe")
 
 
 class Chromium:

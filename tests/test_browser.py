@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from chromium import HEADLESS
 from conftest import run_daemon, settings_for
 
 PAGE = """<!doctype html><html><body>
@@ -67,9 +68,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             left -= len(chunk)
 
 
-def test_a_clip_plays_and_seeks_to_its_end_in_chromium(footage, tmp_path):
-    chromium = shutil.which("chromium")
-    assert chromium, "make test installs Debian's chromium"
+def one_clip(footage: Any, tmp_path: Path) -> Any:
+    """The clip the daemon records of the small-object footage (replayed at full speed)."""
     settings = settings_for(
         tmp_path,
         **{
@@ -80,6 +80,13 @@ def test_a_clip_plays_and_seeks_to_its_end_in_chromium(footage, tmp_path):
         },
     )
     (clip,) = run_daemon(settings).clips
+    return clip
+
+
+def test_a_clip_plays_and_seeks_to_its_end_in_chromium(footage, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "make test installs Debian's chromium"
+    clip = one_clip(footage, tmp_path)
     site = tmp_path / "site"
     site.mkdir()
     shutil.copy(clip.path, site / "clip.mp4")
@@ -95,14 +102,7 @@ def test_a_clip_plays_and_seeks_to_its_end_in_chromium(footage, tmp_path):
         dom = subprocess.run(
             [
                 chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *HEADLESS,
                 f"--user-data-dir={tmp_path / 'profile'}",
                 "--virtual-time-budget=10000",
                 "--dump-dom",
@@ -185,16 +185,7 @@ def test_the_local_page_in_chromium(footage, tmp_path):
     from conftest import REPO
     from test_web import serve, web_settings
 
-    settings = settings_for(
-        tmp_path,
-        **{
-            "source.source": footage.scenario("small_object").path,
-            "source.replay_speed": 0,
-            "recorder.pre_roll": 3,
-            "recorder.post_roll": 4,
-        },
-    )
-    (clip,) = run_daemon(settings).clips
+    clip = one_clip(footage, tmp_path)
     artifact = REPO / ".cache" / "artifacts" / "live-page.png"
     results: dict[str, Any] = {}
 

@@ -121,13 +121,18 @@ def _hardware_jpeg() -> bool:
     return bool(get_platform() == Platform.VC4)
 
 
-def _make_jpeg_output(live: LiveTap, encoder: Any, size: tuple[int, int]) -> Any:
-    """A real picamera2 ``Output`` handing the MJPEG encoder's JPEGs to the live tap."""
+def _make_output(
+    what: str, handle: Callable[[Any, bool, int | None, Any], None], detail: bool = False
+) -> Any:
+    """A real ``picamera2.outputs.Output`` (encoders accept nothing else) that passes each
+    video frame to ``handle(frame, keyframe, timestamp, packet)``. It runs on the encoder
+    thread (see the note on threads), so nothing may escape into picamera2: each distinct
+    failure is logged once as "``what`` lost"."""
     from picamera2.outputs import Output
 
     errors: set[str] = set()
 
-    class _LiveOutput(Output):  # type: ignore[misc]
+    class _Output(Output):  # type: ignore[misc]
         def outputframe(
             self,
             frame: Any,
@@ -136,61 +141,46 @@ def _make_jpeg_output(live: LiveTap, encoder: Any, size: tuple[int, int]) -> Any
             packet: Any = None,
             audio: bool = False,
         ) -> None:
-            # Encoder thread (see the note on threads): never raise into picamera2.
             try:
-                if audio or frame is None:
-                    return
-                first = encoder.firsttimestamp or 0
-                ts = int(first) + int(timestamp or 0)
-                live.offer(Picture(JPEG, bytes(frame), size[0], size[1], ts))
+                if not audio:
+                    handle(frame, keyframe, timestamp, packet)
             except Exception as exc:
                 msg = _one_line(exc)
                 if msg not in errors:
                     errors.add(msg)
-                    log.warning("picamera2: live JPEG lost: %s", msg)
+                    log.warning("picamera2: %s lost: %s", what, msg, exc_info=detail)
 
-    return _LiveOutput()
+    return _Output()
 
 
-def _make_output(ring: PacketRing, encoder: Any) -> Any:
-    """A real ``picamera2.outputs.Output`` (encoders accept nothing else) that feeds ``ring``
-    with absolute sensor timestamps."""
-    from picamera2.outputs import Output
+def _ring_output(ring: PacketRing, encoder: Any) -> Any:
+    """Feeds ``ring`` with absolute sensor timestamps."""
 
-    errors: set[str] = set()
+    def handle(frame: Any, keyframe: bool, timestamp: int | None, packet: Any) -> None:
+        if timestamp is not None:
+            first = encoder.firsttimestamp
+            if first is None:
+                _log_once(
+                    logging.WARNING,
+                    "no-first-ts",
+                    "picamera2: packet before the encoder's first frame dropped",
+                )
+                return
+            timestamp = int(first) + int(timestamp)
+        ring.outputframe(frame, keyframe, timestamp, packet, False)
 
-    class _RingOutput(Output):  # type: ignore[misc]
-        def outputframe(
-            self,
-            frame: Any,
-            keyframe: bool = True,
-            timestamp: int | None = None,
-            packet: Any = None,
-            audio: bool = False,
-        ) -> None:
-            # Encoder thread (see the note on threads): never let an exception escape into
-            # picamera2's threads.
-            try:
-                if audio:
-                    return
-                if timestamp is not None:
-                    first = encoder.firsttimestamp
-                    if first is None:
-                        _log_once(
-                            logging.WARNING,
-                            "no-first-ts",
-                            "picamera2: packet before the encoder's first frame dropped",
-                        )
-                        return
-                    timestamp = int(first) + int(timestamp)
-                ring.outputframe(frame, keyframe, timestamp, packet, audio)
-            except Exception as exc:
-                msg = _one_line(exc)
-                if msg not in errors:
-                    errors.add(msg)
-                    log.warning("picamera2: packet lost: %s", msg, exc_info=True)
+    return _make_output("packet", handle, detail=True)
 
-    return _RingOutput()
+
+def _jpeg_output(live: LiveTap, encoder: Any, size: tuple[int, int]) -> Any:
+    """Hands the MJPEG encoder's JPEGs to the live tap."""
+
+    def handle(frame: Any, keyframe: bool, timestamp: int | None, packet: Any) -> None:
+        if frame is not None:
+            ts = int(encoder.firsttimestamp or 0) + int(timestamp or 0)
+            live.offer(Picture(JPEG, bytes(frame), size[0], size[1], ts))
+
+    return _make_output("live JPEG", handle)
 
 
 class PicameraSource:
@@ -303,7 +293,7 @@ class PicameraSource:
         picam2 = self._picam2
         if picam2 is None:
             raise SourceError("picamera2: start() before open()")
-        output = _make_output(ring, self._encoder)
+        output = _ring_output(ring, self._encoder)
         self._port = port
         if live is not None:
             size = tuple(live.size)
@@ -434,7 +424,7 @@ class PicameraSource:
                     # picamera2 encodes one frame in frame_skip_count: the live rate, roughly.
                     encoder.frame_skip_count = max(1, round(self._settings.framerate / live.fps))
                     w, h, _ = self._geometry[self._live_stream]
-                    output = _make_jpeg_output(live, encoder, (w, h))
+                    output = _jpeg_output(live, encoder, (w, h))
                     picam2.start_encoder(encoder, output, name=self._live_stream)
                     self._mjpeg = encoder
                     log.info("picamera2: MJPEG encoder started on the %s stream", self._live_stream)
