@@ -589,12 +589,11 @@ def install(host: Host, args: dict[str, Any]) -> dict[str, Any]:
         _virtualenv(host, wheel, owner)
     emit(step="certificates, settings, the four files")
     write_file(host.path(CERT), args["certificate"].encode(), 0o644, owner)
-    ca = Path(args["ca_file"]) if args.get("ca_file") else Path(SYSTEM_CA)
     try:
-        ca_pem = args.get("ca_pem") or ca.read_text()
+        ca_pem = args.get("ca_pem") or Path(SYSTEM_CA).read_text()
     except OSError as exc:
         raise Refusal(
-            f"{ca}: {exc.strerror}; install the ca-certificates package or pass --ca-cert"
+            f"{SYSTEM_CA}: {exc.strerror}; install the ca-certificates package or pass --ca-cert"
         ) from None
     write_file(host.path(CA), ca_pem.encode(), 0o644, owner)
     _config(host, args)

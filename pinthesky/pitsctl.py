@@ -172,6 +172,12 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
                 f"{ns.host} is already installed with {what} {have}: run the same command "
                 f"with --{what} {have}, or `pitsctl remove --host {ns.host} --cloud` first"
             )
+    ca_pem = None
+    if ns.ca_cert:
+        try:
+            ca_pem = Path(ns.ca_cert).read_text()
+        except OSError as exc:
+            raise PintheskyError(f"--ca-cert {ns.ca_cert}: {exc.strerror}") from None
     thing = ns.thing or before.get("thing") or _default_thing(pi["hostname"])
     if not THING_NAME.fullmatch(thing):
         raise PintheskyError(f"--thing {thing!r}: use 1-128 of A-Z a-z 0-9 : _ -")
@@ -204,7 +210,7 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
         "wheel_name": wheel_name,
         "wheel": base64.b64encode(wheel).decode(),
         "units": unit_texts(),
-        "ca_pem": Path(ns.ca_cert).read_text() if ns.ca_cert else None,
+        "ca_pem": ca_pem,
     }
     installed = remote.call("install", args, progress.on_event)
     progress.step("waiting for the camera's health report")

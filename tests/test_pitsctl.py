@@ -283,3 +283,37 @@ def test_the_wheel_pitsctl_ships_holds_this_version_and_the_units() -> None:
         assert "pitsctl = pinthesky.pitsctl:main" in entry
     assert not any(n.endswith(".pyc") for n in names)
     assert os.path.basename(name) == name
+
+
+def test_view_says_what_is_installed_in_a_few_lines() -> None:
+    pi = {
+        "model": "Raspberry Pi Zero 2 W Rev 1.0",
+        "os": "Raspbian GNU/Linux 12 (bookworm)",
+        "python": "3.11.2",
+        "installed": {"thing": "cam-a", "region": REGION, "bucket": "cams", "log_group": None},
+        "version": __version__,
+        "services": {"pinthesky": "active", "pinthesky-iot": "failed"},
+        "health": {
+            "age_s": 12,
+            "recording_status": True,
+            "motion_captured": 3,
+            "up_time": 3600,
+            "cpu_used": 4.2,
+            "mem_avail": 307200,
+            "disk_free": 20 * 2**30,
+            "upload_queue": {"clips": 2, "bytes": 41_000_000, "uploading": True},
+        },
+    }
+    cloud = {"thing": True, "bucket": True, "role": "access denied", "certificates": ["arn"]}
+    text = pitsctl._describe("pi@cam", pi, cloud)
+    assert text.splitlines() == [
+        "pi@cam: Raspberry Pi Zero 2 W Rev 1.0, Raspbian GNU/Linux 12 (bookworm), Python 3.11.2",
+        f"installed: pinthesky {__version__}, thing cam-a, region {REGION}, bucket cams",
+        "services: pinthesky active, pinthesky-iot failed",
+        "health (12 s ago): recording True, 3 clips since start, up 3600 s, CPU 4.2 %, "
+        "memory available 300 MB, disk free 20480 MB",
+        "upload queue: 2 files, 41.0 MB waiting",
+        "cloud: thing yes, bucket yes, role access denied, certificates 1",
+    ]
+    pi["installed"] = None
+    assert pitsctl._describe("pi@cam", pi, {}).splitlines()[-1] == "pinthesky is not installed"
