@@ -9,6 +9,7 @@ what to do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import subprocess
@@ -106,11 +107,9 @@ class Remote:
         errors: list[str] = []
         drain = threading.Thread(target=lambda: errors.extend(child.stderr or []), daemon=True)
         drain.start()
-        try:
+        with contextlib.suppress(BrokenPipeError):  # the connection failed: ssh says why
             child.stdin.write(json.dumps(request) + "\n")
             child.stdin.close()
-        except BrokenPipeError:
-            pass  # the connection failed: ssh says why on stderr
         answer: dict[str, Any] = {}
         for line in child.stdout:
             try:
