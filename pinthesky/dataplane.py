@@ -2,7 +2,7 @@
 device's AWS IoT credentials.
 
 What goes on the wire is what pits-device 0.9.1 sent: a live stream posts the 8-byte ``jsmp``
-header as it is, then the MPEG-1 stream in chunks of at most 32768 bytes, each base64-encoded
+header, then the MPEG-1 stream in chunks of at most 32768 bytes, every post base64-encoded
 (API Gateway delivers the console a text message; the console decodes it); replies and
 ``record_end`` are the JSON ``{"invoke": <event>}``. Live streams go through
 ``dataplane.endpoint_url``, replies and ``record_end`` through the command's

@@ -134,8 +134,9 @@ class LiveSession:
             endpoint, region = self.target
             client = await post_thread.run(partial(self.dataplane.client, endpoint, region))
             cid = self.connection.id
-            # The header goes as it is (pits-device 0.9.1 did so): jsmpeg reads it first.
-            await post_thread.run(partial(post, client, cid, header(*self.size)))
+            # jsmpeg reads the header first; base64 like every post (as pits-device 0.9.1).
+            body = base64.b64encode(header(*self.size))
+            await post_thread.run(partial(post, client, cid, body))
             feed = self.tap.subscribe(YUV420)
             w, h = self.size
             encoder = await encoder_thread.run(
