@@ -189,8 +189,8 @@ class WebServer:
         self._clients.add(task)
         try:
             await self._exchange(reader, writer)
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass  # the client went away or stalled: nothing to answer
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.debug("http: a client went away or stalled (%s): nothing to answer", exc)
         except asyncio.LimitOverrunError:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await self._error(writer, 400, "request header too large")

@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from pinthesky.camera.base import RateGate
 from pinthesky.media import US
 from pinthesky.settings import Resolution
 
@@ -118,7 +119,7 @@ class LiveTap:
         (the clips carry it as a display rotation; live pictures are turned by the encoders)."""
         self._lock = threading.Lock()
         self._feeds: dict[str, tuple[Feed, ...]] = {kind: () for kind in KINDS}
-        self._gate = _Gate(fps, US // 20)
+        self._gate = RateGate(fps, US // 20)
         self.offered = 0
 
     def reset(self, size: Resolution, frame_period_us: int, rotation: int = 0) -> None:
@@ -127,7 +128,7 @@ class LiveTap:
         self.size = size
         self.rotation = rotation
         self.native_jpeg = False
-        self._gate = _Gate(self.fps, frame_period_us)
+        self._gate = RateGate(self.fps, frame_period_us)
 
     @property
     def view_size(self) -> Resolution:
@@ -169,25 +170,6 @@ class LiveTap:
         self.offered += 1
         for feed in self._feeds[picture.kind]:
             feed.put(picture)
-
-
-class _Gate:
-    """Picks frames at the live rate from a camera's frames, whatever its rate (source thread).
-
-    Half a frame of slack, as in ``camera.base.RateGate``: a 20 fps camera gives a 5 fps live
-    stream of every 4th frame even with sensor jitter.
-    """
-
-    def __init__(self, fps: int, frame_period_us: int) -> None:
-        self._interval = US // fps
-        self._slack = frame_period_us // 2
-        self._next: int | None = None
-
-    def due(self, ts: int) -> bool:
-        if self._next is not None and ts < self._next - self._slack:
-            return False
-        self._next = ts + self._interval
-        return True
 
 
 def turn(picture: Picture, rotation: int) -> Picture:
