@@ -381,10 +381,14 @@ class RtspServer:
             self._server.close()
         for sid in list(self.sessions):
             self._end_session(sid)
-        for task in list(self._connections):
-            task.cancel()
+        # Closing the sockets ends each connection's task through its reader (cancelling the
+        # tasks instead makes asyncio's stream callback log the cancellation as an error).
+        for conn in self._connections.values():
+            conn.writer.transport.abort()
         if self._connections:
             await asyncio.wait(set(self._connections), timeout=2)
+        for task in list(self._connections):
+            task.cancel()
         if self._pump_task is not None:
             self._pump_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
