@@ -32,6 +32,7 @@ FAIL); 2 if a run could not be measured.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import struct
@@ -180,10 +181,14 @@ def write_packets(path: Path) -> int:
 
 def serve_ours(path: str, port: int) -> None:
     """A PacketRing fed at FPS by a thread, as a camera feeds it, served by RtspServer."""
-    from pinthesky.live.rtsp import RtspServer
+    # What the daemon holds anyway (the ring, the settings, asyncio) comes first: the growth
+    # from there is what RTSP adds to it.
     from pinthesky.media import US, Packet, monotonic_us
     from pinthesky.ring import PacketRing
     from pinthesky.settings import RtspSettings
+
+    baseline = memory(os.getpid())["VmRSS"]
+    from pinthesky.live.rtsp import RtspServer
 
     data = Path(path).read_bytes()
     packets: list[tuple[bytes, bool]] = []
@@ -208,7 +213,7 @@ def serve_ours(path: str, port: int) -> None:
         )
         await server.start()
         threading.Thread(target=feed, daemon=True).start()
-        print("listening", flush=True)
+        print(f"listening {baseline:.2f}", flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -243,7 +248,8 @@ def measure_server(argv: list[str], clients: int, warmup: float, seconds: float)
     group: list[Client] = []
     try:
         assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "listening":
+        word, _, baseline = proc.stdout.readline().strip().partition(" ")
+        if word != "listening":
             raise RuntimeError(f"{argv} did not start")
         group = [Client(f"rtsp://127.0.0.1:{port}/live", "tcp") for _ in range(clients)]
         time.sleep(warmup)
@@ -263,7 +269,8 @@ def measure_server(argv: list[str], clients: int, warmup: float, seconds: float)
         raise RuntimeError(f"{argv[:2]}: a client got too few pictures ({packets})")
     return {
         "cpu_percent": (c1 - c0) / (w1 - w0) * 100,
-        "rss_mb": max(rss) / 1024,
+        "rss_mb": max(rss),
+        "added_rss_mb": max(rss) - float(baseline),
         "client_packets": packets,
     }
 
@@ -298,8 +305,13 @@ def library_comparison(warmup: float, seconds: float, scratch: Path) -> dict[str
     for name in servers:
         out[f"{name}_rss_mb_no_client"] = results[f"{name}_0"]["rss_mb"]
         out[f"{name}_rss_mb_one_client"] = results[f"{name}_1"]["rss_mb"]
+        out[f"{name}_added_rss_mb_no_client"] = results[f"{name}_0"]["added_rss_mb"]
+        out[f"{name}_added_rss_mb_one_client"] = results[f"{name}_1"]["added_rss_mb"]
         out[f"{name}_cpu_percent_no_client"] = results[f"{name}_0"]["cpu_percent"]
         out[f"{name}_cpu_percent_one_client"] = results[f"{name}_1"]["cpu_percent"]
+        out[f"{name}_client_cpu_percent"] = (
+            results[f"{name}_1"]["cpu_percent"] - results[f"{name}_0"]["cpu_percent"]
+        )
     if why_not is not None:
         out["gstreamer"] = f"not measured: {why_not}"
     return out

@@ -15,12 +15,8 @@ import struct
 import sys
 import threading
 import time
-
-import gi
-
-gi.require_version("Gst", "1.0")
-gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from pathlib import Path
+from typing import Any
 
 PIPELINE = (
     "( appsrc name=src is-live=true format=time do-timestamp=true "
@@ -41,9 +37,24 @@ def read_packets(path: str) -> list[tuple[bytes, bool]]:
     return out
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    return 0.0
+
+
 def main() -> None:
     path, port, fps = sys.argv[1], sys.argv[2], float(sys.argv[3])
     packets = read_packets(path)
+    # What the process holds before GStreamer: bench/rtsp.py reports the growth from here.
+    baseline = rss_mb()
+    import gi
+
+    gi.require_version("Gst", "1.0")
+    gi.require_version("GstRtspServer", "1.0")
+    from gi.repository import GLib, Gst, GstRtspServer
+
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
@@ -51,10 +62,10 @@ def main() -> None:
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(PIPELINE)
     factory.set_shared(True)
-    sources: list[Gst.Element] = []
+    sources: list[Any] = []
     lock = threading.Lock()
 
-    def configured(_factory: object, media: GstRtspServer.RTSPMedia) -> None:
+    def configured(_factory: object, media: Any) -> None:
         src = media.get_element().get_by_name_recurse_up("src")
         with lock:
             sources.append(src)
@@ -85,7 +96,7 @@ def main() -> None:
             time.sleep(max(0.0, start + n * period - time.monotonic()))
 
     threading.Thread(target=feed, daemon=True).start()
-    print("listening", flush=True)
+    print(f"listening {baseline:.2f}", flush=True)
     GLib.MainLoop().run()
 
 

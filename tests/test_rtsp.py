@@ -685,6 +685,11 @@ def test_fu_a_fragments_rebuild_each_nal_unit_and_the_marker_ends_the_picture():
         assert payload[1] & 0x1F == 5
         rebuilt += payload[2:]
     assert bytes([0x65]) + rebuilt == idr
+    # Over the RTSP connection: the same packets, each behind its $-channel-length prefix.
+    again = RtpStream(ssrc=0x1234, first_seq=65534, ts_offset=1000)
+    (interleaved,) = again.packetize(unit, 2 * US, channel=6)
+    assert interleaved == b"".join(struct.pack(">cBH", b"$", 6, len(p)) + p for p in packets)
+    assert (again.seq, again.packets, again.octets) == (stream.seq, stream.packets, stream.octets)
     report = stream.sender_report(2 * US + US // 10)
     assert report is not None and len(report) == 28 and report[1] == 200
     assert struct.unpack(">I", report[16:20])[0] == (2 * 90_000 + 9_000 + 1000)

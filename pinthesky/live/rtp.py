@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
-from collections.abc import Iterator
+from typing import Any
 
 from pinthesky.media import nal_type, split_annexb
 
@@ -23,6 +23,8 @@ MAX_PAYLOAD = 1400
 NTP_EPOCH_OFFSET = 2_208_988_800
 """Seconds from 1900 (NTP) to 1970 (Unix)."""
 _AUD = 9  # access unit delimiter: carries nothing a client needs
+_RTP_HEADER = struct.Struct(">BBHII")
+_INTERLEAVED = struct.Struct(">BBH")  # b"$", channel, length
 
 
 def parameter_sets(data: bytes) -> tuple[bytes, bytes] | None:
@@ -78,36 +80,53 @@ class RtpStream:
     def rtp_time(self, sensor_us: int) -> int:
         return (sensor_us * 9 // 100 + self.ts_offset) & 0xFFFFFFFF
 
-    def packetize(self, access_unit: bytes, sensor_us: int) -> Iterator[bytes]:
-        """RTP packets of one access unit; the marker bit is set on its last packet."""
+    def packetize(
+        self, access_unit: bytes, sensor_us: int, channel: int | None = None
+    ) -> list[bytes]:
+        """RTP packets of one access unit, the marker bit on its last packet.
+
+        With ``channel`` (RTP over the RTSP connection) the result is one buffer holding every
+        packet behind its ``$``-channel-length prefix (RFC 2326 10.12), built with one copy of
+        the payload: the per-packet Python work is what a client costs the daemon.
+        """
         ts = self.rtp_time(sensor_us)
         self.last_rtp_ts, self.last_sensor_us = ts, sensor_us
         units = [u for u in split_annexb(access_unit) if u and nal_type(u) != _AUD]
+        pack, ssrc, seq = _RTP_HEADER.pack, self.ssrc, self.seq
+        pieces: list[Any] = []
+        packets: list[bytes] = []
+        octets = 0
+        step = MAX_PAYLOAD - 2
         for i, unit in enumerate(units):
             last_unit = i == len(units) - 1
-            if len(unit) <= MAX_PAYLOAD:
-                yield self._packet(unit, ts, last_unit)
-                continue
-            # FU-A: the NAL header's F and NRI bits go into the indicator, its type into the
-            # FU header, with start and end bits on the first and last fragment.
-            indicator = bytes([(unit[0] & 0xE0) | 28])
-            kind = unit[0] & 0x1F
-            body = memoryview(unit)[1:]
-            for start in range(0, len(body), MAX_PAYLOAD - 2):
-                chunk = body[start : start + MAX_PAYLOAD - 2]
-                first = start == 0
-                end = start + MAX_PAYLOAD - 2 >= len(body)
-                header = bytes([(0x80 if first else 0) | (0x40 if end else 0) | kind])
-                yield self._packet(indicator + header + chunk, ts, last_unit and end)
-
-    def _packet(self, payload: bytes, ts: int, marker: bool) -> bytes:
-        head = struct.pack(
-            ">BBHII", 0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, self.seq, ts, self.ssrc
-        )
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.packets += 1
-        self.octets += len(payload)
-        return head + payload
+            size = len(unit)
+            if size <= MAX_PAYLOAD:
+                frags: list[tuple[bytes, Any, bool]] = [(b"", unit, last_unit)]
+            else:
+                # FU-A: the NAL header's F and NRI bits go into the indicator, its type into
+                # the FU header, with start and end bits on the first and last fragment.
+                indicator, kind = (unit[0] & 0xE0) | 28, unit[0] & 0x1F
+                body = memoryview(unit)
+                frags = []
+                for begin in range(1, size, step):
+                    first, end = begin == 1, begin + step >= size
+                    fu = (0x80 if first else 0) | (0x40 if end else 0) | kind
+                    frags.append(
+                        (bytes((indicator, fu)), body[begin : begin + step], last_unit and end)
+                    )
+            for prefix, payload, marker in frags:
+                length = len(prefix) + len(payload)
+                head = pack(0x80, (0x80 if marker else 0) | PAYLOAD_TYPE, seq, ts, ssrc)
+                seq = (seq + 1) & 0xFFFF
+                octets += length
+                if channel is None:
+                    packets.append(b"".join((head, prefix, payload)))
+                else:
+                    pieces += (_INTERLEAVED.pack(36, channel, 12 + length), head, prefix, payload)
+        self.packets += len(packets) if channel is None else len(pieces) // 4
+        self.octets += octets
+        self.seq = seq
+        return packets if channel is None else [b"".join(pieces)]
 
     def sender_report(self, now_sensor_us: int) -> bytes | None:
         """An RTCP SR (RFC 3550 6.4.1) tying the RTP clock to wall-clock time, or None before

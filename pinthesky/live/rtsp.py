@@ -12,13 +12,13 @@ Digest (preferred by FFmpeg and live555, the password never crosses the network)
 authentication, any user name.
 
 Nothing here ever makes the camera, the recorder or the analysis wait: the source thread only
-wakes the loop (``PacketRing.on_packet``) while someone plays, one pump task reads the new
-packets and writes them without awaiting any client. A client whose unsent data grows beyond
-``BACKLOG_LIMIT`` loses whole frames until the next keyframe (the picture freezes, then
-resumes cleanly); one that takes nothing for ``STALL_TIMEOUT_S`` is disconnected. A session
-ends with its RTSP connection, with ``TEARDOWN``, or after ``timeout`` seconds in which the
-client sent nothing (no request, no RTCP): FFmpeg and live555 send a keep-alive every half of
-the ``timeout`` the ``Session`` header announces.
+wakes the loop (``PacketRing.on_packet``) while someone plays, and one callback on the loop
+reads the new packets and writes them to every client without awaiting any. A client whose
+unsent data grows beyond ``BACKLOG_LIMIT`` loses whole frames until the next keyframe (the
+picture freezes, then resumes cleanly); one that takes nothing for ``STALL_TIMEOUT_S`` is
+disconnected. A session ends with its RTSP connection, with ``TEARDOWN``, or after
+``timeout`` seconds in which the client sent nothing (no request, no RTCP): FFmpeg and live555
+send a keep-alive every half of the ``timeout`` the ``Session`` header announces.
 """
 
 from __future__ import annotations
@@ -294,14 +294,13 @@ class Session:
             return int(udp.get_write_buffer_size())
         return self.conn.writer.transport.get_write_buffer_size()
 
-    def send_rtp(self, packets: list[bytes]) -> None:
+    def send_frame(self, data: bytes, sensor_us: int) -> None:
         if self.udp is not None:
             dest = (self.conn.peer, self.transport.client_ports[0])
-            for pkt in packets:
+            for pkt in self.rtp.packetize(data, sensor_us):
                 self.udp[0].sendto(pkt, dest)
             return
-        ch = self.transport.channels[0]
-        self.conn.writer.write(b"".join(struct.pack(">cBH", b"$", ch, len(p)) + p for p in packets))
+        self.conn.writer.write(self.rtp.packetize(data, sensor_us, self.transport.channels[0])[0])
 
     def send_rtcp(self, pkt: bytes) -> None:
         if self.udp is not None:
@@ -350,8 +349,8 @@ class RtspServer:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[Any], Connection] = {}
         self.sessions: dict[str, Session] = {}
-        self._wake = asyncio.Event()
-        self._pump_task: asyncio.Task[None] | None = None
+        self._scheduled = False
+        self._tick: asyncio.TimerHandle | None = None
         self._hooked: PacketRing | None = None
         self.port: int | None = None
         self.requests = 0
@@ -389,11 +388,9 @@ class RtspServer:
             await asyncio.wait(set(self._connections), timeout=2)
         for task in list(self._connections):
             task.cancel()
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-            self._pump_task = None
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
         self._unhook()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
@@ -577,7 +574,7 @@ class RtspServer:
     def _add_session(self, conn: Connection, session: Session, spec: str) -> Response:
         self.sessions[session.id] = session
         conn.sessions[session.id] = session
-        self._ensure_pump()
+        self._start_ticking()
         log.info(
             "rtsp: %s set up a stream over %s (%d watching)",
             conn.peer,
@@ -608,7 +605,7 @@ class RtspServer:
 
         def start() -> None:
             session.playing = True
-            self._wake.set()
+            self._deliver()
 
         headers = {"Session": session.id, "Range": "npt=now-", "RTP-Info": ";".join(info)}
         return Response(200, headers, after=start)
@@ -675,14 +672,22 @@ class RtspServer:
 
     # -- the pump: ring to clients -------------------------------------------------------------
 
-    def _ensure_pump(self) -> None:
-        if self._pump_task is None or self._pump_task.done():
-            self._pump_task = asyncio.create_task(self._pump(), name="rtsp-pump")
+    def _start_ticking(self) -> None:
+        if self._tick is None:
+            self._tick = self._loop.call_later(1.0, self._housekeeping)
 
     def _packet_arrived(self) -> None:
-        # Source thread: only wake the loop.
+        # Source thread: only wake the loop, once for however many packets came meanwhile
+        # (the loop clears the flag before it reads the ring, so no packet is left unread).
+        if self._scheduled:
+            return
+        self._scheduled = True
         with contextlib.suppress(RuntimeError):  # loop closed: the daemon is exiting
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._on_packets)
+
+    def _on_packets(self) -> None:
+        self._scheduled = False
+        self._deliver()
 
     def _hook(self, ring: PacketRing | None) -> None:
         if ring is self._hooked:
@@ -697,25 +702,33 @@ class RtspServer:
             self._hooked.on_packet = None
             self._hooked = None
 
-    async def _pump(self) -> None:
-        try:
-            while self.sessions:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
-                self._wake.clear()
-                ring = self._ring()
-                self._hook(ring)
-                now = time.monotonic()
-                for session in list(self.sessions.values()):
-                    if now - session.conn.last_seen > self.session_timeout_s:
-                        log.info("rtsp: the stream to %s timed out", session.conn.peer)
-                        self._end_session(session.id)
-                        session.conn.writer.close()
-                        continue
-                    if session.playing and ring is not None:
-                        self._feed(session, ring, now)
-        finally:
+    def _deliver(self) -> None:
+        """New packets from the ring to every playing client (a plain callback on the loop:
+        no task, nothing awaited)."""
+        ring = self._ring()
+        self._hook(ring)
+        if ring is None:
+            return
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if session.playing:
+                self._feed(session, ring, now)
+
+    def _housekeeping(self) -> None:
+        """Once a second while any session exists: time-outs, sender reports, and the hook on
+        a ring that a camera restart replaced."""
+        self._tick = None
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if now - session.conn.last_seen > self.session_timeout_s:
+                log.info("rtsp: the stream to %s timed out", session.conn.peer)
+                self._end_session(session.id)
+                session.conn.writer.close()
+        if not self.sessions:
             self._unhook()
+            return
+        self._deliver()
+        self._start_ticking()
 
     def _feed(self, session: Session, ring: PacketRing, now: float) -> None:
         if session.ring is not ring:
@@ -768,7 +781,7 @@ class RtspServer:
             self.frames_dropped += 1
             return
         session.need_key = False
-        session.send_rtp(list(session.rtp.packetize(pkt.data, pkt.ts)))
+        session.send_frame(pkt.data, pkt.ts)
         session.frames_sent += 1
         self.frames_sent += 1
 
