@@ -542,6 +542,65 @@ def test_udp_goes_to_the_client_and_a_silent_client_times_out(tmp_path):
     serve(rtsp_settings(tmp_path), check)
 
 
+def test_a_client_plays_on_through_a_camera_restart_at_the_new_size(tmp_path):
+    """A new resolution (from the shadow, say) reopens the camera with a new ring: a client
+    that plays meanwhile goes on from the new ring's first keyframe, whose in-band SPS and PPS
+    carry the new size, and a new client's SDP describes it."""
+
+    async def main() -> tuple[list[tuple[int, int]], bytes, bytes]:
+        daemon = Daemon(rtsp_settings(tmp_path))
+        task = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.started.wait(), 15)
+        await asyncio.wait_for(daemon.first_frame.wait(), 15)
+        assert daemon.rtsp is not None and daemon.rtsp.port is not None
+        port = daemon.rtsp.port
+        sizes: list[tuple[int, int]] = []
+        loop = asyncio.get_running_loop()
+        first_picture = asyncio.Event()
+
+        def play() -> None:
+            with av.open(url(port), options={"rtsp_transport": "tcp"}, timeout=20) as c:
+                c.streams.video[0].codec_context.thread_count = 1
+                for frame in c.decode(video=0):
+                    sizes.append((frame.width, frame.height))
+                    loop.call_soon_threadsafe(first_picture.set)
+                    if sizes.count((320, 240)) >= 20:
+                        return
+
+        player = asyncio.create_task(asyncio.to_thread(play))
+        await asyncio.wait_for(first_picture.wait(), 30)
+        old_ring = daemon.ring
+        assert await daemon.reconfigure({"camera.resolution": "320x240"}, "test")
+        assert daemon.ring is not old_ring
+        await asyncio.wait_for(player, 60)
+
+        def describe() -> bytes:
+            raw = Raw(port)
+            status, _, body = raw.request("DESCRIBE", headers={"Authorization": basic()})
+            raw.close()
+            assert status == 200
+            return body
+
+        sdp_text = await asyncio.to_thread(describe)
+        ring = daemon.ring
+        newest = ring.newest_ts() if ring else None
+        key = ring.keyframe_before(newest) if ring and newest else None
+        assert ring is not None and key is not None
+        sets = parameter_sets(ring.read(key)[0][0].data)
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+        assert sets is not None
+        return sizes, sdp_text, sets[0]
+
+    sizes, body, sps = asyncio.run(main())
+    assert sizes[0] == SIZE and sizes[-1] == (320, 240)
+    changed = sizes.index((320, 240))
+    assert set(sizes[:changed]) == {SIZE} and set(sizes[changed:]) == {(320, 240)}
+    sprop = re.search(rb"sprop-parameter-sets=([^,;\r]+)", body)
+    assert sprop is not None
+    assert base64.b64decode(sprop.group(1)) == sps, "the SDP has the reopened camera's SPS"
+
+
 # -- recording never waits --------------------------------------------------------------------
 
 
