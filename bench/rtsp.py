@@ -187,9 +187,6 @@ def serve_ours(path: str, port: int) -> None:
     from pinthesky.ring import PacketRing
     from pinthesky.settings import RtspSettings
 
-    baseline = memory(os.getpid())["VmRSS"]
-    from pinthesky.live.rtsp import RtspServer
-
     data = Path(path).read_bytes()
     packets: list[tuple[bytes, bool]] = []
     i = 0
@@ -197,6 +194,10 @@ def serve_ours(path: str, port: int) -> None:
         size, key, _ = struct.unpack_from(">IBq", data, i)
         packets.append((data[i + 13 : i + 13 + size], bool(key)))
         i += 13 + size
+    del data
+    baseline = memory(os.getpid())["VmRSS"]
+    from pinthesky.live.rtsp import RtspServer
+
     ring = PacketRing(3 * US)
 
     def feed() -> None:

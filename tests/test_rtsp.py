@@ -25,7 +25,7 @@ from servers import free_port
 from pinthesky.bus import ClipReady
 from pinthesky.daemon import Daemon
 from pinthesky.live import rtsp
-from pinthesky.live.rtp import MAX_PAYLOAD, RtpStream, parameter_sets, sdp
+from pinthesky.live.rtp import MAX_PAYLOAD, RtpStream, nal_units, parameter_sets, sdp
 from pinthesky.media import US, split_annexb
 from pinthesky.recorder import ClipInfo
 from pinthesky.settings import Settings
@@ -728,7 +728,7 @@ def test_fu_a_fragments_rebuild_each_nal_unit_and_the_marker_ends_the_picture():
     idr = bytes([0x65]) + bytes((i * 7) & 0xFF for i in range(5000))
     unit = b"".join(b"\x00\x00\x00\x01" + n for n in (b"\x09\xf0", sps, pps, idr))
     stream = RtpStream(ssrc=0x1234, first_seq=65534, ts_offset=1000)
-    packets = list(stream.packetize(unit, 2 * US))
+    packets = stream.packetize(nal_units(unit), 2 * US)
     assert [rtp_header(p)[3] for p in packets] == [
         (65534 + i) & 0xFFFF for i in range(len(packets))
     ]
@@ -746,7 +746,7 @@ def test_fu_a_fragments_rebuild_each_nal_unit_and_the_marker_ends_the_picture():
     assert bytes([0x65]) + rebuilt == idr
     # Over the RTSP connection: the same packets, each behind its $-channel-length prefix.
     again = RtpStream(ssrc=0x1234, first_seq=65534, ts_offset=1000)
-    (interleaved,) = again.packetize(unit, 2 * US, channel=6)
+    (interleaved,) = again.packetize(nal_units(unit), 2 * US, channel=6)
     assert interleaved == b"".join(struct.pack(">cBH", b"$", 6, len(p)) + p for p in packets)
     assert (again.seq, again.packets, again.octets) == (stream.seq, stream.packets, stream.octets)
     report = stream.sender_report(2 * US + US // 10)

@@ -41,6 +41,11 @@ def parameter_sets(data: bytes) -> tuple[bytes, bytes] | None:
     return sps, pps
 
 
+def nal_units(access_unit: bytes) -> list[bytes]:
+    """The NAL units an access unit is sent as (split once, shared by every client)."""
+    return [u for u in split_annexb(access_unit) if u and nal_type(u) != _AUD]
+
+
 def sdp(sps: bytes, pps: bytes, origin_ip: str, session_id: int, framerate: float) -> str:
     """The session description of the one video track (RFC 4566, RFC 6184 section 8)."""
     # profile_idc, constraint flags and level_idc are the three bytes after the NAL header.
@@ -81,9 +86,9 @@ class RtpStream:
         return (sensor_us * 9 // 100 + self.ts_offset) & 0xFFFFFFFF
 
     def packetize(
-        self, access_unit: bytes, sensor_us: int, channel: int | None = None
+        self, units: list[bytes], sensor_us: int, channel: int | None = None
     ) -> list[bytes]:
-        """RTP packets of one access unit, the marker bit on its last packet.
+        """RTP packets of one access unit (its ``nal_units``), the marker bit on the last.
 
         With ``channel`` (RTP over the RTSP connection) the result is one buffer holding every
         packet behind its ``$``-channel-length prefix (RFC 2326 10.12), built with one copy of
@@ -91,7 +96,6 @@ class RtpStream:
         """
         ts = self.rtp_time(sensor_us)
         self.last_rtp_ts, self.last_sensor_us = ts, sensor_us
-        units = [u for u in split_annexb(access_unit) if u and nal_type(u) != _AUD]
         pack, ssrc, seq = _RTP_HEADER.pack, self.ssrc, self.seq
         pieces: list[Any] = []
         packets: list[bytes] = []

@@ -41,7 +41,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
-from pinthesky.live.rtp import RtpStream, parameter_sets, sdp
+from pinthesky.live.rtp import RtpStream, nal_units, parameter_sets, sdp
 from pinthesky.media import Packet
 from pinthesky.ring import PacketRing
 from pinthesky.settings import RtspSettings
@@ -294,13 +294,13 @@ class Session:
             return int(udp.get_write_buffer_size())
         return self.conn.writer.transport.get_write_buffer_size()
 
-    def send_frame(self, data: bytes, sensor_us: int) -> None:
+    def send_frame(self, units: list[bytes], sensor_us: int) -> None:
         if self.udp is not None:
             dest = (self.conn.peer, self.transport.client_ports[0])
-            for pkt in self.rtp.packetize(data, sensor_us):
+            for pkt in self.rtp.packetize(units, sensor_us):
                 self.udp[0].sendto(pkt, dest)
             return
-        self.conn.writer.write(self.rtp.packetize(data, sensor_us, self.transport.channels[0])[0])
+        self.conn.writer.write(self.rtp.packetize(units, sensor_us, self.transport.channels[0])[0])
 
     def send_rtcp(self, pkt: bytes) -> None:
         if self.udp is not None:
@@ -350,6 +350,8 @@ class RtspServer:
         self._connections: dict[asyncio.Task[Any], Connection] = {}
         self.sessions: dict[str, Session] = {}
         self._scheduled = False
+        self._split: tuple[Packet | None, list[bytes]] = (None, [])
+        """The newest packet sent and its NAL units: split once for every client."""
         self._tick: asyncio.TimerHandle | None = None
         self._hooked: PacketRing | None = None
         self.port: int | None = None
@@ -781,7 +783,9 @@ class RtspServer:
             self.frames_dropped += 1
             return
         session.need_key = False
-        session.send_frame(pkt.data, pkt.ts)
+        if self._split[0] is not pkt:
+            self._split = (pkt, nal_units(pkt.data))
+        session.send_frame(self._split[1], pkt.ts)
         session.frames_sent += 1
         self.frames_sent += 1
 
