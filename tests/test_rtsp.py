@@ -291,6 +291,17 @@ def test_wrong_or_no_password_is_refused_and_digest_and_basic_both_work(tmp_path
         assert b"sprop-parameter-sets=" in body
         status, _, body = raw.request("DESCRIBE", headers={"Authorization": basic()})
         assert status == 200 and b"m=video 0 RTP/AVP 96" in body
+        # Latin-1 bytes where hex digits belong: refused like any wrong answer.
+        right = digest(challenges[0], "DESCRIBE", raw.url)
+        odd_nonce = 'Digest username="cam", realm="pinthesky", nonce="' + "\xe9" * 48
+        for mangled in (
+            right.replace('response="', 'response="\xe9'),
+            odd_nonce + '", uri="x", response="y"',
+        ):
+            raw.cseq += 1
+            head = f"DESCRIBE {raw.url} RTSP/1.0\r\nCSeq: {raw.cseq}\r\nAuthorization: {mangled}"
+            raw.send((head + "\r\n\r\n").encode("latin-1"))
+            assert raw.response()[0] == 401
         bad_basic = "Basic " + base64.b64encode(b"anyone:nope").decode()
         assert raw.request("DESCRIBE", headers={"Authorization": bad_basic})[0] == 401
         assert (

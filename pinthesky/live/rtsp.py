@@ -215,7 +215,8 @@ class Digest:
     def _nonce_ok(self, nonce: str) -> bool:
         salt, mac = nonce[:16], nonce[16:]
         want = hmac.new(self._key, salt.encode(), hashlib.sha256).hexdigest()[:32]
-        return len(nonce) == 48 and hmac.compare_digest(mac, want)
+        # Bytes, not str: compare_digest refuses non-ASCII text, and headers are any Latin-1.
+        return len(nonce) == 48 and hmac.compare_digest(mac.encode(), want.encode())
 
     def check(self, header: str, method: str, password: str) -> bool:
         scheme, _, rest = header.strip().partition(" ")
@@ -248,7 +249,7 @@ class Digest:
         else:
             want = _md5(f"{ha1}:{nonce}:{ha2}")
         # Compared in constant time: the answer must not tell how much of a guess was right.
-        return hmac.compare_digest(given.lower(), want)
+        return hmac.compare_digest(given.lower().encode(), want.encode())
 
 
 def _md5(text: str) -> str:
