@@ -354,7 +354,7 @@ def test_the_sdp_describes_the_stream_the_camera_encodes(tmp_path):
 # -- bad input ------------------------------------------------------------------------------------
 
 
-def test_malformed_requests_get_an_answer_and_the_stream_plays_on(tmp_path):
+def test_malformed_requests_get_an_answer_and_the_stream_plays_on(tmp_path, caplog):
     def check(daemon: Daemon, port: int) -> None:
         assert daemon.rtsp is not None
         auth = {"Authorization": basic()}
@@ -367,6 +367,8 @@ def test_malformed_requests_get_an_answer_and_the_stream_plays_on(tmp_path):
             (b"OPTIONS * RTSP/1.0\r\nCSeq: abc\r\n\r\n", 400),
             (b"OPTIONS * RTSP/1.0\r\nCSeq: -1\r\n\r\n", 400),
             (b"OPTIONS * RTSP/1.0\r\nCSeq: 99999999999999999999\r\n\r\n", 400),
+            (b"OPTIONS * RTSP/1.0\r\nCSeq: \xb2\r\n\r\n", 400),  # a digit to str.isdigit
+            (b"DESCRIBE rtsp://[::1/live RTSP/1.0\r\nCSeq: 1\r\n\r\n", 400),
             (b"OPTIONS * RTSP/2.0\r\nCSeq: 1\r\n\r\n", 505),
             (b"DESCRIBE http://127.0.0.1/live RTSP/1.0\r\nCSeq: 1\r\n\r\n", 400),
             (b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\nBad Header\r\n\r\n", 400),
@@ -374,6 +376,7 @@ def test_malformed_requests_get_an_answer_and_the_stream_plays_on(tmp_path):
             (b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n" + b"X-A: b\r\n" * 2000 + b"\r\n", 400),
             (b"SET_PARAMETER * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: 99999999\r\n\r\n", 413),
             (b"SET_PARAMETER * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: -5\r\n\r\n", 413),
+            (b"SET_PARAMETER * RTSP/1.0\r\nCSeq: 1\r\nContent-Length: \xb2\r\n\r\n", 413),
         ]:
             raw = Raw(port)
             raw.send(data)
@@ -434,6 +437,7 @@ def test_malformed_requests_get_an_answer_and_the_stream_plays_on(tmp_path):
         assert read_frames(url(port), "tcp") == [SIZE] * 20
 
     serve(rtsp_settings(tmp_path), check)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
 
 def test_the_client_limit_refuses_one_more(tmp_path):

@@ -75,6 +75,7 @@ METHODS = (
 )
 _NOT_ALLOWED = ("ANNOUNCE", "RECORD", "REDIRECT")
 _TOKEN = re.compile(r"[A-Za-z_]{1,32}")
+_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() takes "²" too
 _AUTH_PARAM = re.compile(r'([A-Za-z]+)\s*=\s*(?:"([^"]*)"|([^\s,]*))')
 _REASONS = {
     200: "OK",
@@ -459,12 +460,12 @@ class RtspServer:
             rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WRITE_TIMEOUT_S)
             method, url, version, headers = parse_head(first + rest)
             cseq = headers.get("cseq", "")
-            if not cseq.isdigit() or len(cseq) > 9:
+            if not _NUMBER.fullmatch(cseq):
                 raise BadRequest("missing or malformed CSeq")
             if version != "RTSP/1.0":
                 raise BadRequest(f"{version[:16]} is not RTSP/1.0", 505)
             length = headers.get("content-length", "0")
-            if not length.isdigit() or int(length) > BODY_LIMIT:
+            if not _NUMBER.fullmatch(length) or int(length) > BODY_LIMIT:
                 raise BadRequest("body missing length or too large", 413)
             body = await asyncio.wait_for(reader.readexactly(int(length)), WRITE_TIMEOUT_S)
             self.requests += 1
@@ -795,7 +796,10 @@ def _stream_path(url: str) -> str:
     """The path of a request URL without its trailing slash; ``*`` stays ``*``."""
     if url == "*":
         return "*"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        raise BadRequest("the request URL is not rtsp://HOST[:PORT]/PATH") from None
     if parts.scheme.lower() not in ("rtsp", "rtspu") or not parts.netloc:
         raise BadRequest("the request URL is not rtsp://HOST[:PORT]/PATH")
     return parts.path.rstrip("/")
