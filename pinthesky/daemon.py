@@ -7,12 +7,13 @@ and hand analysis frames over through the ``AnalysisPort``):
     camera thread --analysis frames--> MotionAnalyzer -> MotionTracker -> Recorder
     Recorder --ClipReady--> EventBus --> Uploader --UploadEnded--> EventBus --> (event output)
     camera thread --live pictures, while watched--> LiveTap --> MJPEG viewers, LiveSessions
+    PacketRing --the same H.264, while played--> RtspServer --RTP--> RTSP clients
 
 Start order: clip directory checked, camera opened, crash leftovers salvaged, camera started,
-then the control files and the local web server. Stop order (SIGTERM/SIGINT, end of a replayed
-file, or a failure): end the live sessions (``record_end``) and the web server, stop taking
-frames, stop the camera, finish the open clip, wait for the disk. A failure exits non-zero so
-systemd restarts the service.
+then the control files, the local web server and the RTSP server. Stop order (SIGTERM/SIGINT,
+end of a replayed file, or a failure): end the live sessions (``record_end``), the web server
+and the RTSP clients, stop taking frames, stop the camera, finish the open clip, wait for the
+disk. A failure exits non-zero so systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import Watcher, write_atomically
 from pinthesky.health import Health
 from pinthesky.live.mjpeg import MjpegBroadcaster
+from pinthesky.live.rtsp import RtspServer
 from pinthesky.live.session import LiveSessions
 from pinthesky.live.tap import LiveTap
 from pinthesky.logs import set_level
@@ -133,6 +135,7 @@ class Daemon:
         self.dataplane = DataPlane(self.aws_session, lambda: self.settings.dataplane)
         self.sessions: LiveSessions | None = None
         self.web: WebServer | None = None
+        self.rtsp: RtspServer | None = None
         self._page_health = Health()
 
     def request_stop(self, code: int = 0, why: str = "") -> None:
@@ -165,6 +168,7 @@ class Daemon:
         self._vital = [t for t in tasks if t is not telemetry]
         tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
         await self._start_web()
+        await self._start_rtsp()
         self.started.set()
         try:
             await self._stop.wait()
@@ -173,6 +177,8 @@ class Daemon:
             await self.sessions.close()
             if self.web is not None:
                 await self.web.close()
+            if self.rtsp is not None:
+                await self.rtsp.close()
             self.dataplane.close()
             if self._uploader_task is not None:
                 tasks.append(self._uploader_task)
@@ -340,6 +346,25 @@ class Daemon:
             log.error("http: cannot listen on %s port %d: %s; no local page", s.bind, s.port, exc)
             return
         self.web = web
+
+    async def _start_rtsp(self) -> None:
+        """RTSP out, when ``rtsp.port`` is set; like the page, a port that cannot be used is
+        one error line and the camera goes on recording."""
+        s = self.settings.rtsp
+        if s.port is None:
+            return
+        rtsp = RtspServer(
+            s,
+            lambda: self.settings.http.password,
+            lambda: self.ring,
+            lambda: float(self.info.framerate if self.info else self.settings.camera.framerate),
+        )
+        try:
+            await rtsp.start()
+        except OSError as exc:
+            log.error("rtsp: cannot listen on %s port %d: %s; no RTSP", s.bind, s.port, exc)
+            return
+        self.rtsp = rtsp
 
     def _health_report(self) -> dict[str, Any]:
         """The health figures for the local page (reads /proc: call on a worker thread)."""

@@ -64,6 +64,10 @@ class PacketRing:
         self._dropped_unread = 0
         self._shortened_logged = False
         self.on_first_packet: Callable[[], None] | None = None
+        self.on_packet: Callable[[], None] | None = None
+        """Called on the source thread after each packet while set (RTSP clients wait on it);
+        like ``on_first_packet`` it must only cross into the loop with
+        ``call_soon_threadsafe``."""
 
     # -- encoder thread -------------------------------------------------------------------
 
@@ -95,6 +99,9 @@ class PacketRing:
             self._trim(pkt.ts)
         if first and self.on_first_packet is not None:
             self.on_first_packet()
+        listener = self.on_packet
+        if listener is not None:
+            listener()
 
     def _trim(self, newest_ts: int) -> None:
         # Called with the lock held. Drop the oldest GOP while the next one still covers the

@@ -758,6 +758,29 @@ OPTIONS: tuple[Option, ...] = (
         4,
         "MJPEG viewers at once (they share one encoder); one more is answered 503",
     ),
+    # RTSP out: the camera's H.264 to players and NVRs on the home network
+    Option(
+        "rtsp.port",
+        "--rtsp-port",
+        _optional(_port),
+        None,
+        "serve the camera's H.264 stream over RTSP on this port (rtsp://HOST:PORT/live); off "
+        "when not set (or 0); the password is http.password",
+    ),
+    Option(
+        "rtsp.bind",
+        "--rtsp-bind",
+        _bind,
+        "0.0.0.0",
+        "address the RTSP server listens on (127.0.0.1: this machine only)",
+    ),
+    Option(
+        "rtsp.max_clients",
+        "--rtsp-max-clients",
+        _int(1, 16),
+        2,
+        "RTSP streams at once; one more SETUP is answered 453",
+    ),
     # events: the files shared with the IoT sidecar
     Option(
         "events.event_input",
@@ -989,6 +1012,16 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class RtspSettings:
+    port: int | None
+    """Port of the RTSP server; ``None`` is off."""
+    bind: str
+    """Address it listens on."""
+    max_clients: int
+    """Streams at once."""
+
+
+@dataclass(frozen=True)
 class EventSettings:
     event_input: Path
     event_output: Path
@@ -1025,6 +1058,7 @@ class Settings:
     dataplane: DataplaneSettings
     live: LiveSettings
     http: HttpSettings
+    rtsp: RtspSettings
     events: EventSettings
     daemon: DaemonSettings
     iot: IotSettings
@@ -1066,6 +1100,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "dataplane": DataplaneSettings,
     "live": LiveSettings,
     "http": HttpSettings,
+    "rtsp": RtspSettings,
     "events": EventSettings,
     "daemon": DaemonSettings,
     "iot": IotSettings,
