@@ -48,6 +48,7 @@ from pinthesky.health import Health
 from pinthesky.live.mjpeg import MjpegBroadcaster
 from pinthesky.live.session import LiveSessions
 from pinthesky.live.tap import LiveTap
+from pinthesky.local.api import LocalApi
 from pinthesky.logs import set_level
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
@@ -236,7 +237,7 @@ class Daemon:
             analysis_interval_us=port.interval_us,
         )
         self.ring, self.recorder, self.clock = ring, recorder, clock
-        self._tracker, self._port = tracker, port
+        self._tracker, self._port, self._analyzer = tracker, port, analyzer
 
         def first_packet() -> None:
             # Encoder thread: cross into the loop.
@@ -333,6 +334,7 @@ class Daemon:
             self._health_report,
             lambda: self.settings.cloud_connection.thing_name or "pinthesky",
             lambda: live.view_size,
+            LocalApi(self),
         )
         try:
             await web.start()
@@ -577,7 +579,12 @@ class Daemon:
         if self.recorder is not None:
             self.recorder.update(rec, s.camera.recording_window)
         self._tracker.sensitivity = s.camera.sensitivity
+        self._tracker.min_time_us = round(s.motion.min_time * US)
         self._tracker.quiet_us = round(rec.post_roll * US)
+        if s.motion != self._analyzer.settings:
+            # A new mask (drawn on the local page) takes effect on the next analysed frame;
+            # the analyzer keeps its reference picture and noise estimate.
+            self._analyzer.update_mask(s.motion)
         if self.ring is not None and self.info is not None:
             iperiod_s = s.camera.iperiod / float(self.info.framerate)
             retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 / s.motion.analysis_fps
