@@ -186,7 +186,7 @@ class WebServer:
         self._live_size = live_size
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
-        self._waiting: dict[asyncio.Task[Any], float] = {}
+        self._waiting: dict[asyncio.StreamWriter, float] = {}
         """Connections still sending their request head -> when they came."""
         self.api = api
         self.port: int | None = None
@@ -235,22 +235,26 @@ class WebServer:
             if len(self._clients) > MAX_CONNECTIONS and not self._evict_oldest_waiting():
                 await self._error(writer, 503, "too many connections")
                 return
-            self._waiting[task] = asyncio.get_running_loop().time()
+            self._waiting[writer] = asyncio.get_running_loop().time()
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
             finally:
-                self._waiting.pop(task, None)
+                self._waiting.pop(writer, None)
             await self._exchange(head, reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.debug("http: a client went away or stalled (%s): nothing to answer", exc)
         except asyncio.LimitOverrunError:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await self._error(writer, 400, "request header too large")
+        except asyncio.CancelledError:
+            # The server is closing. Ending quietly: the stream's own callback would log the
+            # cancellation of a connection's task as an error.
+            pass
         except Exception:
             log.exception("http: a request failed")
         finally:
             self._clients.discard(task)
-            self._waiting.pop(task, None)
+            self._waiting.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
@@ -262,7 +266,7 @@ class WebServer:
             return False
         oldest = min(self._waiting, key=self._waiting.__getitem__)
         del self._waiting[oldest]
-        oldest.cancel()
+        oldest.transport.abort()  # its read ends with a reset, like a client that went away
         self.evicted += 1
         log.debug("http: every connection slot taken; closed one still sending its head")
         return True
