@@ -16,6 +16,8 @@ Requirements measured (each by its own script, see their docstrings):
   within 1.2x of the same run with CloudWatch off.
 * bench/live.py: one viewer of the MJPEG stream (640x480, 5 fps) adds at most 15 % of one core
   to the daemon; the clips of a replayed video are the same with and without live view.
+* bench/control_page.py: the control page open (its requests and live picture) adds at most
+  15 % of one core to the daemon, and its server costs at most 0.5 % while nobody looks.
 
 The scripts run sequentially (never side by side: they would disturb each other's figures),
 each printing its own ``key=value`` figures; a table of every check follows, read back from
@@ -54,6 +56,7 @@ BENCHMARKS = (
     "cloudwatch",
     "sidecar",
     "live",
+    "control_page",
 )
 HERE = Path(__file__).resolve().parent
 

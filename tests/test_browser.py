@@ -328,3 +328,28 @@ def test_the_control_page_in_chromium(tmp_path):
     assert seen["drawn"] == [[64, 48, 256, 192]]
     assert seen["mask"] == (Rect(64, 48, 256, 192),) and seen["masked"] > 0
     assert 'mask_rects = "64,48,256,192"' in local.read_text()
+
+
+def test_without_a_password_the_page_says_how_to_enable_control(tmp_path):
+    from chromium import Chromium
+    from test_web import plant_clips, serve, web_settings
+
+    plant_clips(tmp_path)
+    seen: dict[str, Any] = {}
+
+    def check(daemon: Any, port: int) -> None:
+        with Chromium(tmp_path / "profile") as browser:
+            page = browser.open(f"http://127.0.0.1:{port}/")
+            assert browser.evaluate(page, READY), "the page's script never finished loading"
+            seen.update(browser.evaluate(page, """(() => ({
+                note: document.getElementById('control-off').hidden ? '' :
+                    document.getElementById('control-off').textContent,
+                disabled: [...document.querySelectorAll('#record, #still, #save, #save-mask,'
+                    + ' .delete, #settings input')].every((b) => b.disabled),
+                deletes: document.querySelectorAll('.clip[data-name] .delete').length,
+                fields: document.querySelectorAll('#settings input').length,
+            }))()"""))  # fmt: skip
+
+    serve(web_settings(tmp_path), check)
+    assert "Set password in the [http] section of the --config file" in seen["note"]
+    assert seen["disabled"] and seen["deletes"] == 3 and seen["fields"] >= 10
