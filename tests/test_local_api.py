@@ -257,8 +257,18 @@ def test_a_local_change_stands_until_the_cloud_changes_its_desired_value(tmp_pat
         assert daemon.settings.camera.sensitivity == 70
         desired(55)  # the cloud asks for something new: it wins
         eventually(lambda: daemon.settings.camera.sensitivity == 55, 20, "the new desired value")
+        assert call(port, "PATCH", "/api/settings", {"camera": {"sensitivity": 80}})[0] == 200
 
     serve(control_settings(tmp_path), check)
+
+    # After a restart the sidecar's last document (desired 55) is read again at start: the
+    # local 80, kept in the local settings file, still stands.
+    def after_restart(daemon: Daemon, port: int) -> None:
+        assert daemon.control is not None
+        eventually(lambda: daemon.control.shadow.reads >= 1, 20, "the stored document read")
+        assert daemon.settings.camera.sensitivity == 80
+
+    serve(control_settings(tmp_path), after_restart)  # settings loaded again, as at a start
 
 
 def test_a_mask_rectangle_takes_effect_on_the_next_frame(tmp_path):
