@@ -135,6 +135,7 @@ class Daemon:
         self.sessions: LiveSessions | None = None
         self.web: WebServer | None = None
         self._page_health = Health()
+        self._reconfiguring = asyncio.Lock()
 
     def request_stop(self, code: int = 0, why: str = "") -> None:
         if not self._stop.is_set():
@@ -552,6 +553,12 @@ class Daemon:
         the rest applies. The camera is reopened only for what it cannot change running
         (resolution, frame rate, rotation, encoder); everything else applies in place.
         """
+        # The shadow and the local page may both change settings: one change at a time, so
+        # that neither works from settings the other is replacing (a camera restart awaits).
+        async with self._reconfiguring:
+            return await self._reconfigure(changes, origin)
+
+    async def _reconfigure(self, changes: dict[str, Any], origin: str) -> set[str]:
         old = self.settings
         new, errors = merge(old, changes, origin)
         for line in errors:

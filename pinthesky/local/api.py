@@ -180,12 +180,12 @@ class LocalApi:
                     )
                 else:
                     changes[key] = value
-        if not errors:
-            _, errors = merge(self.daemon.settings, changes, "page")
-        if errors:
-            # All or nothing: a form is sent whole, and half of it applied would surprise.
-            return 400, {"error": errors[0], "errors": errors}
         async with self._lock:  # one change at a time, in order, like shadow documents
+            if not errors:
+                _, errors = merge(self.daemon.settings, changes, "page")
+            if errors:
+                # All or nothing: a form is sent whole, and half of it applied would surprise.
+                return 400, {"error": errors[0], "errors": errors}
             applied = await self.daemon.reconfigure(changes, "page")
             saved = await asyncio.to_thread(self._persist, changes) if applied else True
             if applied and self.daemon.control is not None:
