@@ -70,9 +70,10 @@ CLIP_READY = re.compile(r"clip (\S+) ready: ([0-9.]+) s, (\d+) bytes")
 class Viewer(threading.Thread):
     """Reads ``/stream.mjpg`` as a browser would, as fast as the daemon sends it."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
         super().__init__(name=f"viewer-{port}", daemon=True)
         self.port = port
+        self.headers = headers or {}
         self.jpegs = 0
         self.bytes = 0
         self.error = ""
@@ -83,7 +84,7 @@ class Viewer(threading.Thread):
         while not self._halt.is_set():
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
             try:
-                conn.request("GET", "/stream.mjpg")
+                conn.request("GET", "/stream.mjpg", headers=self.headers)
                 response = conn.getresponse()
                 while not self._halt.is_set():
                     line = response.readline()

@@ -18,6 +18,8 @@ Requirements measured (each by its own script, see their docstrings):
   to the daemon; the clips of a replayed video are the same with and without live view.
 * bench/rtsp.py: each RTSP client (one, then two) costs the daemon under 1 % of one core; our
   server beside GStreamer's on the same packets.
+* bench/control_page.py: the control page open (its requests and live picture) adds at most
+  15 % of one core to the daemon, and its server costs at most 0.5 % while nobody looks.
 
 The scripts run sequentially (never side by side: they would disturb each other's figures),
 each printing its own ``key=value`` figures; a table of every check follows, read back from
@@ -57,6 +59,7 @@ BENCHMARKS = (
     "sidecar",
     "live",
     "rtsp",
+    "control_page",
 )
 HERE = Path(__file__).resolve().parent
 

@@ -41,7 +41,7 @@ from pinthesky.eventfiles import (
 )
 from pinthesky.health import Health as HealthReport
 from pinthesky.jsonstream import MAX_MESSAGE_BYTES, parse_stream
-from pinthesky.shadow import desired_changes, reported_document
+from pinthesky.shadow import SHADOW_KEYS, desired_changes, reported_document, same_value
 from pinthesky.uploader import UploadEnded
 
 if TYPE_CHECKING:
@@ -226,6 +226,12 @@ class ShadowSync:
         self.rejected = 0
         self.reports = 0
         self.reads = 0
+        self._desired: dict[str, Any] = {}
+        """The last desired state read (key path -> value)."""
+        self._pinned_path = daemon.settings.http.local_settings.with_suffix(".desired.json")
+        self._pinned = _read_pinned(self._pinned_path)
+        """Keys changed on the local page -> the desired value the cloud held then (None:
+        none). A desired value that is still the same does not undo the local change."""
 
     def start(self, watcher: Watcher) -> None:
         ensure_file(self.output)
@@ -271,6 +277,7 @@ class ShadowSync:
             changes, refused = desired_changes(
                 d.settings, desired, d.settings.events.shadow_allow_identity
             )
+            changes = self._unpinned(changes, desired)
             for line in refused:
                 log.warning("%s", line)
             self.rejected += len(refused)
@@ -286,8 +293,55 @@ class ShadowSync:
                 # As the old daemon did: a sidecar restart must not publish stale boot values.
                 truncate(self.input)
 
+    def _unpinned(self, changes: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+        """Leave out what the local page changed since the cloud last changed its mind."""
+        self._desired = _flat_desired(desired)
+        kept = {}
+        for key, value in changes.items():
+            if key in self._pinned and same_value(self._desired.get(key), self._pinned[key]):
+                log.info("shadow %s: the local page's value stands (desired unchanged)", key)
+                continue
+            if self._pinned.pop(key, _ABSENT) is not _ABSENT:
+                self._save_pinned()
+            kept[key] = value
+        return kept
+
+    def local_change(self, keys: set[str]) -> None:
+        """Settings changed on the local page: report them, and remember the desired values
+        they overrule so that only a new desired value from the cloud undoes them."""
+        for key in keys:
+            self._pinned[key] = self._desired.get(key)
+        self._save_pinned()
+        self.write_report()
+
+    def _save_pinned(self) -> None:
+        try:
+            write_atomically(self._pinned_path, json.dumps(self._pinned).encode(), mode=0o600)
+        except OSError as exc:
+            log.warning("%s: %s (a restart may let the cloud's value back)", self._pinned_path, exc)
+
     def write_report(self) -> None:
         """The full reported document, in place (the sidecar watches this file's inode)."""
         data = json.dumps(reported_document(self.daemon.settings), separators=(",", ":"))
         write_in_place(self.input, data.encode())
         self.reports += 1
+
+
+_ABSENT = object()
+
+
+def _flat_desired(desired: dict[str, Any]) -> dict[str, Any]:
+    flat = {}
+    for section, keys in SHADOW_KEYS.items():
+        body = desired.get(section)
+        if isinstance(body, dict):
+            flat.update({keys[n]: v for n, v in body.items() if n in keys})
+    return flat
+
+
+def _read_pinned(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes()[:MAX_MESSAGE_BYTES])
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

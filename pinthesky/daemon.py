@@ -50,6 +50,7 @@ from pinthesky.live.mjpeg import MjpegBroadcaster
 from pinthesky.live.rtsp import RtspServer
 from pinthesky.live.session import LiveSessions
 from pinthesky.live.tap import LiveTap
+from pinthesky.local.api import LocalApi
 from pinthesky.logs import set_level
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
@@ -137,6 +138,7 @@ class Daemon:
         self.web: WebServer | None = None
         self.rtsp: RtspServer | None = None
         self._page_health = Health()
+        self._reconfiguring = asyncio.Lock()
 
     def request_stop(self, code: int = 0, why: str = "") -> None:
         if not self._stop.is_set():
@@ -242,7 +244,7 @@ class Daemon:
             analysis_interval_us=port.interval_us,
         )
         self.ring, self.recorder, self.clock = ring, recorder, clock
-        self._tracker, self._port = tracker, port
+        self._tracker, self._port, self._analyzer = tracker, port, analyzer
 
         def first_packet() -> None:
             # Encoder thread: cross into the loop.
@@ -339,6 +341,7 @@ class Daemon:
             self._health_report,
             lambda: self.settings.cloud_connection.thing_name or "pinthesky",
             lambda: live.view_size,
+            LocalApi(self),
         )
         try:
             await web.start()
@@ -575,6 +578,12 @@ class Daemon:
         the rest applies. The camera is reopened only for what it cannot change running
         (resolution, frame rate, rotation, encoder); everything else applies in place.
         """
+        # The shadow and the local page may both change settings: one change at a time, so
+        # that neither works from settings the other is replacing (a camera restart awaits).
+        async with self._reconfiguring:
+            return await self._reconfigure(changes, origin)
+
+    async def _reconfigure(self, changes: dict[str, Any], origin: str) -> set[str]:
         old = self.settings
         new, errors = merge(old, changes, origin)
         for line in errors:
@@ -602,7 +611,12 @@ class Daemon:
         if self.recorder is not None:
             self.recorder.update(rec, s.camera.recording_window)
         self._tracker.sensitivity = s.camera.sensitivity
+        self._tracker.min_time_us = round(s.motion.min_time * US)
         self._tracker.quiet_us = round(rec.post_roll * US)
+        if s.motion != self._analyzer.settings:
+            # A new mask (drawn on the local page) takes effect on the next analysed frame;
+            # the analyzer keeps its reference picture and noise estimate.
+            self._analyzer.update_mask(s.motion)
         if self.ring is not None and self.info is not None:
             iperiod_s = s.camera.iperiod / float(self.info.framerate)
             retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 / s.motion.analysis_fps

@@ -98,11 +98,19 @@ class MotionAnalyzer:
         self.blocks_per_cell = (CELL * main.width / lores.width / 16) * (
             CELL * main.height / lores.height / 16
         )
+        self._geometry = (lores, main, rotation)
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
         self._prev: U8 | None = None
         self._noise = float(settings.noise_level)
         self._frames = 0
+
+    def update_mask(self, settings: MotionSettings) -> None:
+        """Take a new mask (image or rectangles) without losing the reference picture."""
+        lores, main, rotation = self._geometry
+        self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
+        self.live_cells = int(self.cell_mask.sum())
+        self.settings = settings
 
     @property
     def noise_level(self) -> int:

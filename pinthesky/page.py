@@ -1,8 +1,11 @@
-"""The local page: the live picture, the last clips with playback and download, health.
+"""The local page: the live picture, the last clips with playback and download, health, and the
+controls (settings, record, still, clips by day, mask drawing).
 
-One small HTML document with its style inline and no script: nothing is fetched from anywhere
-but this camera, so the page works on a network without Internet access. Every value shown is
-escaped; clip links carry names taken from the clip directory's listing, URL-quoted.
+One small HTML document with its style inline; its one script is this camera's ``/app.js``
+(``local/script.py``), which fills the controls from the ``/api/`` routes. Nothing is fetched
+from anywhere but this camera, so the page works on a network without Internet access, and
+without the script the live picture, the last clips and health still show. Every value shown
+is escaped; clip links carry names taken from the clip directory's listing, URL-quoted.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ h1{font-size:20px;margin:0}h2{font-size:16px;margin:18px 0 8px}
 .clip video{width:100%;border-radius:4px;background:#000}
 a{color:#7cb7ff}dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px}
 dt{color:#9aa3ad}dd{margin:0}
+#livebox{position:relative}#mask{position:absolute;left:0;top:0;width:100%;height:100%}
+#mask.drawing{cursor:crosshair;outline:2px dashed #ff5050}
+button{background:#2d6cdf;color:#fff;border:0;border-radius:4px;padding:5px 10px;margin:2px}
+button:disabled{background:#444;color:#999}button.armed{background:#c0392b}
+fieldset{border:1px solid #333;border-radius:6px;margin:8px 0}legend{color:#9aa3ad}
+label{display:grid;grid-template-columns:160px 200px 1fr;gap:8px;align-items:center;margin:3px 0}
+label small{color:#9aa3ad}input{background:#0e1013;color:#e8e8e8;border:1px solid #444}
+.thumb{width:100%;aspect-ratio:4/3;object-fit:cover;border-radius:4px;background:#000}
+.placeholder{display:flex;align-items:center;justify-content:center;color:#666}
+#status.bad{color:#ff7b7b}#status.ok{color:#8fd18f}.note{color:#e0b050}
 """
 
 
@@ -94,9 +107,22 @@ def render(
         '<meta name=viewport content="width=device-width,initial-scale=1">'
         f"<title>{e(title)}</title><style>{STYLE}</style></head><body>"
         f"<header><h1>{e(title)}</h1></header><main>"
-        f'<img id="live" src="stream.mjpg" width="{w}" height="{h}" alt="live view">'
+        f'<div id="livebox"><img id="live" src="stream.mjpg" width="{w}" height="{h}" '
+        'alt="live view"><canvas id="mask"></canvas></div>'
+        '<p id="control-off" class="note" hidden>Control is off: this page can only look. Set '
+        "<code>password</code> in the <code>[http]</code> section of the --config file and "
+        "restart pinthesky to change settings, record and delete from here.</p>"
+        '<p><input id="duration" type="number" min="1" max="600" value="30" size="4"> s '
+        '<button type="button" id="record" class="needs-control">record</button> '
+        '<button type="button" id="still" class="needs-control">still</button> '
+        '<button type="button" id="draw">draw mask</button> '
+        '<button type="button" id="clear-mask">clear mask</button> '
+        '<button type="button" id="save-mask" class="needs-control">save mask</button> '
+        '<span id="mask-count"></span></p><p id="status" role="status"></p>'
         f"<h2>Last clips</h2>{clip_list}"
+        '<h2>Clips by day</h2><div id="days"></div>'
+        '<h2>Settings</h2><form id="settings"></form>'
         f"<h2>Health</h2><dl>{rows}</dl>"
-        "</main></body></html>"
+        '</main><script src="app.js"></script></body></html>'
     )
     return doc.encode()

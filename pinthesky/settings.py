@@ -14,6 +14,7 @@ file, the command line.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import tomllib
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pinthesky.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 
 class Resolution(NamedTuple):
@@ -758,6 +761,14 @@ OPTIONS: tuple[Option, ...] = (
         4,
         "MJPEG viewers at once (they share one encoder); one more is answered 503",
     ),
+    Option(
+        "http.local_settings",
+        "--local-settings",
+        _path,
+        "local-settings.toml",
+        "TOML file that keeps the changes made on the local page (read after --config; "
+        "a relative path is in the working directory, the state directory under systemd)",
+    ),
     # RTSP out: the camera's H.264 to players and NVRs on the home network
     Option(
         "rtsp.port",
@@ -854,6 +865,28 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 SIDECAR_SECTIONS = ("iot",)
+
+PAGE_KEYS = (
+    "camera.resolution",
+    "camera.framerate",
+    "camera.rotation",
+    "camera.sensitivity",
+    "camera.recording_window",
+    "camera.buffer",
+    "camera.encoding_bitrate",
+    "camera.encoding_profile",
+    "camera.encoding_level",
+    "motion.min_time",
+    "motion.mask_rects",
+    "recorder.pre_roll",
+    "recorder.post_roll",
+    "recorder.max_clip",
+    "health.interval",
+    "daemon.log_level",
+)
+"""Settings the local page may change (and its ``--local-settings`` file may hold): the
+camera and detection, each applied live. Where clips, credentials and uploads go, and the
+page's own password, stay in the ``--config`` file that only the operator writes."""
 """Sections whose flags belong to ``pinthesky-iot``, not to the daemon."""
 
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
@@ -1009,6 +1042,8 @@ class HttpSettings:
     """Basic-auth password; ``None`` lets anyone who can reach the port in."""
     max_viewers: int
     """MJPEG viewers at once."""
+    local_settings: Path
+    """Where changes made on the local page are kept (read after ``--config``)."""
 
 
 @dataclass(frozen=True)
@@ -1207,6 +1242,9 @@ def load(
         errors.extend(unknown)
         for key, value in flat.items():
             raw[key] = (value, str(config_file))
+    local = cli.get("http.local_settings", raw["http.local_settings"][0])
+    for key, value in read_local(Path(str(local))).items():
+        raw[key] = (value, str(local))
     for key, value in cli.items():
         if key in OPTION_BY_KEY:
             joined = ";".join(value) if isinstance(value, list) else value
@@ -1225,6 +1263,29 @@ def load(
     if errors:
         raise ConfigError(errors)
     return _freeze(values)
+
+
+def read_local(path: Path) -> dict[str, Any]:
+    """The page's saved changes (key path -> raw value); nothing when there are none.
+
+    A problem in this file never stops the camera: it is one warning line and the file's
+    values are left out (the ``--config`` file's apply)."""
+    try:
+        if not path.is_file():
+            return {}
+        flat, unknown = read_toml(path)
+    except ConfigError as exc:
+        _log.warning("%s; the page's saved changes are not applied", exc.errors[0])
+        return {}
+    for line in unknown:
+        _log.warning("%s", line)
+    kept = {}
+    for key, value in flat.items():
+        if key in PAGE_KEYS:
+            kept[key] = value
+        else:
+            _log.warning("%s in %s: not a setting the page may change; left out", key, path)
+    return kept
 
 
 def _show(value: Any) -> str:

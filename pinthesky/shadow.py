@@ -159,7 +159,7 @@ def desired_changes(
             key = keys.get(name)
             if key is None:
                 continue  # unknown keys are tolerated (newer consoles)
-            if _same(value, current[section].get(name)):
+            if same_value(value, current[section].get(name)):
                 continue
             if key in PROTECTED and not allow_identity:
                 refused.append(
@@ -171,7 +171,7 @@ def desired_changes(
     return changes, refused
 
 
-def _same(desired: Any, reported: Any) -> bool:
+def same_value(desired: Any, reported: Any) -> bool:
     if desired == reported:
         return True
     # The console sends numbers as strings ("20" for 20).

@@ -1,4 +1,5 @@
-"""The optional local web server: the page, the live MJPEG stream, the clips, health.
+"""The optional local web server: the page, the live MJPEG stream, the clips, health, and the
+control API.
 
 Plain HTTP/1.1 on asyncio streams, on the daemon's loop; one request per connection. Routes:
 
@@ -8,11 +9,22 @@ Plain HTTP/1.1 on asyncio streams, on the daemon's loop; one request per connect
 - ``GET /clips/NAME``: a clip, with single byte ranges (206) so that browsers can seek, and
   ``?download=1`` to save it; NAME must be one of the names the clip directory lists: no path
   from the URL is ever joined to a directory;
-- ``GET /health.json``: the health report (``health.py``).
+- ``GET /health.json``: the health report (``health.py``);
+- ``GET /thumbs/NAME``: a clip's picture, when one was made beside it;
+- ``GET /app.js``: the page's script (``local/script.py``);
+- ``/api/...``: the control API (``local/api.py``).
 
-With ``http.password`` set every request needs HTTP basic auth (any user name). The server
-never blocks the loop on the disk (files are read on a worker thread) or on a client (every
-read and write has a timeout); it only reads what the recorder wrote, never deletes.
+With ``http.password`` set every request needs HTTP basic auth (any user name). A request that
+changes something (``PATCH``, ``POST``, ``DELETE``, only under ``/api/``) also needs a password
+to be set at all (without one the API is read-only), must come from this page (``Origin`` and
+``Sec-Fetch-Site``, when the browser sends them) and carries at most ``MAX_BODY`` bytes of JSON.
+
+The server never blocks the loop on the disk (files are read on a worker thread) or on a client
+(every read and write has a timeout). Hostile clients: a request head must arrive whole within
+``HEAD_TIMEOUT_S``; when every connection slot is taken, the connection that has waited longest
+for its head is closed to make room (idle and trickling connections cannot lock others out);
+an MJPEG viewer gets a picture only when the previous one has left, and is dropped once it has
+taken none for ``VIEWER_STALL_S``.
 """
 
 from __future__ import annotations
@@ -27,6 +39,8 @@ import json
 import logging
 import os
 import re
+import socket
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +49,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pinthesky.clips import ClipStore
 from pinthesky.live.mjpeg import MjpegBroadcaster
+from pinthesky.local.api import LocalApi, thumbnail
+from pinthesky.local.script import SCRIPT
 from pinthesky.page import ClipEntry, render
 from pinthesky.settings import HttpSettings, Resolution
 
@@ -42,9 +58,19 @@ log = logging.getLogger(__name__)
 
 HEAD_LIMIT = 16 * 1024
 """Bytes of request line and headers accepted."""
+HEAD_TIMEOUT_S = 10.0
+"""The whole request head must arrive within this (a trickle of bytes does not extend it)."""
 READ_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 20.0
 MAX_CONNECTIONS = 64
+MAX_BODY = 64 * 1024
+"""Bytes of a request's JSON body accepted (a settings change is a few hundred)."""
+VIEWER_STALL_S = 10.0
+"""An MJPEG viewer that has not taken a whole picture for this long is dropped."""
+STREAM_SNDBUF = 128 * 1024
+"""Kernel send buffer of an MJPEG connection: a few pictures, not seconds of them."""
+_DIGITS = 18
+"""Longest byte position taken at its value; a longer one is beyond any file."""
 PAGE_CLIPS = 12
 FILE_CHUNK = 256 * 1024
 BOUNDARY = "FRAME"
@@ -52,10 +78,15 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _REASONS = {
     200: "OK",
     206: "Partial Content",
+    202: "Accepted",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
     503: "Service Unavailable",
 }
@@ -64,7 +95,7 @@ _SECURITY = {
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": (
         "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; "
-        "frame-ancestors 'none'"
+        "script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'"
     ),
 }
 
@@ -92,15 +123,21 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
         return None
     first, last = match.group(1), match.group(2)
     if not first:  # bytes=-N: the last N bytes
-        n = int(last)
+        n = _position(last)
         if n == 0:
             raise Unsatisfiable(value)
         return max(0, size - n), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    start = _position(first)
+    end = min(_position(last), size - 1) if last else size - 1
+    if start >= size or (last and _position(last) < start):
         raise Unsatisfiable(value)
     return start, end
+
+
+def _position(digits: str) -> int:
+    # int() of thousands of digits is refused by Python (and slow): any number this long
+    # is past the end of every file, which is all the range logic needs to know.
+    return int(digits) if len(digits.lstrip("0")) <= _DIGITS else 10**_DIGITS
 
 
 def parse_head(head: bytes) -> Request | None:
@@ -139,6 +176,7 @@ class WebServer:
         health: Callable[[], dict[str, Any]],
         title: Callable[[], str],
         live_size: Callable[[], Resolution],
+        api: LocalApi | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -148,9 +186,15 @@ class WebServer:
         self._live_size = live_size
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
+        self._waiting: dict[asyncio.StreamWriter, float] = {}
+        """Connections still sending their request head -> when they came."""
+        self.api = api
         self.port: int | None = None
         self.requests = 0
         self.unauthorized = 0
+        self.evicted = 0
+        self.dropped_viewers = 0
+        self.cross_origin = 0
 
     async def start(self) -> None:
         """Listen; raises OSError when the address cannot be used."""
@@ -188,25 +232,48 @@ class WebServer:
         assert task is not None
         self._clients.add(task)
         try:
-            await self._exchange(reader, writer)
+            if len(self._clients) > MAX_CONNECTIONS and not self._evict_oldest_waiting():
+                await self._error(writer, 503, "too many connections")
+                return
+            self._waiting[writer] = asyncio.get_running_loop().time()
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+            finally:
+                self._waiting.pop(writer, None)
+            await self._exchange(head, reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.debug("http: a client went away or stalled (%s): nothing to answer", exc)
         except asyncio.LimitOverrunError:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await self._error(writer, 400, "request header too large")
+        except asyncio.CancelledError:
+            # The server is closing. Ending quietly: the stream's own callback would log the
+            # cancellation of a connection's task as an error.
+            pass
         except Exception:
             log.exception("http: a request failed")
         finally:
             self._clients.discard(task)
+            self._waiting.pop(writer, None)
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._clients) > MAX_CONNECTIONS:
-            await self._error(writer, 503, "too many connections")
-            return
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
+    def _evict_oldest_waiting(self) -> bool:
+        """Close the connection that has waited longest for its request head; False when
+        every connection is busy with a request (those end on their own timeouts)."""
+        if not self._waiting:
+            return False
+        oldest = min(self._waiting, key=self._waiting.__getitem__)
+        del self._waiting[oldest]
+        oldest.transport.abort()  # its read ends with a reset, like a client that went away
+        self.evicted += 1
+        log.debug("http: every connection slot taken; closed one still sending its head")
+        return True
+
+    async def _exchange(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         request = parse_head(head)
         self.requests += 1
         if request is None:
@@ -221,10 +288,13 @@ class WebServer:
                 b"password required\n",
             )
             return
+        path = request.path
+        if path.startswith("/api/"):
+            await self._api(reader, writer, request)
+            return
         if request.method not in ("GET", "HEAD"):
             await self._send(writer, 405, {"Allow": "GET, HEAD"}, b"GET or HEAD only\n")
             return
-        path = request.path
         if path in ("/", "/index.html"):
             await self._page(writer, request)
         elif path == "/stream.mjpg":
@@ -234,6 +304,14 @@ class WebServer:
             await self._send(writer, 200, _json(), body, head_only=request.method == "HEAD")
         elif path.startswith("/clips/"):
             await self._clip(writer, request, unquote(path[len("/clips/") :]))
+        elif path.startswith("/thumbs/"):
+            await self._thumb(writer, request, unquote(path[len("/thumbs/") :]))
+        elif path == "/app.js":
+            headers = {
+                "Content-Type": "text/javascript; charset=utf-8",
+                "Cache-Control": "no-cache",
+            }
+            await self._send(writer, 200, headers, SCRIPT, head_only=request.method == "HEAD")
         else:
             await self._error(writer, 404, "not found")
 
@@ -278,6 +356,97 @@ class WebServer:
             if path.name == name:
                 return path
         return None
+
+    # -- the control API -----------------------------------------------------------------------
+
+    async def _api(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request
+    ) -> None:
+        if self.api is None:
+            await self._error(writer, 404, "not found")
+            return
+        method = request.method
+        body: Any = None
+        if method not in ("GET", "HEAD"):
+            refusal = self._refuse_change(request)
+            if refusal is not None:
+                status, text = refusal
+                await self._send(writer, status, _json(), _error_json(text))
+                return
+            try:
+                body = await self._read_body(reader, request)
+            except _BodyError as exc:
+                await self._send(writer, exc.status, _json(), _error_json(str(exc)))
+                return
+        status, payload = await self.api.handle(method, request.path[len("/api") :], body)
+        data = json.dumps(payload).encode()
+        await self._send(writer, status, _json(), data, head_only=method == "HEAD")
+
+    def _refuse_change(self, request: Request) -> tuple[int, str] | None:
+        """Why a request that changes something is refused, or None to let it in."""
+        if request.method not in ("PATCH", "POST", "DELETE"):
+            return 405, "GET, HEAD, PATCH, POST or DELETE"
+        if self.settings.password is None:
+            return 403, (
+                "control is off: set http.password in the --config file to change settings, "
+                "record or delete from this page"
+            )
+        # A page on another site may make the browser send requests here (with the saved
+        # password): browsers say where a request comes from, and only this page may change.
+        site = request.headers.get("sec-fetch-site")
+        origin = request.headers.get("origin")
+        host = request.headers.get("host", "")
+        if (site is not None and site not in ("same-origin", "none")) or (
+            origin is not None and origin != f"http://{host}"
+        ):
+            self.cross_origin += 1
+            return 403, "refused: the request comes from another site"
+        return None
+
+    async def _read_body(self, reader: asyncio.StreamReader, request: Request) -> Any:
+        headers = request.headers
+        if "transfer-encoding" in headers:
+            raise _BodyError(411, "send the body with a Content-Length")
+        raw = headers.get("content-length", "0")
+        if not raw.isdigit() or len(raw) > 9:
+            raise _BodyError(400, "bad Content-Length")
+        length = int(raw)
+        if length > MAX_BODY:
+            raise _BodyError(413, f"the body may have at most {MAX_BODY} bytes")
+        if length == 0:
+            return None
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            # Also keeps out plain HTML forms, which browsers send from any site.
+            raise _BodyError(415, "the body must be application/json")
+        data = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT_S)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            raise _BodyError(400, "the body is not valid JSON") from None
+
+    async def _thumb(self, writer: asyncio.StreamWriter, request: Request, name: str) -> None:
+        def read() -> bytes | None:
+            clip = self._find_clip(name)
+            picture = thumbnail(clip) if clip is not None else None
+            if picture is None:
+                return None
+            fd = os.open(picture, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode) or st.st_size > 8 * 1024 * 1024:
+                    return None
+                return fh.read()
+
+        try:
+            data = await asyncio.to_thread(read)
+        except OSError:
+            data = None
+        if data is None:
+            await self._error(writer, 404, "no picture for that clip")
+            return
+        headers = {"Content-Type": "image/jpeg", "Cache-Control": "no-cache"}
+        await self._send(writer, 200, headers, data, head_only=request.method == "HEAD")
 
     async def _clip(self, writer: asyncio.StreamWriter, request: Request, name: str) -> None:
         path = await asyncio.to_thread(self._find_clip, name)
@@ -338,21 +507,38 @@ class WebServer:
                 "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                 "Cache-Control": "no-store",
             }
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
             await self._send_head(writer, 200, headers, None)
             if request.method == "HEAD":
                 return
+            loop = asyncio.get_running_loop()
+            transport = writer.transport
+            taken = loop.time()
             while True:
-                jpeg = await viewer.next()
+                jpeg = await viewer.next(within=VIEWER_STALL_S)
+                if transport.is_closing():
+                    return
+                if transport.get_write_buffer_size() > 0:
+                    # The last picture has not left yet: skip this one, and let a viewer
+                    # that takes nothing for long go, so that it frees its slot.
+                    if loop.time() - taken > VIEWER_STALL_S:
+                        self.dropped_viewers += 1
+                        log.info("http: dropped an MJPEG viewer that stopped reading")
+                        return
+                    continue
+                taken = loop.time()
                 if jpeg is None:
-                    return  # the server is closing
+                    if viewer.closed:
+                        return  # the server is closing
+                    continue
                 writer.write(
                     f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                     f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
                     + jpeg
                     + b"\r\n"
                 )
-                # A viewer that cannot take a picture within the timeout is dropped.
-                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
         finally:
             self.mjpeg.leave(viewer)
 
@@ -389,6 +575,16 @@ class WebServer:
     async def _error(self, writer: asyncio.StreamWriter, status: int, text: str) -> None:
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         await self._send(writer, status, headers, (text + "\n").encode())
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error_json(text: str) -> bytes:
+    return json.dumps({"error": text}).encode()
 
 
 def _json() -> dict[str, str]:

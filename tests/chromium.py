@@ -103,12 +103,15 @@ class Chromium:
         result: dict[str, Any] = answer.get("result", {})
         return result
 
-    def open(self, url: str) -> str:
-        """A new tab on ``url``; returns its session id."""
+    def open(self, url: str, headers: dict[str, str] | None = None) -> str:
+        """A new tab on ``url`` (every request of it sending ``headers``); its session id."""
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session: str = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
             "sessionId"
         ]
+        if headers:
+            self.call("Network.enable", session=session)
+            self.call("Network.setExtraHTTPHeaders", {"headers": headers}, session=session)
         self.call("Page.enable", session=session)
         self.call("Emulation.setDeviceMetricsOverride", {
             "width": 1000, "height": 1400, "deviceScaleFactor": 1, "mobile": False,

@@ -35,6 +35,7 @@ def settings_for(tmp: Path, **flags: Any) -> Settings:
         "events.event_output": str(tmp / "events" / "output.json"),
         "events.configure_input": str(tmp / "configuration" / "input.json"),
         "events.configure_output": str(tmp / "configuration" / "output.json"),
+        "http.local_settings": str(tmp / "local-settings.toml"),
     }
     raw.update({k: str(v) for k, v in flags.items()})
     return load(raw, environ={})

@@ -209,3 +209,147 @@ def test_the_local_page_in_chromium(footage, tmp_path):
     assert (played["width"], played["height"]) == (640, 480)
     assert results["shot"].stat().st_size > 10_000
     assert results["shot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+READY = """(async () => {
+  const deadline = Date.now() + 30000;
+  while (document.body.dataset.ready !== '1') {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+})()"""
+
+
+def wait_js(browser: Any, page: str, condition: str, timeout_ms: int = 30000) -> Any:
+    """Poll ``condition`` (a JS expression) in the page until it is truthy; its value."""
+    return browser.evaluate(
+        page,
+        f"""(async () => {{
+  const deadline = Date.now() + {timeout_ms};
+  for (;;) {{
+    const v = ({condition});
+    if (v) return v;
+    if (Date.now() > deadline) return null;
+    await new Promise((r) => setTimeout(r, 50));
+  }}
+}})()""",
+    )
+
+
+def test_the_control_page_in_chromium(tmp_path):
+    """The page as a user drives it: a setting changed in the form, a clip recorded with the
+    button, a clip deleted (two clicks), and a mask dragged on the live picture, each checked in
+    the daemon's state and on disk."""
+    import base64
+
+    from chromium import Chromium
+    from conftest import REPO, eventually
+    from test_web import plant_clips, serve, web_settings
+
+    from pinthesky.settings import Rect
+
+    clips = plant_clips(tmp_path)
+    (clips / "1700000100.motion.jpg").write_bytes(b"\xff\xd8\xff\xd9")
+    local = tmp_path / "local-settings.toml"
+    auth = "Basic " + base64.b64encode(b"me:pw 1").decode()
+    artifact = REPO / ".cache" / "artifacts" / "control-page.png"
+    seen: dict[str, Any] = {}
+
+    def check(daemon: Any, port: int) -> None:
+        with Chromium(tmp_path / "profile") as browser:
+            page = browser.open(f"http://127.0.0.1:{port}/", {"Authorization": auth})
+            assert browser.evaluate(page, READY), "the page's script never finished loading"
+            seen["help"] = browser.evaluate(
+                page, "document.querySelector('label[for=\"f-camera.sensitivity\"] small')"
+                ".textContent")  # fmt: skip
+            seen["cards"] = browser.evaluate(page, """[
+                ...document.querySelectorAll('.clip[data-name]')
+            ].map((c) => [c.dataset.name, c.querySelector('.thumb').tagName])""")  # fmt: skip
+            assert browser.evaluate(page, "document.getElementById('control-off').hidden")
+
+            # A setting, through the form.
+            browser.evaluate(page, """(() => {
+                document.getElementById('f-camera.sensitivity').value = '33';
+                document.getElementById('save').click(); })()""")  # fmt: skip
+            assert wait_js(browser, page, "document.getElementById('status').textContent"
+                           ".startsWith('saved')")  # fmt: skip
+            eventually(lambda: daemon.settings.camera.sensitivity == 33, 20, "sensitivity 33")
+            assert "sensitivity = 33" in local.read_text()
+
+            # A manual clip, with the button.
+            before = set(daemon.store.clips())
+            browser.evaluate(page, """(() => {
+                document.getElementById('duration').value = '1';
+                document.getElementById('record').click(); })()""")  # fmt: skip
+            assert wait_js(browser, page, "document.getElementById('status').textContent"
+                           ".startsWith('recording')")  # fmt: skip
+            made = eventually(lambda: set(daemon.store.clips()) - before, 30, "the manual clip")
+            assert next(iter(made)).stat().st_size > 1000
+
+            # Delete: the first click asks, the second deletes.
+            sel = "document.querySelector('.clip[data-name=\"1700000000.motion.mp4\"] .delete')"
+            browser.evaluate(page, f"{sel}.click()")
+            assert browser.evaluate(page, f"{sel}.textContent") == "really delete?"
+            assert (clips / "1700000000.motion.mp4").exists()
+            browser.evaluate(page, f"{sel}.click()")
+            eventually(lambda: not (clips / "1700000000.motion.mp4").exists(), 20, "deleted")
+            assert wait_js(browser, page, f"!{sel}")  # gone from the list too
+
+            # A mask: drag from 10 % to 50 % of the live picture with the mouse, then save.
+            box = browser.evaluate(page, """(() => {
+                const c = document.getElementById('mask'); c.scrollIntoView();
+                document.getElementById('draw').click();
+                const b = c.getBoundingClientRect();
+                return [b.left, b.top, b.width, b.height]; })()""")  # fmt: skip
+            left, top, width, height = box
+            points = [(0.1, 0.1), (0.3, 0.3), (0.5, 0.5)]
+            for i, (fx, fy) in enumerate(points):
+                kind = "mousePressed" if i == 0 else "mouseMoved"
+                browser.call("Input.dispatchMouseEvent", {
+                    "type": kind, "x": left + fx * width, "y": top + fy * height,
+                    "button": "left", "buttons": 1, "clickCount": 1}, session=page)  # fmt: skip
+            browser.call("Input.dispatchMouseEvent", {
+                "type": "mouseReleased", "x": left + 0.5 * width, "y": top + 0.5 * height,
+                "button": "left", "buttons": 0, "clickCount": 1}, session=page)  # fmt: skip
+            seen["drawn"] = browser.evaluate(page, "window.pinthesky.rects")
+            browser.evaluate(page, "document.getElementById('save-mask').click()")
+            assert wait_js(browser, page, "document.getElementById('status').textContent"
+                           ".startsWith('mask saved')")  # fmt: skip
+            seen["shot"] = browser.screenshot(page, artifact)
+        seen["mask"] = daemon.settings.motion.mask_rects
+        seen["masked"] = int((~daemon._analyzer.cell_mask).sum())
+
+    serve(web_settings(tmp_path, **{"http.password": "pw 1"}), check)
+    print(f"screenshot of the control page: {seen['shot']}")
+    assert "moving 16x16 macroblocks" in seen["help"] and "allowed: a whole number" in seen["help"]
+    cards = dict(seen["cards"])
+    assert cards["1700000100.motion.mp4"] == "IMG" and cards["1700000200.motion.h264"] == "DIV"
+    assert seen["drawn"] == [[64, 48, 256, 192]]
+    assert seen["mask"] == (Rect(64, 48, 256, 192),) and seen["masked"] > 0
+    assert 'mask_rects = "64,48,256,192"' in local.read_text()
+
+
+def test_without_a_password_the_page_says_how_to_enable_control(tmp_path):
+    from chromium import Chromium
+    from test_web import plant_clips, serve, web_settings
+
+    plant_clips(tmp_path)
+    seen: dict[str, Any] = {}
+
+    def check(daemon: Any, port: int) -> None:
+        with Chromium(tmp_path / "profile") as browser:
+            page = browser.open(f"http://127.0.0.1:{port}/")
+            assert browser.evaluate(page, READY), "the page's script never finished loading"
+            seen.update(browser.evaluate(page, """(() => ({
+                note: document.getElementById('control-off').hidden ? '' :
+                    document.getElementById('control-off').textContent,
+                disabled: [...document.querySelectorAll('#record, #still, #save, #save-mask,'
+                    + ' .delete, #settings input')].every((b) => b.disabled),
+                deletes: document.querySelectorAll('.clip[data-name] .delete').length,
+                fields: document.querySelectorAll('#settings input').length,
+            }))()"""))  # fmt: skip
+
+    serve(web_settings(tmp_path), check)
+    assert "Set password in the [http] section of the --config file" in seen["note"]
+    assert seen["disabled"] and seen["deletes"] == 3 and seen["fields"] >= 10

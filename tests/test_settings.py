@@ -849,3 +849,17 @@ def test_non_default_settings_round_trip(tmp_path: Path) -> None:
     assert back.storage.video_prefix == 'we"ird\\prefix'
     assert back.recorder.pre_roll == 2.5
     assert back.recorder.post_roll == 20.0
+
+
+@pytest.mark.parametrize(
+    ("interval", "fps", "seconds"),
+    [(0, 20.0, 1.0), (0, 14.0, 1.0), (40, 20.0, 2.0), (40, 14.0, 40 / 14)],
+)
+def test_keyframe_seconds_follow_the_delivered_rate(
+    interval: int, fps: float, seconds: float
+) -> None:
+    """A camera that gives 14 fps where 30 were asked spaces its keyframes by what it gives."""
+    camera = dataclasses.replace(
+        settings.load({}, environ={}).camera, framerate=30, keyframe_interval=interval
+    )
+    assert camera.keyframe_seconds(fps) == pytest.approx(seconds)

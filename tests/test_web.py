@@ -90,7 +90,9 @@ def test_the_page_lists_the_last_clips_with_players_downloads_and_health(tmp_pat
         assert page.count("<video") == 2 and 'src="clips/1700000000.motion.mp4"' in page
         assert '<img id="live" src="stream.mjpg" width="640" height="480"' in page
         assert "<dt>recording</dt><dd>yes</dd>" in page
-        assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere
+        # Nothing is fetched from elsewhere: no absolute or scheme-relative address at all.
+        assert "http:" not in page and "https:" not in page and '="//' not in page
+        assert '<script src="app.js"></script>' in page
         status, headers, body = fetch(port, "/health.json")
         assert status == 200 and b'"recording_status": true' in body
         assert fetch(port, "/", method="HEAD")[2] == b""

@@ -1,0 +1,323 @@
+"""The local control API behind ``/api/``: settings, a manual clip, a still, the clips.
+
+Requests arrive parsed (method, path after ``/api``, JSON body) from ``web.py``, which has
+already checked the password, the origin and the body's size. Every answer is a status and a
+JSON document; a refusal is ``{"error": "<one line>"}`` (``errors`` for several settings).
+
+Settings use the sections and names of the TOML file and the shadow. A change goes through
+the option table (``settings.merge``), then ``Daemon.reconfigure`` (the same path as a shadow
+change: the camera reopens only when it must), then the ``--local-settings`` file (merged
+line by line, so comments stay) and the shadow's reported state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import stat
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pinthesky.eventfiles import write_atomically
+from pinthesky.onpi import merge_toml
+from pinthesky.settings import (
+    OPTION_BY_KEY,
+    PAGE_KEYS,
+    Rect,
+    Resolution,
+    Settings,
+    Window,
+    flatten,
+    merge,
+)
+
+if TYPE_CHECKING:
+    from pinthesky.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_S = 600
+"""Longest manual clip the page may ask for."""
+_PROBE = "\x00?"
+"""A value no option accepts: its refusal is the option's "allowed" text."""
+_CLIP = re.compile(r"^(\d{1,12})(?:-(\d{1,6}))?\.motion\.(mp4|h264)$")
+
+
+class ApiError(Exception):
+    """A refused request: its status and one line."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def json_value(value: Any) -> Any:
+    """A setting's value as the API shows it (the TOML file's text for the typed ones)."""
+    if isinstance(value, Resolution | Window):
+        return str(value)
+    if isinstance(value, tuple):  # mask rectangles
+        return [list(r) for r in value if isinstance(r, Rect)]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _toml_value(value: Any) -> Any:
+    """What the ``--local-settings`` file keeps for a typed value."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple) and not isinstance(value, Resolution | Window):
+        return ";".join(str(r) for r in value)
+    if isinstance(value, bool | int | float):
+        return value
+    return str(value)
+
+
+def _allowed(key: str) -> str:
+    try:
+        OPTION_BY_KEY[key].parse(_PROBE)
+    except ValueError as exc:
+        return str(exc).removeprefix("must be ")
+    return "text"
+
+
+def options() -> list[dict[str, Any]]:
+    """What the page's form shows for each setting it may change."""
+    out = []
+    for key in PAGE_KEYS:
+        opt = OPTION_BY_KEY[key]
+        section, name = key.split(".")
+        out.append(
+            {
+                "section": section,
+                "name": name,
+                "help": opt.help,
+                "allowed": _allowed(key),
+                "default": json_value(opt.default),
+            }
+        )
+    return out
+
+
+def settings_document(s: Settings) -> dict[str, dict[str, Any]]:
+    flat = flatten(s)
+    doc: dict[str, dict[str, Any]] = {}
+    for key in PAGE_KEYS:
+        section, name = key.split(".")
+        doc.setdefault(section, {})[name] = json_value(flat[key])
+    return doc
+
+
+class LocalApi:
+    """Carries out the API's requests with the daemon's own methods (on the loop)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._lock = asyncio.Lock()
+        self.changes = 0
+
+    async def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        try:
+            return await self._route(method, path, body)
+        except ApiError as exc:
+            return exc.status, {"error": str(exc)}
+
+    async def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path == "/settings":
+            if method in ("GET", "HEAD"):
+                return 200, self._settings()
+            if method == "PATCH":
+                return await self._patch(body)
+            raise ApiError(405, "GET or PATCH")
+        if path == "/record":
+            self._method(method, "POST")
+            return await self._record(body)
+        if path == "/still":
+            self._method(method, "POST")
+            return await self._still()
+        if path == "/clips":
+            self._method(method, "GET")
+            return 200, {"days": await asyncio.to_thread(self._list_clips)}
+        if path.startswith("/clips/"):
+            self._method(method, "DELETE")
+            return await self._delete(path[len("/clips/") :])
+        raise ApiError(404, "no such API route")
+
+    @staticmethod
+    def _method(method: str, allowed: str) -> None:
+        if method != allowed and not (allowed == "GET" and method == "HEAD"):
+            raise ApiError(405, f"{allowed} only")
+
+    # -- settings ------------------------------------------------------------------------
+
+    def _settings(self) -> dict[str, Any]:
+        s = self.daemon.settings
+        return {
+            "settings": settings_document(s),
+            "options": options(),
+            "control": s.http.password is not None,
+        }
+
+    async def _patch(self, body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict) or not body:
+            raise ApiError(400, 'send {"section": {"name": value}} with the settings to change')
+        changes: dict[str, Any] = {}
+        errors: list[str] = []
+        for section, values in body.items():
+            if not isinstance(values, dict):
+                errors.append(f"{str(section)[:40]}: must be an object of settings")
+                continue
+            for name, value in values.items():
+                key = f"{section}.{name}"
+                if key not in PAGE_KEYS:
+                    where = "unknown setting" if key not in OPTION_BY_KEY else "not changeable here"
+                    errors.append(
+                        f"{key[:80]}: {where} (the page may change {', '.join(PAGE_KEYS)})"
+                    )
+                else:
+                    changes[key] = value
+        async with self._lock:  # one change at a time, in order, like shadow documents
+            if not errors:
+                _, errors = merge(self.daemon.settings, changes, "page")
+            if errors:
+                # All or nothing: a form is sent whole, and half of it applied would surprise.
+                return 400, {"error": errors[0], "errors": errors}
+            applied = await self.daemon.reconfigure(changes, "page")
+            saved = await asyncio.to_thread(self._persist, changes) if applied else True
+            if applied and self.daemon.control is not None:
+                self.daemon.control.shadow.local_change(applied)
+            self.changes += bool(applied)
+        return 200, {
+            "changed": sorted(applied),
+            "saved": saved,
+            **self._settings(),
+        }
+
+    def _persist(self, changes: dict[str, Any]) -> bool:
+        """Merge the changed keys into the ``--local-settings`` file (worker thread); False
+        when it cannot be written (the change holds until the daemon restarts)."""
+        s = self.daemon.settings
+        path = s.http.local_settings
+        flat = flatten(s)
+        values: dict[str, dict[str, Any]] = {}
+        for key in changes:
+            section, name = key.split(".")
+            values.setdefault(section, {})[name] = _toml_value(flat[key])
+        try:
+            before = _read_regular(path)
+            if not before:
+                before = (
+                    "# Changes made on pinthesky's local page; read after the --config file.\n"
+                    "# You may edit it: the page sets only the keys it changes.\n"
+                )
+            write_atomically(path, merge_toml(before, values).encode(), mode=0o600)
+        except OSError as exc:
+            log.warning(
+                "page: cannot keep the change in %s (%s); it holds until a restart",
+                path,
+                exc.strerror or exc,
+            )
+            return False
+        return True
+
+    # -- record, still ---------------------------------------------------------------------
+
+    async def _record(self, body: Any) -> tuple[int, Any]:
+        d = self.daemon
+        raw = body.get("duration", 30) if isinstance(body, dict) else None
+        if (
+            isinstance(raw, bool)
+            or not isinstance(raw, int | float)
+            or not 1 <= raw <= MAX_RECORD_S
+        ):
+            raise ApiError(400, f"duration: must be a number of seconds from 1 to {MAX_RECORD_S}")
+        if d.recorder is None:
+            raise ApiError(503, "the camera is not running")
+        future = d.recorder.capture(float(raw))
+        if future.done() and future.result() is None:
+            raise ApiError(503, "nothing buffered yet; try again in a second")
+        log.info("page: manual clip of %g s", raw)
+        return 202, {"recording": True, "duration": raw}
+
+    async def _still(self) -> tuple[int, Any]:
+        try:
+            path = await self.daemon.capture_image()
+        except Exception as exc:  # the camera's own error, as one line
+            raise ApiError(503, f"still failed: {exc}") from None
+        return 200, {"name": path.name}
+
+    # -- clips -----------------------------------------------------------------------------
+
+    def _list_clips(self) -> list[dict[str, Any]]:
+        """Every clip, newest day first and newest first within a day (worker thread)."""
+        store = self.daemon.store
+        days: dict[str, list[dict[str, Any]]] = {}
+        for path in reversed(store.clips()):
+            m = _CLIP.match(path.name)
+            if m is None:
+                continue
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                start = int(m.group(1))
+                thumb = thumbnail(path)
+                entry = {
+                    "name": path.name,
+                    "start": start,
+                    "time": time.strftime("%H:%M:%S", time.localtime(start)),
+                    "size": st.st_size,
+                    "format": m.group(3),
+                    "playable": m.group(3) == "mp4",
+                    "trigger": store.meta(path).get("trigger"),
+                    "thumbnail": f"thumbs/{path.name}" if thumb else None,
+                }
+                days.setdefault(time.strftime("%Y-%m-%d", time.localtime(start)), []).append(entry)
+        return [{"day": day, "clips": clips} for day, clips in days.items()]
+
+    async def _delete(self, name: str) -> tuple[int, Any]:
+        path = await asyncio.to_thread(find_clip, self.daemon, name)
+        if path is None:
+            raise ApiError(404, "no such clip")
+        thumb = thumbnail(path)
+        await asyncio.to_thread(self.daemon.store.remove, path)
+        if thumb is not None:
+            await asyncio.to_thread(thumb.unlink, True)
+        log.info("page: deleted %s", path.name)
+        return 200, {"deleted": path.name}
+
+
+def find_clip(daemon: Daemon, name: str) -> Path | None:
+    """The clip of that name if the clip directory lists it (worker thread): no path taken
+    from a URL is ever joined to a directory."""
+    for path in daemon.store.clips():
+        if path.name == name:
+            return path
+    return None
+
+
+def thumbnail(clip: Path) -> Path | None:
+    """The clip's picture (``{start}.motion.jpg`` beside it) when it is a regular file."""
+    m = _CLIP.match(clip.name)
+    if m is None:
+        return None
+    stem = clip.name.rsplit(".", 2)[0]
+    for name in dict.fromkeys((f"{stem}.motion.jpg", f"{m.group(1)}.motion.jpg")):
+        candidate = clip.with_name(name)
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(candidate).st_mode):  # a planted link is not followed
+                return candidate
+    return None
+
+
+def _read_regular(path: Path) -> str:
+    """The file's text, or "" when there is none; refuses anything but a regular file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return ""
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"{path} is not a regular file")
+    return path.read_text(encoding="utf-8", errors="replace")
