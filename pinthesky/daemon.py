@@ -258,12 +258,14 @@ class Daemon:
             info.rotation,
         )
         log.info(
-            "pinthesky started: %s source %dx%d at %.3g fps, pre-roll %.1f s, post-roll %.1f s,"
-            " clips in %s",
+            "pinthesky started: %s source %dx%d at %.3g fps, H.264 at %.2f Mb/s%s,"
+            " pre-roll %.1f s, post-roll %.1f s, clips in %s",
             camera.name,
             info.width,
             info.height,
             float(info.framerate),
+            s.camera.bitrate / 1e6,
+            " (auto)" if s.camera.encoding_bitrate is None else "",
             rec.pre_roll,
             rec.post_roll,
             s.storage.combine_dir,

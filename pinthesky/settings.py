@@ -288,6 +288,22 @@ def _live_size(v: Any) -> Resolution | None:
         ) from None
 
 
+BITRATE_MIN, BITRATE_MAX = 64_000, 60_000_000
+
+
+def _bitrate(v: Any) -> int | None:
+    """Bits per second, or ``auto`` (``None``): picked by ``auto_bitrate``."""
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("auto", "none", "")):
+        return None
+    try:
+        n: int = _int(BITRATE_MIN, BITRATE_MAX)(v)
+    except ValueError:
+        raise ValueError(
+            f"must be auto or a whole number of bits per second from {BITRATE_MIN} to {BITRATE_MAX}"
+        ) from None
+    return n
+
+
 def _port(v: Any) -> int | None:
     """A TCP port; 0 (or none) means off."""
     port: int = _int(0, 65535)(v)
@@ -346,9 +362,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "camera.encoding_bitrate",
         "--encoding-bitrate",
-        _int(64_000, 60_000_000),
-        17_000_000,
-        "H.264 bitrate in bits per second",
+        _bitrate,
+        "auto",
+        "H.264 bitrate in bits per second, or auto: chosen from the resolution and framerate "
+        "(see the README's table)",
     ),
     Option(
         "camera.encoding_profile", "--encoding-profile", _choice(*PROFILES), "high", "H.264 profile"
@@ -903,8 +920,8 @@ class CameraSettings:
     """Frames per second of the camera."""
     rotation: int
     """Mounting rotation: 180 in the sensor, 90/270 in software and as clip metadata."""
-    encoding_bitrate: int
-    """H.264 bitrate, bits per second."""
+    encoding_bitrate: int | None
+    """H.264 bitrate in bits per second as set; ``None`` is auto (see ``bitrate``)."""
     encoding_profile: str
     """H.264 profile name (Pi In The Sky spelling)."""
     encoding_level: str
@@ -925,6 +942,13 @@ class CameraSettings:
     @property
     def iperiod(self) -> int:
         return self.keyframe_interval or self.framerate
+
+    @property
+    def bitrate(self) -> int:
+        """The bitrate the encoder runs at: the one set, or auto's for this size and rate."""
+        if self.encoding_bitrate is not None:
+            return self.encoding_bitrate
+        return auto_bitrate(self.resolution, self.framerate)
 
 
 @dataclass(frozen=True)
@@ -1389,3 +1413,30 @@ def live_size(live: LiveSettings, camera: Resolution) -> Resolution:
     while w > LIVE_MAX.width or h > LIVE_MAX.height:
         w, h = w // 2, h // 2
     return Resolution(max(2, w - w % 2), max(2, h - h % 2))
+
+
+# -- auto bitrate ----------------------------------------------------------------------------
+# Measured with bench/bitrate.py --curves (the README's "Bitrate" section has the curves): real
+# footage encoded as the Pi encodes (libx264 superfast, High profile, no B-frames, a keyframe a
+# second, the bitrate held by the VBV) reaches SSIM 0.98 against its source, the knee of every
+# curve, at about 2 Mb/s for the hardest scene (a tree in wind) at 640x480 and 15 fps. Beyond
+# it a doubling buys less than 0.01 of SSIM. The bits needed grow more slowly than the pixels
+# (larger pictures are smoother per pixel: exponent 0.6, fitted from 640x480 to 1920x1080)
+# and much more slowly than the frame rate (closer frames differ less: exponent 0.45, the
+# walkers at 5 and 10 fps).
+AUTO_ANCHOR = (640 * 480, 15, 2_000_000)
+"""Pixels, frames per second and bits per second of the measured anchor point."""
+AUTO_PIXEL_EXPONENT = 0.6
+AUTO_FPS_EXPONENT = 0.45
+
+
+def auto_bitrate(size: Resolution, framerate: float) -> int:
+    """The bitrate ``--encoding-bitrate auto`` runs at: the knee of the quality curve for a
+    picture of ``size`` at ``framerate``, rounded to 100 kb/s."""
+    pixels, fps, bps = AUTO_ANCHOR
+    rate: float = (
+        bps
+        * (size.width * size.height / pixels) ** AUTO_PIXEL_EXPONENT
+        * (framerate / fps) ** AUTO_FPS_EXPONENT
+    )
+    return min(BITRATE_MAX, max(BITRATE_MIN, int(round(rate, -5))))

@@ -31,7 +31,7 @@ def reported_document(s: Settings) -> dict[str, Any]:
             "recording_window": str(c.recording_window) if c.recording_window else "0-23",
             "encoding_level": c.encoding_level,
             "encoding_profile": c.encoding_profile,
-            "encoding_bitrate": c.encoding_bitrate,
+            "encoding_bitrate": c.bitrate,
         },
         "cloud_connection": {
             "cert_path": _text(cc.cert_path),

@@ -57,7 +57,7 @@ GOP = 10
 CRF = 20
 VTEST_FRAMES = 795
 VTEST_PACKAGE = "opencv-doc"
-VTEST_MEMBER = Path("usr/share/doc/opencv-doc/examples/data/vtest.avi")
+OPENCV_DATA = Path("usr/share/doc/opencv-doc/examples/data")
 
 U8Image = npt.NDArray[np.uint8]
 F32Image = npt.NDArray[np.float32]
@@ -95,8 +95,10 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _download_vtest(dest: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix=".vtest-", dir=dest.parent) as tmp_str:
+def _download_sample(dest: Path) -> None:
+    """Fetch ``opencv-doc`` and copy its sample video named like ``dest`` there."""
+    member = OPENCV_DATA / dest.name
+    with tempfile.TemporaryDirectory(prefix=".sample-", dir=dest.parent) as tmp_str:
         tmp = Path(tmp_str)
         download = ["apt-get", "download", VTEST_PACKAGE]
         result = _run(download, tmp)
@@ -105,22 +107,23 @@ def _download_vtest(dest: Path) -> None:
             update = _run(["apt-get", "update"], tmp)
             if update.returncode != 0:
                 raise RuntimeError(
-                    f"cannot obtain vtest.avi: `apt-get update` failed: {_last_line(update.stderr)}"
+                    f"cannot obtain {dest.name}: `apt-get update` failed: "
+                    f"{_last_line(update.stderr)}"
                 )
             result = _run(download, tmp)
         if result.returncode != 0:
             raise RuntimeError(
-                f"cannot obtain vtest.avi: `apt-get download {VTEST_PACKAGE}` failed: "
+                f"cannot obtain {dest.name}: `apt-get download {VTEST_PACKAGE}` failed: "
                 f"{_last_line(result.stderr)}"
             )
         debs = sorted(tmp.glob(f"{VTEST_PACKAGE}_*.deb"))
         if not debs:
-            raise RuntimeError(f"cannot obtain vtest.avi: no {VTEST_PACKAGE} .deb was downloaded")
+            raise RuntimeError(f"cannot obtain {dest.name}: no {VTEST_PACKAGE} .deb was downloaded")
         extract = _run(["dpkg-deb", "-x", str(debs[0]), "x"], tmp)
-        source = tmp / "x" / VTEST_MEMBER
+        source = tmp / "x" / member
         if extract.returncode != 0 or not source.is_file():
             raise RuntimeError(
-                f"cannot obtain vtest.avi: `dpkg-deb -x` gave no {VTEST_MEMBER}: "
+                f"cannot obtain {dest.name}: `dpkg-deb -x` gave no {member}: "
                 f"{_last_line(extract.stderr)}"
             )
         partial = _tmp_name(dest)
@@ -140,12 +143,21 @@ def vtest_path() -> Path:
     keeps concurrent test workers from downloading twice.  Raises ``RuntimeError``
     with a one-line reason if the file cannot be had.
     """
-    dest = CACHE_DIR / "vtest.avi"
+    return _sample("vtest.avi")
+
+
+def tree_path() -> Path:
+    """Path to ``tree.avi`` (a real tree in wind, 320x240 at 15 fps), fetched like vtest."""
+    return _sample("tree.avi")
+
+
+def _sample(name: str) -> Path:
+    dest = CACHE_DIR / name
     if dest.is_file():
         return dest
     with _file_lock(CACHE_DIR / ".vtest.lock"):
         if not dest.is_file():
-            _download_vtest(dest)
+            _download_sample(dest)
     return dest
 
 

@@ -21,12 +21,13 @@ from pinthesky.settings import Rect, Resolution, Settings, Window
 
 # The 0.9.1 daemon's flags (pinthesky/__main__.py of philcali/pits-device 0.9.1), each with a
 # value to give it, the setting it feeds, the typed value expected, and the 0.9.1 default.
-# The one deliberate change: --rotation defaults to 0 (it was 270).
+# The deliberate changes: --rotation defaults to 0 (it was 270) and --encoding-bitrate to
+# auto (it was 17000000, several times what a 640x480 picture needs: see test_auto_bitrate_*).
 OLD_VALUE_FLAGS: list[tuple[str, str, str, Any, Any]] = [
     ("--log-level", "DEBUG", "daemon.log_level", "DEBUG", "INFO"),
     ("--health-interval", "600", "health.interval", 600, 3600),
     ("--rotation", "270", "camera.rotation", 270, 0),
-    ("--encoding-bitrate", "8000000", "camera.encoding_bitrate", 8_000_000, 17_000_000),
+    ("--encoding-bitrate", "8000000", "camera.encoding_bitrate", 8_000_000, None),
     ("--encoding-profile", "main", "camera.encoding_profile", "main", "high"),
     ("--encoding-level", "4.2", "camera.encoding_level", "4.2", "4"),
     ("--resolution", "1280x720", "camera.resolution", Resolution(1280, 720), (640, 480)),
@@ -166,9 +167,40 @@ def test_old_default_is_kept(flag: str, key: str, default: Any) -> None:
     assert flat(parse())[key] == default
 
 
-def test_rotation_default_is_the_one_exception() -> None:
+def test_rotation_default_is_an_exception() -> None:
     assert parse().camera.rotation == 0
     assert settings.defaults().camera.rotation == 0
+
+
+def test_auto_bitrate_is_the_default_and_follows_the_picture() -> None:
+    s = settings.defaults().camera
+    assert s.encoding_bitrate is None  # auto
+    assert s.bitrate == settings.auto_bitrate(Resolution(640, 480), 20)
+    assert s.bitrate <= 17_000_000 // 4  # a fraction of the old default
+    assert parse("--encoding-bitrate", "AUTO").camera.encoding_bitrate is None
+    # More pixels or more frames never get fewer bits; every size stays in the allowed range.
+    for fps in (1, 5, 10, 15, 20, 25, 30, 60, 120):
+        rates = [
+            settings.auto_bitrate(Resolution(w, h), fps)
+            for w, h in ((64, 64), (320, 240), (640, 480), (1280, 720), (1920, 1080), (4096, 4096))
+        ]
+        assert rates == sorted(rates)
+        assert all(settings.BITRATE_MIN <= r <= settings.BITRATE_MAX for r in rates)
+    for w, h in ((640, 480), (1920, 1080)):
+        by_fps = [settings.auto_bitrate(Resolution(w, h), f) for f in (5, 10, 20, 30)]
+        assert by_fps == sorted(by_fps) and by_fps[0] < by_fps[-1]
+
+
+def test_an_explicit_bitrate_is_used_exactly() -> None:
+    s = parse("--encoding-bitrate", "17000000", "--resolution", "1920x1080").camera
+    assert s.encoding_bitrate == s.bitrate == 17_000_000
+
+
+@pytest.mark.parametrize("bad", ["fast", "-1", "63999", "60000001", "1.5e6", "true"])
+def test_a_bad_bitrate_is_one_line(bad: str) -> None:
+    (line,) = errors_of("--encoding-bitrate", bad)
+    assert line.startswith("--encoding-bitrate camera.encoding_bitrate = ")
+    assert "must be auto or a whole number of bits per second from 64000 to 60000000" in line
 
 
 @pytest.mark.parametrize(

@@ -274,7 +274,7 @@ class PicameraSource:
                 for name, s in ((n, streams[n]) for n in ("main", "lores"))
             }
             self._encoder = H264Encoder(
-                bitrate=s.encoding_bitrate,
+                bitrate=s.bitrate,
                 repeat=True,
                 iperiod=s.iperiod,
                 framerate=s.framerate,

@@ -172,7 +172,7 @@ class ReplaySource:
         """Decode, scale and encode like the Pi's encoder."""
         s = self._settings
         w, h = s.resolution
-        enc = X264Encoder(w, h, self._fps, s.encoding_bitrate, s.encoding_profile, s.iperiod)
+        enc = X264Encoder(w, h, self._fps, s.bitrate, s.encoding_profile, s.iperiod)
         try:
             for frame in self._frames():
                 t = frame.time if frame.time is not None else self.frames / float(self._fps)

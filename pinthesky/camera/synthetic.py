@@ -138,7 +138,7 @@ class SyntheticSource:
             "width": s.resolution.width,
             "height": s.resolution.height,
             "fps": self._fps,
-            "bitrate": s.encoding_bitrate,
+            "bitrate": s.bitrate,
             "profile": s.encoding_profile,
             "gop": self._gop,
             "cross_first": cross_first,

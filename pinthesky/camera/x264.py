@@ -45,6 +45,10 @@ class X264Encoder:
         ctx.framerate = framerate
         ctx.bit_rate = bitrate
         ctx.gop_size = iperiod
+        # One thread: with its VBV holding a bitrate that binds (as ``auto`` does), x264's
+        # threaded rate control makes different bytes of the same frames from run to run, and
+        # a replay must give the same clips at any speed.
+        ctx.thread_count = 1
         ctx.options = {
             "preset": preset,
             "tune": "zerolatency",
