@@ -90,6 +90,63 @@ class ControlId:
         self.name = name
 
 
+class ColorSpace:
+    """libcamera's ColorSpace, as far as picamera2 and we read it."""
+
+    class Range:
+        Full = "Full"
+        Limited = "Limited"
+
+    def __init__(self, name: str, range_: str) -> None:
+        self.name, self.range = name, range_
+
+    def __repr__(self) -> str:
+        return f"<libcamera.ColorSpace '{self.name}'>"
+
+    @classmethod
+    def Sycc(cls) -> ColorSpace:
+        return cls("sYCC", cls.Range.Full)
+
+    @classmethod
+    def Smpte170m(cls) -> ColorSpace:
+        return cls("SMPTE170M", cls.Range.Limited)
+
+    @classmethod
+    def Rec709(cls) -> ColorSpace:
+        return cls("Rec709", cls.Range.Limited)
+
+
+def _mode(bits: int, size: tuple[int, int], fps: float, crop: tuple[int, ...]) -> dict[str, Any]:
+    """One entry of ``Picamera2.sensor_modes`` as picamera2 reports it."""
+    return {
+        "format": f"SRGGB{bits}_CSI2P" if bits > 8 else "SRGGB8",
+        "unpacked": f"SRGGB{bits}",
+        "bit_depth": bits,
+        "size": size,
+        "fps": fps,
+        "crop_limits": crop,
+        "exposure_limits": (75, 11_766_829, None),
+    }
+
+
+IMX219 = [  # Camera Module v2, as `rpicam-hello --list-cameras` and picamera2 list it
+    _mode(10, (640, 480), 206.65, (1000, 752, 1280, 960)),
+    _mode(10, (1640, 1232), 41.85, (0, 0, 3280, 2464)),
+    _mode(10, (1920, 1080), 47.57, (680, 692, 1920, 1080)),
+    _mode(10, (3280, 2464), 21.19, (0, 0, 3280, 2464)),
+    _mode(8, (640, 480), 206.65, (1000, 752, 1280, 960)),
+    _mode(8, (1640, 1232), 83.70, (0, 0, 3280, 2464)),
+    _mode(8, (1920, 1080), 47.57, (680, 692, 1920, 1080)),
+    _mode(8, (3280, 2464), 21.19, (0, 0, 3280, 2464)),
+]
+IMX708 = [  # Camera Module 3 (10-bit only)
+    _mode(10, (1536, 864), 120.13, (768, 432, 3072, 1728)),
+    _mode(10, (2304, 1296), 56.03, (0, 0, 4608, 2592)),
+    _mode(10, (4608, 2592), 14.35, (0, 0, 4608, 2592)),
+]
+SENSORS = {"imx219": IMX219, "imx708": IMX708}
+
+
 def _picamera2_modules() -> list[str]:
     return [m for m in sys.modules if m == "picamera2" or m.startswith("picamera2.")]
 
@@ -105,6 +162,7 @@ def stubs(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     controls.SensorTimestamp = ControlId("SensorTimestamp")  # type: ignore[attr-defined]
     libcamera.controls = controls  # type: ignore[attr-defined]
     libcamera.Transform = Transform  # type: ignore[attr-defined]
+    libcamera.ColorSpace = ColorSpace  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "libcamera", libcamera)
     monkeypatch.setitem(sys.modules, "libcamera.controls", controls)
     monkeypatch.setitem(sys.modules, "pykms", _stub_module("pykms"))
@@ -196,8 +254,12 @@ class FakePicamera2:
         fail: dict[str, BaseException] | None = None,
         main_pad: int = 64,
         lores_pad: int = 32,
+        sensor: str = "imx219",
     ) -> None:
         self.fail = fail or {}
+        self.sensor_modes = SENSORS[sensor]
+        self.camera_properties = {"Model": sensor}
+        self.main_picture: Callable[[int, int, int], np.ndarray] = main_y
         self.main_pad = main_pad
         self.lores_pad = lores_pad
         self.calls: list[str] = []
@@ -238,7 +300,17 @@ class FakePicamera2:
         main, lores = dict(config["main"]), dict(config["lores"])
         main["stride"] = main["size"][0] + self.main_pad
         lores["stride"] = lores["size"][0] + self.lores_pad
-        self.camera_config = {"main": main, "lores": lores, "raw": None, "display": "main"}
+        # What create_video_configuration picks when not told: limited range, by size.
+        colour = config.get("colour_space") or (
+            ColorSpace.Smpte170m() if main["size"][0] < 1280 else ColorSpace.Rec709()
+        )
+        self.camera_config = {
+            "main": main,
+            "lores": lores,
+            "raw": None,
+            "display": "main",
+            "colour_space": colour,
+        }
         self.stream_map = {"main": "main-stream", "lores": "lores-stream"}
 
     def camera_configuration(self) -> dict[str, Any]:
@@ -281,7 +353,7 @@ class FakePicamera2:
         main, lores = self.camera_config["main"], self.camera_config["lores"]
         (mw, mh), (lw, lh) = main["size"], lores["size"]
         buffers = {
-            "main-stream": i420(main_y(i, mw, mh), main["stride"]),
+            "main-stream": i420(self.main_picture(i, mw, mh), main["stride"]),
             "lores-stream": i420(lores_y(i, lw, lh), lores["stride"]),
         }
         ts_key = sys.modules["libcamera"].controls.SensorTimestamp
@@ -425,7 +497,9 @@ def test_encoder_settings(
     assert encoder.repeat is True
     assert encoder.iperiod == 10
     assert encoder.framerate == FPS
-    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    infos = [
+        r for r in caplog.records if r.levelno == logging.INFO and " mode " not in r.getMessage()
+    ]
     if name == "extended":
         assert len(infos) == 1
         assert "extended" in infos[0].getMessage()
@@ -471,11 +545,23 @@ def test_factory_failures(stubs: types.ModuleType) -> None:
         PicameraSource(camera_settings(), factory=no_camera).open()
 
     def busy() -> Any:
-        raise RuntimeError("Failed to acquire camera: Device or resource busy\nmore detail")
+        # What Picamera2() raises when another process holds the camera: the cause is hidden.
+        try:
+            raise RuntimeError("Failed to acquire camera: Device or resource busy")
+        except RuntimeError as exc:
+            raise RuntimeError("Camera __init__ sequence did not complete.") from exc
 
     with pytest.raises(SourceError) as err:
         PicameraSource(camera_settings(), factory=busy).open()
-    assert str(err.value) == "picamera2: Failed to acquire camera: Device or resource busy"
+    assert str(err.value) == picam.BUSY
+    assert str(err.value).startswith("picamera2: the camera is busy: another program")
+
+    def broken() -> Any:
+        raise RuntimeError("Camera __init__ sequence did not complete.\nmore detail")
+
+    with pytest.raises(SourceError) as err:
+        PicameraSource(camera_settings(), factory=broken).open()
+    assert str(err.value) == "picamera2: Camera __init__ sequence did not complete."
 
 
 def test_start_failure_releases_the_camera(stubs: types.ModuleType) -> None:
@@ -696,45 +782,91 @@ def test_end_to_end_with_the_real_libav_encoder(
 # -- stills ---------------------------------------------------------------------------------
 
 
-def test_capture_jpeg(stubs: types.ModuleType) -> None:
-    src, fake = open_source()
-    src.open()
-    src.start(PacketRing(10 * US), _port_nowhere())
-    assert src.capture_jpeg() == JPEG
-    name, target, fmt = fake.jpeg_request.saved[0]
-    assert (name, fmt) == ("main", "jpeg")
-    assert isinstance(target, io.BytesIO)
-    assert fake.capture_kwargs["wait"] > 0, "a stalled camera must not hang the executor"
-    assert "stop_encoder" not in fake.calls
-    src.stop()
+def _still(src: PicameraSource, fake: FakePicamera2, first: int = 0) -> bytes:
+    """capture_jpeg on a thread while the camera delivers frames."""
+    result: list[bytes] = []
+    thread = threading.Thread(target=lambda: result.append(src.capture_jpeg()), daemon=True)
+    thread.start()
+    # The camera runs until the still is taken (frames before the request are not it).
+    i = first
+    while thread.is_alive() and i < first + 2000:
+        join(fake.run_camera(1, first=i))
+        i += 1
+        thread.join(0.01)
+    join(thread)
+    return result[0]
 
 
-def test_capture_jpeg_through_picamera2s_real_save(stubs: types.ModuleType) -> None:
+def levels() -> Callable[[int, int, int], np.ndarray]:
+    """A main picture in limited range: left half video black (16), right half white (235)."""
+
+    def picture(i: int, w: int, h: int) -> np.ndarray:
+        y = np.full((h, w), 16, dtype=np.uint8)
+        y[:, w // 2 :] = 235
+        return y
+
+    return picture
+
+
+@pytest.mark.parametrize("sensor", ["imx219", "imx708"])
+def test_still_is_full_range_and_takes_no_camera_request(
+    stubs: types.ModuleType, sensor: str
+) -> None:
     from PIL import Image
 
-    src, fake = open_source()
-    fake.real_jpeg = True
+    fake = FakePicamera2(sensor=sensor)
+    fake.main_picture = levels()
+    src, _ = open_source(fake)
     src.open()
     src.start(PacketRing(10 * US), _port_nowhere())
-    data = src.capture_jpeg()
+    data = _still(src, fake)
     src.stop()
-    assert data[:2] == b"\xff\xd8"
-    assert data[-2:] == b"\xff\xd9"
+    assert "captured_request" not in fake.calls, "no job left queued in picamera2"
+    assert "stop_encoder" in fake.calls and fake.calls.index("stop_encoder") > fake.calls.index(
+        "start_encoder"
+    )
     with Image.open(io.BytesIO(data)) as image:
-        assert image.size == (320, 240)
+        assert image.format == "JPEG" and image.size == (320, 240)
+        y = np.asarray(image.convert("L"))
+    # Video black and white become JPEG's 0 and 255 (written as is they would be 16 and 235).
+    assert y[:, 10:150].mean() < 3
+    assert y[:, 170:310].mean() > 252
 
 
-def test_capture_jpeg_errors(stubs: types.ModuleType) -> None:
-    from concurrent.futures import TimeoutError as FuturesTimeout
+def test_still_of_a_full_range_camera_is_not_widened_twice(stubs: types.ModuleType) -> None:
+    from PIL import Image
 
-    fake = FakePicamera2(fail={"captured_request": FuturesTimeout()})
+    fake = FakePicamera2()
+    fake.main_picture = levels()
     src, _ = open_source(fake)
+    src.open()
+    fake.camera_config["colour_space"] = ColorSpace.Sycc()
+    src._limited = picam._limited_range(ColorSpace.Sycc())
+    src.start(PacketRing(10 * US), _port_nowhere())
+    data = _still(src, fake)
+    src.stop()
+    with Image.open(io.BytesIO(data)) as image:
+        y = np.asarray(image.convert("L"))
+    assert abs(y[:, 10:150].mean() - 16) < 3
+    assert abs(y[:, 170:310].mean() - 235) < 3
+
+
+def test_capture_jpeg_errors(stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(picam, "CAPTURE_TIMEOUT", 0.2)
+    src, fake = open_source()
     with pytest.raises(SourceError, match="not running"):
         src.capture_jpeg()
     src.open()
     src.start(PacketRing(10 * US), _port_nowhere())
-    with pytest.raises(SourceError, match=r"^picamera2: still capture failed: TimeoutError$"):
+    # No frame comes: a one-line error, and nothing is left waiting for the camera thread.
+    with pytest.raises(
+        SourceError, match=r"^picamera2: still capture failed: no frame from the camera in 0 s$"
+    ):
         src.capture_jpeg()
+    assert src._still is None
+    join(fake.run_camera(3))  # frames after the timeout go nowhere and are released
+    monkeypatch.setattr(picam, "CAPTURE_TIMEOUT", 30.0)
+    assert _still(src, fake, first=3)[:2] == b"\xff\xd8"
     src.stop()
 
 
