@@ -1073,3 +1073,239 @@ def test_module_imports_nothing_from_picamera2() -> None:
             line for line in fh if line.startswith(("import ", "from ")) and "picamera2" in line
         ]
     assert top_level == []
+
+
+# -- what real Pis run (issue 20) -----------------------------------------------------------
+
+
+def test_the_picamera2_under_test_is_supported(stubs: types.ModuleType) -> None:
+    """Each picamera2 environment (tests/Makefile) runs this file; the version it holds is
+    the one the daemon sees."""
+    from importlib import metadata
+
+    from pinthesky.camera import pi
+
+    version = pi.picamera2_version()
+    assert version == metadata.version("picamera2")
+    assert pi.unsupported(version) is None
+
+
+@pytest.mark.parametrize("version", ["0.3.12", "0.3.19", "0.3.25", "0.3.29"])
+def test_an_old_picamera2_is_refused_in_one_line(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    from pinthesky.camera import pi
+
+    monkeypatch.setattr(pi, "picamera2_version", lambda: version)
+    src, fake = open_source()
+    with pytest.raises(SourceError) as err:
+        src.open()
+    message = str(err.value)
+    assert message.startswith(f"picamera2 {version} is too old (pinthesky needs 0.3.30 or later)")
+    assert "apt install python3-picamera2" in message and "\n" not in message
+    assert fake.calls == [], "the camera is not touched"
+
+
+@pytest.mark.parametrize(
+    ("sensor", "size", "fps", "mode", "width_share"),
+    [
+        ("imx219", (640, 480), 20, ((1640, 1232), 10), "100%"),
+        ("imx219", (1280, 720), 30, ((1640, 1232), 10), "100%"),
+        ("imx708", (1536, 864), 100, ((1536, 864), 10), "67%"),
+        ("imx219", (1920, 1080), 20, ((1640, 1232), 10), "100%"),
+        ("imx219", (3280, 2464), 15, ((3280, 2464), 10), "100%"),
+        ("imx219", (640, 480), 60, ((1640, 1232), 8), "100%"),
+        ("imx708", (640, 480), 20, ((2304, 1296), 10), "100%"),
+        ("imx708", (1920, 1080), 30, ((2304, 1296), 10), "100%"),
+    ],
+)
+def test_the_full_field_sensor_mode_is_asked_for_and_logged(
+    stubs: types.ModuleType,
+    caplog: pytest.LogCaptureFixture,
+    sensor: str,
+    size: tuple[int, int],
+    fps: int,
+    mode: tuple[tuple[int, int], int],
+    width_share: str,
+) -> None:
+    fake = FakePicamera2(sensor=sensor)
+    src, _ = open_source(fake, resolution=Resolution(*size), framerate=fps)
+    with caplog.at_level(logging.INFO, logger="pinthesky.camera.picam"):
+        info = src.open()
+    src.stop()
+    assert fake.config_kwargs["sensor"] == {"output_size": mode[0], "bit_depth": mode[1]}
+    assert info.framerate == fps
+    logged = [r.getMessage() for r in caplog.records if " mode " in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].startswith(f"picamera2: {sensor} mode {mode[0][0]}x{mode[0][1]} {mode[1]}-bit")
+    assert f"{width_share} of the sensor's width" in logged[0]
+
+
+@pytest.mark.parametrize(
+    ("sensor", "fps", "delivered"), [("imx219", 250, 206), ("imx708", 121, 120)]
+)
+def test_a_frame_rate_the_sensor_cannot_give_is_clamped_aloud(
+    stubs: types.ModuleType,
+    caplog: pytest.LogCaptureFixture,
+    sensor: str,
+    fps: int,
+    delivered: int,
+) -> None:
+    """At full resolution only the slow full-sensor mode has the whole field: the rate the
+    camera really delivers goes into StreamInfo, the FrameRate control and the keyframes."""
+    fake = FakePicamera2(sensor=sensor)
+    size = (3280, 2464) if sensor == "imx219" else (4608, 2592)
+    src, _ = open_source(
+        fake,
+        resolution=Resolution(*size),
+        lores=Resolution(320, 240),
+        framerate=fps,
+        keyframe_interval=0,
+    )
+    with caplog.at_level(logging.WARNING, logger="pinthesky.camera.picam"):
+        info = src.open()
+    src.stop()
+    assert info.framerate == Fraction(delivered)
+    assert fake.config_kwargs["controls"] == {"FrameRate": delivered}
+    assert src._encoder.framerate == delivered
+    assert src._encoder.iperiod == delivered, "one keyframe a second at the delivered rate"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"recording at {delivered} fps, not {fps}" in m for m in warnings)
+
+
+@pytest.mark.parametrize(
+    ("model", "cma_mb", "size", "buffers"),
+    [
+        ("Raspberry Pi Zero W Rev 1.1", 64, (640, 480), 6),
+        ("Raspberry Pi Zero W Rev 1.1", 64, (1920, 1080), 5),
+        ("Raspberry Pi 4 Model B Rev 1.5", 512, (1920, 1080), 6),
+    ],
+)
+def test_buffers_fit_the_camera_memory(
+    stubs: types.ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+    model: str,
+    cma_mb: int,
+    size: tuple[int, int],
+    buffers: int,
+) -> None:
+    from pinthesky.camera import pi
+
+    (tmp_path / "model").write_bytes(model.encode() + b"\0")
+    (tmp_path / "meminfo").write_text(f"MemTotal: 443000 kB\nCmaTotal: {cma_mb * 1024} kB\n")
+    monkeypatch.setattr(pi, "MODEL_FILE", tmp_path / "model")
+    monkeypatch.setattr(pi, "MEMINFO", tmp_path / "meminfo")
+    fake = FakePicamera2()
+    src, _ = open_source(fake, resolution=Resolution(*size), lores=Resolution(320, 240))
+    with caplog.at_level(logging.WARNING, logger="pinthesky.camera.picam"):
+        src.open()
+    src.stop()
+    assert fake.config_kwargs["buffer_count"] == buffers
+    reduced = [r.getMessage() for r in caplog.records if "buffers per stream" in r.getMessage()]
+    assert len(reduced) == (buffers < 6)
+
+
+def test_too_little_camera_memory_is_one_line(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from pinthesky.camera import pi
+
+    (tmp_path / "model").write_text("Raspberry Pi Zero W Rev 1.1")
+    (tmp_path / "meminfo").write_text("CmaTotal: 40960 kB\n")
+    monkeypatch.setattr(pi, "MODEL_FILE", tmp_path / "model")
+    monkeypatch.setattr(pi, "MEMINFO", tmp_path / "meminfo")
+    fake = FakePicamera2()
+    src, _ = open_source(fake, resolution=Resolution(1920, 1080), lores=Resolution(320, 240))
+    with pytest.raises(SourceError) as err:
+        src.open()
+    assert str(err.value).startswith("picamera2: 1920x1080 needs ")
+    assert "this Pi has 40 MB (CMA)" in str(err.value)
+    assert "configure" not in fake.calls
+    assert fake.calls[-1] == "close", "the camera is released"
+
+
+def test_only_the_timestamp_is_read_per_frame(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from picamera2.request import CompletedRequest
+
+    def everything(self: Any) -> dict[str, Any]:
+        raise AssertionError("get_metadata converts every control: not per frame")
+
+    monkeypatch.setattr(CompletedRequest, "get_metadata", everything)
+    src, fake = open_source()
+    src.open()
+    frames: list[AnalysisFrame] = []
+
+    async def main() -> None:
+        port = AnalysisPort(
+            asyncio.get_running_loop(), frames.append, 5.0, US // FPS, True, lambda e: None
+        )
+        src.start(PacketRing(10 * US), port)
+        await asyncio.to_thread(join, fake.run_camera(8))
+        await flush_loop()
+        src.stop()
+
+    asyncio.run(main())
+    assert [f.ts for f in frames] == [T0_US, T0_US + 200_000]
+
+
+def test_stop_is_bounded_on_a_wedged_camera(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(picam, "STOP_TIMEOUT", 0.3)
+    wedge = threading.Event()
+    fake = FakePicamera2()
+    src, _ = open_source(fake)
+    src.open()
+    src.start(PacketRing(10 * US), _port_nowhere())
+    monkeypatch.setattr(fake, "stop", lambda: wedge.wait(60))  # the camera thread never ends
+    with caplog.at_level(logging.ERROR, logger="pinthesky.camera.picam"):
+        stopper = threading.Thread(target=src.stop, daemon=True)
+        stopper.start()
+        stopper.join(30)
+    wedge.set()
+    assert not stopper.is_alive(), "stop() returned although the camera is wedged"
+    assert "did not stop within 0 s" in caplog.text
+
+
+def test_hardware_mjpeg_pictures_are_widened_to_full_range() -> None:
+    """What the Pi 0-4 MJPEG encoder writes (limited-range samples in a JFIF file, made here
+    by FFmpeg's mjpeg without conversion) decodes at full range once its tables are scaled."""
+    from PIL import Image
+
+    from pinthesky.camera import jpeg
+
+    w, h = 320, 240
+    y = np.full((h, w), 16, dtype=np.uint8)
+    y[:, w // 2 :] = 235
+    y[: h // 2, :] = 126  # mid-grey stays mid-grey
+    chroma = np.full((h // 2, w // 2), 128, dtype=np.uint8)
+    ctx = av.CodecContext.create("mjpeg", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuvj420p"
+    ctx.time_base = Fraction(1, 30)
+    ctx.thread_count = 1
+    frame = av.VideoFrame.from_ndarray(
+        np.concatenate([y.reshape(-1), chroma.reshape(-1), chroma.reshape(-1)]).reshape(
+            h * 3 // 2, w
+        ),
+        format="yuvj420p",
+    )
+    as_written = b"".join(bytes(p) for p in ctx.encode(frame)) + b"".join(
+        bytes(p) for p in ctx.encode(None)
+    )
+
+    def lum(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("L")).astype(float)
+
+    before, after = lum(as_written), lum(jpeg.widen_tables(as_written))
+    bottom = slice(h // 2 + 8, h - 8)
+    assert abs(before[bottom, 8:150].mean() - 16) < 3  # grey blacks as written
+    assert after[bottom, 8:150].mean() < 3
+    assert after[bottom, 170:312].mean() > 244  # within a few levels of 255 (see jpeg)
+    assert abs(after[8 : h // 2 - 8, :].mean() - 126) < 4
+    with pytest.raises(jpeg.JpegError):
+        jpeg.widen_tables(b"not a jpeg")

@@ -216,6 +216,11 @@ class SensorMode:
         )
 
 
+UPSCALE = 0.8
+"""The ISP may scale a sensor mode up by this much (1/0.8 = 1.25x) rather than read a
+larger mode."""
+
+
 def pixel_array(modes: Sequence[SensorMode]) -> tuple[int, int]:
     """The sensor's field as its modes read it: the widest crop."""
     return max(((m.crop[2], m.crop[3]) for m in modes), key=lambda s: s[0] * s[1])
@@ -226,9 +231,9 @@ def choose_mode(
 ) -> SensorMode | None:
     """The sensor mode for a ``size`` video at ``fps``: the one that reads the widest part of
     the sensor (a security camera wants its whole field) among those fast enough, then the
-    smallest output not below ``size`` (less to scale down, less memory), then more bits
-    (better in the dark).
-    When no mode is fast enough, the fastest of the widest field."""
+    smallest output at least ``UPSCALE`` of the requested width (the ISP scales that little
+    up well, and a bigger raw buffer costs camera memory a Pi Zero lacks), then more bits
+    (better in the dark). When no mode is fast enough, the fastest of the widest field."""
     if not modes:
         return None
     fast = [m for m in modes if m.fps + 0.01 >= fps] or [max(modes, key=lambda m: m.fps)]
@@ -238,6 +243,7 @@ def choose_mode(
 
     widest = max(field(m) for m in fast)
     candidates = [m for m in fast if field(m) == widest]
-    big_enough = [m for m in candidates if m.size[0] >= size[0] and m.size[1] >= size[1]]
-    pool = big_enough or candidates
-    return min(pool, key=lambda m: (m.size[0] * m.size[1], -m.bit_depth, -m.fps))
+    enough = [m for m in candidates if m.size[0] >= size[0] * UPSCALE]
+    if not enough:  # all smaller than asked: the biggest of them
+        return max(candidates, key=lambda m: (m.size[0] * m.size[1], m.bit_depth, m.fps))
+    return min(enough, key=lambda m: (m.size[0] * m.size[1], -m.bit_depth, -m.fps))
