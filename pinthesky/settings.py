@@ -1215,6 +1215,12 @@ def _verify(values: Mapping[str, Any]) -> list[str]:
             f"camera.lores = '{lores}': must not be larger than camera.resolution ({main})"
         )
     source: str = values.get("source.source", "auto")
+    if main and source in ("auto", "picamera2"):
+        from pinthesky.camera import pi  # imported here: pinthesky.camera imports settings
+
+        limit = pi.encoder_limit(pi.pi_model(), main.width, main.height)
+        if limit:
+            errors.append(f"camera.resolution = '{main}': {limit}")
     if source not in ("auto", "synthetic", "picamera2") and not Path(source).is_file():
         errors.append(
             f"source.source = {source!r}: no such video file; "
