@@ -210,7 +210,7 @@ class Daemon:
         # the pre-roll, the time to confirm motion and the look-back for its onset, two
         # analysis intervals (the onset slack and the loop's lag), and one keyframe interval
         # to round down to a keyframe.
-        iperiod_s = s.camera.iperiod / float(info.framerate)
+        iperiod_s = s.camera.keyframe_seconds(float(info.framerate))
         interval_s = 1 / s.motion.analysis_fps
         retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 * interval_s + iperiod_s
         ring = PacketRing(round(retain * US), max_bytes=s.camera.buffer_size)
@@ -579,7 +579,7 @@ class Daemon:
         self._tracker.sensitivity = s.camera.sensitivity
         self._tracker.quiet_us = round(rec.post_roll * US)
         if self.ring is not None and self.info is not None:
-            iperiod_s = s.camera.iperiod / float(self.info.framerate)
+            iperiod_s = s.camera.keyframe_seconds(float(self.info.framerate))
             retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 / s.motion.analysis_fps
             self.ring.retain_us = round((retain + iperiod_s) * US)
 

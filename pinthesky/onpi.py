@@ -63,6 +63,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 MIN_PICAMERA2 = "0.3.30"
 """The oldest picamera2 the daemon runs on (pinthesky.camera.pi.MIN_PICAMERA2; this module
 imports nothing from pinthesky)."""
+LEAN_PICAMERA2 = "0.3.34"
+"""From this version ``import picamera2`` no longer loads PyAV (about 25 MB): an older one is
+upgraded when the archive has better, though the daemon runs on it."""
 CAMERA_PACKAGES = ("python3-picamera2", "python3-libcamera")
 """picamera2 and the libcamera bindings it is built against: upgraded together."""
 
@@ -435,12 +438,13 @@ def picamera2_version() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def too_old(version: str | None) -> bool:
-    def parts(text: str) -> tuple[int, ...]:
-        release = re.split(r"[-+~]", text, maxsplit=1)[0]
-        return tuple(int(p) for p in re.findall(r"\d+", release)[:3])
+def _parts(text: str) -> tuple[int, ...]:
+    release = re.split(r"[-+~]", text, maxsplit=1)[0]
+    return tuple(int(p) for p in re.findall(r"\d+", release)[:3])
 
-    return version is None or parts(version) < parts(MIN_PICAMERA2)
+
+def too_old(version: str | None, least: str = MIN_PICAMERA2) -> bool:
+    return version is None or _parts(version) < _parts(least)
 
 
 def installed_version(host: Host) -> str | None:
@@ -517,7 +521,7 @@ def _system_packages(host: Host) -> None:
         wanted.append("python3-venv")
     on_pi = pi_model() is not None
     before = picamera2_version() if on_pi else None
-    if on_pi and too_old(before):
+    if on_pi and too_old(before, LEAN_PICAMERA2):
         wanted += CAMERA_PACKAGES
     if not wanted:
         return

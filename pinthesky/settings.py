@@ -870,6 +870,11 @@ class CameraSettings:
     def iperiod(self) -> int:
         return self.keyframe_interval or self.framerate
 
+    def keyframe_seconds(self, fps: float) -> float:
+        """Seconds between keyframes when the camera delivers ``fps`` (a sensor may give
+        less than ``framerate``; 0 keeps meaning one keyframe a second)."""
+        return (self.keyframe_interval or fps) / fps
+
 
 @dataclass(frozen=True)
 class MotionSettings:

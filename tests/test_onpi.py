@@ -115,6 +115,12 @@ def test_apt_brings_an_old_picamera2_up_to_the_floor(monkeypatch: Any) -> None:
     with pytest.raises(onpi.Refusal, match=r"^picamera2 0\.3\.25 after apt-get install"):
         onpi._system_packages(onpi.Host("/"))
 
+    # Supported but loading PyAV at import: upgraded if the archive can, kept if not.
+    ran.clear()
+    versions = iter(["0.3.30", "0.3.30"])
+    onpi._system_packages(onpi.Host("/"))
+    assert "python3-picamera2" in ran[-1]
+
     # Recent enough: apt is not touched for picamera2.
     ran.clear()
     versions = iter(["0.3.34"])

@@ -498,7 +498,9 @@ def test_encoder_settings(
     assert encoder.iperiod == 10
     assert encoder.framerate == FPS
     infos = [
-        r for r in caplog.records if r.levelno == logging.INFO and " mode " not in r.getMessage()
+        r
+        for r in caplog.records
+        if r.levelno == logging.INFO and not any(w in r.getMessage() for w in (" mode ", "PyAV"))
     ]
     if name == "extended":
         assert len(infos) == 1
@@ -1088,6 +1090,27 @@ def test_the_picamera2_under_test_is_supported(stubs: types.ModuleType) -> None:
     version = pi.picamera2_version()
     assert version == metadata.version("picamera2")
     assert pi.unsupported(version) is None
+
+
+def test_pyav_at_import_is_said_for_the_versions_that_do_it(
+    stubs: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pinthesky.camera import pi
+
+    version = pi.picamera2_version()
+    assert version is not None
+    src, _ = open_source()
+    with caplog.at_level(logging.INFO, logger="pinthesky.camera.picam"):
+        src.open()
+        src.stop()
+    said = [r.getMessage() for r in caplog.records if "PyAV" in r.getMessage()]
+    if pi.version_tuple(version) < (0, 3, 34):  # bench/picamera2_import.py measures it
+        assert said == [
+            f"picamera2 {version} loads PyAV (about 25 MB) on import; 0.3.34 or later does "
+            f"not: {pi.UPGRADE_HINT}"
+        ]
+    else:
+        assert said == []
 
 
 @pytest.mark.parametrize("version", ["0.3.12", "0.3.19", "0.3.25", "0.3.29"])

@@ -284,9 +284,19 @@ class PicameraSource:
         s = self._settings
         if self._picam2 is not None:
             self.stop()
-        problem = pi.unsupported(pi.picamera2_version())
+        version = pi.picamera2_version()
+        problem = pi.unsupported(version)
         if problem is not None:
             raise SourceError(problem)
+        if version is not None and pi.version_tuple(version) < pi.LAZY_PYAV_PICAMERA2:
+            _log_once(
+                logging.INFO,
+                "pyav",
+                "picamera2 %s loads PyAV (about 25 MB) on import; %s or later does not: %s",
+                version,
+                pi.show(pi.LAZY_PYAV_PICAMERA2),
+                pi.UPGRADE_HINT,
+            )
         try:
             import libcamera
             from libcamera import controls
