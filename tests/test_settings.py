@@ -890,3 +890,17 @@ def test_resolution_the_pis_encoder_cannot_take(
     replay = tmp_path / "clip.mp4"
     replay.write_bytes(b"")
     assert settings.load({**raw, "source.source": str(replay)}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("interval", "fps", "seconds"),
+    [(0, 20.0, 1.0), (0, 14.0, 1.0), (40, 20.0, 2.0), (40, 14.0, 40 / 14)],
+)
+def test_keyframe_seconds_follow_the_delivered_rate(
+    interval: int, fps: float, seconds: float
+) -> None:
+    """A camera that gives 14 fps where 30 were asked spaces its keyframes by what it gives."""
+    camera = dataclasses.replace(
+        settings.load({}, environ={}).camera, framerate=30, keyframe_interval=interval
+    )
+    assert camera.keyframe_seconds(fps) == pytest.approx(seconds)
