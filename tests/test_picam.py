@@ -1332,3 +1332,23 @@ def test_hardware_mjpeg_pictures_are_widened_to_full_range() -> None:
     assert abs(after[8 : h // 2 - 8, :].mean() - 126) < 4
     with pytest.raises(jpeg.JpegError):
         jpeg.widen_tables(b"not a jpeg")
+
+
+def test_a_still_waiting_when_the_camera_stops_is_told_at_once(stubs: types.ModuleType) -> None:
+    src, _ = open_source()
+    src.open()
+    src.start(PacketRing(10 * US), _port_nowhere())
+    errors: list[str] = []
+
+    def still() -> None:
+        try:
+            src.capture_jpeg()
+        except SourceError as exc:
+            errors.append(str(exc))
+
+    waiter = threading.Thread(target=still, daemon=True)
+    waiter.start()
+    eventually(lambda: src._still is not None, 10, "the still waits")
+    src.stop()
+    join(waiter)  # well before CAPTURE_TIMEOUT would have run out
+    assert errors == ["picamera2: still capture failed: the camera stopped"]

@@ -21,7 +21,11 @@ A note on threads:
 - ``open``, ``start``, ``stop`` and ``capture_jpeg`` run on the daemon's executor threads.
 - ``_on_request`` (the ``post_callback``) runs on picamera2's camera thread, once per frame,
   while picamera2 holds its own lock: it must be short and must never raise. It only calls
-  ``AnalysisPort.due`` and ``AnalysisPort.submit``, which are built for that thread.
+  ``AnalysisPort.due`` and ``AnalysisPort.submit``, which are built for that thread, and,
+  when ``capture_jpeg`` waits for a still, copies that frame's planes into the still's slot
+  (the JPEG is encoded back on the waiting thread).
+- ``stop`` runs picamera2's stop and close on a thread of its own and waits at most
+  ``STOP_TIMEOUT`` for it.
 - ``_RingOutput.outputframe`` runs where the encoder produces packets: on the V4L2 encoder's
   poll thread (Pi 0-4), on the camera thread right after ``_on_request`` (libx264 on Pi 5),
   and, for the packets libx264 still holds when it stops, on the thread calling ``stop``.
@@ -487,6 +491,11 @@ class PicameraSource:
                 return
             encoder_started, self._encoder_started = self._encoder_started, False
             self._camera_started = False
+            with self._still_lock:
+                waiting, self._still = self._still, None
+            if waiting is not None:  # no frame will come: tell the waiting still now
+                waiting.error = "the camera stopped"
+                waiting.ready.set()
             mjpeg, self._mjpeg = self._mjpeg, None
             steps: list[tuple[str, Callable[[], Any]]] = []
             if mjpeg is not None:
