@@ -1352,3 +1352,46 @@ def test_a_still_waiting_when_the_camera_stops_is_told_at_once(stubs: types.Modu
     src.stop()
     join(waiter)  # well before CAPTURE_TIMEOUT would have run out
     assert errors == ["picamera2: still capture failed: the camera stopped"]
+
+
+@pytest.mark.parametrize(
+    ("model", "hardware"),
+    [
+        ("Raspberry Pi Zero W Rev 1.1", True),
+        ("Raspberry Pi Zero 2 W Rev 1.0", True),
+        ("Raspberry Pi 3 Model B Plus Rev 1.3", True),
+        ("Raspberry Pi Compute Module 4 Rev 1.0", True),
+        ("Raspberry Pi 4 Model B Rev 1.5", True),
+        ("Raspberry Pi 5 Model B Rev 1.0", False),
+        ("Raspberry Pi Compute Module 5 Rev 1.0", False),
+        ("Raspberry Pi 500 Rev 1.0", False),
+        (None, False),
+    ],
+)
+def test_which_pis_encode_in_hardware(model: str | None, hardware: bool) -> None:
+    from pinthesky.camera import pi
+
+    assert pi.hardware_encoder(model) is hardware
+    assert (pi.encoder_limit(model, 2592, 1944) is not None) is hardware
+    assert pi.encoder_limit(model, 1920, 1080) is None
+
+
+def test_versions_as_apt_and_pip_write_them() -> None:
+    from pinthesky.camera import pi
+
+    assert pi.version_tuple("0.3.30") == (0, 3, 30)
+    assert pi.version_tuple("0.3.25-1+rpt1") == (0, 3, 25)
+    assert pi.version_tuple("0.3.38~bookworm") == (0, 3, 38)
+    assert pi.unsupported("0.3.30") is None and pi.unsupported(None) is None
+    assert pi.unsupported("0.3.29") is not None
+
+
+def test_still_encoder_without_simplejpeg_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pinthesky.camera import jpeg
+
+    y = np.full((16, 16), 16, dtype=np.uint8)
+    c = np.full((8, 8), 128, dtype=np.uint8)
+    assert jpeg.encode_i420(y, c, c, limited=True)[:2] == b"\xff\xd8"
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)
+    with pytest.raises(jpeg.JpegError, match=r"^JPEG encoding needs simplejpeg"):
+        jpeg.encode_i420(y, c, c, limited=True)

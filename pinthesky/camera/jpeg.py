@@ -46,7 +46,10 @@ def encode_i420(
     y: np.ndarray, u: np.ndarray, v: np.ndarray, limited: bool, quality: int = QUALITY
 ) -> bytes:
     """A JFIF JPEG of I420 planes; ``limited`` planes are widened to full range first."""
-    import simplejpeg  # type: ignore[import-untyped]
+    try:  # a picamera2 dependency (python3-simplejpeg on a Pi): there wherever a camera is
+        import simplejpeg  # type: ignore[import-untyped]
+    except ImportError:
+        raise JpegError("JPEG encoding needs simplejpeg (apt install python3-simplejpeg)") from None
 
     planes = widen(y, u, v) if limited else (y, u, v)
     y2, u2, v2 = (np.ascontiguousarray(p) for p in planes)
