@@ -13,14 +13,14 @@ own Python imports, not libcamera's shared libraries.
 - ``baseline``: the daemon's own modules (``pinthesky.daemon``, ``pinthesky.camera.picam``)
   in the project venv, without picamera2;
 - one column per picamera2 environment under ``.cache/`` (built by ``make -C tests
-  picamera2-envs``): ``import picamera2``, then ``from picamera2.encoders import
+  picamera2-envs`` when missing): ``import picamera2``, then ``from picamera2.encoders import
   H264Encoder, MJPEGEncoder`` as ``PicameraSource.open`` does.
 
 Requirement: the daemon's own start-up loads no PyAV.
 
 Run (from the repository root)::
 
-    make -C tests picamera2-envs && .venv/bin/python bench/picamera2_import.py
+    .venv/bin/python bench/picamera2_import.py [--strict]
 
 Prints ``<env>_<what>_mb=`` and ``<env>_<what>_av=`` lines; writes bench/out/picamera2_import.json.
 """
@@ -104,13 +104,17 @@ def measure(python: Path, what: str) -> dict[str, tuple[int, bool]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="(accepted; the run is short)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if the check FAILs")
+    args = parser.parse_args(argv)
+    if not list((REPO / ".cache").glob("picamera2-*/bin/python")):
+        subprocess.run(["make", "-s", "-C", str(REPO / "tests"), "picamera2-envs"], check=False)
     envs = sorted(
         (REPO / ".cache").glob("picamera2-*/bin/python"),
         key=lambda p: tuple(int(x) for x in p.parent.parent.name.split("-")[1].split(".")),
     )
     if not envs:
-        print("no picamera2 environments: run `make -C tests picamera2-envs` first")
+        print("no picamera2 environments: `make -C tests picamera2-envs` failed")
         return 2
     figures: dict[str, Any] = {}
     columns = [("baseline", Path(sys.executable), "baseline")]
@@ -128,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             "loaded",
         )
     ]
-    report(NAME, figures, checks)
-    return 0
+    passed = report(NAME, figures, checks)
+    return 1 if args.strict and not passed else 0
 
 
 if __name__ == "__main__":
