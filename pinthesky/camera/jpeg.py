@@ -12,6 +12,8 @@ exact conversion (the level shift is about 128, not 16), chroma is exact.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from pinthesky.errors import PintheskyError
@@ -60,15 +62,30 @@ def encode_i420(
     return data
 
 
+_widened: dict[bytes, bytes] = {}
+"""Header (up to the start of scan) -> the same header with scaled tables. An encoder writes
+the same header on every picture, so the tables are scaled once, not 5 times a second."""
+
+
 def widen_tables(jpeg: bytes) -> bytes:
     """``jpeg`` written from limited-range samples, with its quantisation tables scaled so
     that it decodes at full range. The entropy-coded data is left alone; 8-bit table entries
     are capped at 255 (only reached at the very lowest qualities)."""
-    data = bytearray(jpeg)
+    end = _header_end(jpeg)
+    header = jpeg[:end]
+    scaled = _widened.get(header)
+    if scaled is None:
+        scaled = _scale_tables(header)
+        if len(_widened) >= 8:  # a new quality or size: forget the old ones
+            _widened.clear()
+        _widened[header] = scaled
+    return scaled + jpeg[end:]
+
+
+def _segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, body offset, end offset) of each header segment, up to and including SOS."""
     if data[:2] != b"\xff\xd8":
         raise JpegError("not a JPEG (no start-of-image marker)")
-    tables: dict[int, list[tuple[int, int]]] = {}  # table id -> (offset, precision)
-    luma_table: int | None = None
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -77,11 +94,25 @@ def widen_tables(jpeg: bytes) -> bytes:
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        body = pos + 4
-        end = pos + 2 + length
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
         if end > len(data):
             raise JpegError("truncated JPEG header")
+        yield marker, pos + 4, end
+        if marker == 0xDA:  # start of scan: the header is over
+            return
+        pos = end
+    raise JpegError("JPEG without a start of scan")
+
+
+def _header_end(data: bytes) -> int:
+    return next(end for marker, _, end in _segments(data) if marker == 0xDA)
+
+
+def _scale_tables(header: bytes) -> bytes:
+    data = bytearray(header)
+    tables: dict[int, list[tuple[int, int]]] = {}  # table id -> (offset, precision)
+    luma_table: int | None = None
+    for marker, body, end in _segments(header):
         if marker == 0xDB:  # DQT: one or more tables
             q = body
             while q < end:
@@ -90,9 +121,6 @@ def widen_tables(jpeg: bytes) -> bytes:
                 q += 1 + 64 * (2 if precision else 1)
         elif marker in (0xC0, 0xC1, 0xC2):  # SOF: the first component is luma
             luma_table = data[body + 8]
-        elif marker == 0xDA:  # start of scan: the header is over
-            break
-        pos = end
     if luma_table is None or not tables:
         raise JpegError("JPEG without a frame header or quantisation tables")
     for table, places in tables.items():
