@@ -62,6 +62,9 @@ lint: $(VENV)/.test-stamp
 
 test: lint
 	$(BIN)/pytest -q
+	@# The camera tests again against the oldest supported picamera2 and the newest, each in
+	@# its own venv under .cache/ (tests/Makefile).
+	$(MAKE) -C tests picamera2
 
 bench: $(VENV)/.test-stamp
 	$(BIN)/python bench/run_all.py

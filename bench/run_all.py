@@ -22,6 +22,8 @@ Requirements measured (each by its own script, see their docstrings):
   server beside GStreamer's on the same packets.
 * bench/control_page.py: the control page open (its requests and live picture) adds at most
   15 % of one core to the daemon, and its server costs at most 0.5 % while nobody looks.
+* bench/picamera2_import.py: the daemon's own modules load no PyAV; what ``import picamera2``
+  adds, per picamera2 version (0.3.30, 0.3.38), side by side.
 
 The scripts run sequentially (never side by side: they would disturb each other's figures),
 each printing its own ``key=value`` figures; a table of every check follows, read back from
@@ -63,6 +65,7 @@ BENCHMARKS = (
     "rtsp",
     "control_page",
     "bitrate",
+    "picamera2_import",
 )
 HERE = Path(__file__).resolve().parent
 

@@ -218,7 +218,7 @@ class Daemon:
         # the pre-roll, the time to confirm motion and the look-back for its onset, two
         # analysis intervals (the onset slack and the loop's lag), and one keyframe interval
         # to round down to a keyframe.
-        iperiod_s = s.camera.iperiod / float(info.framerate)
+        iperiod_s = s.camera.keyframe_seconds(float(info.framerate))
         interval_s = 1 / s.motion.analysis_fps
         retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 * interval_s + iperiod_s
         ring = PacketRing(round(retain * US), max_bytes=s.camera.buffer_size)
@@ -620,7 +620,7 @@ class Daemon:
             # the analyzer keeps its reference picture and noise estimate.
             self._analyzer.update_mask(s.motion)
         if self.ring is not None and self.info is not None:
-            iperiod_s = s.camera.iperiod / float(self.info.framerate)
+            iperiod_s = s.camera.keyframe_seconds(float(self.info.framerate))
             retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 / s.motion.analysis_fps
             self.ring.retain_us = round((retain + iperiod_s) * US)
 

@@ -60,6 +60,14 @@ EVENT_FILES = {
 UNIT_DIR = "/etc/systemd/system"
 POLKIT_RULE = "/etc/polkit-1/rules.d/50-pinthesky.rules"
 SYSTEM_PYTHON = "/usr/bin/python3"
+MIN_PICAMERA2 = "0.3.30"
+"""The oldest picamera2 the daemon runs on (pinthesky.camera.pi.MIN_PICAMERA2; this module
+imports nothing from pinthesky)."""
+LEAN_PICAMERA2 = "0.3.34"
+"""From this version ``import picamera2`` no longer loads PyAV (about 25 MB): an older one is
+upgraded when the archive has better, though the daemon runs on it."""
+CAMERA_PACKAGES = ("python3-picamera2", "python3-libcamera")
+"""picamera2 and the libcamera bindings it is built against: upgraded together."""
 
 # The console's reboot and shutdown jobs run `systemctl reboot|poweroff` as the service user.
 POLKIT_TEXT = """// Installed by pitsctl: the pinthesky service user may reboot and power off the
@@ -418,6 +426,27 @@ def pi_model() -> str | None:
     return None
 
 
+def picamera2_version() -> str | None:
+    """The system Python's picamera2 (from apt), read from its package metadata."""
+    done = run(
+        SYSTEM_PYTHON,
+        "-c",
+        "import importlib.metadata as m; print(m.version('picamera2'))",
+        check=False,
+        timeout=60,
+    )
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _parts(text: str) -> tuple[int, ...]:
+    release = re.split(r"[-+~]", text, maxsplit=1)[0]
+    return tuple(int(p) for p in re.findall(r"\d+", release)[:3])
+
+
+def too_old(version: str | None, least: str = MIN_PICAMERA2) -> bool:
+    return version is None or _parts(version) < _parts(least)
+
+
 def installed_version(host: Host) -> str | None:
     exe = host.path(f"{VENV}/bin/pinthesky")
     if not exe.exists():
@@ -450,6 +479,8 @@ def probe(host: Host, args: dict[str, Any]) -> dict[str, Any]:
         "hostname": os.uname().nodename,
         "installed": identity,
         "version": installed_version(host),
+        "picamera2": picamera2_version(),
+        "picamera2_min": MIN_PICAMERA2,
         "has_key": host.path(KEY).exists(),
     }
 
@@ -482,19 +513,31 @@ def prepare(host: Host, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _system_packages(host: Host) -> None:
-    """python3-venv where the Pi's Python lacks it; picamera2 from apt on a Pi (its libcamera
-    bindings are not on PyPI)."""
+    """python3-venv where the Pi's Python lacks it; on a Pi, picamera2 from apt (its libcamera
+    bindings are not on PyPI), installed or brought up to ``MIN_PICAMERA2`` with the libcamera
+    it is built for: an image a year old carries one whose stills or encoder fail."""
     wanted = []
     if run(SYSTEM_PYTHON, "-c", "import ensurepip, venv", check=False).returncode != 0:
         wanted.append("python3-venv")
-    if pi_model() and run(SYSTEM_PYTHON, "-c", "import picamera2", check=False).returncode != 0:
-        wanted.append("python3-picamera2")
+    on_pi = pi_model() is not None
+    before = picamera2_version() if on_pi else None
+    if on_pi and too_old(before, LEAN_PICAMERA2):
+        wanted += CAMERA_PACKAGES
     if not wanted:
         return
-    emit(step=f"apt packages: {' '.join(wanted)}")
+    emit(
+        step=f"apt packages: {' '.join(wanted)}" + (f" (picamera2 was {before})" if before else "")
+    )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run("apt-get", "update", "-qq", env=env)
+    # install also upgrades an installed package to the archive's version.
     run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *wanted, env=env)
+    after = picamera2_version() if on_pi else None
+    if on_pi and too_old(after):
+        raise Refusal(
+            f"picamera2 {after or '(missing)'} after apt-get install; pinthesky needs "
+            f"{MIN_PICAMERA2} or later: check /etc/apt/sources.list.d/raspi.list"
+        )
 
 
 def _virtualenv(host: Host, wheel: Path, owner: tuple[int, int]) -> None:

@@ -270,6 +270,18 @@ def _describe(host: str, pi: dict[str, Any], cloud: dict[str, Any]) -> str:
         + (f", log group {ident['log_group']}" if ident.get("log_group") else "")
     )
     lines.append("services: " + ", ".join(f"{u} {s}" for u, s in pi["services"].items()))
+    if pi.get("model"):
+        from pinthesky import onpi
+
+        version = pi.get("picamera2")
+        lines.append(
+            f"camera stack: picamera2 {version or '(missing)'}"
+            + (
+                f": pinthesky needs {onpi.MIN_PICAMERA2} or later (pitsctl install upgrades it)"
+                if onpi.too_old(version)
+                else ""
+            )
+        )
     h = pi["health"]
     if h:
         queue = h.get("upload_queue", {})

@@ -950,6 +950,11 @@ class CameraSettings:
             return self.encoding_bitrate
         return auto_bitrate(self.resolution, self.framerate)
 
+    def keyframe_seconds(self, fps: float) -> float:
+        """Seconds between keyframes when the camera delivers ``fps`` (a sensor may give
+        less than ``framerate``; 0 keeps meaning one keyframe a second)."""
+        return (self.keyframe_interval or fps) / fps
+
 
 @dataclass(frozen=True)
 class MotionSettings:
@@ -1335,6 +1340,12 @@ def _verify(values: Mapping[str, Any]) -> list[str]:
             f"camera.lores = '{lores}': must not be larger than camera.resolution ({main})"
         )
     source: str = values.get("source.source", "auto")
+    if main and source in ("auto", "picamera2"):
+        from pinthesky.camera import pi  # imported here: pinthesky.camera imports settings
+
+        limit = pi.encoder_limit(pi.pi_model(), main.width, main.height)
+        if limit:
+            errors.append(f"camera.resolution = '{main}': {limit}")
     if source not in ("auto", "synthetic", "picamera2") and not Path(source).is_file():
         errors.append(
             f"source.source = {source!r}: no such video file; "

@@ -7,7 +7,9 @@ from __future__ import annotations
 import stat
 import tomllib
 from pathlib import Path
+from typing import Any
 
+import pytest
 from pitarget import account, snapshot
 
 from pinthesky import onpi
@@ -77,3 +79,50 @@ def test_write_file_changes_nothing_when_the_file_is_already_right(tmp_path: Pat
     assert onpi.write_file(path, b"x", 0o640) is False
     assert onpi.write_file(path, b"x", 0o600) is True and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["b.conf"]  # no temporary left
+
+
+def test_picamera2_floor_is_the_daemons() -> None:
+    from pinthesky.camera import pi
+
+    assert pi.version_tuple(onpi.MIN_PICAMERA2) == pi.MIN_PICAMERA2
+    assert onpi.too_old(None) and onpi.too_old("0.3.29") and onpi.too_old("0.3.25-1+rpt1")
+    assert not onpi.too_old("0.3.30") and not onpi.too_old("0.3.38-1~bookworm")
+
+
+def test_apt_brings_an_old_picamera2_up_to_the_floor(monkeypatch: Any) -> None:
+    """On a Pi whose image carries picamera2 0.3.25, the installer asks apt for picamera2 and
+    libcamera's bindings (install also upgrades), and checks the result."""
+    versions = iter(["0.3.25", "0.3.38"])
+    ran: list[tuple[str, ...]] = []
+
+    class Done:
+        returncode, stdout = 0, ""
+
+    def run(*argv: str, **kwargs: Any) -> Done:
+        ran.append(argv)
+        return Done()
+
+    monkeypatch.setattr(onpi, "pi_model", lambda: "Raspberry Pi Zero W Rev 1.1")
+    monkeypatch.setattr(onpi, "picamera2_version", lambda: next(versions))
+    monkeypatch.setattr(onpi, "run", run)
+    monkeypatch.setattr(onpi, "emit", lambda **f: None)
+    onpi._system_packages(onpi.Host("/"))
+    assert ran[-1][:5] == ("apt-get", "install", "-y", "-qq", "--no-install-recommends")
+    assert set(onpi.CAMERA_PACKAGES) <= set(ran[-1])
+
+    # An archive that cannot give a recent enough one: one line, the install stops.
+    versions = iter(["0.3.25", "0.3.25"])
+    with pytest.raises(onpi.Refusal, match=r"^picamera2 0\.3\.25 after apt-get install"):
+        onpi._system_packages(onpi.Host("/"))
+
+    # Supported but loading PyAV at import: upgraded if the archive can, kept if not.
+    ran.clear()
+    versions = iter(["0.3.30", "0.3.30"])
+    onpi._system_packages(onpi.Host("/"))
+    assert "python3-picamera2" in ran[-1]
+
+    # Recent enough: apt is not touched for picamera2.
+    ran.clear()
+    versions = iter(["0.3.34"])
+    onpi._system_packages(onpi.Host("/"))
+    assert not any("python3-picamera2" in a for a in ran)

@@ -90,6 +90,63 @@ class ControlId:
         self.name = name
 
 
+class ColorSpace:
+    """libcamera's ColorSpace, as far as picamera2 and we read it."""
+
+    class Range:
+        Full = "Full"
+        Limited = "Limited"
+
+    def __init__(self, name: str, range_: str) -> None:
+        self.name, self.range = name, range_
+
+    def __repr__(self) -> str:
+        return f"<libcamera.ColorSpace '{self.name}'>"
+
+    @classmethod
+    def Sycc(cls) -> ColorSpace:
+        return cls("sYCC", cls.Range.Full)
+
+    @classmethod
+    def Smpte170m(cls) -> ColorSpace:
+        return cls("SMPTE170M", cls.Range.Limited)
+
+    @classmethod
+    def Rec709(cls) -> ColorSpace:
+        return cls("Rec709", cls.Range.Limited)
+
+
+def _mode(bits: int, size: tuple[int, int], fps: float, crop: tuple[int, ...]) -> dict[str, Any]:
+    """One entry of ``Picamera2.sensor_modes`` as picamera2 reports it."""
+    return {
+        "format": f"SRGGB{bits}_CSI2P" if bits > 8 else "SRGGB8",
+        "unpacked": f"SRGGB{bits}",
+        "bit_depth": bits,
+        "size": size,
+        "fps": fps,
+        "crop_limits": crop,
+        "exposure_limits": (75, 11_766_829, None),
+    }
+
+
+IMX219 = [  # Camera Module v2, as `rpicam-hello --list-cameras` and picamera2 list it
+    _mode(10, (640, 480), 206.65, (1000, 752, 1280, 960)),
+    _mode(10, (1640, 1232), 41.85, (0, 0, 3280, 2464)),
+    _mode(10, (1920, 1080), 47.57, (680, 692, 1920, 1080)),
+    _mode(10, (3280, 2464), 21.19, (0, 0, 3280, 2464)),
+    _mode(8, (640, 480), 206.65, (1000, 752, 1280, 960)),
+    _mode(8, (1640, 1232), 83.70, (0, 0, 3280, 2464)),
+    _mode(8, (1920, 1080), 47.57, (680, 692, 1920, 1080)),
+    _mode(8, (3280, 2464), 21.19, (0, 0, 3280, 2464)),
+]
+IMX708 = [  # Camera Module 3 (10-bit only)
+    _mode(10, (1536, 864), 120.13, (768, 432, 3072, 1728)),
+    _mode(10, (2304, 1296), 56.03, (0, 0, 4608, 2592)),
+    _mode(10, (4608, 2592), 14.35, (0, 0, 4608, 2592)),
+]
+SENSORS = {"imx219": IMX219, "imx708": IMX708}
+
+
 def _picamera2_modules() -> list[str]:
     return [m for m in sys.modules if m == "picamera2" or m.startswith("picamera2.")]
 
@@ -105,6 +162,7 @@ def stubs(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     controls.SensorTimestamp = ControlId("SensorTimestamp")  # type: ignore[attr-defined]
     libcamera.controls = controls  # type: ignore[attr-defined]
     libcamera.Transform = Transform  # type: ignore[attr-defined]
+    libcamera.ColorSpace = ColorSpace  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "libcamera", libcamera)
     monkeypatch.setitem(sys.modules, "libcamera.controls", controls)
     monkeypatch.setitem(sys.modules, "pykms", _stub_module("pykms"))
@@ -196,8 +254,12 @@ class FakePicamera2:
         fail: dict[str, BaseException] | None = None,
         main_pad: int = 64,
         lores_pad: int = 32,
+        sensor: str = "imx219",
     ) -> None:
         self.fail = fail or {}
+        self.sensor_modes = SENSORS[sensor]
+        self.camera_properties = {"Model": sensor}
+        self.main_picture: Callable[[int, int, int], np.ndarray] = main_y
         self.main_pad = main_pad
         self.lores_pad = lores_pad
         self.calls: list[str] = []
@@ -238,7 +300,17 @@ class FakePicamera2:
         main, lores = dict(config["main"]), dict(config["lores"])
         main["stride"] = main["size"][0] + self.main_pad
         lores["stride"] = lores["size"][0] + self.lores_pad
-        self.camera_config = {"main": main, "lores": lores, "raw": None, "display": "main"}
+        # What create_video_configuration picks when not told: limited range, by size.
+        colour = config.get("colour_space") or (
+            ColorSpace.Smpte170m() if main["size"][0] < 1280 else ColorSpace.Rec709()
+        )
+        self.camera_config = {
+            "main": main,
+            "lores": lores,
+            "raw": None,
+            "display": "main",
+            "colour_space": colour,
+        }
         self.stream_map = {"main": "main-stream", "lores": "lores-stream"}
 
     def camera_configuration(self) -> dict[str, Any]:
@@ -281,7 +353,7 @@ class FakePicamera2:
         main, lores = self.camera_config["main"], self.camera_config["lores"]
         (mw, mh), (lw, lh) = main["size"], lores["size"]
         buffers = {
-            "main-stream": i420(main_y(i, mw, mh), main["stride"]),
+            "main-stream": i420(self.main_picture(i, mw, mh), main["stride"]),
             "lores-stream": i420(lores_y(i, lw, lh), lores["stride"]),
         }
         ts_key = sys.modules["libcamera"].controls.SensorTimestamp
@@ -425,7 +497,11 @@ def test_encoder_settings(
     assert encoder.repeat is True
     assert encoder.iperiod == 10
     assert encoder.framerate == FPS
-    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    infos = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.INFO and not any(w in r.getMessage() for w in (" mode ", "PyAV"))
+    ]
     if name == "extended":
         assert len(infos) == 1
         assert "extended" in infos[0].getMessage()
@@ -471,11 +547,23 @@ def test_factory_failures(stubs: types.ModuleType) -> None:
         PicameraSource(camera_settings(), factory=no_camera).open()
 
     def busy() -> Any:
-        raise RuntimeError("Failed to acquire camera: Device or resource busy\nmore detail")
+        # What Picamera2() raises when another process holds the camera: the cause is hidden.
+        try:
+            raise RuntimeError("Failed to acquire camera: Device or resource busy")
+        except RuntimeError as exc:
+            raise RuntimeError("Camera __init__ sequence did not complete.") from exc
 
     with pytest.raises(SourceError) as err:
         PicameraSource(camera_settings(), factory=busy).open()
-    assert str(err.value) == "picamera2: Failed to acquire camera: Device or resource busy"
+    assert str(err.value) == picam.BUSY
+    assert str(err.value).startswith("picamera2: the camera is busy: another program")
+
+    def broken() -> Any:
+        raise RuntimeError("Camera __init__ sequence did not complete.\nmore detail")
+
+    with pytest.raises(SourceError) as err:
+        PicameraSource(camera_settings(), factory=broken).open()
+    assert str(err.value) == "picamera2: Camera __init__ sequence did not complete."
 
 
 def test_start_failure_releases_the_camera(stubs: types.ModuleType) -> None:
@@ -696,45 +784,91 @@ def test_end_to_end_with_the_real_libav_encoder(
 # -- stills ---------------------------------------------------------------------------------
 
 
-def test_capture_jpeg(stubs: types.ModuleType) -> None:
-    src, fake = open_source()
-    src.open()
-    src.start(PacketRing(10 * US), _port_nowhere())
-    assert src.capture_jpeg() == JPEG
-    name, target, fmt = fake.jpeg_request.saved[0]
-    assert (name, fmt) == ("main", "jpeg")
-    assert isinstance(target, io.BytesIO)
-    assert fake.capture_kwargs["wait"] > 0, "a stalled camera must not hang the executor"
-    assert "stop_encoder" not in fake.calls
-    src.stop()
+def _still(src: PicameraSource, fake: FakePicamera2, first: int = 0) -> bytes:
+    """capture_jpeg on a thread while the camera delivers frames."""
+    result: list[bytes] = []
+    thread = threading.Thread(target=lambda: result.append(src.capture_jpeg()), daemon=True)
+    thread.start()
+    # The camera runs until the still is taken (frames before the request are not it).
+    i = first
+    while thread.is_alive() and i < first + 2000:
+        join(fake.run_camera(1, first=i))
+        i += 1
+        thread.join(0.01)
+    join(thread)
+    return result[0]
 
 
-def test_capture_jpeg_through_picamera2s_real_save(stubs: types.ModuleType) -> None:
+def levels() -> Callable[[int, int, int], np.ndarray]:
+    """A main picture in limited range: left half video black (16), right half white (235)."""
+
+    def picture(i: int, w: int, h: int) -> np.ndarray:
+        y = np.full((h, w), 16, dtype=np.uint8)
+        y[:, w // 2 :] = 235
+        return y
+
+    return picture
+
+
+@pytest.mark.parametrize("sensor", ["imx219", "imx708"])
+def test_still_is_full_range_and_takes_no_camera_request(
+    stubs: types.ModuleType, sensor: str
+) -> None:
     from PIL import Image
 
-    src, fake = open_source()
-    fake.real_jpeg = True
+    fake = FakePicamera2(sensor=sensor)
+    fake.main_picture = levels()
+    src, _ = open_source(fake)
     src.open()
     src.start(PacketRing(10 * US), _port_nowhere())
-    data = src.capture_jpeg()
+    data = _still(src, fake)
     src.stop()
-    assert data[:2] == b"\xff\xd8"
-    assert data[-2:] == b"\xff\xd9"
+    assert "captured_request" not in fake.calls, "no job left queued in picamera2"
+    assert "stop_encoder" in fake.calls and fake.calls.index("stop_encoder") > fake.calls.index(
+        "start_encoder"
+    )
     with Image.open(io.BytesIO(data)) as image:
-        assert image.size == (320, 240)
+        assert image.format == "JPEG" and image.size == (320, 240)
+        y = np.asarray(image.convert("L"))
+    # Video black and white become JPEG's 0 and 255 (written as is they would be 16 and 235).
+    assert y[:, 10:150].mean() < 3
+    assert y[:, 170:310].mean() > 252
 
 
-def test_capture_jpeg_errors(stubs: types.ModuleType) -> None:
-    from concurrent.futures import TimeoutError as FuturesTimeout
+def test_still_of_a_full_range_camera_is_not_widened_twice(stubs: types.ModuleType) -> None:
+    from PIL import Image
 
-    fake = FakePicamera2(fail={"captured_request": FuturesTimeout()})
+    fake = FakePicamera2()
+    fake.main_picture = levels()
     src, _ = open_source(fake)
+    src.open()
+    fake.camera_config["colour_space"] = ColorSpace.Sycc()
+    src._limited = picam._limited_range(ColorSpace.Sycc())
+    src.start(PacketRing(10 * US), _port_nowhere())
+    data = _still(src, fake)
+    src.stop()
+    with Image.open(io.BytesIO(data)) as image:
+        y = np.asarray(image.convert("L"))
+    assert abs(y[:, 10:150].mean() - 16) < 3
+    assert abs(y[:, 170:310].mean() - 235) < 3
+
+
+def test_capture_jpeg_errors(stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(picam, "CAPTURE_TIMEOUT", 0.2)
+    src, fake = open_source()
     with pytest.raises(SourceError, match="not running"):
         src.capture_jpeg()
     src.open()
     src.start(PacketRing(10 * US), _port_nowhere())
-    with pytest.raises(SourceError, match=r"^picamera2: still capture failed: TimeoutError$"):
+    # No frame comes: a one-line error, and nothing is left waiting for the camera thread.
+    with pytest.raises(
+        SourceError, match=r"^picamera2: still capture failed: no frame from the camera in 0 s$"
+    ):
         src.capture_jpeg()
+    assert src._still is None
+    join(fake.run_camera(3))  # frames after the timeout go nowhere and are released
+    monkeypatch.setattr(picam, "CAPTURE_TIMEOUT", 30.0)
+    assert _still(src, fake, first=3)[:2] == b"\xff\xd8"
     src.stop()
 
 
@@ -941,3 +1075,323 @@ def test_module_imports_nothing_from_picamera2() -> None:
             line for line in fh if line.startswith(("import ", "from ")) and "picamera2" in line
         ]
     assert top_level == []
+
+
+# -- what real Pis run (issue 20) -----------------------------------------------------------
+
+
+def test_the_picamera2_under_test_is_supported(stubs: types.ModuleType) -> None:
+    """Each picamera2 environment (tests/Makefile) runs this file; the version it holds is
+    the one the daemon sees."""
+    from importlib import metadata
+
+    from pinthesky.camera import pi
+
+    version = pi.picamera2_version()
+    assert version == metadata.version("picamera2")
+    assert pi.unsupported(version) is None
+
+
+def test_pyav_at_import_is_said_for_the_versions_that_do_it(
+    stubs: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pinthesky.camera import pi
+
+    version = pi.picamera2_version()
+    assert version is not None
+    src, _ = open_source()
+    with caplog.at_level(logging.INFO, logger="pinthesky.camera.picam"):
+        src.open()
+        src.stop()
+    said = [r.getMessage() for r in caplog.records if "PyAV" in r.getMessage()]
+    if pi.version_tuple(version) < (0, 3, 34):  # bench/picamera2_import.py measures it
+        assert said == [
+            f"picamera2 {version} loads PyAV (about 25 MB) on import; 0.3.34 or later does "
+            f"not: {pi.UPGRADE_HINT}"
+        ]
+    else:
+        assert said == []
+
+
+@pytest.mark.parametrize("version", ["0.3.12", "0.3.19", "0.3.25", "0.3.29"])
+def test_an_old_picamera2_is_refused_in_one_line(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    from pinthesky.camera import pi
+
+    monkeypatch.setattr(pi, "picamera2_version", lambda: version)
+    src, fake = open_source()
+    with pytest.raises(SourceError) as err:
+        src.open()
+    message = str(err.value)
+    assert message.startswith(f"picamera2 {version} is too old (pinthesky needs 0.3.30 or later)")
+    assert "apt install python3-picamera2" in message and "\n" not in message
+    assert fake.calls == [], "the camera is not touched"
+
+
+@pytest.mark.parametrize(
+    ("sensor", "size", "fps", "mode", "width_share"),
+    [
+        ("imx219", (640, 480), 20, ((1640, 1232), 10), "100%"),
+        ("imx219", (1280, 720), 30, ((1640, 1232), 10), "100%"),
+        ("imx708", (1536, 864), 100, ((1536, 864), 10), "67%"),
+        ("imx219", (1920, 1080), 20, ((1640, 1232), 10), "100%"),
+        ("imx219", (3280, 2464), 15, ((3280, 2464), 10), "100%"),
+        ("imx219", (640, 480), 60, ((1640, 1232), 8), "100%"),
+        ("imx708", (640, 480), 20, ((2304, 1296), 10), "100%"),
+        ("imx708", (1920, 1080), 30, ((2304, 1296), 10), "100%"),
+    ],
+)
+def test_the_full_field_sensor_mode_is_asked_for_and_logged(
+    stubs: types.ModuleType,
+    caplog: pytest.LogCaptureFixture,
+    sensor: str,
+    size: tuple[int, int],
+    fps: int,
+    mode: tuple[tuple[int, int], int],
+    width_share: str,
+) -> None:
+    fake = FakePicamera2(sensor=sensor)
+    src, _ = open_source(fake, resolution=Resolution(*size), framerate=fps)
+    with caplog.at_level(logging.INFO, logger="pinthesky.camera.picam"):
+        info = src.open()
+    src.stop()
+    assert fake.config_kwargs["sensor"] == {"output_size": mode[0], "bit_depth": mode[1]}
+    assert info.framerate == fps
+    logged = [r.getMessage() for r in caplog.records if " mode " in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].startswith(f"picamera2: {sensor} mode {mode[0][0]}x{mode[0][1]} {mode[1]}-bit")
+    assert f"{width_share} of the sensor's width" in logged[0]
+
+
+@pytest.mark.parametrize(
+    ("sensor", "fps", "delivered"), [("imx219", 250, 206), ("imx708", 121, 120)]
+)
+def test_a_frame_rate_the_sensor_cannot_give_is_clamped_aloud(
+    stubs: types.ModuleType,
+    caplog: pytest.LogCaptureFixture,
+    sensor: str,
+    fps: int,
+    delivered: int,
+) -> None:
+    """At full resolution only the slow full-sensor mode has the whole field: the rate the
+    camera really delivers goes into StreamInfo, the FrameRate control and the keyframes."""
+    fake = FakePicamera2(sensor=sensor)
+    size = (3280, 2464) if sensor == "imx219" else (4608, 2592)
+    src, _ = open_source(
+        fake,
+        resolution=Resolution(*size),
+        lores=Resolution(320, 240),
+        framerate=fps,
+        keyframe_interval=0,
+    )
+    with caplog.at_level(logging.WARNING, logger="pinthesky.camera.picam"):
+        info = src.open()
+    src.stop()
+    assert info.framerate == Fraction(delivered)
+    assert fake.config_kwargs["controls"] == {"FrameRate": delivered}
+    assert src._encoder.framerate == delivered
+    assert src._encoder.iperiod == delivered, "one keyframe a second at the delivered rate"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"recording at {delivered} fps, not {fps}" in m for m in warnings)
+
+
+@pytest.mark.parametrize(
+    ("model", "cma_mb", "size", "buffers"),
+    [
+        ("Raspberry Pi Zero W Rev 1.1", 64, (640, 480), 6),
+        ("Raspberry Pi Zero W Rev 1.1", 64, (1920, 1080), 5),
+        ("Raspberry Pi 4 Model B Rev 1.5", 512, (1920, 1080), 6),
+    ],
+)
+def test_buffers_fit_the_camera_memory(
+    stubs: types.ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+    model: str,
+    cma_mb: int,
+    size: tuple[int, int],
+    buffers: int,
+) -> None:
+    from pinthesky.camera import pi
+
+    (tmp_path / "model").write_bytes(model.encode() + b"\0")
+    (tmp_path / "meminfo").write_text(f"MemTotal: 443000 kB\nCmaTotal: {cma_mb * 1024} kB\n")
+    monkeypatch.setattr(pi, "MODEL_FILE", tmp_path / "model")
+    monkeypatch.setattr(pi, "MEMINFO", tmp_path / "meminfo")
+    fake = FakePicamera2()
+    src, _ = open_source(fake, resolution=Resolution(*size), lores=Resolution(320, 240))
+    with caplog.at_level(logging.WARNING, logger="pinthesky.camera.picam"):
+        src.open()
+    src.stop()
+    assert fake.config_kwargs["buffer_count"] == buffers
+    reduced = [r.getMessage() for r in caplog.records if "buffers per stream" in r.getMessage()]
+    assert len(reduced) == (buffers < 6)
+
+
+def test_too_little_camera_memory_is_one_line(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from pinthesky.camera import pi
+
+    (tmp_path / "model").write_text("Raspberry Pi Zero W Rev 1.1")
+    (tmp_path / "meminfo").write_text("CmaTotal: 40960 kB\n")
+    monkeypatch.setattr(pi, "MODEL_FILE", tmp_path / "model")
+    monkeypatch.setattr(pi, "MEMINFO", tmp_path / "meminfo")
+    fake = FakePicamera2()
+    src, _ = open_source(fake, resolution=Resolution(1920, 1080), lores=Resolution(320, 240))
+    with pytest.raises(SourceError) as err:
+        src.open()
+    assert str(err.value).startswith("picamera2: 1920x1080 needs ")
+    assert "this Pi has 40 MB (CMA)" in str(err.value)
+    assert "configure" not in fake.calls
+    assert fake.calls[-1] == "close", "the camera is released"
+
+
+def test_only_the_timestamp_is_read_per_frame(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from picamera2.request import CompletedRequest
+
+    def everything(self: Any) -> dict[str, Any]:
+        raise AssertionError("get_metadata converts every control: not per frame")
+
+    monkeypatch.setattr(CompletedRequest, "get_metadata", everything)
+    src, fake = open_source()
+    src.open()
+    frames: list[AnalysisFrame] = []
+
+    async def main() -> None:
+        port = AnalysisPort(
+            asyncio.get_running_loop(), frames.append, 5.0, US // FPS, True, lambda e: None
+        )
+        src.start(PacketRing(10 * US), port)
+        await asyncio.to_thread(join, fake.run_camera(8))
+        await flush_loop()
+        src.stop()
+
+    asyncio.run(main())
+    assert [f.ts for f in frames] == [T0_US, T0_US + 200_000]
+
+
+def test_stop_is_bounded_on_a_wedged_camera(
+    stubs: types.ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(picam, "STOP_TIMEOUT", 0.3)
+    wedge = threading.Event()
+    fake = FakePicamera2()
+    src, _ = open_source(fake)
+    src.open()
+    src.start(PacketRing(10 * US), _port_nowhere())
+    monkeypatch.setattr(fake, "stop", lambda: wedge.wait(60))  # the camera thread never ends
+    with caplog.at_level(logging.ERROR, logger="pinthesky.camera.picam"):
+        stopper = threading.Thread(target=src.stop, daemon=True)
+        stopper.start()
+        stopper.join(30)
+    wedge.set()
+    assert not stopper.is_alive(), "stop() returned although the camera is wedged"
+    assert "did not stop within 0 s" in caplog.text
+
+
+def test_hardware_mjpeg_pictures_are_widened_to_full_range() -> None:
+    """What the Pi 0-4 MJPEG encoder writes (limited-range samples in a JFIF file, made here
+    by FFmpeg's mjpeg without conversion) decodes at full range once its tables are scaled."""
+    from PIL import Image
+
+    from pinthesky.camera import jpeg
+
+    w, h = 320, 240
+    y = np.full((h, w), 16, dtype=np.uint8)
+    y[:, w // 2 :] = 235
+    y[: h // 2, :] = 126  # mid-grey stays mid-grey
+    chroma = np.full((h // 2, w // 2), 128, dtype=np.uint8)
+    ctx = av.CodecContext.create("mjpeg", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuvj420p"
+    ctx.time_base = Fraction(1, 30)
+    ctx.thread_count = 1
+    frame = av.VideoFrame.from_ndarray(
+        np.concatenate([y.reshape(-1), chroma.reshape(-1), chroma.reshape(-1)]).reshape(
+            h * 3 // 2, w
+        ),
+        format="yuvj420p",
+    )
+    as_written = b"".join(bytes(p) for p in ctx.encode(frame)) + b"".join(
+        bytes(p) for p in ctx.encode(None)
+    )
+
+    def lum(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("L")).astype(float)
+
+    before, after = lum(as_written), lum(jpeg.widen_tables(as_written))
+    bottom = slice(h // 2 + 8, h - 8)
+    assert abs(before[bottom, 8:150].mean() - 16) < 3  # grey blacks as written
+    assert after[bottom, 8:150].mean() < 3
+    assert after[bottom, 170:312].mean() > 244  # within a few levels of 255 (see jpeg)
+    assert abs(after[8 : h // 2 - 8, :].mean() - 126) < 4
+    with pytest.raises(jpeg.JpegError):
+        jpeg.widen_tables(b"not a jpeg")
+
+
+def test_a_still_waiting_when_the_camera_stops_is_told_at_once(stubs: types.ModuleType) -> None:
+    src, _ = open_source()
+    src.open()
+    src.start(PacketRing(10 * US), _port_nowhere())
+    errors: list[str] = []
+
+    def still() -> None:
+        try:
+            src.capture_jpeg()
+        except SourceError as exc:
+            errors.append(str(exc))
+
+    waiter = threading.Thread(target=still, daemon=True)
+    waiter.start()
+    eventually(lambda: src._still is not None, 10, "the still waits")
+    src.stop()
+    join(waiter)  # well before CAPTURE_TIMEOUT would have run out
+    assert errors == ["picamera2: still capture failed: the camera stopped"]
+
+
+@pytest.mark.parametrize(
+    ("model", "hardware"),
+    [
+        ("Raspberry Pi Zero W Rev 1.1", True),
+        ("Raspberry Pi Zero 2 W Rev 1.0", True),
+        ("Raspberry Pi 3 Model B Plus Rev 1.3", True),
+        ("Raspberry Pi Compute Module 4 Rev 1.0", True),
+        ("Raspberry Pi 4 Model B Rev 1.5", True),
+        ("Raspberry Pi 5 Model B Rev 1.0", False),
+        ("Raspberry Pi Compute Module 5 Rev 1.0", False),
+        ("Raspberry Pi 500 Rev 1.0", False),
+        (None, False),
+    ],
+)
+def test_which_pis_encode_in_hardware(model: str | None, hardware: bool) -> None:
+    from pinthesky.camera import pi
+
+    assert pi.hardware_encoder(model) is hardware
+    assert (pi.encoder_limit(model, 2592, 1944) is not None) is hardware
+    assert pi.encoder_limit(model, 1920, 1080) is None
+
+
+def test_versions_as_apt_and_pip_write_them() -> None:
+    from pinthesky.camera import pi
+
+    assert pi.version_tuple("0.3.30") == (0, 3, 30)
+    assert pi.version_tuple("0.3.25-1+rpt1") == (0, 3, 25)
+    assert pi.version_tuple("0.3.38~bookworm") == (0, 3, 38)
+    assert pi.unsupported("0.3.30") is None and pi.unsupported(None) is None
+    assert pi.unsupported("0.3.29") is not None
+
+
+def test_still_encoder_without_simplejpeg_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pinthesky.camera import jpeg
+
+    y = np.full((16, 16), 16, dtype=np.uint8)
+    c = np.full((8, 8), 128, dtype=np.uint8)
+    assert jpeg.encode_i420(y, c, c, limited=True)[:2] == b"\xff\xd8"
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)
+    with pytest.raises(jpeg.JpegError, match=r"^JPEG encoding needs simplejpeg"):
+        jpeg.encode_i420(y, c, c, limited=True)

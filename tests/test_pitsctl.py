@@ -290,6 +290,7 @@ def test_view_says_what_is_installed_in_a_few_lines() -> None:
         "model": "Raspberry Pi Zero 2 W Rev 1.0",
         "os": "Raspbian GNU/Linux 12 (bookworm)",
         "python": "3.11.2",
+        "picamera2": "0.3.25",
         "installed": {"thing": "cam-a", "region": REGION, "bucket": "cams", "log_group": None},
         "version": __version__,
         "services": {"pinthesky": "active", "pinthesky-iot": "failed"},
@@ -310,10 +311,14 @@ def test_view_says_what_is_installed_in_a_few_lines() -> None:
         "pi@cam: Raspberry Pi Zero 2 W Rev 1.0, Raspbian GNU/Linux 12 (bookworm), Python 3.11.2",
         f"installed: pinthesky {__version__}, thing cam-a, region {REGION}, bucket cams",
         "services: pinthesky active, pinthesky-iot failed",
+        "camera stack: picamera2 0.3.25: pinthesky needs 0.3.30 or later (pitsctl install "
+        "upgrades it)",
         "health (12 s ago): recording True, 3 clips since start, up 3600 s, CPU 4.2 %, "
         "memory available 300 MB, disk free 20480 MB",
         "upload queue: 2 files, 41.0 MB waiting",
         "cloud: thing yes, bucket yes, role access denied, certificates 1",
     ]
+    pi["picamera2"] = "0.3.38"
+    assert "camera stack: picamera2 0.3.38" in pitsctl._describe("pi@cam", pi, {}).splitlines()
     pi["installed"] = None
     assert pitsctl._describe("pi@cam", pi, {}).splitlines()[-1] == "pinthesky is not installed"

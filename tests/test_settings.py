@@ -884,6 +884,47 @@ def test_non_default_settings_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("model", "size", "refused"),
+    [
+        ("Raspberry Pi Zero W Rev 1.1", "1920x1080", False),
+        ("Raspberry Pi Zero W Rev 1.1", "2592x1944", True),
+        ("Raspberry Pi 4 Model B Rev 1.5", "1920x1200", True),
+        ("Raspberry Pi 4 Model B Rev 1.5", "2048x1024", True),
+        ("Raspberry Pi 5 Model B Rev 1.0", "2592x1944", False),
+        (None, "4096x2160", False),
+    ],
+)
+def test_resolution_the_pis_encoder_cannot_take(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: str | None, size: str, refused: bool
+) -> None:
+    from pinthesky.camera import pi
+
+    model_file = tmp_path / "model"
+    if model is not None:
+        model_file.write_bytes(model.encode() + b"\0")
+    monkeypatch.setattr(pi, "MODEL_FILE", model_file)
+    raw = {"camera.resolution": size}
+    if not refused:
+        assert str(settings.load(raw, environ={}).camera.resolution) == size
+        return
+    with pytest.raises(ConfigError) as err:
+        settings.load(raw, environ={})
+    assert str(err.value) == (
+        f"camera.resolution = '{size}': the {model}'s H.264 encoder takes at most 1920x1080 "
+        "(8192 macroblocks, no side over 1920)"
+    )
+    # A change from the cloud is refused the same way and the last good size is kept.
+    s = settings.load({}, environ={})
+    s2, errors = settings.merge(s, {"camera.resolution": size}, "shadow")
+    assert errors == [f"shadow {err.value}"]
+    assert s2.camera.resolution == s.camera.resolution
+    # A replayed file is not encoded by the Pi: no limit.
+    replay = tmp_path / "clip.mp4"
+    replay.write_bytes(b"")
+    assert settings.load({**raw, "source.source": str(replay)}, environ={})
+
+
+@pytest.mark.parametrize(
     ("interval", "fps", "seconds"),
     [(0, 20.0, 1.0), (0, 14.0, 1.0), (40, 20.0, 2.0), (40, 14.0, 40 / 14)],
 )

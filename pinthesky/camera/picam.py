@@ -21,7 +21,11 @@ A note on threads:
 - ``open``, ``start``, ``stop`` and ``capture_jpeg`` run on the daemon's executor threads.
 - ``_on_request`` (the ``post_callback``) runs on picamera2's camera thread, once per frame,
   while picamera2 holds its own lock: it must be short and must never raise. It only calls
-  ``AnalysisPort.due`` and ``AnalysisPort.submit``, which are built for that thread.
+  ``AnalysisPort.due`` and ``AnalysisPort.submit``, which are built for that thread, and,
+  when ``capture_jpeg`` waits for a still, copies that frame's planes into the still's slot
+  (the JPEG is encoded back on the waiting thread).
+- ``stop`` runs picamera2's stop and close on a thread of its own and waits at most
+  ``STOP_TIMEOUT`` for it.
 - ``_RingOutput.outputframe`` runs where the encoder produces packets: on the V4L2 encoder's
   poll thread (Pi 0-4), on the camera thread right after ``_on_request`` (libx264 on Pi 5),
   and, for the packets libx264 still holds when it stops, on the thread calling ``stop``.
@@ -39,8 +43,9 @@ back, so packets and analysis frames share one clock: sensor time in microsecond
 from __future__ import annotations
 
 import contextlib
-import io
+import errno
 import logging
+import math
 import threading
 from collections.abc import Callable
 from fractions import Fraction
@@ -48,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from pinthesky.camera import jpeg, pi
 from pinthesky.camera.base import AnalysisPort, open_error
 from pinthesky.errors import SourceError
 from pinthesky.live.tap import JPEG, YUV420, LiveTap, Picture, i420
@@ -71,6 +77,15 @@ PROFILES: dict[str, str] = {
 CAPTURE_TIMEOUT = 10.0
 """Seconds ``capture_jpeg`` waits for a frame before it gives up."""
 
+STOP_TIMEOUT = 15.0
+"""Seconds ``stop`` waits for picamera2 to stop and close before it leaves a wedged camera
+behind (the daemon must still be able to exit or retry)."""
+
+BUSY = (
+    "picamera2: the camera is busy: another program is using it (rpicam-*, libcamera-*, "
+    "another pinthesky?); stop it and try again"
+)
+
 _logged_once: set[str] = set()
 
 
@@ -84,6 +99,30 @@ def _log_once(level: int, key: str, msg: str, *args: object) -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps: ``Picamera2()`` hides the cause behind "Camera
+    __init__ sequence did not complete.") says the camera is held by another process."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if getattr(cause, "errno", None) == errno.EBUSY or "busy" in str(cause).lower():
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _limited_range(colour_space: Any) -> bool:
+    """Whether the configured colour space is limited range (what video configurations get:
+    Smpte170m, Rec709); an unknown one is taken as limited, picamera2's video default."""
+    try:
+        import libcamera
+
+        return bool(colour_space.range != libcamera.ColorSpace.Range.Full)
+    except Exception:
+        return True
 
 
 def camera_present() -> bool | None:
@@ -172,15 +211,40 @@ def _ring_output(ring: PacketRing, encoder: Any) -> Any:
     return _make_output("packet", handle, detail=True)
 
 
-def _jpeg_output(live: LiveTap, encoder: Any, size: tuple[int, int]) -> Any:
-    """Hands the MJPEG encoder's JPEGs to the live tap."""
+def _jpeg_output(live: LiveTap, encoder: Any, size: tuple[int, int], limited: bool) -> Any:
+    """Hands the MJPEG encoder's JPEGs to the live tap, at full range (see ``jpeg``)."""
 
     def handle(frame: Any, keyframe: bool, timestamp: int | None, packet: Any) -> None:
         if frame is not None:
             ts = int(encoder.firsttimestamp or 0) + int(timestamp or 0)
-            live.offer(Picture(JPEG, bytes(frame), size[0], size[1], ts))
+            data = jpeg.widen_tables(bytes(frame)) if limited else bytes(frame)
+            live.offer(Picture(JPEG, data, size[0], size[1], ts))
 
     return _make_output("live JPEG", handle)
+
+
+def _split_i420(
+    buffer: np.ndarray, w: int, h: int, stride: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y, U and V planes of a libcamera YUV420 buffer: Y rows of ``stride``
+    bytes, then U and V rows of half that; the padding is left out."""
+    flat = buffer.reshape(-1)
+    half = stride // 2
+    u0 = stride * h
+    v0 = u0 + half * (h // 2)
+    y = flat[:u0].reshape(h, stride)[:, :w]
+    u = flat[u0:v0].reshape(h // 2, half)[:, : w // 2]
+    v = flat[v0 : v0 + half * (h // 2)].reshape(h // 2, half)[:, : w // 2]
+    return y, u, v
+
+
+class _StillSlot:
+    """Where the camera thread leaves the planes of one frame for ``capture_jpeg``."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.planes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.error = "no picture"
 
 
 class PicameraSource:
@@ -207,6 +271,16 @@ class PicameraSource:
         """Whether live JPEG comes from picamera2's hardware MJPEG encoder."""
         self._mjpeg: Any = None
         self._mjpeg_switching = False
+        self._limited = True
+        """Whether the camera's YUV is limited range (JPEGs must be widened)."""
+        self._ts_key: Any = None
+        """libcamera's SensorTimestamp control: the one metadata item read per frame."""
+        self._still_lock = threading.Lock()
+        self._still: _StillSlot | None = None
+        self.framerate = settings.framerate
+        """The rate the camera delivers (the configured one unless the sensor mode is slower)."""
+        self.sensor_mode: pi.SensorMode | None = None
+        self.buffers = pi.BUFFERS
 
     # -- executor threads -----------------------------------------------------------------
 
@@ -214,20 +288,35 @@ class PicameraSource:
         s = self._settings
         if self._picam2 is not None:
             self.stop()
+        version = pi.picamera2_version()
+        problem = pi.unsupported(version)
+        if problem is not None:
+            raise SourceError(problem)
+        if version is not None and pi.version_tuple(version) < pi.LAZY_PYAV_PICAMERA2:
+            _log_once(
+                logging.INFO,
+                "pyav",
+                "picamera2 %s loads PyAV (about 25 MB) on import; %s or later does not: %s",
+                version,
+                pi.show(pi.LAZY_PYAV_PICAMERA2),
+                pi.UPGRADE_HINT,
+            )
         try:
             import libcamera
+            from libcamera import controls
             from picamera2.encoders import H264Encoder
         except Exception as exc:
             raise SourceError(
                 f"picamera2: not usable on this machine ({_one_line(exc)}); on a Raspberry Pi "
                 "install python3-picamera2 and create the venv with --system-site-packages"
             ) from None
+        self._ts_key = controls.SensorTimestamp
 
         rotation = s.rotation
+        size = (s.resolution.width, s.resolution.height)
         kwargs: dict[str, Any] = {
-            "main": {"size": (s.resolution.width, s.resolution.height), "format": "YUV420"},
+            "main": {"size": size, "format": "YUV420"},
             "lores": {"size": (s.lores.width, s.lores.height), "format": "YUV420"},
-            "controls": {"FrameRate": s.framerate},
             "encode": "main",
         }
         if rotation == 180:
@@ -260,9 +349,33 @@ class PicameraSource:
             # Picamera2() indexes libcamera's camera list: an empty list means no camera.
             raise SourceError("picamera2: no camera detected") from None
         except Exception as exc:
+            if _is_busy(exc):
+                raise SourceError(BUSY) from None
             raise open_error(NAME, exc) from None
         self._picam2 = picam2
         try:
+            mode = self._choose_mode(picam2, size, s.framerate)
+            fps = s.framerate
+            raw: tuple[int, int, int] | None = None
+            if mode is not None:
+                kwargs["sensor"] = {"output_size": mode.size, "bit_depth": mode.bit_depth}
+                raw = (*mode.size, mode.bit_depth)
+                if mode.fps + 0.01 < fps:
+                    fps = max(1, math.floor(mode.fps))
+                    _log_once(
+                        logging.WARNING,
+                        f"clamp-{s.framerate}-{mode.size}",
+                        "picamera2: the sensor gives at most %.2f fps at %dx%d: recording at "
+                        "%d fps, not %d",
+                        mode.fps,
+                        *mode.size,
+                        fps,
+                        s.framerate,
+                    )
+            self.framerate = fps
+            self.buffers = self._plan_buffers(size, (s.lores.width, s.lores.height), raw)
+            kwargs["buffer_count"] = self.buffers
+            kwargs["controls"] = {"FrameRate": fps}
             config = picam2.create_video_configuration(**kwargs)
             picam2.configure(config)
             streams = picam2.camera_configuration()
@@ -273,21 +386,76 @@ class PicameraSource:
                 name: (int(s["size"][0]), int(s["size"][1]), int(s["stride"]))
                 for name, s in ((n, streams[n]) for n in ("main", "lores"))
             }
+            self._limited = _limited_range(streams.get("colour_space"))
+            iperiod = s.keyframe_interval or fps  # 0 means one keyframe a second
             self._encoder = H264Encoder(
                 bitrate=s.bitrate,
                 repeat=True,
-                iperiod=s.iperiod,
-                framerate=s.framerate,
+                iperiod=iperiod,
+                framerate=fps,
                 profile=profile,
             )
+        except SourceError:
+            self.stop()
+            raise
         except Exception as exc:
             self.stop()
+            if _is_busy(exc):
+                raise SourceError(BUSY) from None
             raise open_error(NAME, exc) from None
         if (width, height) != tuple(s.resolution):
             log.warning("picamera2: main stream is %dx%d, not %s", width, height, s.resolution)
         return StreamInfo(
-            int(width), int(height), Fraction(s.framerate), rotation if rotation in (90, 270) else 0
+            int(width), int(height), Fraction(fps), rotation if rotation in (90, 270) else 0
         )
+
+    def _choose_mode(self, picam2: Any, size: tuple[int, int], fps: int) -> pi.SensorMode | None:
+        """The full-field sensor mode for ``size`` at ``fps`` (picamera2 alone would pick by
+        size and film a centre crop), logged with what it reads of the sensor."""
+        try:
+            modes = [pi.SensorMode.parse(m) for m in picam2.sensor_modes]
+        except Exception as exc:
+            log.warning("picamera2: cannot list sensor modes (%s): picamera2 picks", _one_line(exc))
+            return None
+        mode = pi.choose_mode(modes, size, fps)
+        self.sensor_mode = mode
+        if mode is not None:
+            model = "sensor"
+            with contextlib.suppress(Exception):
+                model = str(picam2.camera_properties["Model"])
+            _log_once(
+                logging.INFO,
+                f"mode-{model}-{size}-{fps}-{mode}",
+                "picamera2: %s mode %s, for %dx%d at %d fps",
+                model,
+                mode.describe(pi.pixel_array(modes)),
+                *size,
+                fps,
+            )
+        return mode
+
+    def _plan_buffers(
+        self, main: tuple[int, int], lores: tuple[int, int], raw: tuple[int, int, int] | None
+    ) -> int:
+        """Buffers per stream that fit the Pi's camera memory (a 512 MB Pi has ~64 MB)."""
+        model = pi.pi_model()
+        # H.264 and, while someone watches, MJPEG: both V4L2 encoders on a Pi 0-4.
+        encoders = 2 if pi.hardware_encoder(model) else 0
+        plan = pi.plan_memory(main, lores, raw, encoders, pi.cma_total())
+        if isinstance(plan, str):
+            raise SourceError(f"picamera2: {plan}")
+        if plan.buffers < pi.BUFFERS:
+            _log_once(
+                logging.WARNING,
+                f"buffers-{main}-{plan.buffers}",
+                "picamera2: %d buffers per stream, not %d, to fit camera memory "
+                "(%.0f MB instead of %.0f MB)",
+                plan.buffers,
+                pi.BUFFERS,
+                plan.bytes / 2**20,
+                plan.full / 2**20,
+            )
+        return plan.buffers
 
     def start(self, ring: PacketRing, port: AnalysisPort, live: LiveTap | None = None) -> None:
         picam2 = self._picam2
@@ -323,6 +491,11 @@ class PicameraSource:
                 return
             encoder_started, self._encoder_started = self._encoder_started, False
             self._camera_started = False
+            with self._still_lock:
+                waiting, self._still = self._still, None
+            if waiting is not None:  # no frame will come: tell the waiting still now
+                waiting.error = "the camera stopped"
+                waiting.ready.set()
             mjpeg, self._mjpeg = self._mjpeg, None
             steps: list[tuple[str, Callable[[], Any]]] = []
             if mjpeg is not None:
@@ -330,35 +503,71 @@ class PicameraSource:
             if encoder_started:
                 steps.append(("stop_encoder", lambda: picam2.stop_encoder(self._encoder)))
             steps += [("stop", picam2.stop), ("close", picam2.close)]
-            for what, step in steps:
-                try:
-                    step()
-                except Exception as exc:
-                    log.warning("picamera2: %s failed: %s", what, _one_line(exc))
-            with contextlib.suppress(Exception):
-                picam2.post_callback = None
+
+            def run_steps() -> None:
+                for what, step in steps:
+                    try:
+                        step()
+                    except Exception as exc:
+                        log.warning("picamera2: %s failed: %s", what, _one_line(exc))
+                with contextlib.suppress(Exception):
+                    picam2.post_callback = None
+
+            # A wedged camera thread makes picamera2's stop() wait forever: bound the wait so
+            # the daemon can still exit (systemd then restarts it with a fresh process).
+            worker = threading.Thread(target=run_steps, name="picamera2-stop", daemon=True)
+            worker.start()
+            worker.join(STOP_TIMEOUT)
+            if worker.is_alive():
+                log.error(
+                    "picamera2: the camera did not stop within %.0f s; leaving it behind "
+                    "(it stays busy until pinthesky restarts)",
+                    STOP_TIMEOUT,
+                )
 
     def capture_jpeg(self) -> bytes:
+        """A still of the main stream at full range. The camera thread copies the next frame
+        into a slot this thread waits on: a timeout leaves no request behind (picamera2's
+        ``captured_request(wait=...)`` leaves its job queued, and the job later takes a
+        buffer nobody gives back)."""
         picam2 = self._picam2
         if picam2 is None or not self._camera_started:
             raise SourceError("picamera2: still capture failed: the camera is not running")
-        buf = io.BytesIO()
+        slot = _StillSlot()
+        with self._still_lock:
+            if self._still is not None:
+                slot = self._still  # a still already wanted: share its frame
+            else:
+                self._still = slot
         try:
-            with picam2.captured_request(wait=CAPTURE_TIMEOUT) as request:
-                request.save("main", buf, format="jpeg")
-        except Exception as exc:
-            raise open_error(f"{NAME}: still capture failed", exc) from None
-        return buf.getvalue()
+            if not slot.ready.wait(CAPTURE_TIMEOUT):
+                raise SourceError(
+                    f"picamera2: still capture failed: no frame from the camera in "
+                    f"{CAPTURE_TIMEOUT:.0f} s"
+                )
+        finally:
+            with self._still_lock:
+                if self._still is slot:
+                    self._still = None
+        if slot.planes is None:
+            raise SourceError(f"picamera2: still capture failed: {slot.error}")
+        try:
+            return jpeg.encode_i420(*slot.planes, limited=self._limited)
+        except jpeg.JpegError as exc:
+            raise SourceError(f"picamera2: still capture failed: {exc}") from None
 
     # -- camera thread --------------------------------------------------------------------
 
     def _on_request(self, request: Any) -> None:
         """picamera2's ``post_callback``: every frame, on the camera thread."""
+        if self._still is not None:
+            self._take_still(request)
         port = self._port
         if port is None:
             return
         try:
-            ns = request.get_metadata()["SensorTimestamp"]
+            # Only the timestamp: get_metadata() converts every control of every frame.
+            ns = request.request.metadata[self._ts_key]
             # Rounded exactly as Encoder._timestamp does, so a packet and the analysis frame
             # of the same picture carry the same microsecond.
             ts = int(ns / 1000)
@@ -376,6 +585,27 @@ class PicameraSource:
                 self._live_request(request, live, ts)
             except Exception as exc:
                 self._callback_error("live picture lost", exc)
+
+    def _take_still(self, request: Any) -> None:
+        """Copy the main stream's planes for a waiting ``capture_jpeg`` (camera thread)."""
+        with self._still_lock:
+            slot, self._still = self._still, None
+        if slot is None:
+            return
+        try:
+            slot.planes = self._planes(request, "main")
+        except Exception as exc:
+            slot.error = _one_line(exc)
+        slot.ready.set()
+
+    def _planes(self, request: Any, stream: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the Y, U and V planes of ``stream`` in ``request``, without the padding."""
+        from picamera2.request import MappedArray
+
+        w, h, stride = self._geometry[stream]
+        with MappedArray(request, stream, write=False) as mapped:
+            y, u, v = _split_i420(mapped.array, w, h, stride)
+            return y.copy(), u.copy(), v.copy()  # made before the buffer goes back
 
     def _callback_error(self, what: str, exc: Exception) -> None:
         msg = f"{type(exc).__name__}: {_one_line(exc)}"
@@ -398,15 +628,8 @@ class PicameraSource:
 
         w, h, stride = self._geometry[self._live_stream]
         with MappedArray(request, self._live_stream, write=False) as mapped:
-            # libcamera's YUV420: Y rows of ``stride`` bytes, then U and V rows of half that.
-            flat = mapped.array.reshape(-1)
-            half = stride // 2
-            u0 = stride * h
-            v0 = u0 + half * (h // 2)
-            y = flat[:u0].reshape(h, stride)[:, :w]
-            u = flat[u0:v0].reshape(h // 2, half)[:, : w // 2]
-            v = flat[v0 : v0 + half * (h // 2)].reshape(h // 2, half)[:, : w // 2]
-            picture = i420(y, u, v)  # the one copy, made before the buffer goes back
+            # The one copy, made before the buffer goes back.
+            picture = i420(*_split_i420(mapped.array, w, h, stride))
         live.offer(Picture(YUV420, picture, w, h, ts))
 
     def _switch_mjpeg(self, live: LiveTap) -> None:
@@ -422,9 +645,9 @@ class PicameraSource:
 
                     encoder = MJPEGEncoder()
                     # picamera2 encodes one frame in frame_skip_count: the live rate, roughly.
-                    encoder.frame_skip_count = max(1, round(self._settings.framerate / live.fps))
+                    encoder.frame_skip_count = max(1, round(self.framerate / live.fps))
                     w, h, _ = self._geometry[self._live_stream]
-                    output = _jpeg_output(live, encoder, (w, h))
+                    output = _jpeg_output(live, encoder, (w, h), self._limited)
                     picam2.start_encoder(encoder, output, name=self._live_stream)
                     self._mjpeg = encoder
                     log.info("picamera2: MJPEG encoder started on the %s stream", self._live_stream)
