@@ -359,7 +359,9 @@ def remove(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
         progress.step(f"removing the AWS resources of {thing} ({region})")
         session = _session(region)
         removal = _provisioner(session, names, progress).remove()
-        removal.removed += _alerts(session, region, names.bucket or None).forget(thing).done
+        forgotten = _alerts(session, region, names.bucket or None).forget(thing)
+        removal.removed += forgotten.done
+        removal.kept += forgotten.notes
     progress.end()
     result = {
         "pi": on_pi,

@@ -204,6 +204,12 @@ class Uploader:
             self.target.thing,
             self.target.video_format,
         )
+        try:
+            # boto3 is imported and the client built now, not on the first upload: the first
+            # motion picture must not wait for it (seconds on a Pi Zero).
+            await in_thread(self._client_or_new)
+        except Exception as exc:  # the first upload builds it again and says why
+            log.debug("S3 client not ready yet: %s", exc)
         while True:
             self._wake.clear()
             queue = await asyncio.to_thread(self.pending)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import pytest
 from conftest import settings_for
 from servers import CredentialsProvider, Pki, free_port, moto_server
 from servers import s3_client as s3
@@ -169,3 +170,25 @@ def test_s3_down_the_event_goes_out_and_the_picture_follows_the_clip(
             meta = s3(endpoint).head_object(Bucket=BUCKET, Key=clip.key)["Metadata"]
             assert meta["image_key"] == picture.key
     assert store.clips() == [] and store.pictures() == []
+
+
+def test_the_cooldown_is_a_setting_of_the_toml_file_and_the_shadow(tmp_path):
+    from pinthesky.errors import ConfigError
+    from pinthesky.settings import load, merge
+    from pinthesky.shadow import desired_changes, reported_document
+
+    toml = tmp_path / "pinthesky.toml"
+    toml.write_text("[alerts]\ncooldown = 15\n")
+    settings = load({}, toml, environ={})
+    assert settings.alerts.cooldown == 15.0
+    assert load({"alerts.cooldown": "90"}, toml, environ={}).alerts.cooldown == 90.0
+    with pytest.raises(ConfigError) as bad:
+        load({"alerts.cooldown": "soon"}, environ={})
+    assert "--alert-cooldown alerts.cooldown = 'soon'" in str(bad.value)
+    assert reported_document(settings)["camera"]["alert_cooldown"] == 15.0
+    changes, refused = desired_changes(settings, {"camera": {"alert_cooldown": "120"}}, False)
+    assert changes == {"alerts.cooldown": "120"} and refused == []
+    changed, errors = merge(settings, changes, "shadow")
+    assert changed.alerts.cooldown == 120.0 and errors == []
+    _, errors = merge(settings, {"alerts.cooldown": "-1"}, "shadow")
+    assert len(errors) == 1 and "alerts.cooldown" in errors[0]
