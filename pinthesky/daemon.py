@@ -119,7 +119,7 @@ class Daemon:
             self._capture_jpeg,
             self._alert,
             lambda: self.settings.alerts,
-            lambda: self.uploader.target if self.uploader is not None else None,
+            self._alert_target,
         )
         self._retired: Counter[str] = Counter()
         """Counts of the recorders and uploaders that were replaced (restarts)."""
@@ -449,6 +449,14 @@ class Daemon:
         if self.recorder is not None:
             self.recorder.picture_taken(taken)
         self._notify_uploader(taken)
+
+    def _alert_target(self) -> Target | None:
+        """Where a motion picture goes before its alert; None when the alert should not wait
+        for S3: no bucket, or uploads failing now (the picture follows with the clip)."""
+        uploader = self.uploader
+        if uploader is None or uploader.failures:
+            return None
+        return uploader.target
 
     def _capture_jpeg(self) -> bytes:
         """A JPEG from the running camera (worker thread)."""

@@ -207,7 +207,7 @@ class Uploader:
         try:
             # boto3 is imported and the client built now, not on the first upload: the first
             # motion picture must not wait for it (seconds on a Pi Zero).
-            await in_thread(self._client_or_new)
+            await in_thread(self._warm_client)
         except Exception as exc:  # the first upload builds it again and says why
             log.debug("S3 client not ready yet: %s", exc)
         while True:
@@ -251,6 +251,11 @@ class Uploader:
         await asyncio.sleep(seconds)
 
     # -- the upload thread ------------------------------------------------------------------
+
+    def _warm_client(self) -> None:
+        client = self._make_client()
+        if self._client is None:  # one set meanwhile (a test's stand-in) is kept
+            self._client = client
 
     def _client_or_new(self) -> Any:
         if self._client is None:

@@ -5,8 +5,9 @@ running camera (the still path every ``capture_image`` uses) and kept beside the
 ``{start_epoch}.motion.jpg``: the clip's thumbnail, and the first entry of the upload queue.
 Once S3 has it, ``motion_start`` goes to the event output with the picture's bucket and key.
 Without a bucket the event goes out at once, without ``image``; when S3 does not take the
-picture (down, refused, or slower than ``UPLOAD_WAIT_S``) the event goes out without it too,
-and the picture stays queued: it follows with the clip, whose metadata names its key.
+picture (down, refused, or slower than ``UPLOAD_WAIT_S``; while uploads are failing it does
+not wait at all) the event goes out without it too, and the picture stays queued: it follows
+with the clip, whose metadata names its key.
 
 The cooldown limits events only: every motion clip gets its picture. It is measured on the
 motion's own time (frame timestamps), so a replayed file alerts the same at any speed.
