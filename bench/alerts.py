@@ -17,7 +17,8 @@ so the delays below are what a person would wait:
   before this issue (then it still had to be uploaded: ``upload_end``).
 
 Run from the repository root: ``.venv/bin/python bench/alerts.py`` (about two minutes);
-prints the figures per footage and their worst case, writes bench/out/alerts.json.
+prints the figures per footage and their worst case, writes bench/out/alerts.json (``--quick``:
+the walkers footage only; ``--strict``: exit 1 on FAIL).
 """
 
 from __future__ import annotations
@@ -111,7 +112,11 @@ def run(name: str, work: Path, pki: Pki, provider: CredentialsProvider) -> dict[
 
 
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the walkers footage only")
+    parser.add_argument("--strict", action="store_true", help="exit 1 on FAIL")
+    args = parser.parse_args()
+    scenarios = SCENARIOS[:1] if args.quick else SCENARIOS
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -120,11 +125,11 @@ def main() -> int:
             os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
             os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
             s3_client(endpoint).create_bucket(Bucket=BUCKET)
-            for name in SCENARIOS:
+            for name in scenarios:
                 figures.update(run(name, work, pki, provider))
                 print(f"{name}: done", flush=True)
     for what in STEPS:
-        figures[f"worst_{what}_s"] = max(figures[f"{n}_{what}_s"] for n in SCENARIOS)
+        figures[f"worst_{what}_s"] = max(figures[f"{n}_{what}_s"] for n in scenarios)
     checks = [
         Check(
             "picture_s",
@@ -134,7 +139,8 @@ def main() -> int:
             "s",
         )
     ]
-    return 0 if report(NAME, figures, checks) else 1
+    passed = report(NAME, figures, checks)
+    return 1 if args.strict and not passed else 0
 
 
 if __name__ == "__main__":
