@@ -267,3 +267,31 @@ def test_local_zone(tmp_path: Path):
     link.symlink_to(zone)
     assert local_zone({}, link) == "America/New_York"
     assert local_zone({}, tmp_path / "missing") == "UTC"
+
+
+def test_install_takes_the_same_options_and_view_shows_them(aws):
+    ns = pitsctl.build_parser().parse_args(
+        ["install", "--host", "pi@cam", "--email", "a@example.com", "--email", "b@example.com",
+         "--sms", "+4915123456789", "--offline-after", "5", "--retention-days", "14"]
+    )  # fmt: skip
+    opts = pitsctl._alert_options(ns)
+    assert opts.emails == ("a@example.com", "b@example.com") and opts.sms == "+4915123456789"
+    assert (opts.offline_after, opts.retention_days, opts.off) == (5, 14, False)
+    # What install runs for a new camera (not in the thing group yet): it gets its alarm.
+    alerts().apply(opts, also=("cam-new",))
+    assert "pinthesky-offline-cam-new" in alarms(aws)
+    shown = alerts().view("cam-new")
+    pi = {
+        "model": "Raspberry Pi Zero W Rev 1.1",
+        "os": "Raspbian GNU/Linux 12 (bookworm)",
+        "python": "3.11.2",
+        "installed": {"thing": "cam-new", "region": REGION, "bucket": BUCKET},
+        "version": "1.0.0",
+        "services": {"pinthesky": "active"},
+        "health": None,
+    }
+    text = pitsctl._describe("pi@cam", pi, {"thing": True, "alerts": shown})
+    assert text.splitlines()[-1] == (
+        "alerts: motion to email a@example.com, email b@example.com, sms +4915123456789; "
+        "offline after 5 min; bucket keeps clips 14 days"
+    )

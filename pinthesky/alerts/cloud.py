@@ -478,7 +478,10 @@ class Alerts:
                         "endpoint": s["Endpoint"],
                         "confirmed": s["SubscriptionArn"].startswith("arn:"),
                     }
-                    for s in (self._subscribed(topic) if topic else [])
+                    for s in sorted(
+                        self._subscribed(topic) if topic else [],
+                        key=lambda s: (s["Protocol"], s["Endpoint"]),
+                    )
                 ],
                 "motion_rule": self._get_rule(MOTION_RULE) is not None,
                 "offline_after": None,
