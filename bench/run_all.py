@@ -24,6 +24,8 @@ Requirements measured (each by its own script, see their docstrings):
   15 % of one core to the daemon, and its server costs at most 0.5 % while nobody looks.
 * bench/picamera2_import.py: the daemon's own modules load no PyAV; what ``import picamera2``
   adds, per picamera2 version (0.3.30, 0.3.38), side by side.
+* bench/alerts.py: the motion picture is taken within 2 s of the first frame with motion
+  (real-time replays, default settings), beside the moment the clip was finished.
 
 The scripts run sequentially (never side by side: they would disturb each other's figures),
 each printing its own ``key=value`` figures; a table of every check follows, read back from
@@ -66,6 +68,7 @@ BENCHMARKS = (
     "control_page",
     "bitrate",
     "picamera2_import",
+    "alerts",
 )
 HERE = Path(__file__).resolve().parent
 

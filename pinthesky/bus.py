@@ -37,6 +37,28 @@ class ImageReady:
 
 
 @dataclass(frozen=True, slots=True)
+class MotionClip:
+    """A clip now holds motion: it started on motion, or motion began during a manual clip.
+
+    ``clip`` is the clip's final path (it may not exist yet); ``start_epoch`` the epoch in its
+    name; ``declared_epoch`` when the tracker confirmed the motion.
+    """
+
+    clip: Path
+    start_epoch: int
+    trigger: str
+    declared_epoch: float
+
+
+@dataclass(frozen=True, slots=True)
+class PictureTaken:
+    """The motion picture of ``clip`` is on disk at ``path`` (queued for upload)."""
+
+    clip: Path
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
 class MotionDetected:
     """Motion was confirmed (onset and confirmation as epoch seconds)."""
 

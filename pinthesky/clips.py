@@ -7,6 +7,9 @@ writer dies) or raw Annex-B H.264. When complete it is fsynced, renamed to its f
 points at a truncated file. At start, temporary files left by a crash are salvaged: the
 packets that can still be read are written again as a proper clip, and a file with nothing
 readable is removed. Every method blocks: the daemon calls them on its clip-writer thread.
+
+A clip with motion has a picture beside it, ``{start_epoch}.motion.jpg`` (the same stem as the
+clip): the motion alert's JPEG and the clip's thumbnail. ``ClipStore.picture(clip)`` finds it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
 _FINAL = re.compile(r"^(\d+)(?:-(\d+))?\.motion\.(mp4|h264)$")
+_PICTURE = re.compile(r"^(\d+)(?:-(\d+))?\.motion\.jpg$")
+PICTURE_SUFFIX = ".jpg"
 _TEMP = re.compile(r"^\.(\d+)(?:-(\d+))?\.motion\.(mp4|h264)\.partial$")
 
 
@@ -99,15 +104,27 @@ class ClipWriter:
         self._mp4.add(pkt.data, pkt.keyframe, max(1, _ticks(next_ts - self._first_ts) - start))
 
     @property
+    def end_ts(self) -> int:
+        """Sensor timestamp just after the last frame written (µs; 0 before the first)."""
+        return self._last_ts + self._frame_us if self._first_ts is not None else 0
+
+    @property
     def duration(self) -> float:
         if self._first_ts is None:
             return 0.0
         return (self._last_ts - self._first_ts + self._frame_us) / US
 
-    def close(self) -> ClipInfo | None:
-        """Finish the file and give it its final name; None if it holds no frame."""
+    def close(self, facts: dict[str, Any] | None = None) -> ClipInfo | None:
+        """Finish the file and give it its final name; None if it holds no frame.
+
+        ``facts`` (end time, peak score, picture) are kept beside the clip with its trigger,
+        before the clip appears under its final name, for the uploader's S3 metadata.
+        """
         if self._first_ts is None:
             return None
+        if facts:
+            meta = {"trigger": self.trigger, "start_epoch": self.start_epoch, **facts}
+            write_meta(self.final, {**meta, "duration": round(self.duration, 2)})
         if self._mp4 is not None:
             if self._pending is not None:
                 self._mux(self._pending, self._pending.ts + self._frame_us)
@@ -141,6 +158,18 @@ class ClipWriter:
 
 
 META = ".json"
+
+
+def picture_path(clip: Path) -> Path:
+    """Where the motion picture of ``clip`` goes: ``1700000000.motion.mp4`` ->
+    ``1700000000.motion.jpg`` (the S3 key's name too)."""
+    return clip.with_suffix(PICTURE_SUFFIX)
+
+
+def picture_epoch(picture: Path) -> int | None:
+    """The start epoch in a motion picture's name; None if it is not one."""
+    m = _PICTURE.match(picture.name)
+    return int(m.group(1)) if m else None
 
 
 def _meta_path(clip: Path) -> Path:
@@ -252,10 +281,30 @@ class ClipStore:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def remove(self, clip: Path) -> None:
-        """Delete a clip and what is kept beside it (after upload, or on eviction)."""
+    def remove(self, clip: Path, picture: bool = True) -> None:
+        """Delete a clip and what is kept beside it (after upload, or on eviction).
+
+        The uploader passes ``picture=False``: the picture is its own queue entry, uploaded
+        (and removed) on its own.
+        """
         clip.unlink(missing_ok=True)
         _meta_path(clip).unlink(missing_ok=True)
+        if picture:
+            picture_path(clip).unlink(missing_ok=True)
+
+    def picture(self, clip: Path) -> Path | None:
+        """The clip's motion picture (its thumbnail), if it is on disk."""
+        path = picture_path(clip)
+        return path if path.is_file() else None
+
+    def pictures(self) -> list[Path]:
+        """Motion pictures on disk, oldest first (the uploader sends them before anything)."""
+        found = []
+        for entry in os.scandir(self.directory):
+            m = _PICTURE.match(entry.name)
+            if m and entry.is_file():
+                found.append((int(m.group(1)), int(m.group(2) or 0), Path(entry.path)))
+        return [p for *_, p in sorted(found)]
 
     def _salvage(self, path: Path, epoch: int, fmt: str, info: StreamInfo) -> ClipInfo | None:
         import av

@@ -141,6 +141,10 @@ class Control:
             fields["trigger"] = ended.trigger
         if ended.name in self._durations:
             fields["duration"] = self._durations.pop(ended.name)
+        # The clip's facts are new fields; a manual capture's requested ``duration`` (the
+        # contract's int) is kept over the measured one.
+        for key, value in ended.facts().items():
+            fields.setdefault(key, value)
         self.answer("upload_end", **fields)
 
     def emit_health(self, echo: dict[str, Any] | None = None) -> None:

@@ -6,6 +6,7 @@ and hand analysis frames over through the ``AnalysisPort``):
     camera thread --packets--> PacketRing <--reads-- Recorder --writer thread--> ClipStore
     camera thread --analysis frames--> MotionAnalyzer -> MotionTracker -> Recorder
     Recorder --ClipReady--> EventBus --> Uploader --UploadEnded--> EventBus --> (event output)
+    Recorder --MotionClip--> MotionAlerts --picture--> Uploader (first) --> motion_start
     camera thread --live pictures, while watched--> LiveTap --> MJPEG viewers, LiveSessions
     PacketRing --the same H.264, while played--> RtspServer --RTP--> RTSP clients
 
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pinthesky.bus import ClipReady, EventBus, ImageReady, MotionDetected
+from pinthesky.alerts.motion import MotionAlerts
+from pinthesky.bus import ClipReady, EventBus, ImageReady, MotionDetected, PictureTaken
 from pinthesky.camera import AnalysisPort, Camera, make_camera
 from pinthesky.clips import ClipStore
 from pinthesky.control import Control
@@ -114,6 +116,14 @@ class Daemon:
         self.control: Control | None = None
         self.bus.subscribe(ClipReady, self._notify_uploader)
         self.bus.subscribe(ImageReady, self._notify_uploader)
+        self.bus.subscribe(PictureTaken, self._picture_taken)
+        self.alerts = MotionAlerts(
+            self.bus,
+            self._capture_jpeg,
+            self._alert,
+            lambda: self.settings.alerts,
+            self._alert_target,
+        )
         self._retired: Counter[str] = Counter()
         """Counts of the recorders and uploaders that were replaced (restarts)."""
         self.camera_restarts = 0
@@ -175,6 +185,8 @@ class Daemon:
         try:
             await self._stop.wait()
         finally:
+            # Alerts under way go out while the uploader still runs.
+            await self.alerts.close()
             # Live viewers first: the console hears record_end while the camera still runs.
             await self.sessions.close()
             if self.web is not None:
@@ -463,6 +475,33 @@ class Daemon:
         if self.uploader is not None:
             self.uploader.notify()
 
+    def _picture_taken(self, taken: PictureTaken) -> None:
+        if self.recorder is not None:
+            self.recorder.picture_taken(taken)
+        self._notify_uploader(taken)
+
+    def _alert_target(self) -> Target | None:
+        """Where a motion picture goes before its alert; None when the alert should not wait
+        for S3: no bucket, or uploads failing now (the picture follows with the clip)."""
+        uploader = self.uploader
+        if uploader is None or uploader.failures:
+            return None
+        return uploader.target
+
+    def _capture_jpeg(self) -> bytes:
+        """A JPEG from the running camera (worker thread)."""
+        camera = self.camera
+        if camera is None:
+            raise PintheskyError("no camera")
+        return camera.capture_jpeg()
+
+    def _alert(self, name: str, **fields: Any) -> dict[str, Any] | None:
+        """Write an alert to the event output; returns the event (None if not open yet)."""
+        if self.control is None:
+            log.warning("%s not sent: the event output is not open yet", name)
+            return None
+        return self.control.answer(name, **fields)
+
     def _supervise(
         self, run: Callable[[], Coroutine[Any, Any, None]], name: str
     ) -> asyncio.Task[None]:
@@ -485,7 +524,6 @@ class Daemon:
         ``file_name`` must be a plain name (``^[A-Za-z0-9._-]{1,64}$``, not hidden): it comes
         from the cloud and must never lead outside the capture directory.
         """
-        assert self.camera is not None
         name = file_name or f"img-{int(time.time())}.jpg"
         directory = self.settings.storage.capture_dir
         if not STILL_NAME.fullmatch(name) or name.startswith("."):
@@ -493,7 +531,7 @@ class Daemon:
                 f"capture_image file_name {name!r}: must match "
                 "[A-Za-z0-9._-]{1,64} and not start with a dot"
             )
-        jpeg = await asyncio.to_thread(self.camera.capture_jpeg)
+        jpeg = await asyncio.to_thread(self._capture_jpeg)
         path = await asyncio.to_thread(_write_still, directory, name, jpeg)
         self.bus.publish(ImageReady(path))
         return path
@@ -523,7 +561,7 @@ class Daemon:
                         MotionDetected(self.clock.epoch(ev.onset), self.clock.epoch(ev.declared))
                     )
             assert self.recorder is not None
-            self.recorder.on_motion(events, frame.ts)
+            self.recorder.on_motion(events, frame.ts, score.blocks)
         except Exception:
             log.exception("analysing a frame failed")
             self.request_stop(1, "the analysis pipeline failed")

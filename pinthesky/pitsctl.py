@@ -3,6 +3,8 @@
     pitsctl install --host pi@camera.local [--thing NAME] [--bucket NAME] [--region R]
     pitsctl view --host pi@camera.local
     pitsctl remove --host pi@camera.local [--keep-clips] [--cloud]
+    pitsctl alerts [--region R] [--bucket NAME] [--email ADDR]... [--sms NUMBER] [--https URL]
+                   [--offline-after MIN] [--retention-days N] [--off]
 
 The cloud side runs here, with the workstation's own AWS credentials (``provision``); the
 Pi side runs there over ssh (``ssh`` and ``onpi``). An install goes: look at the Pi, make
@@ -10,7 +12,8 @@ its key and a signing request there, create or reuse the AWS resources, install 
 this pitsctl belongs to (built here as a wheel, so the Pi runs the same version) with the
 settings, certificates and units, start both services, and wait for the daemon's health
 report before saying done. Every step can be run again: a failed install is finished by the
-same command.
+same command. ``alerts`` (and ``install`` with the same options) sets up who is told of motion
+and of a camera gone offline, and how long the bucket keeps clips (``alerts.cloud``).
 """
 
 from __future__ import annotations
@@ -196,6 +199,8 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
     csr = remote.call("prepare", {"thing": thing}, progress.on_event)["csr"]
     progress.step(f"AWS ({region}): thing, certificate, policies, role alias, bucket")
     cloud = _provisioner(session, names, progress).install(csr)
+    progress.step(f"AWS ({region}): alerts and the bucket's lifecycle")
+    alerts = _alerts(session, region, bucket, progress).apply(_alert_options(ns), also=(thing,))
     progress.step("building the pinthesky package")
     wheel_name, wheel = build_wheel()
     args = {
@@ -226,13 +231,20 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
             "`journalctl -u pinthesky` on the Pi"
         )
     if ns.json:
-        out.write(json.dumps({"thing": thing, "names": vars(names), "health": report}) + "\n")
+        out.write(
+            json.dumps(
+                {"thing": thing, "names": vars(names), "health": report, "alerts": vars(alerts)}
+            )
+            + "\n"
+        )
         return 0
-    made = ", ".join(cloud.created) or "nothing new"
+    made = ", ".join(cloud.created + alerts.done) or "nothing new"
     out.write(
         f"pinthesky {installed['version']} is running on {ns.host} as thing {thing} "
         f"(region {region}, bucket {bucket}); created in AWS: {made}\n"
     )
+    for note in alerts.notes:
+        out.write(f"note: {note}\n")
     return 0
 
 
@@ -251,7 +263,9 @@ def view(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
             region=ident["region"],
             log_group=ident.get("log_group"),
         )
-        cloud = _provisioner(_session(ident["region"]), names).view()
+        session = _session(ident["region"])
+        cloud = _provisioner(session, names).view()
+        cloud["alerts"] = _alerts(session, names.region, names.bucket or None).view(names.thing)
     if ns.json:
         out.write(json.dumps({"pi": pi, "cloud": cloud}) + "\n")
         return 0
@@ -301,10 +315,31 @@ def _describe(host: str, pi: dict[str, Any], cloud: dict[str, Any]) -> str:
         state = ", ".join(
             f"{k} {'yes' if v is True else 'no' if v is False else v}"
             for k, v in cloud.items()
-            if k != "certificates"
+            if k not in ("certificates", "alerts")
         )
         lines.append(f"cloud: {state}, certificates {len(cloud.get('certificates', []))}")
+        if "alerts" in cloud:
+            lines.append(_describe_alerts(cloud["alerts"]))
     return "\n".join(lines) + "\n"
+
+
+def _describe_alerts(a: dict[str, Any]) -> str:
+    subs = ", ".join(
+        f"{s['protocol']} {s['endpoint']}{'' if s['confirmed'] else ' (unconfirmed)'}"
+        for s in a.get("subscriptions", [])
+    )
+    motion = f"motion to {subs}" if a.get("topic") and a.get("motion_rule") else "no motion alerts"
+    offline = (
+        f"offline after {a['offline_after']} min" if a.get("offline_after") else "no offline alert"
+    )
+    keep = (
+        f"bucket keeps clips {a['retention_days']} days"
+        if a.get("retention_days")
+        else "bucket keeps clips forever"
+    )
+    if not a.get("abort_incomplete_uploads"):
+        keep += ", incomplete uploads not cleaned"
+    return f"alerts: {motion}; {offline}; {keep}"
 
 
 def remove(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
@@ -334,7 +369,11 @@ def remove(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
             log_group=ns.log_group or ident.get("log_group"),
         )
         progress.step(f"removing the AWS resources of {thing} ({region})")
-        removal = _provisioner(_session(region), names, progress).remove()
+        session = _session(region)
+        removal = _provisioner(session, names, progress).remove()
+        forgotten = _alerts(session, region, names.bucket or None).forget(thing)
+        removal.removed += forgotten.done
+        removal.kept += forgotten.notes
     progress.end()
     result = {
         "pi": on_pi,
@@ -352,6 +391,76 @@ def remove(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
         for kept in removal.kept:
             out.write(f"kept in AWS: {kept}\n")
     return 0
+
+
+def _alerts(session: Any, region: str, bucket: str | None, progress: Progress | None = None) -> Any:
+    from pinthesky.alerts.cloud import Alerts
+
+    return Alerts(session, region, bucket, progress=progress.detail if progress else None)
+
+
+def _alert_options(ns: argparse.Namespace) -> Any:
+    from pinthesky.alerts.cloud import AlertOptions, local_zone
+
+    return AlertOptions(
+        emails=tuple(ns.email),
+        sms=ns.sms,
+        https=ns.https,
+        offline_after=ns.offline_after,
+        retention_days=ns.retention_days,
+        off=getattr(ns, "off", False),
+        zone=local_zone(),
+    )
+
+
+def alerts(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
+    """Set up, change or remove the alerts (cloud only: no Pi is touched)."""
+    session = _session(ns.region)
+    region = ns.region or session.region_name
+    if not region:
+        raise PintheskyError("no AWS region: pass --region, or set one in your AWS config")
+    account = session.client("sts").get_caller_identity()["Account"]
+    bucket = ns.bucket or f"pinthesky-{account}-{region}"
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise PintheskyError(f"--bucket {bucket!r}: not a valid S3 bucket name")
+    progress.step(f"AWS ({region}): alerts and the lifecycle of bucket {bucket}")
+    cloud = _alerts(session, region, bucket, progress)
+    changes = cloud.apply(_alert_options(ns))
+    state = cloud.view()
+    progress.end()
+    if ns.json:
+        out.write(json.dumps({"changed": changes.done, "notes": changes.notes, "alerts": state}))
+        out.write("\n")
+        return 0
+    out.write(f"changed in AWS: {', '.join(changes.done) or 'nothing'}\n")
+    for note in changes.notes:
+        out.write(f"note: {note}\n")
+    out.write(_describe_alerts(state) + "\n")
+    return 0
+
+
+def add_alert_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--email",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="tell this address of motion (repeat for more; the address confirms first)",
+    )
+    p.add_argument("--sms", metavar="NUMBER", help="text this number, e.g. +4915123456789")
+    p.add_argument("--https", metavar="URL", help="post alerts to this https:// endpoint")
+    p.add_argument(
+        "--offline-after",
+        type=int,
+        metavar="MIN",
+        help="also tell when a camera has been offline this many minutes (0: off)",
+    )
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        metavar="N",
+        help="the bucket deletes clips and pictures after N days (0: keep them)",
+    )
 
 
 def build_parser() -> OneLineParser:
@@ -397,6 +506,7 @@ def build_parser() -> OneLineParser:
         metavar="S",
         help="seconds to wait for the daemon's first health report",
     )
+    add_alert_options(p)
     p.set_defaults(run=install)
 
     p = sub.add_parser("view", help="what is installed, its services, health and AWS resources")
@@ -411,6 +521,16 @@ def build_parser() -> OneLineParser:
     p.add_argument("--bucket", help="with --cloud and no --host: its bucket (removed if empty)")
     p.add_argument("--log-group", help="with --cloud and no --host: its log group")
     p.set_defaults(run=remove)
+
+    p = sub.add_parser(
+        "alerts", help="who is told of motion and of a camera offline; how long clips are kept"
+    )
+    p.add_argument("--region", help="AWS region (default: yours)")
+    p.add_argument("--bucket", help="the cameras' bucket (default: pinthesky-ACCOUNT-REGION)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_alert_options(p)
+    p.add_argument("--off", action="store_true", help="remove every alert and lifecycle rule")
+    p.set_defaults(run=alerts)
     return parser
 
 

@@ -10,6 +10,10 @@ It is a small state machine on the event loop, driven by frame timestamps only:
   ``max_clip`` is split on the next keyframe and recording goes on in a new clip.
 * recording -> idle: the end time has been buffered; the clip is closed and renamed.
 
+When a clip first holds motion the recorder says so with ``MotionClip`` (the alerts take the
+motion picture then); the clip's facts (end, duration, peak score, its picture) are kept beside
+it for the uploader.
+
 All file work runs on one dedicated writer thread, in submission order, so the loop never
 waits for the SD card. Finished clips are announced with ``ClipReady`` on the event bus.
 """
@@ -24,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pinthesky.bus import ClipReady, EventBus
+from pinthesky.bus import ClipReady, EventBus, MotionClip, PictureTaken
 from pinthesky.clips import ClipInfo, ClipStore, ClipWriter
 from pinthesky.media import US, Clock, Packet, StreamInfo
 from pinthesky.motion import MotionEnded, MotionEvent, MotionSeen, MotionStarted
@@ -48,6 +52,10 @@ class _Clip:
     has_motion: bool
     manual_until: int | None = None
     waiters: list[asyncio.Future[ClipInfo | None]] = field(default_factory=list)
+    peak_score: float = 0.0
+    """Most moving macroblocks in one analysed frame while the clip was open."""
+    picture: str | None = None
+    """File name of the clip's motion picture, once it is on disk."""
 
 
 class Recorder:
@@ -102,14 +110,19 @@ class Recorder:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def on_motion(self, events: list[MotionEvent], now_ts: int) -> None:
-        """Called for every analysed frame, with the tracker's events for it."""
+    def on_motion(self, events: list[MotionEvent], now_ts: int, blocks: float = 0.0) -> None:
+        """Called for every analysed frame, with the tracker's events for it and its score
+        (moving macroblocks)."""
+        if self._clip is not None:
+            self._clip.peak_score = max(self._clip.peak_score, blocks)
         for ev in events:
             if isinstance(ev, MotionStarted):
                 self._motion = True
                 self._last_motion = ev.declared
                 if self._clip is not None:
-                    self._clip.has_motion = True
+                    if not self._clip.has_motion:
+                        self._clip.has_motion = True
+                        self._announce_motion(self._clip, ev.declared)
                 elif self._window_allows():
                     log.info(
                         "motion: confirmed %.1f s after it began", (ev.declared - ev.onset) / US
@@ -117,6 +130,9 @@ class Recorder:
                     self._start(
                         "motion", ev.onset - self._onset_slack_us - self._pre_us, has_motion=True
                     )
+                    if self._clip is not None:
+                        self._clip.peak_score = blocks
+                        self._announce_motion(self._clip, ev.declared)
             elif isinstance(ev, MotionSeen):
                 self._last_motion = ev.ts
             elif isinstance(ev, MotionEnded):
@@ -178,6 +194,23 @@ class Recorder:
             writer.final.name,
             (from_ts + self._pre_us - start_ts) / US,
         )
+
+    def _announce_motion(self, clip: _Clip, declared_ts: int) -> None:
+        self.bus.publish(
+            MotionClip(
+                clip.writer.final,
+                clip.writer.start_epoch,
+                clip.trigger,
+                self.clock.epoch(declared_ts),
+            )
+        )
+
+    def picture_taken(self, taken: PictureTaken) -> None:
+        """The motion picture of a clip is on disk: it goes into the clip's facts."""
+        # The picture names the clip it was taken for; a clip already closed (the camera was
+        # slower than the post-roll) goes without it in its facts.
+        if self._clip is not None and self._clip.writer.final == taken.clip:
+            self._clip.picture = taken.path.name
 
     def _end_ts(self, clip: _Clip) -> int | None:
         """When the clip ends; None while motion is still going on."""
@@ -261,7 +294,11 @@ class Recorder:
             self.store.enforce_quota()
 
     def _finish(self, clip: _Clip) -> None:
-        fut = self._submit(self._finish_io, clip.writer)
+        # A snapshot taken on the loop: the writer thread never sees the live _Clip.
+        facts: dict[str, Any] = {"peak_score": round(clip.peak_score)}
+        if clip.picture is not None:
+            facts["picture"] = clip.picture
+        fut = self._submit(self._finish_io, clip.writer, facts)
         waiters = clip.waiters
 
         def done(f: asyncio.Future[ClipInfo | None]) -> None:
@@ -275,10 +312,11 @@ class Recorder:
 
         fut.add_done_callback(done)
 
-    def _finish_io(self, writer: ClipWriter) -> ClipInfo | None:
+    def _finish_io(self, writer: ClipWriter, facts: dict[str, Any]) -> ClipInfo | None:
         # Writer thread.
         try:
-            info = writer.close()
+            end = int(self.clock.epoch(writer.end_ts))
+            info = writer.close({**facts, "end_time": end})
         except Exception:
             # A clip we could not finish is still on disk under its temporary name and will
             # be salvaged at the next start; say so loudly now.

@@ -749,6 +749,15 @@ OPTIONS: tuple[Option, ...] = (
         1,
         "data-plane live streams at once; one more record command is refused",
     ),
+    # alerts: motion_start with a picture
+    Option(
+        "alerts.cooldown",
+        "--alert-cooldown",
+        _float(0, 86400),
+        60.0,
+        "seconds after a motion_start alert before the next one (clips are never limited)",
+        metavar="S",
+    ),
     Option(
         "http.port",
         "--http-port",
@@ -1062,6 +1071,12 @@ class LiveSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    cooldown: float
+    """Least seconds between two ``motion_start`` events (their motion's confirmation)."""
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     port: int | None
     """Port of the local web server; ``None`` is off."""
@@ -1121,6 +1136,7 @@ class Settings:
     cloudwatch: CloudWatchSettings
     dataplane: DataplaneSettings
     live: LiveSettings
+    alerts: AlertSettings
     http: HttpSettings
     rtsp: RtspSettings
     events: EventSettings
@@ -1163,6 +1179,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "cloudwatch": CloudWatchSettings,
     "dataplane": DataplaneSettings,
     "live": LiveSettings,
+    "alerts": AlertSettings,
     "http": HttpSettings,
     "rtsp": RtspSettings,
     "events": EventSettings,

@@ -32,6 +32,9 @@ def reported_document(s: Settings) -> dict[str, Any]:
             "encoding_level": c.encoding_level,
             "encoding_profile": c.encoding_profile,
             "encoding_bitrate": c.bitrate,
+            # Not in Pi In The Sky's document: the console keeps keys it loaded, so the
+            # cooldown survives its edits.
+            "alert_cooldown": s.alerts.cooldown,
         },
         "cloud_connection": {
             "cert_path": _text(cc.cert_path),
@@ -83,7 +86,8 @@ SHADOW_KEYS: dict[str, dict[str, str]] = {
             "encoding_profile",
             "encoding_bitrate",
         )
-    },
+    }
+    | {"alert_cooldown": "alerts.cooldown"},
     "health": {"interval": "health.interval"},
     "cloudwatch": {
         **{

@@ -2,8 +2,10 @@
 
 The clip and capture directories are the queue: a finished clip or still is already on disk
 under its final name (fsynced, renamed) when it is announced, so the queue is durable and a
-restart resumes from the directory listing. One task drains it, stills first (someone is
-waiting for them), then clips oldest first. A file is deleted only after S3 accepted the
+restart resumes from the directory listing. One task drains it, motion pictures first (the
+motion alert waits for them), then stills (someone is waiting for them), then clips oldest
+first. Each clip carries its facts as S3 user metadata (trigger, start and end time, duration,
+peak score, its picture's key). A file is deleted only after S3 accepted the
 object; the key is derived from the file, so an upload interrupted by a crash is redone under
 the same key, never duplicated. Failures retry without limit, with capped exponential backoff
 and jitter; a broken device identity (401/403, unknown CA) is logged loudly and retried slowly.
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pinthesky.clips import ClipStore
+from pinthesky.clips import ClipStore, picture_epoch
 from pinthesky.errors import PintheskyError
 from pinthesky.mp4 import to_annexb
 
@@ -67,6 +69,31 @@ class UploadEnded:
     start_time: int
     """Epoch seconds the clip started (the still was taken)."""
     trigger: str | None
+    end_time: int | None = None
+    duration: float | None = None
+    """Seconds of video in the clip (clips only)."""
+    peak_score: int | None = None
+    """Most moving macroblocks in one frame of the clip."""
+    image_key: str | None = None
+    """S3 key of the clip's motion picture."""
+
+    def facts(self) -> dict[str, Any]:
+        """The clip's facts that are known, as ``upload_end`` and S3 metadata name them."""
+        facts = {
+            "end_time": self.end_time,
+            "duration": self.duration,
+            "peak_score": self.peak_score,
+            "image_key": self.image_key,
+        }
+        return {k: v for k, v in facts.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFailed:
+    """An upload attempt failed; the file stays queued and is retried (after a backoff)."""
+
+    name: str
+    reason: str
 
 
 class UploadError(PintheskyError):
@@ -133,7 +160,7 @@ class Uploader:
         store: ClipStore,
         capture_dir: Path,
         make_client: Callable[[], Any],
-        publish: Callable[[UploadEnded], None],
+        publish: Callable[[UploadEnded | UploadFailed], None],
     ) -> None:
         self.target = target
         self.store = store
@@ -156,7 +183,7 @@ class Uploader:
         self._wake.set()
 
     def pending(self) -> list[Path]:
-        """The queue, in upload order: stills first, then clips oldest first."""
+        """The queue, in upload order: motion pictures, stills, then clips oldest first."""
         stills: list[Path] = []
         if self.capture_dir.is_dir():
             stills = sorted(
@@ -167,7 +194,7 @@ class Uploader:
                 ),
                 key=lambda p: p.stat().st_mtime,
             )
-        return stills + self.store.clips()
+        return self.store.pictures() + stills + self.store.clips()
 
     async def run(self) -> None:
         log.info(
@@ -177,6 +204,12 @@ class Uploader:
             self.target.thing,
             self.target.video_format,
         )
+        try:
+            # boto3 is imported and the client built now, not on the first upload: the first
+            # motion picture must not wait for it (seconds on a Pi Zero).
+            await in_thread(self._warm_client)
+        except Exception as exc:  # the first upload builds it again and says why
+            log.debug("S3 client not ready yet: %s", exc)
         while True:
             self._wake.clear()
             queue = await asyncio.to_thread(self.pending)
@@ -203,6 +236,7 @@ class Uploader:
                     exc,
                     delay,
                 )
+                self._publish(UploadFailed(item.name, str(exc)))
                 await self._wait(delay)
                 continue
             self.seconds += time.monotonic() - started
@@ -217,6 +251,11 @@ class Uploader:
         await asyncio.sleep(seconds)
 
     # -- the upload thread ------------------------------------------------------------------
+
+    def _warm_client(self) -> None:
+        client = self._make_client()
+        if self._client is None:  # one set meanwhile (a test's stand-in) is kept
+            self._client = client
 
     def _client_or_new(self) -> Any:
         if self._client is None:
@@ -248,9 +287,15 @@ class Uploader:
                 None,
             )
         stem = path.name.split(".")[0]
+        epoch = picture_epoch(path)
+        if path.parent == self.store.directory and epoch is not None:
+            return self._put(
+                path, path, "image", self.target.image_prefix, path.name, epoch, "motion"
+            )
         meta = self.store.meta(path)
         trigger = meta.get("trigger", "motion")
         start = int(meta.get("start_epoch", stem.split("-")[0]))
+        facts = self._facts(meta)
         ext = self.target.video_format if path.suffix == ".mp4" else "h264"
         body = path
         if ext == "h264" and path.suffix == ".mp4":
@@ -269,7 +314,7 @@ class Uploader:
         key_name = f"{stem}.motion.{ext}"
         try:
             return self._put(
-                path, body, "video", self.target.video_prefix, key_name, start, trigger
+                path, body, "video", self.target.video_prefix, key_name, start, trigger, facts
             )
         finally:
             if body != path:
@@ -284,6 +329,7 @@ class Uploader:
         name: str,
         start: int,
         trigger: str | None,
+        facts: dict[str, Any] | None = None,
     ) -> UploadEnded:
         from boto3.exceptions import S3UploadFailedError
         from boto3.s3.transfer import TransferConfig
@@ -299,6 +345,12 @@ class Uploader:
         }
         if trigger is not None:
             extra["Metadata"] = {"trigger": trigger}
+            if facts is not None:
+                # S3 user metadata is text; the start time goes along so an object listing
+                # alone tells when each clip was.
+                extra["Metadata"].update(
+                    {"start_time": str(start)} | {k: str(v) for k, v in facts.items()}
+                )
         config = TransferConfig(
             multipart_threshold=MULTIPART_BYTES,
             multipart_chunksize=8 * 1024 * 1024,
@@ -325,10 +377,27 @@ class Uploader:
         except PintheskyError as exc:  # credentials could not be refreshed
             raise UploadError(str(exc), identity=getattr(exc, "identity", False)) from None
         # S3 has the object: only now may the local copy go.
-        self.store.remove(path)
+        self.store.remove(path, picture=False)
         self.bytes_uploaded += size
         log.info("uploaded %s to s3://%s/%s (%d bytes)", path.name, self.target.bucket, key, size)
-        return UploadEnded(kind, path.name, self.target.bucket, key, start, trigger)
+        return UploadEnded(
+            kind, path.name, self.target.bucket, key, start, trigger, **(facts or {})
+        )
+
+    def _facts(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """A clip's facts from what the recorder kept beside it (none for a salvaged clip)."""
+        facts: dict[str, Any] = {}
+        with contextlib.suppress(TypeError, ValueError):
+            if "end_time" in meta:
+                facts["end_time"] = int(meta["end_time"])
+            if "duration" in meta:
+                facts["duration"] = round(float(meta["duration"]), 2)
+            if "peak_score" in meta:
+                facts["peak_score"] = int(meta["peak_score"])
+        picture = meta.get("picture")
+        if isinstance(picture, str) and picture_epoch(Path(picture)) is not None:
+            facts["image_key"] = f"{self.target.image_prefix}/{self.target.thing}/{picture}"
+        return facts
 
 
 def _remux_to_annexb(src: Path, dst: Path) -> None:

@@ -67,6 +67,19 @@ def eventually(predicate: Callable[[], Any], timeout: float = 30, what: str = ""
         tick.wait(0.05)
 
 
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """No AWS credentials from the environment; the returned function points S3 at a server."""
+
+    def point_at(endpoint: str) -> None:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    return point_at
+
+
 @dataclass
 class Run:
     code: int
