@@ -57,6 +57,20 @@ LOOKBACK_S = 1.0
 """How far before the first frame over the threshold an event's onset may be dated back."""
 GAIN_TRIGGER = 2.0
 """Median brightness change (luma levels) above which the previous frame is relit."""
+SHAKE_MIN_CELLS = 3
+"""Moving cells from which a frame is checked for camera shake."""
+SHAKE_MAX = 4
+"""Largest shake between two analysed frames that is compensated, in analysis pixels."""
+SHAKE_MIN_SHIFT = 0.3
+"""Displacement of the whole view (analysis pixels) that makes a frame a shaken one."""
+LIGHT_PEDESTAL = 8.0
+"""Black level (luma) under the brightness ratio of a relit cell."""
+LIGHT_RESIDUAL = 4.0
+"""A cell is relit when its texture matches the old one within this many noise variances."""
+SOLID_MIN = 2
+"""Pixels of a changed cell that must survive a 2x2 erosion for it to hold an object."""
+SWEEP_S = 1.0
+"""The score is the area objects covered over this many seconds."""
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
 """Multiplying by this adds up the eight bytes of a word into its top byte."""
@@ -72,11 +86,19 @@ class Score:
     blocks: float
     """Moving macroblocks at the main resolution."""
     cells: int
-    """Moving analysis cells."""
+    """Analysis cells that changed (before the checks below)."""
     lighting: bool = False
     """The frame was a lighting change and scores nothing."""
     noise: int = 0
     """The pixel change threshold in force."""
+    lit: int = 0
+    """Changed cells whose change the light explains (same structure, other brightness)."""
+    shake: bool = False
+    """The whole view moved (camera shake); only what moved against it counts."""
+    scattered: int = 0
+    """Changed cells rejected as thin or scattered (rain, snow, insects, noise)."""
+    objects: int = 0
+    """Cells of objects in this frame (grouped, or seen there in the previous frame)."""
 
 
 class MotionAnalyzer:
@@ -88,6 +110,7 @@ class MotionAnalyzer:
         main: Resolution,
         settings: MotionSettings,
         rotation: int = 0,
+        fps: float | None = None,
     ) -> None:
         self.settings = settings
         self.rows = lores.height // CELL
@@ -103,6 +126,11 @@ class MotionAnalyzer:
         self._prev: U8 | None = None
         self._noise = float(settings.noise_level)
         self._frames = 0
+        # Object cells of the last second of frames (the swept area of a small object).
+        rate = fps if fps is not None else settings.analysis_fps
+        self._swept: deque[npt.NDArray[np.bool_]] = deque(maxlen=max(1, round(SWEEP_S * rate)))
+        self._last_content = np.zeros((self.rows, self.cols), dtype=bool)
+        self._last_candidates = self._last_content
 
     @property
     def noise_level(self) -> int:
@@ -134,6 +162,34 @@ class MotionAnalyzer:
         diff -= np.minimum(cur, prev)
         if self._frames % NOISE_EVERY == 0:
             self._update_noise(diff)
+        changed, moving = self._moving(diff)
+        n = int(np.count_nonzero(moving))
+        if n == 0:
+            # The common case on a quiet scene: nothing more to look at.
+            return self._scored(ts, None, n)
+        shake = False
+        if n >= SHAKE_MIN_CELLS:
+            aligned = self._unshaken(cur, prev)
+            if aligned is not None:
+                # The view moved: count only what moved against it.
+                shake = True
+                prev = aligned
+                changed, moving = self._moving(_tolerant_diff(cur, prev))
+                if not moving.any():
+                    return self._scored(ts, None, n, shake=True)
+        lit, scattered, content = self._classify(cur, prev, changed, moving)
+        n_lit = int(np.count_nonzero(lit))
+        # Most of the picture changed and the light explains it: the frame is a lighting
+        # change (a lamp, an IR switch) and what little remains is not trusted.
+        lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
+        if self.live_cells and n_lit > lightswitch * self.live_cells:
+            self._swept.append(np.zeros_like(content))
+            self._last_content = self._last_candidates = np.zeros_like(content)
+            return Score(ts, 0.0, n, lighting=True, noise=self.noise_level, lit=n_lit, shake=shake)
+        return self._scored(ts, content, n, scattered, lit=n_lit, shake=shake)
+
+    def _moving(self, diff: U8) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Changed pixels, and the cells in which enough of them changed."""
         changed = diff > self.noise_level
         # Each uint64 holds the 0/1 bytes of 8 neighbouring pixels; summing the 8 rows of a
         # cell keeps every byte <= 8, and the multiply folds the bytes into a count <= 64.
@@ -141,14 +197,146 @@ class MotionAnalyzer:
         cells = (words.sum(axis=1, dtype=np.uint64) * _BYTE_SUM) >> _TOP_BYTE
         moving = cells >= CELL_MIN_CHANGED
         moving &= self.cell_mask
-        n = int(np.count_nonzero(moving))
-        # Most of the picture changed brightness at once (the median moved) and the relit
-        # frame still differs in many places: a lamp lights a room unevenly. Motion does not
-        # brighten more than half the picture; a lighting change does.
-        lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
-        if self.live_cells and n > lightswitch * self.live_cells:
-            return Score(ts, 0.0, n, lighting=True, noise=self.noise_level)
-        return Score(ts, n * self.blocks_per_cell, n, noise=self.noise_level)
+        return changed, moving
+
+    def _scored(
+        self,
+        ts: int,
+        content: npt.NDArray[np.bool_] | None,
+        n: int,
+        scattered: npt.NDArray[np.bool_] | None = None,
+        **why: bool | int,
+    ) -> Score:
+        """Objects among the content cells, and the score: the area they swept lately.
+
+        A candidate is a group of content cells (a cell with two content neighbours), or a
+        content cell next to where content was in the previous frame. An object is a
+        candidate next to a candidate of the previous frame: it persisted. Rain and snow
+        light cells in new places every frame; a person, even a small and far one, is
+        still there one frame later. While objects are seen, the score is the area they
+        (with the thin changes attached to them) covered over the last ``SWEEP_S`` seconds,
+        so a distant walker whose every frame shows a few cells adds up to the metres she
+        walked; a group big enough to pass the sensitivity on its own counts at once.
+        """
+        empty = np.zeros((self.rows, self.cols), dtype=bool)
+        n_scattered = 0 if scattered is None else int(np.count_nonzero(scattered))
+        if content is None or not content.any():
+            self._swept.append(empty)
+            self._last_content = self._last_candidates = empty
+            return Score(ts, 0.0, n, noise=self.noise_level, scattered=n_scattered, **why)  # type: ignore[arg-type]
+        grouped = _neighbours(content) >= 2
+        grouped &= content
+        candidates = _dilate(self._last_content)
+        candidates &= content
+        candidates |= grouped
+        objects = _dilate(self._last_candidates)
+        objects &= candidates
+        self._last_content, self._last_candidates = content, candidates
+        if objects.any():
+            # The object's extent: its cells and the changed cells touching them.
+            extent = content if scattered is None else content | scattered
+            extent &= _dilate(objects)
+            self._swept.append(extent)
+            swept = int(np.count_nonzero(np.logical_or.reduce(self._swept)))
+        else:
+            self._swept.append(empty)
+            swept = 0
+        cells = max(swept, int(np.count_nonzero(grouped)))
+        return Score(
+            ts,
+            cells * self.blocks_per_cell,
+            n,
+            noise=self.noise_level,
+            scattered=n_scattered,
+            objects=int(np.count_nonzero(objects)),
+            **why,  # type: ignore[arg-type]
+        )
+
+    def _unshaken(self, cur: U8, prev: U8) -> U8 | None:
+        """``prev`` moved onto ``cur`` when the whole view moved between them, else None.
+
+        The column and row profiles (sums) of the two frames are compared at shifts of up
+        to ``SHAKE_MAX`` pixels: a moving object changes the profiles where it is, a shaking
+        camera shifts all of them. A parabola through the best shift and its neighbours
+        gives the sub-pixel displacement.
+        """
+        shifts: list[int] = []
+        moved = False
+        for axis in (0, 1):
+            # Sum over every 2nd line across the axis: half the cost, the same profile.
+            pc = _profile(cur, axis)
+            pp = _profile(prev, axis)
+            sad = np.array(
+                [
+                    float(
+                        np.abs(
+                            pc[SHAKE_MAX + s : len(pc) - SHAKE_MAX + s]
+                            - pp[SHAKE_MAX : len(pp) - SHAKE_MAX]
+                        ).mean()
+                    )
+                    for s in range(-SHAKE_MAX, SHAKE_MAX + 1)
+                ]
+            )
+            best = int(np.argmin(sad))
+            offset = float(best - SHAKE_MAX)
+            if 0 < best < len(sad) - 1:
+                lo, mid, hi = sad[best - 1], sad[best], sad[best + 1]
+                curve = lo - 2 * mid + hi
+                if curve > 0:
+                    offset += 0.5 * (lo - hi) / curve
+            moved |= abs(offset) >= SHAKE_MIN_SHIFT
+            shifts.append(best - SHAKE_MAX)
+        if not moved:
+            return None
+        dx, dy = shifts
+        if dx == 0 and dy == 0:
+            return prev
+        # prev shifted by (dx, dy), edges repeated, so that prev[y - dy, x - dx] lands on
+        # cur[y, x].
+        padded = np.pad(prev, SHAKE_MAX, mode="edge")
+        y0, x0 = SHAKE_MAX - dy, SHAKE_MAX - dx
+        return np.ascontiguousarray(padded[y0 : y0 + self._h, x0 : x0 + self._w])
+
+    def _classify(
+        self,
+        cur: U8,
+        prev: U8,
+        changed: npt.NDArray[np.bool_],
+        moving: npt.NDArray[np.bool_],
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Split the moving cells into lit, scattered and content, looking at their pixels.
+
+        Only the moving cells are gathered (a few percent of the picture on a busy frame),
+        so these checks cost in proportion to what moved.
+
+        Lit: light multiplies what is there, so the cell's texture is the old texture times
+        the brightness ratio of the two cells, within the sensor noise (a headlight pool, a
+        cloud's shadow, an IR lamp). Scattered: a change made of thin lines and specks (rain
+        streaks, snowflakes, noise) leaves nothing after a 2x2 erosion.
+        """
+        r, c = np.nonzero(moving)
+        shape = (self.rows, CELL, self.cols, CELL)
+        y = cur.reshape(shape)[r, :, c, :].reshape(len(r), CELL * CELL).astype(np.float32)
+        x = prev.reshape(shape)[r, :, c, :].reshape(len(r), CELL * CELL).astype(np.float32)
+        my = y.mean(axis=1, keepdims=True)
+        mx = x.mean(axis=1, keepdims=True)
+        # The brightness ratio; a small pedestal stands for the sensor's black level.
+        gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
+        residual = ((y - my) - gain * (x - mx)).var(axis=1)
+        # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
+        sigma2 = (self._noise / NOISE_SIGMAS) ** 2 / 2
+        explained = residual <= LIGHT_RESIDUAL * sigma2 * (1 + gain[:, 0] ** 2)
+        m = changed.reshape(shape)[r, :, c, :]
+        rows3 = m[:, :-2] & m[:, 1:-1] & m[:, 2:]
+        core = rows3[:, :, :-2] & rows3[:, :, 1:-1] & rows3[:, :, 2:]
+        solid = core.reshape(len(r), -1).sum(axis=1) >= SOLID_MIN
+        lit = np.zeros_like(moving)
+        lit[r, c] = explained
+        scattered = np.zeros_like(moving)
+        scattered[r, c] = ~explained & ~solid
+        content = np.zeros_like(moving)
+        content[r, c] = ~explained & solid
+        return lit, scattered, content
 
     @staticmethod
     def _relight(prev: U8, prev_s: npt.NDArray[np.int16], step: npt.NDArray[np.int16]) -> U8:
@@ -181,6 +369,61 @@ class MotionAnalyzer:
         # one busy frame does not swing the threshold.
         estimate = max(float(self.settings.noise_level), NOISE_SIGMAS * median / 0.6745)
         self._noise += 0.3 * (estimate - self._noise)
+
+
+def _profile(image: U8, axis: int) -> npt.NDArray[np.float32]:
+    """Mean of every 2nd line across ``axis``: the picture's profile along the other axis."""
+    lines = image[::2] if axis == 0 else image[:, ::2]
+    profile: npt.NDArray[np.float32] = lines.mean(axis=axis, dtype=np.float32)
+    return profile
+
+
+def _tolerant_diff(cur: U8, prev: U8) -> U8:
+    """How far each pixel of ``cur`` lies outside the range of its 3x3 neighbours in ``prev``.
+
+    After a shake is compensated to the nearest pixel, up to a pixel of sway remains, and an
+    edge moved by less than a pixel takes a value between its neighbours: it does not count.
+    Anything that moved further does. The frame's one-pixel border is not compared.
+    """
+    hi = np.maximum(prev[:, :-2], prev[:, 1:-1])
+    np.maximum(hi, prev[:, 2:], out=hi)
+    lo = np.minimum(prev[:, :-2], prev[:, 1:-1])
+    np.minimum(lo, prev[:, 2:], out=lo)
+    hi3 = np.maximum(hi[:-2], hi[1:-1])
+    np.maximum(hi3, hi[2:], out=hi3)
+    lo3 = np.minimum(lo[:-2], lo[1:-1])
+    np.minimum(lo3, lo[2:], out=lo3)
+    inner = cur[1:-1, 1:-1]
+    # (cur - hi)+ and (lo - cur)+ in uint8 without wrapping; one of them is 0.
+    above = np.maximum(inner, hi3)
+    above -= hi3
+    below = lo3 - np.minimum(inner, lo3)
+    out = np.zeros_like(cur)
+    np.maximum(above, below, out=out[1:-1, 1:-1])
+    return out
+
+
+def _neighbours(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+    """How many of each cell's eight neighbours are set."""
+    p = np.pad(cells, 1).view(np.uint8)
+    h, w = cells.shape
+    total = np.zeros((h, w), dtype=np.uint8)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy != 1 or dx != 1:
+                total += p[dy : dy + h, dx : dx + w]
+    return total
+
+
+def _dilate(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Each set cell and its eight neighbours."""
+    p = np.pad(cells, 1)
+    h, w = cells.shape
+    out = cells.copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            out |= p[dy : dy + h, dx : dx + w]
+    return out
 
 
 def build_cell_mask(
