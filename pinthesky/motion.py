@@ -63,6 +63,8 @@ SHAKE_MAX = 4
 """Largest shake between two analysed frames that is compensated, in analysis pixels."""
 SHAKE_MIN_SHIFT = 0.3
 """Displacement of the whole view (analysis pixels) that makes a frame a shaken one."""
+SHAKE_EXPLAINS = 0.5
+"""Lining the view up must leave at most this share of the moving cells to be a shake."""
 LIGHT_PEDESTAL = 8.0
 """Black level (luma) under the brightness ratio of a relit cell."""
 LIGHT_RESIDUAL = 4.0
@@ -171,12 +173,16 @@ class MotionAnalyzer:
         if n >= SHAKE_MIN_CELLS:
             aligned = self._unshaken(cur, prev)
             if aligned is not None:
-                # The view moved: count only what moved against it.
-                shake = True
-                prev = aligned
-                changed, moving = self._moving(_tolerant_diff(cur, prev))
-                if not moving.any():
-                    return self._scored(ts, None, n, shake=True)
+                still_changed, still_moving = self._moving(_tolerant_diff(cur, aligned))
+                left = int(np.count_nonzero(still_moving))
+                # The view moved if lining it up explains most of the change; a pool of
+                # light sliding across the picture shifts the profiles too, but lining
+                # the picture up leaves it all there.
+                if left <= SHAKE_EXPLAINS * n:
+                    shake = True
+                    prev, changed, moving = aligned, still_changed, still_moving
+                    if left == 0:
+                        return self._scored(ts, None, n, shake=True)
         lit, scattered, content = self._classify(cur, prev, changed, moving)
         n_lit = int(np.count_nonzero(lit))
         # Most of the picture changed and the light explains it: the frame is a lighting
@@ -372,10 +378,13 @@ class MotionAnalyzer:
 
 
 def _profile(image: U8, axis: int) -> npt.NDArray[np.float32]:
-    """Mean of every 2nd line across ``axis``: the picture's profile along the other axis."""
+    """Slope of the picture's profile along one axis (mean of every 2nd line across ``axis``)."""
     lines = image[::2] if axis == 0 else image[:, ::2]
-    profile: npt.NDArray[np.float32] = lines.mean(axis=axis, dtype=np.float32)
-    return profile
+    profile = lines.mean(axis=axis, dtype=np.float32)
+    # Its slope, not its level: edges move with the camera, a broad light pool hardly
+    # changes the slope.
+    slope: npt.NDArray[np.float32] = np.diff(profile)
+    return slope
 
 
 def _tolerant_diff(cur: U8, prev: U8) -> U8:
