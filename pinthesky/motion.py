@@ -69,6 +69,8 @@ LIGHT_PEDESTAL = 8.0
 """Black level (luma) under the brightness ratio of a relit cell."""
 LIGHT_RESIDUAL = 4.0
 """A cell is relit when its texture matches the old one within this many noise variances."""
+LIGHT_STEP = float(np.log(1.6))
+"""Largest change of the brightness ratio from a relit cell to its neighbours (log)."""
 SOLID_MIN = 2
 """Pixels of a changed cell that must survive a 2x2 erosion for it to hold an object."""
 SWEEP_S = 1.0
@@ -332,6 +334,8 @@ class MotionAnalyzer:
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
         sigma2 = (self._noise / NOISE_SIGMAS) ** 2 / 2
         explained = residual <= LIGHT_RESIDUAL * sigma2 * (1 + gain[:, 0] ** 2)
+        if explained.any():
+            explained &= self._smooth_light(r, c, gain[:, 0])
         m = changed.reshape(shape)[r, :, c, :]
         rows3 = m[:, :-2] & m[:, 1:-1] & m[:, 2:]
         core = rows3[:, :, :-2] & rows3[:, :, 1:-1] & rows3[:, :, 2:]
@@ -343,6 +347,25 @@ class MotionAnalyzer:
         content = np.zeros_like(moving)
         content[r, c] = ~explained & solid
         return lit, scattered, content
+
+    def _smooth_light(
+        self, r: npt.NDArray[np.intp], c: npt.NDArray[np.intp], gain: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.bool_]:
+        """Which of the cells at (r, c) brightened by about as much as their four neighbours.
+
+        A flat cell that changed brightness has no texture to tell light from an object.
+        Light varies smoothly across the picture (a pool, a shadow, a lamp); an object
+        replaces neighbouring cells of different brightness by its own, so their brightness
+        ratios jump from cell to cell and to the unchanged cells around it.
+        """
+        log_gain = np.zeros((self.rows + 2, self.cols + 2), dtype=np.float32)
+        log_gain[r + 1, c + 1] = np.log(gain)
+        centre = log_gain[r + 1, c + 1]
+        step = np.zeros_like(centre)
+        for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+            np.maximum(step, np.abs(centre - log_gain[r + dy, c + dx]), out=step)
+        smooth: npt.NDArray[np.bool_] = step <= LIGHT_STEP
+        return smooth
 
     @staticmethod
     def _relight(prev: U8, prev_s: npt.NDArray[np.int16], step: npt.NDArray[np.int16]) -> U8:
