@@ -59,6 +59,8 @@ GAIN_TRIGGER = 2.0
 """Median brightness change (luma levels) above which the previous frame is relit."""
 SHAKE_MIN_CELLS = 3
 """Moving cells from which a frame is checked for camera shake."""
+SHAKE_SPREAD = 0.4
+"""Share of the rows and of the columns of cells that must move for a frame to be checked."""
 SHAKE_MAX = 4
 """Largest shake between two analysed frames that is compensated, in analysis pixels."""
 SHAKE_MIN_SHIFT = 0.3
@@ -135,6 +137,8 @@ class MotionAnalyzer:
         self._swept: deque[npt.NDArray[np.bool_]] = deque(maxlen=max(1, round(SWEEP_S * rate)))
         self._last_content = np.zeros((self.rows, self.cols), dtype=bool)
         self._last_candidates = self._last_content
+        self._profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
+        self._prev_profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
 
     @property
     def noise_level(self) -> int:
@@ -145,6 +149,8 @@ class MotionAnalyzer:
         prev = self._prev
         self._prev = cur
         self._frames += 1
+        # Profiles are computed only for frames checked for shake; keep them for the next.
+        self._prev_profiles, self._profiles = self._profiles, None
         if prev is None:
             return Score(ts, 0.0, 0, noise=self.noise_level)
         # A sparse sample tells whether the whole picture got brighter or darker: its median
@@ -172,8 +178,8 @@ class MotionAnalyzer:
             # The common case on a quiet scene: nothing more to look at.
             return self._scored(ts, None, n)
         shake = False
-        if n >= SHAKE_MIN_CELLS:
-            aligned = self._unshaken(cur, prev)
+        if n >= SHAKE_MIN_CELLS and self._spread(moving):
+            aligned = self._unshaken(cur, prev, relit)
             if aligned is not None:
                 still_changed, still_moving = self._moving(_tolerant_diff(cur, aligned))
                 left = int(np.count_nonzero(still_moving))
@@ -260,7 +266,17 @@ class MotionAnalyzer:
             **why,  # type: ignore[arg-type]
         )
 
-    def _unshaken(self, cur: U8, prev: U8) -> U8 | None:
+    def _spread(self, moving: npt.NDArray[np.bool_]) -> bool:
+        """Whether the moving cells reach across the picture, as a shaken view's edges do.
+
+        A cheap gate before the shake check: one object, however close, moves in a part of
+        the rows or the columns of the picture, not in most of both.
+        """
+        rows = int(np.count_nonzero(np.logical_or.reduce(moving, axis=1)))
+        cols = int(np.count_nonzero(np.logical_or.reduce(moving, axis=0)))
+        return rows >= SHAKE_SPREAD * self.rows and cols >= SHAKE_SPREAD * self.cols
+
+    def _unshaken(self, cur: U8, prev: U8, relit: bool) -> U8 | None:
         """``prev`` moved onto ``cur`` when the whole view moved between them, else None.
 
         The column and row profiles (sums) of the two frames are compared at shifts of up
@@ -270,25 +286,20 @@ class MotionAnalyzer:
         """
         shifts: list[int] = []
         moved = False
-        for axis in (0, 1):
-            # Sum over every 2nd line across the axis: half the cost, the same profile.
-            pc = _profile(cur, axis)
-            pp = _profile(prev, axis)
-            sad = np.array(
-                [
-                    float(
-                        np.abs(
-                            pc[SHAKE_MAX + s : len(pc) - SHAKE_MAX + s]
-                            - pp[SHAKE_MAX : len(pp) - SHAKE_MAX]
-                        ).mean()
-                    )
-                    for s in range(-SHAKE_MAX, SHAKE_MAX + 1)
-                ]
-            )
+        cur_p = self._profiles
+        if cur_p is None:
+            cur_p = self._profiles = (_profile(cur, 0), _profile(cur, 1))
+        prev_p = self._prev_profiles
+        if relit or prev_p is None:
+            prev_p = (_profile(prev, 0), _profile(prev, 1))
+        for pc, pp in zip(cur_p, prev_p, strict=True):
+            # Row k of the window matrix is the current profile moved by k - SHAKE_MAX.
+            windows = np.lib.stride_tricks.sliding_window_view(pc, len(pc) - 2 * SHAKE_MAX)
+            sad = np.abs(windows - pp[SHAKE_MAX : len(pp) - SHAKE_MAX]).sum(axis=1)
             best = int(np.argmin(sad))
             offset = float(best - SHAKE_MAX)
             if 0 < best < len(sad) - 1:
-                lo, mid, hi = sad[best - 1], sad[best], sad[best + 1]
+                lo, mid, hi = (float(v) for v in sad[best - 1 : best + 2])
                 curve = lo - 2 * mid + hi
                 if curve > 0:
                     offset += 0.5 * (lo - hi) / curve
@@ -326,11 +337,15 @@ class MotionAnalyzer:
         shape = (self.rows, CELL, self.cols, CELL)
         y = cur.reshape(shape)[r, :, c, :].reshape(len(r), CELL * CELL).astype(np.float32)
         x = prev.reshape(shape)[r, :, c, :].reshape(len(r), CELL * CELL).astype(np.float32)
-        my = y.mean(axis=1, keepdims=True)
-        mx = x.mean(axis=1, keepdims=True)
+        inv = np.float32(1 / (CELL * CELL))
+        my = np.add.reduce(y, axis=1, keepdims=True) * inv
+        mx = np.add.reduce(x, axis=1, keepdims=True) * inv
         # The brightness ratio; a small pedestal stands for the sensor's black level.
         gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
-        residual = ((y - my) - gain * (x - mx)).var(axis=1)
+        # Variance of y - gain * x: what the brightness ratio does not explain.
+        x *= gain
+        y -= x
+        residual = np.add.reduce(y * y, axis=1) * inv - (my - gain * mx)[:, 0] ** 2
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
         sigma2 = (self._noise / NOISE_SIGMAS) ** 2 / 2
         explained = residual <= LIGHT_RESIDUAL * sigma2 * (1 + gain[:, 0] ** 2)
@@ -400,13 +415,13 @@ class MotionAnalyzer:
         self._noise += 0.3 * (estimate - self._noise)
 
 
-def _profile(image: U8, axis: int) -> npt.NDArray[np.float32]:
-    """Slope of the picture's profile along one axis (mean of every 2nd line across ``axis``)."""
+def _profile(image: U8, axis: int) -> npt.NDArray[np.int32]:
+    """Slope of the picture's profile along one axis (sum of every 2nd line across ``axis``)."""
     lines = image[::2] if axis == 0 else image[:, ::2]
-    profile = lines.mean(axis=axis, dtype=np.float32)
+    profile = np.add.reduce(lines, axis=axis, dtype=np.int32)
     # Its slope, not its level: edges move with the camera, a broad light pool hardly
     # changes the slope.
-    slope: npt.NDArray[np.float32] = np.diff(profile)
+    slope: npt.NDArray[np.int32] = np.diff(profile)
     return slope
 
 
@@ -436,25 +451,26 @@ def _tolerant_diff(cur: U8, prev: U8) -> U8:
 
 
 def _neighbours(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
-    """How many of each cell's eight neighbours are set."""
-    p = np.pad(cells, 1).view(np.uint8)
-    h, w = cells.shape
-    total = np.zeros((h, w), dtype=np.uint8)
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            if dy != 1 or dx != 1:
-                total += p[dy : dy + h, dx : dx + w]
-    return total
+    """How many of each cell's eight neighbours are set (a separable 3x3 box sum)."""
+    c = cells.view(np.uint8)
+    row = c.copy()
+    row[:, 1:] += c[:, :-1]
+    row[:, :-1] += c[:, 1:]
+    box = row.copy()
+    box[1:] += row[:-1]
+    box[:-1] += row[1:]
+    box -= c
+    return box
 
 
 def _dilate(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Each set cell and its eight neighbours."""
-    p = np.pad(cells, 1)
-    h, w = cells.shape
-    out = cells.copy()
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            out |= p[dy : dy + h, dx : dx + w]
+    """Each set cell and its eight neighbours (separably: along rows, then columns)."""
+    row = cells.copy()
+    row[:, 1:] |= cells[:, :-1]
+    row[:, :-1] |= cells[:, 1:]
+    out = row.copy()
+    out[1:] |= row[:-1]
+    out[:-1] |= row[1:]
     return out
 
 
