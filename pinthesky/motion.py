@@ -63,8 +63,6 @@ SHAKE_SPREAD = 0.4
 """Share of the rows and of the columns of cells that must move for a frame to be checked."""
 SHAKE_MAX = 4
 """Largest shake between two analysed frames that is compensated, in analysis pixels."""
-SHAKE_MIN_SHIFT = 0.3
-"""Displacement of the whole view (analysis pixels) that makes a frame a shaken one."""
 SHAKE_EXPLAINS = 0.5
 """Lining the view up must leave at most this share of the moving cells to be a shake."""
 LIGHT_PEDESTAL = 8.0
@@ -180,17 +178,16 @@ class MotionAnalyzer:
         shake = False
         if n >= SHAKE_MIN_CELLS and self._spread(moving):
             aligned = self._unshaken(cur, prev, relit)
-            if aligned is not None:
-                still_changed, still_moving = self._moving(_tolerant_diff(cur, aligned))
-                left = int(np.count_nonzero(still_moving))
-                # The view moved if lining it up explains most of the change; a pool of
-                # light sliding across the picture shifts the profiles too, but lining
-                # the picture up leaves it all there.
-                if left <= SHAKE_EXPLAINS * n:
-                    shake = True
-                    prev, changed, moving = aligned, still_changed, still_moving
-                    if left == 0:
-                        return self._scored(ts, None, n, shake=True)
+            still_changed, still_moving = self._moving(_tolerant_diff(cur, aligned))
+            left = int(np.count_nonzero(still_moving))
+            # The view moved if lining it up explains most of the change. Objects moved
+            # by more than a pixel and stay; a pool of light sliding across the picture
+            # stays too (and is told from objects below).
+            if left <= SHAKE_EXPLAINS * n:
+                shake = True
+                prev, changed, moving = aligned, still_changed, still_moving
+                if left == 0:
+                    return self._scored(ts, None, n, shake=True)
         lit, scattered, content = self._classify(cur, prev, changed, moving)
         n_lit = int(np.count_nonzero(lit))
         # Most of the picture changed and the light explains it: the frame is a lighting
@@ -276,16 +273,15 @@ class MotionAnalyzer:
         cols = int(np.count_nonzero(np.logical_or.reduce(moving, axis=0)))
         return rows >= SHAKE_SPREAD * self.rows and cols >= SHAKE_SPREAD * self.cols
 
-    def _unshaken(self, cur: U8, prev: U8, relit: bool) -> U8 | None:
-        """``prev`` moved onto ``cur`` when the whole view moved between them, else None.
+    def _unshaken(self, cur: U8, prev: U8, relit: bool) -> U8:
+        """``prev`` moved by the whole pixels that best line it up with ``cur``.
 
-        The column and row profiles (sums) of the two frames are compared at shifts of up
-        to ``SHAKE_MAX`` pixels: a moving object changes the profiles where it is, a shaking
-        camera shifts all of them. A parabola through the best shift and its neighbours
-        gives the sub-pixel displacement.
+        The slopes of the column and row profiles of the two frames are compared at shifts
+        of up to ``SHAKE_MAX`` pixels: a moving object changes the profiles where it is, a
+        shaking camera shifts all of them. What is left below a pixel is absorbed by the
+        tolerant difference that follows.
         """
         shifts: list[int] = []
-        moved = False
         cur_p = self._profiles
         if cur_p is None:
             cur_p = self._profiles = (_profile(cur, 0), _profile(cur, 1))
@@ -296,17 +292,7 @@ class MotionAnalyzer:
             # Row k of the window matrix is the current profile moved by k - SHAKE_MAX.
             windows = np.lib.stride_tricks.sliding_window_view(pc, len(pc) - 2 * SHAKE_MAX)
             sad = np.abs(windows - pp[SHAKE_MAX : len(pp) - SHAKE_MAX]).sum(axis=1)
-            best = int(np.argmin(sad))
-            offset = float(best - SHAKE_MAX)
-            if 0 < best < len(sad) - 1:
-                lo, mid, hi = (float(v) for v in sad[best - 1 : best + 2])
-                curve = lo - 2 * mid + hi
-                if curve > 0:
-                    offset += 0.5 * (lo - hi) / curve
-            moved |= abs(offset) >= SHAKE_MIN_SHIFT
-            shifts.append(best - SHAKE_MAX)
-        if not moved:
-            return None
+            shifts.append(int(np.argmin(sad)) - SHAKE_MAX)
         dx, dy = shifts
         if dx == 0 and dy == 0:
             return prev
