@@ -73,7 +73,7 @@ LIGHT_STEP = float(np.log(1.6))
 """Largest change of the brightness ratio from a relit cell to its neighbours (log)."""
 SOLID_MIN = 2
 """Pixels of a changed cell that must survive a 2x2 erosion for it to hold an object."""
-SWEEP_S = 1.0
+SWEEP_S = 1.5
 """The score is the area objects covered over this many seconds."""
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
@@ -103,6 +103,8 @@ class Score:
     """Changed cells rejected as thin or scattered (rain, snow, insects, noise)."""
     objects: int = 0
     """Cells of objects in this frame (grouped, or seen there in the previous frame)."""
+    swept: bool = False
+    """The score is the area a persisting object covered lately, not one frame's group."""
 
 
 class MotionAnalyzer:
@@ -252,14 +254,15 @@ class MotionAnalyzer:
         else:
             self._swept.append(empty)
             swept = 0
-        cells = max(swept, int(np.count_nonzero(grouped)))
+        group = int(np.count_nonzero(grouped))
         return Score(
             ts,
-            cells * self.blocks_per_cell,
+            max(swept, group) * self.blocks_per_cell,
             n,
             noise=self.noise_level,
             scattered=n_scattered,
             objects=int(np.count_nonzero(objects)),
+            swept=swept > group,
             **why,  # type: ignore[arg-type]
         )
 
