@@ -414,12 +414,10 @@ def _profile(image: U8, axis: int) -> npt.NDArray[np.int32]:
     return slope
 
 
-def _tolerant_diff(cur: U8, prev: U8) -> U8:
+def _outside(cur: U8, prev: U8) -> U8:
     """How far each pixel of ``cur`` lies outside the range of its 3x3 neighbours in ``prev``.
 
-    After a shake is compensated to the nearest pixel, up to a pixel of sway remains, and an
-    edge moved by less than a pixel takes a value between its neighbours: it does not count.
-    Anything that moved further does. The frame's one-pixel border is not compared.
+    The frame's one-pixel border is not compared (0).
     """
     hi = np.maximum(prev[:, :-2], prev[:, 1:-1])
     np.maximum(hi, prev[:, 2:], out=hi)
@@ -437,6 +435,19 @@ def _tolerant_diff(cur: U8, prev: U8) -> U8:
     out = np.zeros_like(cur)
     np.maximum(above, below, out=out[1:-1, 1:-1])
     return out
+
+
+def _tolerant_diff(cur: U8, prev: U8) -> U8:
+    """A difference that forgives moves of up to a pixel, both ways.
+
+    After a shake is compensated to the nearest pixel, up to a pixel of sway remains, and an
+    edge moved by less than a pixel takes a value between its neighbours: it does not count.
+    Anything that moved further does, whether it appeared (``cur`` outside ``prev``'s range)
+    or went away (``prev`` outside ``cur``'s range: a snowflake that fell on).
+    """
+    diff = _outside(cur, prev)
+    np.maximum(diff, _outside(prev, cur), out=diff)
+    return diff
 
 
 def _neighbours(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
