@@ -59,7 +59,7 @@ GAIN_TRIGGER = 2.0
 """Median brightness change (luma levels) above which the previous frame is relit."""
 SHAKE_MIN_CELLS = 3
 """Moving cells from which a frame is checked for camera shake."""
-SHAKE_SPREAD = 0.4
+SHAKE_SPREAD = 0.55
 """Share of the rows and of the columns of cells that must move for a frame to be checked."""
 SHAKE_MAX = 4
 """Largest shake between two analysed frames that is compensated, in analysis pixels."""
