@@ -116,7 +116,6 @@ class MotionAnalyzer:
         main: Resolution,
         settings: MotionSettings,
         rotation: int = 0,
-        fps: float | None = None,
     ) -> None:
         self.settings = settings
         self.rows = lores.height // CELL
@@ -133,8 +132,12 @@ class MotionAnalyzer:
         self._noise = float(settings.noise_level)
         self._frames = 0
         # Object cells of the last second of frames (the swept area of a small object).
-        rate = fps if fps is not None else settings.analysis_fps
-        self._swept: deque[npt.NDArray[np.bool_]] = deque(maxlen=max(1, round(SWEEP_S * rate)))
+        # When an object last covered each cell (µs): the swept area is a comparison, and
+        # it follows frame timestamps whatever the analysis rate.
+        self._seen = np.full((self.rows, self.cols), np.iinfo(np.int64).min // 2, np.int64)
+        self._empty = np.zeros((self.rows, self.cols), dtype=bool)
+        self._empty.setflags(write=False)
+        self._sweep_us = round(SWEEP_S * US)
         self._last_content = np.zeros((self.rows, self.cols), dtype=bool)
         self._last_candidates = self._last_content
         self._profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
@@ -196,7 +199,6 @@ class MotionAnalyzer:
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
         if self.live_cells and n_lit > lightswitch * self.live_cells:
-            self._swept.append(np.zeros_like(content))
             self._last_content = self._last_candidates = np.zeros_like(content)
             return Score(ts, 0.0, n, lighting=True, noise=self.noise_level, lit=n_lit, shake=shake)
         return self._scored(ts, content, n, scattered, lit=n_lit, shake=shake)
@@ -231,10 +233,9 @@ class MotionAnalyzer:
         so a distant walker whose every frame shows a few cells adds up to the metres she
         walked; a group big enough to pass the sensitivity on its own counts at once.
         """
-        empty = np.zeros((self.rows, self.cols), dtype=bool)
+        empty = self._empty
         n_scattered = 0 if scattered is None else int(np.count_nonzero(scattered))
         if content is None or not content.any():
-            self._swept.append(empty)
             self._last_content = self._last_candidates = empty
             return Score(ts, 0.0, n, noise=self.noise_level, scattered=n_scattered, **why)  # type: ignore[arg-type]
         grouped = _neighbours(content) >= 2
@@ -249,10 +250,9 @@ class MotionAnalyzer:
             # The object's extent: its cells and the changed cells touching them.
             extent = content if scattered is None else content | scattered
             extent &= _dilate(objects)
-            self._swept.append(extent)
-            swept = int(np.count_nonzero(np.logical_or.reduce(self._swept)))
+            self._seen[extent] = ts
+            swept = int(np.count_nonzero(self._seen >= ts - self._sweep_us))
         else:
-            self._swept.append(empty)
             swept = 0
         group = int(np.count_nonzero(grouped))
         return Score(
