@@ -193,8 +193,7 @@ class MotionAnalyzer:
                 prev, changed, moving = aligned, still_changed, still_moving
                 if left == 0:
                     return self._scored(ts, None, n, shake=True)
-        lit, scattered, content = self._classify(cur, prev, changed, moving)
-        n_lit = int(np.count_nonzero(lit))
+        n_lit, scattered, content = self._classify(cur, prev, changed, moving)
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
@@ -311,8 +310,8 @@ class MotionAnalyzer:
         prev: U8,
         changed: npt.NDArray[np.bool_],
         moving: npt.NDArray[np.bool_],
-    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        """Split the moving cells into lit, scattered and content, looking at their pixels.
+    ) -> tuple[int, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Split the moving cells into lit (counted), scattered and content, by their pixels.
 
         Only the moving cells are gathered (a few percent of the picture on a busy frame),
         so these checks cost in proportion to what moved.
@@ -320,12 +319,27 @@ class MotionAnalyzer:
         Lit: light multiplies what is there, so the cell's texture is the old texture times
         the brightness ratio of the two cells, within the sensor noise (a headlight pool, a
         cloud's shadow, an IR lamp). Scattered: a change made of thin lines and specks (rain
-        streaks, snowflakes, noise) leaves nothing after a 2x2 erosion.
+        streaks, snowflakes, noise) leaves (almost) nothing after a 3x3 erosion; only the
+        other cells are tested for light.
         """
         r, c = np.nonzero(moving)
+        # Cell-major views: [row, col] picks a cell's 8x8 pixels.
         shape = (self.rows, CELL, self.cols, CELL)
-        y = cur.reshape(shape)[r, :, c, :].reshape(len(r), CELL * CELL).astype(np.float32)
-        x = prev.reshape(shape)[r, :, c, :].reshape(len(r), CELL * CELL).astype(np.float32)
+        m = changed.reshape(shape).transpose(0, 2, 1, 3)[r, c]
+        rows3 = m[:, :-2] & m[:, 1:-1] & m[:, 2:]
+        core = rows3[:, :, :-2] & rows3[:, :, 1:-1] & rows3[:, :, 2:]
+        solid = np.count_nonzero(core.reshape(len(r), -1), axis=1) >= SOLID_MIN
+        scattered = np.zeros_like(moving)
+        scattered[r[~solid], c[~solid]] = True
+        # Only solid changes can be objects: the light test looks at those alone.
+        r, c = r[solid], c[solid]
+        content = np.zeros_like(moving)
+        if not len(r):
+            return 0, scattered, content
+        y = cur.reshape(shape).transpose(0, 2, 1, 3)[r, c].reshape(len(r), -1)
+        x = prev.reshape(shape).transpose(0, 2, 1, 3)[r, c].reshape(len(r), -1)
+        y = y.astype(np.float32)
+        x = x.astype(np.float32)
         inv = np.float32(1 / (CELL * CELL))
         my = np.add.reduce(y, axis=1, keepdims=True) * inv
         mx = np.add.reduce(x, axis=1, keepdims=True) * inv
@@ -340,16 +354,8 @@ class MotionAnalyzer:
         explained = residual <= LIGHT_RESIDUAL * sigma2 * (1 + gain[:, 0] ** 2)
         if explained.any():
             explained &= self._smooth_light(r, c, gain[:, 0])
-        m = changed.reshape(shape)[r, :, c, :]
-        rows3 = m[:, :-2] & m[:, 1:-1] & m[:, 2:]
-        core = rows3[:, :, :-2] & rows3[:, :, 1:-1] & rows3[:, :, 2:]
-        solid = core.reshape(len(r), -1).sum(axis=1) >= SOLID_MIN
-        lit = np.zeros_like(moving)
-        lit[r, c] = explained
-        scattered = np.zeros_like(moving)
-        scattered[r, c] = ~explained & ~solid
-        content = np.zeros_like(moving)
-        content[r, c] = ~explained & solid
+        content[r, c] = ~explained
+        lit = int(np.count_nonzero(explained))
         return lit, scattered, content
 
     def _smooth_light(
