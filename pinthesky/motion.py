@@ -138,8 +138,8 @@ class MotionAnalyzer:
         self._empty = np.zeros((self.rows, self.cols), dtype=bool)
         self._empty.setflags(write=False)
         self._sweep_us = round(SWEEP_S * US)
-        self._last_content = np.zeros((self.rows, self.cols), dtype=bool)
-        self._last_candidates = self._last_content
+        # Cells next to the previous frame's content and candidates (see _scored).
+        self._near_content = self._near_candidates = self._empty
         self._profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
         self._prev_profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
 
@@ -198,7 +198,7 @@ class MotionAnalyzer:
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
         if self.live_cells and n_lit > lightswitch * self.live_cells:
-            self._last_content = self._last_candidates = np.zeros_like(content)
+            self._near_content = self._near_candidates = self._empty
             return Score(ts, 0.0, n, lighting=True, noise=self.noise_level, lit=n_lit, shake=shake)
         return self._scored(ts, content, n, scattered, lit=n_lit, shake=shake)
 
@@ -235,20 +235,24 @@ class MotionAnalyzer:
         empty = self._empty
         n_scattered = 0 if scattered is None else int(np.count_nonzero(scattered))
         if content is None or not content.any():
-            self._last_content = self._last_candidates = empty
+            self._near_content = self._near_candidates = empty
             return Score(ts, 0.0, n, noise=self.noise_level, scattered=n_scattered, **why)  # type: ignore[arg-type]
-        grouped = _neighbours(content) >= 2
+        # 3x3 box sums (each cell with its eight neighbours): > 0 is "next to", >= 3 on a
+        # content cell is "with two content neighbours".
+        box = _box(content)
+        grouped = box >= 3
         grouped &= content
-        candidates = _dilate(self._last_content)
-        candidates &= content
+        candidates = self._near_content & content
         candidates |= grouped
-        objects = _dilate(self._last_candidates)
-        objects &= candidates
-        self._last_content, self._last_candidates = content, candidates
+        objects = self._near_candidates & candidates
+        # One stacked box sum gives what is next to this frame's candidates (for the next
+        # frame) and to its objects (for their extent now).
+        near = _box(np.stack((candidates, objects))) > 0
+        self._near_content, self._near_candidates = box > 0, near[0]
         if objects.any():
             # The object's extent: its cells and the changed cells touching them.
             extent = content if scattered is None else content | scattered
-            extent &= _dilate(objects)
+            extent &= near[1]
             self._seen[extent] = ts
             swept = int(np.count_nonzero(self._seen >= ts - self._sweep_us))
         else:
@@ -456,28 +460,16 @@ def _tolerant_diff(cur: U8, prev: U8) -> U8:
     return diff
 
 
-def _neighbours(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
-    """How many of each cell's eight neighbours are set (a separable 3x3 box sum)."""
+def _box(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+    """3x3 box sums over the last two axes: each cell plus its eight neighbours (separably)."""
     c = cells.view(np.uint8)
     row = c.copy()
-    row[:, 1:] += c[:, :-1]
-    row[:, :-1] += c[:, 1:]
+    row[..., 1:] += c[..., :-1]
+    row[..., :-1] += c[..., 1:]
     box = row.copy()
-    box[1:] += row[:-1]
-    box[:-1] += row[1:]
-    box -= c
+    box[..., 1:, :] += row[..., :-1, :]
+    box[..., :-1, :] += row[..., 1:, :]
     return box
-
-
-def _dilate(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Each set cell and its eight neighbours (separably: along rows, then columns)."""
-    row = cells.copy()
-    row[:, 1:] |= cells[:, :-1]
-    row[:, :-1] |= cells[:, 1:]
-    out = row.copy()
-    out[1:] |= row[:-1]
-    out[:-1] |= row[1:]
-    return out
 
 
 def build_cell_mask(
