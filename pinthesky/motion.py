@@ -129,6 +129,7 @@ class MotionAnalyzer:
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
         self._prev: U8 | None = None
+        self._prev_raw: U8 | None = None
         self._noise = float(settings.noise_level)
         self._frames = 0
         # Object cells of the last second of frames (the swept area of a small object).
@@ -150,6 +151,8 @@ class MotionAnalyzer:
     def analyse(self, luma: U8, ts: int) -> Score:
         cur = luma[: self._h, : self._w]
         prev = self._prev
+        # The previous frame as it was, the one whose profiles are kept (see _unshaken).
+        self._prev_raw = prev
         self._prev = cur
         self._frames += 1
         # Profiles are computed only for frames checked for shake; keep them for the next.
@@ -166,6 +169,7 @@ class MotionAnalyzer:
             abs(float(step.mean())) > GAIN_TRIGGER / 2
             and abs(float(np.median(step))) > GAIN_TRIGGER
         )
+        raw_prev = prev
         if relit:
             # Exposure or light level moved: compare against the previous frame brought to
             # today's brightness, so that only changes of the picture's content count.
@@ -182,17 +186,21 @@ class MotionAnalyzer:
             return self._scored(ts, None, n)
         shake = False
         if n >= SHAKE_MIN_CELLS and self._spread(moving):
-            aligned = self._unshaken(cur, prev, relit)
-            still_changed, still_moving = self._moving(_tolerant_diff(cur, aligned))
-            left = int(np.count_nonzero(still_moving))
-            # The view moved if lining it up explains most of the change. Objects moved
-            # by more than a pixel and stay; a pool of light sliding across the picture
-            # stays too (and is told from objects below).
-            if left <= SHAKE_EXPLAINS * n:
-                shake = True
-                prev, changed, moving = aligned, still_changed, still_moving
-                if left == 0:
-                    return self._scored(ts, None, n, shake=True)
+            # A shift fools the brightness fit too (the sample's pixels moved): when the
+            # previous frame was relit, lining up the frame as it was is tried as well.
+            for base in (prev, raw_prev) if relit else (prev,):
+                aligned = self._unshaken(cur, base)
+                still_changed, still_moving = self._moving(_tolerant_diff(cur, aligned))
+                left = int(np.count_nonzero(still_moving))
+                # The view moved if lining it up explains most of the change. Objects
+                # moved by more than a pixel and stay; a pool of light sliding across the
+                # picture stays too (and is told from objects below).
+                if left <= SHAKE_EXPLAINS * n:
+                    shake = True
+                    prev, changed, moving = aligned, still_changed, still_moving
+                    if left == 0:
+                        return self._scored(ts, None, n, shake=True)
+                    break
         n_lit, scattered, content = self._classify(cur, prev, changed, moving)
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
@@ -279,7 +287,7 @@ class MotionAnalyzer:
         cols = int(np.count_nonzero(np.logical_or.reduce(moving, axis=0)))
         return rows >= SHAKE_SPREAD * self.rows and cols >= SHAKE_SPREAD * self.cols
 
-    def _unshaken(self, cur: U8, prev: U8, relit: bool) -> U8:
+    def _unshaken(self, cur: U8, prev: U8) -> U8:
         """``prev`` moved by the whole pixels that best line it up with ``cur``.
 
         The slopes of the column and row profiles of the two frames are compared at shifts
@@ -292,7 +300,7 @@ class MotionAnalyzer:
         if cur_p is None:
             cur_p = self._profiles = (_profile(cur, 0), _profile(cur, 1))
         prev_p = self._prev_profiles
-        if relit or prev_p is None:
+        if prev is not self._prev_raw or prev_p is None:
             prev_p = (_profile(prev, 0), _profile(prev, 1))
         for pc, pp in zip(cur_p, prev_p, strict=True):
             # Row k of the window matrix is the current profile moved by k - SHAKE_MAX.
