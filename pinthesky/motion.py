@@ -15,8 +15,13 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
    never add up to motion. Masked cells are ignored.
 4. Score the frame in moving 16x16 macroblocks *of the main resolution*, which is what
    ``sensitivity`` has always meant; motion is a score above ``sensitivity``.
-5. When a large part of the picture changes at once even after compensation, it is a lighting
-   change (a lamp, an IR switch), not motion: the frame scores nothing.
+5. Frames with change only go further, on the changed cells alone (see README "Motion"):
+   camera shake is lined up and forgiven to a pixel (``_unshaken``, ``_tolerant_diff``);
+   thin or speckled change (rain, snow, noise) is set aside; cells whose texture is the old
+   texture under other light, smoothly across neighbours, are light, not content, and a
+   frame mostly made of them is a lighting change that scores nothing; content cells make
+   objects when they group or persist from frame to frame, and the score is the area the
+   objects covered over the last ``SWEEP_S`` seconds, so a small, far object adds up.
 
 ``MotionTracker`` turns scores into events: motion must persist ``min_time`` seconds (on frame
 timestamps, not a frame count) to start an event, which ends once no motion was seen for
