@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -37,6 +37,10 @@ class Event:
     """When the motion had persisted long enough to count."""
     end: float
     """The last moment motion was seen."""
+    peak: float = 0.0
+    """Highest score while the event was on (moving macroblocks)."""
+    reason: str = ""
+    """Why the frame that confirmed the event counted."""
 
 
 @dataclass
@@ -53,7 +57,14 @@ class Detection:
     def to_json(self) -> dict[str, Any]:
         return {
             "events": [
-                {"start": e.start, "end": e.end, "declared": e.declared} for e in self.events
+                {
+                    "start": e.start,
+                    "end": e.end,
+                    "declared": e.declared,
+                    "peak": round(e.peak, 1),
+                    "reason": e.reason,
+                }
+                for e in self.events
             ],
             "frames": self.frames,
             "analysis_us_per_frame": round(self.analysis_us_per_frame, 2),
@@ -100,7 +111,9 @@ def detect(path: Path, settings: Settings) -> Detection:
                 result.scores.append(score)
                 result.frames += 1
                 for ev in tracker.update(score):
-                    open_event = _apply(result, ev, open_event)
+                    open_event = _apply(result, ev, open_event, score, tracker.sensitivity)
+                if open_event is not None:
+                    open_event.peak = max(open_event.peak, score.blocks)
         except av.FFmpegError as exc:
             if n == 0:
                 raise SourceError(f"{path}: cannot read video: {exc}") from None
@@ -108,15 +121,24 @@ def detect(path: Path, settings: Settings) -> Detection:
         if n == 0:
             raise SourceError(f"{path}: cannot read video: no frames")
     for ev in tracker.finish():
-        open_event = _apply(result, ev, open_event)
+        open_event = _apply(result, ev, open_event, None, tracker.sensitivity)
     result.analysis_us_per_frame = spent / max(1, result.frames) * 1e6
     return result
 
 
-def _apply(result: Detection, ev: object, open_event: Event | None) -> Event | None:
+def _apply(
+    result: Detection,
+    ev: object,
+    open_event: Event | None,
+    score: Score | None,
+    sensitivity: int,
+) -> Event | None:
     if isinstance(ev, MotionStarted):
         e = Event(
-            result.seconds(ev.onset), result.seconds(ev.declared), result.seconds(ev.declared)
+            result.seconds(ev.onset),
+            result.seconds(ev.declared),
+            result.seconds(ev.declared),
+            reason="" if score is None else reason(score, sensitivity),
         )
         result.events.append(e)
         return e
@@ -126,6 +148,25 @@ def _apply(result: Detection, ev: object, open_event: Event | None) -> Event | N
     return open_event
 
 
+def reason(score: Score, sensitivity: int) -> str:
+    """Why a frame's score counted, in words a user can act on."""
+    if score.swept:
+        why = (
+            f"a small object persisted: it covered {score.blocks:.0f} macroblocks over the "
+            f"last second (> sensitivity {sensitivity})"
+        )
+    else:
+        why = f"an object of {score.blocks:.0f} macroblocks (> sensitivity {sensitivity})"
+    extras = []
+    if score.shake:
+        extras.append("moving against a shaken view")
+    if score.lit:
+        extras.append(f"{score.lit} cells of light change ignored")
+    if score.scattered:
+        extras.append(f"{score.scattered} cells of scattered change ignored")
+    return why + ("; " + ", ".join(extras) if extras else "")
+
+
 def timeline(result: Detection) -> str:
     lines = [f"{result.frames} frames analysed, {result.analysis_us_per_frame:.0f} us each"]
     if not result.events:
@@ -133,11 +174,17 @@ def timeline(result: Detection) -> str:
     for i, e in enumerate(result.events, 1):
         lines.append(
             f"event {i}: {_clock(e.start)} - {_clock(e.end)} ({e.end - e.start:.1f} s; "
-            f"confirmed at {_clock(e.declared)})"
+            f"confirmed at {_clock(e.declared)}; peak {e.peak:.0f}; {e.reason})"
         )
     lighting = sum(1 for sc in result.scores if sc.lighting)
     if lighting:
         lines.append(f"{lighting} frames ignored as lighting changes")
+    shaken = sum(1 for sc in result.scores if sc.shake)
+    if shaken:
+        lines.append(f"{shaken} frames with camera shake (the view lined up first)")
+    scattered = sum(1 for sc in result.scores if sc.scattered and not sc.blocks)
+    if scattered:
+        lines.append(f"{scattered} frames with only scattered change (rain, snow, noise)")
     peak = max((sc.blocks for sc in result.scores), default=0.0)
     lines.append(f"highest score {peak:.0f} macroblocks (motion is above the sensitivity)")
     return "\n".join(lines)
@@ -167,9 +214,26 @@ def plot(result: Detection, settings: Settings, out: Path) -> None:
     ax.plot(xs, ys, color="tab:blue", linewidth=1, label="moving macroblocks")
     sens = settings.camera.sensitivity
     ax.axhline(sens, color="tab:red", linestyle="--", label=f"sensitivity {sens}")
-    light = [x for x, sc in zip(xs, result.scores, strict=True) if sc.lighting]
-    if light:
-        ax.plot(light, [0] * len(light), "v", color="gold", label="lighting change")
+    # Why frames did not count: a marker on the axis for each kind of rejected change.
+    marks: tuple[tuple[str, str, str, Callable[[Score], bool]], ...] = (
+        ("lighting change", "v", "gold", lambda sc: sc.lighting),
+        ("light explained part", "1", "orange", lambda sc: sc.lit > 0 and not sc.lighting),
+        ("camera shake", "|", "tab:purple", lambda sc: sc.shake),
+        ("scattered (rain, snow, noise)", ".", "tab:gray", lambda sc: sc.scattered > 0),
+    )
+    for label, marker, colour, hit in marks:
+        xs_hit = [x for x, sc in zip(xs, result.scores, strict=True) if hit(sc)]
+        if xs_hit:
+            ax.plot(xs_hit, [0] * len(xs_hit), marker, color=colour, label=label)
+    swept = [(x, sc.blocks) for x, sc in zip(xs, result.scores, strict=True) if sc.swept]
+    if swept:
+        ax.plot(
+            *zip(*swept, strict=True),
+            "o",
+            color="tab:green",
+            markersize=3,
+            label="persisting small object (area over 1 s)",
+        )
     ax.set_xlabel("seconds")
     ax.set_ylabel("moving macroblocks")
     ax.set_title(f"motion score ({len(result.events)} events shaded)")

@@ -15,8 +15,13 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
    never add up to motion. Masked cells are ignored.
 4. Score the frame in moving 16x16 macroblocks *of the main resolution*, which is what
    ``sensitivity`` has always meant; motion is a score above ``sensitivity``.
-5. When a large part of the picture changes at once even after compensation, it is a lighting
-   change (a lamp, an IR switch), not motion: the frame scores nothing.
+5. Frames with change only go further, on the changed cells alone (see README "Motion"):
+   camera shake is lined up and forgiven to a pixel (``_unshaken``, ``_tolerant_diff``);
+   thin or speckled change (rain, snow, noise) is set aside; cells whose texture is the old
+   texture under other light, smoothly across neighbours, are light, not content, and a
+   frame mostly made of them is a lighting change that scores nothing; content cells make
+   objects when they group or persist from frame to frame, and the score is the area the
+   objects covered over the last ``SWEEP_S`` seconds, so a small, far object adds up.
 
 ``MotionTracker`` turns scores into events: motion must persist ``min_time`` seconds (on frame
 timestamps, not a frame count) to start an event, which ends once no motion was seen for
@@ -57,6 +62,24 @@ LOOKBACK_S = 1.0
 """How far before the first frame over the threshold an event's onset may be dated back."""
 GAIN_TRIGGER = 2.0
 """Median brightness change (luma levels) above which the previous frame is relit."""
+SHAKE_MIN_CELLS = 3
+"""Moving cells from which a frame is checked for camera shake."""
+SHAKE_SPREAD = 0.55
+"""Share of the rows and of the columns of cells that must move for a frame to be checked."""
+SHAKE_MAX = 4
+"""Largest shake between two analysed frames that is compensated, in analysis pixels."""
+SHAKE_EXPLAINS = 0.5
+"""Lining the view up must leave at most this share of the moving cells to be a shake."""
+LIGHT_PEDESTAL = 8.0
+"""Black level (luma) under the brightness ratio of a relit cell."""
+LIGHT_RESIDUAL = 4.0
+"""A cell is relit when its texture matches the old one within this many noise variances."""
+LIGHT_STEP = float(np.log(1.6))
+"""Largest change of the brightness ratio from a relit cell to its neighbours (log)."""
+SOLID_MIN = 2
+"""Pixels of a changed cell that must survive a 2x2 erosion for it to hold an object."""
+SWEEP_S = 1.5
+"""The score is the area objects covered over this many seconds."""
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
 """Multiplying by this adds up the eight bytes of a word into its top byte."""
@@ -72,11 +95,21 @@ class Score:
     blocks: float
     """Moving macroblocks at the main resolution."""
     cells: int
-    """Moving analysis cells."""
+    """Analysis cells that changed (before the checks below)."""
     lighting: bool = False
     """The frame was a lighting change and scores nothing."""
     noise: int = 0
     """The pixel change threshold in force."""
+    lit: int = 0
+    """Changed cells whose change the light explains (same structure, other brightness)."""
+    shake: bool = False
+    """The whole view moved (camera shake); only what moved against it counts."""
+    scattered: int = 0
+    """Changed cells rejected as thin or scattered (rain, snow, insects, noise)."""
+    objects: int = 0
+    """Cells of objects in this frame (grouped, or seen there in the previous frame)."""
+    swept: bool = False
+    """The score is the area a persisting object covered lately, not one frame's group."""
 
 
 class MotionAnalyzer:
@@ -102,8 +135,20 @@ class MotionAnalyzer:
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
         self._prev: U8 | None = None
+        self._prev_raw: U8 | None = None
         self._noise = float(settings.noise_level)
         self._frames = 0
+        # Object cells of the last second of frames (the swept area of a small object).
+        # When an object last covered each cell (µs): the swept area is a comparison, and
+        # it follows frame timestamps whatever the analysis rate.
+        self._seen = np.full((self.rows, self.cols), np.iinfo(np.int64).min // 2, np.int64)
+        self._empty = np.zeros((self.rows, self.cols), dtype=bool)
+        self._empty.setflags(write=False)
+        self._sweep_us = round(SWEEP_S * US)
+        # Cells next to the previous frame's content and candidates (see _scored).
+        self._near_content = self._near_candidates = self._empty
+        self._profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
+        self._prev_profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
 
     def update_mask(self, settings: MotionSettings) -> None:
         """Take a new mask (image or rectangles) without losing the reference picture."""
@@ -119,8 +164,12 @@ class MotionAnalyzer:
     def analyse(self, luma: U8, ts: int) -> Score:
         cur = luma[: self._h, : self._w]
         prev = self._prev
+        # The previous frame as it was, the one whose profiles are kept (see _unshaken).
+        self._prev_raw = prev
         self._prev = cur
         self._frames += 1
+        # Profiles are computed only for frames checked for shake; keep them for the next.
+        self._prev_profiles, self._profiles = self._profiles, None
         if prev is None:
             return Score(ts, 0.0, 0, noise=self.noise_level)
         # A sparse sample tells whether the whole picture got brighter or darker: its median
@@ -133,6 +182,7 @@ class MotionAnalyzer:
             abs(float(step.mean())) > GAIN_TRIGGER / 2
             and abs(float(np.median(step))) > GAIN_TRIGGER
         )
+        raw_prev = prev
         if relit:
             # Exposure or light level moved: compare against the previous frame brought to
             # today's brightness, so that only changes of the picture's content count.
@@ -142,6 +192,39 @@ class MotionAnalyzer:
         diff -= np.minimum(cur, prev)
         if self._frames % NOISE_EVERY == 0:
             self._update_noise(diff)
+        changed, moving = self._moving(diff)
+        n = int(np.count_nonzero(moving))
+        if n == 0:
+            # The common case on a quiet scene: nothing more to look at.
+            return self._scored(ts, None, n)
+        shake = False
+        if n >= SHAKE_MIN_CELLS and self._spread(moving):
+            # A shift fools the brightness fit too (the sample's pixels moved): when the
+            # previous frame was relit, lining up the frame as it was is tried as well.
+            for base in (prev, raw_prev) if relit else (prev,):
+                aligned = self._unshaken(cur, base)
+                still_changed, still_moving = self._moving(_tolerant_diff(cur, aligned))
+                left = int(np.count_nonzero(still_moving))
+                # The view moved if lining it up explains most of the change. Objects
+                # moved by more than a pixel and stay; a pool of light sliding across the
+                # picture stays too (and is told from objects below).
+                if left <= SHAKE_EXPLAINS * n:
+                    shake = True
+                    prev, changed, moving = aligned, still_changed, still_moving
+                    if left == 0:
+                        return self._scored(ts, None, n, shake=True)
+                    break
+        n_lit, scattered, content = self._classify(cur, prev, changed, moving)
+        # Most of the picture changed and the light explains it: the frame is a lighting
+        # change (a lamp, an IR switch) and what little remains is not trusted.
+        lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
+        if self.live_cells and n_lit > lightswitch * self.live_cells:
+            self._near_content = self._near_candidates = self._empty
+            return Score(ts, 0.0, n, lighting=True, noise=self.noise_level, lit=n_lit, shake=shake)
+        return self._scored(ts, content, n, scattered, lit=n_lit, shake=shake)
+
+    def _moving(self, diff: U8) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Changed pixels, and the cells in which enough of them changed."""
         changed = diff > self.noise_level
         # Each uint64 holds the 0/1 bytes of 8 neighbouring pixels; summing the 8 rows of a
         # cell keeps every byte <= 8, and the multiply folds the bytes into a count <= 64.
@@ -149,14 +232,175 @@ class MotionAnalyzer:
         cells = (words.sum(axis=1, dtype=np.uint64) * _BYTE_SUM) >> _TOP_BYTE
         moving = cells >= CELL_MIN_CHANGED
         moving &= self.cell_mask
-        n = int(np.count_nonzero(moving))
-        # Most of the picture changed brightness at once (the median moved) and the relit
-        # frame still differs in many places: a lamp lights a room unevenly. Motion does not
-        # brighten more than half the picture; a lighting change does.
-        lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
-        if self.live_cells and n > lightswitch * self.live_cells:
-            return Score(ts, 0.0, n, lighting=True, noise=self.noise_level)
-        return Score(ts, n * self.blocks_per_cell, n, noise=self.noise_level)
+        return changed, moving
+
+    def _scored(
+        self,
+        ts: int,
+        content: npt.NDArray[np.bool_] | None,
+        n: int,
+        scattered: npt.NDArray[np.bool_] | None = None,
+        **why: bool | int,
+    ) -> Score:
+        """Objects among the content cells, and the score: the area they swept lately.
+
+        A candidate is a group of content cells (a cell with two content neighbours), or a
+        content cell next to where content was in the previous frame. An object is a
+        candidate next to a candidate of the previous frame: it persisted. Rain and snow
+        light cells in new places every frame; a person, even a small and far one, is
+        still there one frame later. While objects are seen, the score is the area they
+        (with the thin changes attached to them) covered over the last ``SWEEP_S`` seconds,
+        so a distant walker whose every frame shows a few cells adds up to the metres she
+        walked; a group big enough to pass the sensitivity on its own counts at once.
+        """
+        empty = self._empty
+        n_scattered = 0 if scattered is None else int(np.count_nonzero(scattered))
+        if content is None or not content.any():
+            self._near_content = self._near_candidates = empty
+            return Score(ts, 0.0, n, noise=self.noise_level, scattered=n_scattered, **why)  # type: ignore[arg-type]
+        # 3x3 box sums (each cell with its eight neighbours): > 0 is "next to", >= 3 on a
+        # content cell is "with two content neighbours".
+        box = _box(content)
+        grouped = box >= 3
+        grouped &= content
+        candidates = self._near_content & content
+        candidates |= grouped
+        objects = self._near_candidates & candidates
+        # One stacked box sum gives what is next to this frame's candidates (for the next
+        # frame) and to its objects (for their extent now).
+        near = _box(np.stack((candidates, objects))) > 0
+        self._near_content, self._near_candidates = box > 0, near[0]
+        if objects.any():
+            # The object's extent: its cells and the changed cells touching them.
+            extent = content if scattered is None else content | scattered
+            extent &= near[1]
+            self._seen[extent] = ts
+            swept = int(np.count_nonzero(self._seen >= ts - self._sweep_us))
+        else:
+            swept = 0
+        group = int(np.count_nonzero(grouped))
+        return Score(
+            ts,
+            max(swept, group) * self.blocks_per_cell,
+            n,
+            noise=self.noise_level,
+            scattered=n_scattered,
+            objects=int(np.count_nonzero(objects)),
+            swept=swept > group,
+            **why,  # type: ignore[arg-type]
+        )
+
+    def _spread(self, moving: npt.NDArray[np.bool_]) -> bool:
+        """Whether the moving cells reach across the picture, as a shaken view's edges do.
+
+        A cheap gate before the shake check: one object, however close, moves in a part of
+        the rows or the columns of the picture, not in most of both.
+        """
+        rows = int(np.count_nonzero(np.logical_or.reduce(moving, axis=1)))
+        cols = int(np.count_nonzero(np.logical_or.reduce(moving, axis=0)))
+        return rows >= SHAKE_SPREAD * self.rows and cols >= SHAKE_SPREAD * self.cols
+
+    def _unshaken(self, cur: U8, prev: U8) -> U8:
+        """``prev`` moved by the whole pixels that best line it up with ``cur``.
+
+        The slopes of the column and row profiles of the two frames are compared at shifts
+        of up to ``SHAKE_MAX`` pixels: a moving object changes the profiles where it is, a
+        shaking camera shifts all of them. What is left below a pixel is absorbed by the
+        tolerant difference that follows.
+        """
+        shifts: list[int] = []
+        cur_p = self._profiles
+        if cur_p is None:
+            cur_p = self._profiles = (_profile(cur, 0), _profile(cur, 1))
+        prev_p = self._prev_profiles
+        if prev is not self._prev_raw or prev_p is None:
+            prev_p = (_profile(prev, 0), _profile(prev, 1))
+        for pc, pp in zip(cur_p, prev_p, strict=True):
+            # Row k of the window matrix is the current profile moved by k - SHAKE_MAX.
+            windows = np.lib.stride_tricks.sliding_window_view(pc, len(pc) - 2 * SHAKE_MAX)
+            sad = np.abs(windows - pp[SHAKE_MAX : len(pp) - SHAKE_MAX]).sum(axis=1)
+            shifts.append(int(np.argmin(sad)) - SHAKE_MAX)
+        dx, dy = shifts
+        if dx == 0 and dy == 0:
+            return prev
+        # prev shifted by (dx, dy), edges repeated, so that prev[y - dy, x - dx] lands on
+        # cur[y, x].
+        padded = np.pad(prev, SHAKE_MAX, mode="edge")
+        y0, x0 = SHAKE_MAX - dy, SHAKE_MAX - dx
+        return np.ascontiguousarray(padded[y0 : y0 + self._h, x0 : x0 + self._w])
+
+    def _classify(
+        self,
+        cur: U8,
+        prev: U8,
+        changed: npt.NDArray[np.bool_],
+        moving: npt.NDArray[np.bool_],
+    ) -> tuple[int, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Split the moving cells into lit (counted), scattered and content, by their pixels.
+
+        Only the moving cells are gathered (a few percent of the picture on a busy frame),
+        so these checks cost in proportion to what moved.
+
+        Lit: light multiplies what is there, so the cell's texture is the old texture times
+        the brightness ratio of the two cells, within the sensor noise (a headlight pool, a
+        cloud's shadow, an IR lamp). Scattered: a change made of thin lines and specks (rain
+        streaks, snowflakes, noise) leaves (almost) nothing after a 3x3 erosion; only the
+        other cells are tested for light.
+        """
+        r, c = np.nonzero(moving)
+        # Cell-major views: [row, col] picks a cell's 8x8 pixels.
+        shape = (self.rows, CELL, self.cols, CELL)
+        m = changed.reshape(shape).transpose(0, 2, 1, 3)[r, c]
+        rows3 = m[:, :-2] & m[:, 1:-1] & m[:, 2:]
+        core = rows3[:, :, :-2] & rows3[:, :, 1:-1] & rows3[:, :, 2:]
+        solid = np.count_nonzero(core.reshape(len(r), -1), axis=1) >= SOLID_MIN
+        scattered = np.zeros_like(moving)
+        scattered[r[~solid], c[~solid]] = True
+        # Only solid changes can be objects: the light test looks at those alone.
+        r, c = r[solid], c[solid]
+        content = np.zeros_like(moving)
+        if not len(r):
+            return 0, scattered, content
+        y = cur.reshape(shape).transpose(0, 2, 1, 3)[r, c].reshape(len(r), -1)
+        x = prev.reshape(shape).transpose(0, 2, 1, 3)[r, c].reshape(len(r), -1)
+        y = y.astype(np.float32)
+        x = x.astype(np.float32)
+        inv = np.float32(1 / (CELL * CELL))
+        my = np.add.reduce(y, axis=1, keepdims=True) * inv
+        mx = np.add.reduce(x, axis=1, keepdims=True) * inv
+        # The brightness ratio; a small pedestal stands for the sensor's black level.
+        gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
+        # Variance of y - gain * x: what the brightness ratio does not explain.
+        x *= gain
+        y -= x
+        residual = np.add.reduce(y * y, axis=1) * inv - (my - gain * mx)[:, 0] ** 2
+        # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
+        sigma2 = (self._noise / NOISE_SIGMAS) ** 2 / 2
+        explained = residual <= LIGHT_RESIDUAL * sigma2 * (1 + gain[:, 0] ** 2)
+        if explained.any():
+            explained &= self._smooth_light(r, c, gain[:, 0])
+        content[r, c] = ~explained
+        lit = int(np.count_nonzero(explained))
+        return lit, scattered, content
+
+    def _smooth_light(
+        self, r: npt.NDArray[np.intp], c: npt.NDArray[np.intp], gain: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.bool_]:
+        """Which of the cells at (r, c) brightened by about as much as their four neighbours.
+
+        A flat cell that changed brightness has no texture to tell light from an object.
+        Light varies smoothly across the picture (a pool, a shadow, a lamp); an object
+        replaces neighbouring cells of different brightness by its own, so their brightness
+        ratios jump from cell to cell and to the unchanged cells around it.
+        """
+        log_gain = np.zeros((self.rows + 2, self.cols + 2), dtype=np.float32)
+        log_gain[r + 1, c + 1] = np.log(gain)
+        centre = log_gain[r + 1, c + 1]
+        step = np.zeros_like(centre)
+        for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+            np.maximum(step, np.abs(centre - log_gain[r + dy, c + dx]), out=step)
+        smooth: npt.NDArray[np.bool_] = step <= LIGHT_STEP
+        return smooth
 
     @staticmethod
     def _relight(prev: U8, prev_s: npt.NDArray[np.int16], step: npt.NDArray[np.int16]) -> U8:
@@ -189,6 +433,64 @@ class MotionAnalyzer:
         # one busy frame does not swing the threshold.
         estimate = max(float(self.settings.noise_level), NOISE_SIGMAS * median / 0.6745)
         self._noise += 0.3 * (estimate - self._noise)
+
+
+def _profile(image: U8, axis: int) -> npt.NDArray[np.int32]:
+    """Slope of the picture's profile along one axis (sum of every 2nd line across ``axis``)."""
+    lines = image[::2] if axis == 0 else image[:, ::2]
+    profile = np.add.reduce(lines, axis=axis, dtype=np.int32)
+    # Its slope, not its level: edges move with the camera, a broad light pool hardly
+    # changes the slope.
+    slope: npt.NDArray[np.int32] = np.diff(profile)
+    return slope
+
+
+def _outside(cur: U8, prev: U8) -> U8:
+    """How far each pixel of ``cur`` lies outside the range of its 3x3 neighbours in ``prev``.
+
+    The frame's one-pixel border is not compared (0).
+    """
+    hi = np.maximum(prev[:, :-2], prev[:, 1:-1])
+    np.maximum(hi, prev[:, 2:], out=hi)
+    lo = np.minimum(prev[:, :-2], prev[:, 1:-1])
+    np.minimum(lo, prev[:, 2:], out=lo)
+    hi3 = np.maximum(hi[:-2], hi[1:-1])
+    np.maximum(hi3, hi[2:], out=hi3)
+    lo3 = np.minimum(lo[:-2], lo[1:-1])
+    np.minimum(lo3, lo[2:], out=lo3)
+    inner = cur[1:-1, 1:-1]
+    # (cur - hi)+ and (lo - cur)+ in uint8 without wrapping; one of them is 0.
+    above = np.maximum(inner, hi3)
+    above -= hi3
+    below = lo3 - np.minimum(inner, lo3)
+    out = np.zeros_like(cur)
+    np.maximum(above, below, out=out[1:-1, 1:-1])
+    return out
+
+
+def _tolerant_diff(cur: U8, prev: U8) -> U8:
+    """A difference that forgives moves of up to a pixel, both ways.
+
+    After a shake is compensated to the nearest pixel, up to a pixel of sway remains, and an
+    edge moved by less than a pixel takes a value between its neighbours: it does not count.
+    Anything that moved further does, whether it appeared (``cur`` outside ``prev``'s range)
+    or went away (``prev`` outside ``cur``'s range: a snowflake that fell on).
+    """
+    diff = _outside(cur, prev)
+    np.maximum(diff, _outside(prev, cur), out=diff)
+    return diff
+
+
+def _box(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
+    """3x3 box sums over the last two axes: each cell plus its eight neighbours (separably)."""
+    c = cells.view(np.uint8)
+    row = c.copy()
+    row[..., 1:] += c[..., :-1]
+    row[..., :-1] += c[..., 1:]
+    box = row.copy()
+    box[..., 1:, :] += row[..., :-1, :]
+    box[..., :-1, :] += row[..., 1:, :]
+    return box
 
 
 def build_cell_mask(

@@ -400,6 +400,255 @@ def _gen_small_object(rng: Rng) -> Iterator[U8Image]:
         yield render(scene, 1.5)
 
 
+# Outdoor cases (issue 15): real backgrounds and real people from vtest, with physically
+# plausible perturbations laid over them. Sizes are in 768x576 footage pixels; the daemon
+# sees them at 640x480 (main) and 320x240 (analysis), i.e. 5/6 and 5/12 of these.
+
+
+def _resize(image: F32Image, width: int, height: int) -> F32Image:
+    """Area-averaged resize of a float image (H, W) or (H, W, 3), by libswscale."""
+    planes = image if image.ndim == 3 else image[:, :, None].repeat(3, axis=2)
+    rgb = np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    out = frame.reformat(width=width, height=height, interpolation="AREA").to_ndarray()
+    small = _f32(cast(U8Image, out))
+    return small if image.ndim == 3 else small[:, :, 0].copy()
+
+
+# A lone walker in vtest frame 0 (a 30x111-pixel person), cut out with a soft alpha from
+# its difference with the empty scene.
+SPRITE_FRAME = 0
+SPRITE_BOX = (246, 190, 46, 126)  # x, y, w, h
+
+
+@functools.lru_cache(maxsize=1)
+def _person() -> tuple[F32Image, F32Image]:
+    """The lone walker's RGB and alpha (0..1), full size."""
+    x, y, w, h = SPRITE_BOX
+    frame = _f32(next(_vtest_reader([SPRITE_FRAME])))[y : y + h, x : x + w]
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))[y : y + h, x : x + w]
+    alpha = np.clip((np.abs(frame - bg).max(axis=2) - 20.0) / 30.0, 0.0, 1.0)
+    return frame, alpha.astype(np.float32)
+
+
+def _sprite(height: int) -> tuple[F32Image, F32Image]:
+    """The walker scaled so that the person's box is ``height`` pixels tall."""
+    rgb, alpha = _person()
+    scale = height / 111.0
+    w, h = max(2, round(rgb.shape[1] * scale)), max(2, round(rgb.shape[0] * scale))
+    return _resize(rgb, w, h), np.clip(_resize(alpha * 255.0, w, h) / 255.0, 0.0, 1.0)
+
+
+def _paste(scene: F32Image, sprite: tuple[F32Image, F32Image], x: float, y: int) -> None:
+    """Alpha-blend ``sprite`` into ``scene`` with its left edge at sub-pixel ``x``."""
+    rgb, alpha = sprite
+    ix = int(np.floor(x))
+    frac = np.float32(x - ix)
+    # Sub-pixel placement: blend the sprite with itself shifted by one pixel.
+    pad_rgb = np.pad(rgb, ((0, 0), (1, 1), (0, 0)))
+    pad_a = np.pad(alpha, ((0, 0), (1, 1)))
+    rgb_s = pad_rgb[:, 1:] * (1 - frac) + pad_rgb[:, :-1] * frac
+    a_s = (pad_a[:, 1:] * (1 - frac) + pad_a[:, :-1] * frac)[:, :, None]
+    h, w = min(a_s.shape[0], HEIGHT - y), a_s.shape[1]
+    rgb_s, a_s = rgb_s[:h], a_s[:h]
+    x0, x1 = max(ix, 0), min(ix + w, WIDTH)
+    if x1 <= x0:
+        return
+    region = scene[y : y + h, x0:x1]
+    a = a_s[:, x0 - ix : x1 - ix]
+    region *= 1 - a
+    region += rgb_s[:, x0 - ix : x1 - ix] * a
+
+
+def _walk(
+    rng: Rng, seconds: float, sprite_height: int, y: int, span: tuple[float, float, float, float]
+) -> Iterator[U8Image]:
+    """Still campus; a person of ``sprite_height`` px walks x0 -> x1 between t0 and t1."""
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    sprite = _sprite(sprite_height)
+    t0, t1, x0, x1 = span
+    for i in range(round(seconds * FPS)):
+        # As in small_object: the frame shown during [i, i + 1) / FPS has already moved.
+        u = (i + 1) / FPS
+        scene = bg.copy()
+        if t0 < u <= t1 + 1 / FPS:
+            _paste(scene, sprite, x0 + (x1 - x0) * min((u - t0) / (t1 - t0), 1.0), y)
+        yield render(scene, 1.5)
+
+
+def _gen_distant_person(rng: Rng) -> Iterator[U8Image]:
+    # 16x44 px at 640x480 is a person about 30 m away; walking 1.4 m/s is ~40 px/s there.
+    yield from _walk(rng, 30.0, 53, 150, (10.0, 22.0, 120.0, 680.0))
+
+
+def _gen_creeper(rng: Rng) -> Iterator[U8Image]:
+    # A full-size person creeping at 25 px/s (about 0.4 m/s at their distance).
+    yield from _walk(rng, 34.0, 111, 300, (10.0, 28.0, 150.0, 600.0))
+
+
+def _night_walkers_in(
+    rng: Rng, weather: Callable[[F32Image, int], None], walk: tuple[int, float, float]
+) -> Iterator[U8Image]:
+    """Night scene with ``weather`` drawn on every frame and real walkers in a time span."""
+    render = _Renderer(rng)
+    dim = np.float32(NIGHT_BRIGHTNESS)
+    dark = _f32(_background_cached((WIDTH, HEIGHT))) * dim
+    first, t0, t1 = walk
+    count = round((t1 - t0) * FPS)
+    with contextlib.closing(_vtest_reader(range(first, first + count))) as real:
+        for i, t in enumerate(_times(30.0)):
+            scene = _f32(next(real)) * dim if t0 <= t < t1 else dark.copy()
+            weather(scene, i)
+            yield render(scene, 5.0)
+
+
+def _gen_rain_night(rng: Rng) -> Iterator[U8Image]:
+    # IR-lit rain: drops near the camera, motion-blurred over the exposure into streaks
+    # 12-40 px long, 1-2 px wide, slightly slanted, in new places every frame.
+    streaks = 120
+    steps = np.linspace(0.0, 1.0, 40, dtype=np.float32)
+
+    def rain(scene: F32Image, _: int) -> None:
+        length = rng.uniform(12, 40, streaks).astype(np.float32)
+        x = rng.uniform(0, WIDTH, streaks).astype(np.float32)
+        y = rng.uniform(-20, HEIGHT, streaks).astype(np.float32)
+        gain = rng.uniform(50, 110, streaks).astype(np.float32)
+        wide = rng.random(streaks) < 0.3
+        ys = (y[:, None] + length[:, None] * steps).astype(np.int32)
+        xs = (x[:, None] + 0.15 * length[:, None] * steps).astype(np.int32)
+        vals = np.broadcast_to(gain[:, None], ys.shape)
+        for dx, pick in ((0, slice(None)), (1, wide)):
+            yy, xx, vv = ys[pick].ravel(), (xs[pick] + dx).ravel(), vals[pick].ravel()
+            ok = (yy >= 0) & (yy < HEIGHT) & (xx >= 0) & (xx < WIDTH)
+            # Overlapping samples of one streak must not add up: assign, not accumulate.
+            level = np.zeros((HEIGHT, WIDTH), np.float32)
+            level[yy[ok], xx[ok]] = vv[ok]
+            scene += level[:, :, None]
+
+    yield from _night_walkers_in(rng, rain, (100, 12.0, 20.0))
+
+
+def _gen_snow_night(rng: Rng) -> Iterator[U8Image]:
+    # IR-lit snow: 500 flakes of 1-4 px falling 6-20 px per frame with some drift; each
+    # flake persists and moves on every frame, re-entering at the top when it falls out.
+    flakes = 500
+    x = rng.uniform(0, WIDTH, flakes)
+    y = rng.uniform(0, HEIGHT, flakes)
+    vy = rng.uniform(6, 20, flakes)
+    vx = rng.uniform(-3, 3, flakes)
+    size = rng.choice([1, 2, 2, 3, 4], flakes)
+    gain = rng.uniform(60, 120, flakes).astype(np.float32)
+
+    def snow(scene: F32Image, _: int) -> None:
+        nonlocal x, y
+        x = (x + vx + rng.normal(0, 1, flakes)) % WIDTH
+        y = y + vy
+        y[y >= HEIGHT] -= HEIGHT
+        level = np.zeros((HEIGHT, WIDTH), np.float32)
+        for s in (1, 2, 3, 4):
+            pick = size == s
+            for dy in range(s):
+                for dx in range(s):
+                    yy = np.minimum((y[pick] + dy).astype(np.int32), HEIGHT - 1)
+                    xx = np.minimum((x[pick] + dx).astype(np.int32), WIDTH - 1)
+                    level[yy, xx] = gain[pick]
+        scene += level[:, :, None]
+
+    yield from _night_walkers_in(rng, snow, (400, 15.0, 21.0))
+
+
+def _shifted(image: F32Image, dx: float, dy: float) -> F32Image:
+    """``image`` moved by a sub-pixel (dx, dy), bilinear, edges repeated."""
+    pad = 4
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    ix, iy = int(np.floor(dx)), int(np.floor(dy))
+    fx, fy = np.float32(dx - ix), np.float32(dy - iy)
+
+    def win(oy: int, ox: int) -> F32Image:
+        return padded[pad - oy : pad - oy + HEIGHT, pad - ox : pad - ox + WIDTH]
+
+    top = win(iy, ix) * (1 - fx) + win(iy, ix + 1) * fx
+    bottom = win(iy + 1, ix) * (1 - fx) + win(iy + 1, ix + 1) * fx
+    out: F32Image = top * (1 - fy) + bottom * fy
+    return out
+
+
+# Gusts: (start s, end s, sway frequency Hz, amplitude in 640x480 pixels).
+GUSTS = ((4.0, 10.0, 1.0, 3.0), (14.0, 20.0, 2.0, 2.0), (24.0, 29.0, 3.0, 1.5))
+
+
+def _gen_sway(rng: Rng) -> Iterator[U8Image]:
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    to_footage = WIDTH / 640
+    for t in _times(32.0):
+        dx = dy = 0.0
+        for start, end, freq, amp in GUSTS:
+            if start <= t < end:
+                # The pole bends mostly one way and swings: a smooth onset and fade.
+                env = np.sin(np.pi * (t - start) / (end - start))
+                dx = amp * to_footage * env * np.sin(2 * np.pi * freq * (t - start))
+                dy = 0.4 * dx * np.cos(2 * np.pi * freq * (t - start))
+        yield render(_shifted(bg, dx, dy), 1.5)
+
+
+def _gen_headlights(rng: Rng) -> Iterator[U8Image]:
+    # Two cars pass out of view; their headlights sweep a pool of light over the dark
+    # campus (left to right at 6-10 s, right to left at 18-22 s). No object enters.
+    render = _Renderer(rng)
+    dark = _f32(_background_cached((WIDTH, HEIGHT))) * np.float32(NIGHT_BRIGHTNESS)
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    passes = ((6.0, 10.0, -250.0, WIDTH + 250.0), (18.0, 22.0, WIDTH + 250.0, -250.0))
+    for t in _times(30.0):
+        scene = dark.copy()
+        for t0, t1, x0, x1 in passes:
+            if t0 <= t < t1:
+                cx = x0 + (x1 - x0) * (t - t0) / (t1 - t0)
+                pool = np.exp(-(((xs - cx) / 160.0) ** 2) - ((ys - 380.0) / 110.0) ** 2)
+                # Light multiplies the reflectance; a little of it is scattered (offset).
+                scene *= 1 + 3.0 * pool[:, :, None]
+                scene += 25.0 * pool[:, :, None]
+        yield render(scene, 5.0)
+
+
+def _gen_ir_switch(rng: Rng) -> Iterator[U8Image]:
+    # Dusk: the IR cut filter lifts at 10 s (colour -> IR-lit grey, brighter in the middle
+    # where the IR lamp points) and drops back at 20 s.
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT))) * np.float32(0.35)
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    lamp = 1.2 + 0.8 * np.exp(-(((xs - WIDTH / 2) / 300) ** 2) - ((ys - HEIGHT / 2) / 250) ** 2)
+    grey = bg.mean(axis=2, keepdims=True) * lamp[:, :, None] + np.float32(10.0)
+    ir = np.repeat(grey, 3, axis=2).astype(np.float32)
+    for t in _times(30.0):
+        yield render(ir.copy() if 10.0 <= t < 20.0 else bg.copy(), 4.0)
+
+
+def _gen_animal(rng: Rng) -> Iterator[U8Image]:
+    # A cat at the camera: out of focus and huge, it covers more than 40 % of the view,
+    # moves about for 3 s (10-13 s) and leaves. The view shows it from the first frame.
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    rgb, _ = _person()
+    # Out of focus and close, it is a soft dark blob as big as the view's height with the
+    # walker's clothes as texture (scaled 10x, blurred, darkened: it is in its own shadow).
+    w, h = 600, 760
+    blurred = _resize(_resize(rgb, 23, 63), w, h) * np.float32(0.6)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.hypot((xs - w / 2) / (0.48 * w), (ys - h / 2) / (0.5 * h))
+    soft = np.clip((1.0 - r) / 0.15, 0.0, 1.0).astype(np.float32)
+    body = (blurred, soft)
+    for i in range(round(24.0 * FPS)):
+        u = (i + 1) / FPS
+        scene = bg.copy()
+        if 10.0 < u <= 13.0 + 1 / FPS:
+            k = (u - 10.0) / 3.0
+            x = -60 + 260 * k + 60 * np.sin(2 * np.pi * 1.3 * k)
+            _paste(scene, body, x, 0)
+        yield render(scene, 1.5)
+
+
 @dataclass(frozen=True)
 class _Spec:
     duration: float
@@ -447,6 +696,60 @@ _SPECS: dict[str, _Spec] = {
         "Still campus; a 48x48 patch (van front) on the lawn slides 200 px right "
         "from 10 to 14 s, then rests.",
         _gen_small_object,
+    ),
+    "distant_person": _Spec(
+        30.0,
+        ((10.0, 22.0),),
+        "Still campus; a real walker scaled to 16x44 px at 640x480 (about 30 m away) "
+        "crosses at 10-22 s.",
+        _gen_distant_person,
+    ),
+    "creeper": _Spec(
+        34.0,
+        ((10.0, 28.0),),
+        "Still campus; a real walker creeps 450 px at 25 px/s from 10 to 28 s.",
+        _gen_creeper,
+    ),
+    "rain_night": _Spec(
+        30.0,
+        ((12.0, 20.0),),
+        "Night (20 % brightness, sigma 5); IR-lit rain streaks (120 a frame, 12-40 px, new "
+        "places every frame); real walkers (vtest 100-179) at 12-20 s.",
+        _gen_rain_night,
+    ),
+    "snow_night": _Spec(
+        30.0,
+        ((15.0, 21.0),),
+        "Night (20 % brightness, sigma 5); 500 IR-lit flakes of 1-4 px falling 6-20 px a "
+        "frame; real walkers (vtest 400-459) at 15-21 s.",
+        _gen_snow_night,
+    ),
+    "sway": _Spec(
+        32.0,
+        (),
+        "Still campus on a swaying pole: gusts at 4-10 s (1 Hz, 3 px at 640x480), 14-20 s "
+        "(2 Hz, 2 px) and 24-29 s (3 Hz, 1.5 px).",
+        _gen_sway,
+    ),
+    "headlights": _Spec(
+        30.0,
+        (),
+        "Night campus; headlight pools sweep across at 6-10 s and 18-22 s, no object.",
+        _gen_headlights,
+    ),
+    "ir_switch": _Spec(
+        30.0,
+        (),
+        "Dim campus; the IR cut filter lifts at 10 s (grey, IR lamp brighter in the "
+        "middle) and drops at 20 s.",
+        _gen_ir_switch,
+    ),
+    "animal": _Spec(
+        24.0,
+        ((10.0, 13.0),),
+        "Still campus; an out-of-focus animal at the camera covers over 40 % of the view "
+        "from 10 to 13 s.",
+        _gen_animal,
     ),
 }
 

@@ -8,6 +8,16 @@ import pytest
 from conftest import pinthesky
 
 CASES = ["walkers", "lights", "dusk", "night_noise", "night_walkers", "small_object"]
+OUTDOOR = [
+    "distant_person",
+    "creeper",
+    "rain_night",
+    "snow_night",
+    "sway",
+    "headlights",
+    "ir_switch",
+    "animal",
+]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -46,3 +56,33 @@ def test_higher_sensitivity_number_misses_the_small_object(footage, tmp_path):
     scenario = footage.scenario("small_object")
     out = pinthesky("detect", str(scenario.path), "--json", "--sensitivity", "500", cwd=tmp_path)
     assert json.loads(out.stdout)["events"] == []
+
+
+@pytest.mark.parametrize("name", OUTDOOR)
+def test_outdoor_cases_give_exactly_their_events(footage, tmp_path, name):
+    # Rain, snow, a swaying camera, headlights and an IR switch give no event of their own;
+    # a walker far away, one creeping, one in rain or snow, and an animal at the camera
+    # each give one, starting within a second of when they began to move.
+    scenario = footage.scenario(name)
+    out = pinthesky("detect", str(scenario.path), "--json", "--post-roll", "4", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert len(doc["events"]) == len(scenario.events), doc["events"]
+    for found, (begin, end) in zip(doc["events"], scenario.events, strict=True):
+        assert abs(found["start"] - begin) <= 1.0
+        assert abs(found["end"] - end) <= 1.0
+        # A small object is confirmed once it has swept enough area (up to 1.5 s).
+        assert found["start"] <= found["declared"] <= found["start"] + 2.0
+        assert found["peak"] > 10  # the default sensitivity
+        assert "> sensitivity 10" in found["reason"]
+
+
+def test_the_timeline_says_why_frames_did_not_count(footage, tmp_path):
+    sway = footage.scenario("sway")
+    out = pinthesky("detect", str(sway.path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "no motion" in out.stdout
+    assert "frames with camera shake" in out.stdout
+    far = footage.scenario("distant_person")
+    out = pinthesky("detect", str(far.path), cwd=tmp_path)
+    assert "a small object persisted" in out.stdout

@@ -23,7 +23,10 @@ def replay(footage: object, name: str, tmp_path: Path, **flags: object):  # type
     return scenario, run_daemon(settings)
 
 
-@pytest.mark.parametrize("name", ["walkers", "night_walkers", "small_object"])
+@pytest.mark.parametrize(
+    "name",
+    ["walkers", "night_walkers", "small_object", "distant_person", "rain_night", "animal"],
+)
 def test_one_clip_per_event_with_pre_and_post_roll(footage, tmp_path, name):
     scenario, run = replay(footage, name, tmp_path)
     assert run.code == 0
@@ -47,7 +50,7 @@ def test_one_clip_per_event_with_pre_and_post_roll(footage, tmp_path, name):
     assert not list((tmp_path / "clips").glob(".*partial"))
 
 
-@pytest.mark.parametrize("name", ["lights", "dusk", "night_noise"])
+@pytest.mark.parametrize("name", ["lights", "dusk", "night_noise", "sway", "headlights"])
 def test_no_clip_for_light_changes_or_noise(footage, tmp_path, name):
     _, run = replay(footage, name, tmp_path)
     assert run.code == 0

@@ -383,3 +383,67 @@ def test_salvage_keeps_the_readable_part_of_a_killed_mp4(tmp_path):
 def test_settings_for_uses_defaults(tmp_path):
     s = settings_for(tmp_path)
     assert s.recorder.pre_roll == 7 and s.recorder.post_roll == 15
+
+
+def textured(seed: int = 5) -> np.ndarray:
+    """A 320x240 picture with texture inside cells (smoothed noise), like a real scene."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(30, 220, (61, 81)).astype(float)
+    fine = np.kron(coarse, np.ones((4, 4)))[:242, :322]
+    # A 3x3 box blur keeps edges a few pixels wide, as a lens does.
+    img = sum(fine[dy : dy + 240, dx : dx + 320] for dy in range(3) for dx in range(3)) / 9
+    return np.asarray(img, dtype=np.uint8)
+
+
+def test_a_shaken_view_is_not_motion_but_an_object_moving_in_it_is():
+    a = analyzer()
+    img = textured()
+    a.analyse(img, 0)
+    shifted = np.roll(img, (2, -1), axis=(0, 1))
+    score = a.analyse(shifted, 200_000)
+    assert score.shake and score.blocks == 0 and score.cells > 100
+    moved = np.roll(img, (-1, 1), axis=(0, 1)).copy()
+    moved[100:160, 100:150] = 15  # a dark object arrives while the view sways back
+    score = a.analyse(moved, 400_000)
+    assert score.shake and score.blocks >= 40
+
+
+def test_thin_streaks_in_new_places_never_add_up():
+    a = analyzer()
+    rng = np.random.default_rng(7)
+    dark = (textured() // 5).astype(np.uint8)
+    for i in range(20):
+        frame = dark.copy()
+        for _ in range(60):  # rain: 1-px streaks 6-15 px long, anywhere
+            y, x, n = int(rng.integers(0, 225)), int(rng.integers(0, 320)), int(rng.integers(6, 16))
+            frame[y : y + n, x] = 200
+        score = a.analyse(frame, i * 200_000)
+        assert score.blocks == 0, i
+    assert score.scattered > 20
+
+
+def test_a_pool_of_light_moving_over_a_dark_scene_is_not_motion():
+    a = analyzer()
+    dark = (textured() // 4).astype(float)
+    ys, xs = np.mgrid[0:240, 0:320]
+    for i, cx in enumerate(range(-60, 380, 20)):
+        pool = np.exp(-(((xs - cx) / 60.0) ** 2) - ((ys - 150) / 45.0) ** 2)
+        frame = np.clip(dark * (1 + 3 * pool) + 20 * pool, 0, 255).astype(np.uint8)
+        score = a.analyse(frame, i * 200_000)
+        assert score.blocks <= 2, (i, score)
+    assert score.lit > 0 or a.analyse(frame, 99 * 200_000).blocks == 0
+
+
+def test_a_small_object_that_persists_adds_up_its_path():
+    # 8x22 analysis pixels (16x44 at 640x480): a few cells a frame, but it walks on.
+    a = analyzer()
+    rng = np.random.default_rng(9)
+    img = textured()
+    scores = []
+    for i in range(12):
+        frame = noisy(img, 1.5, rng)
+        x = 60 + 4 * i
+        frame[100:122, x : x + 8] = 10
+        scores.append(a.analyse(frame, i * 200_000))
+    assert max(s.cells for s in scores) <= 8
+    assert scores[-1].blocks > 10 and scores[-1].swept
