@@ -1,0 +1,258 @@
+"""A hostile world: a full disk, planted files, floods. Each test injects the fault for real
+(a small tmpfs mounted as root, FIFOs, links, directories in place of files) and checks that
+the camera keeps recording and that nothing is lost, leaked or written where it must not be."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from conftest import clip_facts, run_daemon, settings_for
+from servers import free_port
+
+from pinthesky.bus import ClipReady, EventBus
+from pinthesky.camera.x264 import X264Encoder
+from pinthesky.clips import ClipInfo, ClipStore
+from pinthesky.daemon import Daemon
+from pinthesky.media import US, Clock, Packet, StreamInfo
+from pinthesky.motion import MotionEnded, MotionStarted
+from pinthesky.recorder import Recorder
+from pinthesky.ring import PacketRing
+from pinthesky.settings import RecorderSettings
+
+INFO = StreamInfo(320, 240, Fraction(10))
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A file system of ``size`` at ``directory`` (as root), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("these tests mount a tmpfs and must run as root")
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True
+    )
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def noise_packets(seconds: int, first_ts: int = 0, seed: int = 1) -> list[Packet]:
+    """Hard-to-compress H.264 (about 40 KB a frame), a keyframe every second at 10 fps."""
+    rng = np.random.default_rng(seed)
+    enc = X264Encoder(320, 240, Fraction(10), 4_000_000, iperiod=10)
+    packets = []
+    for i in range(seconds * 10):
+        yuv = rng.integers(0, 255, (360, 320), np.uint8)
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        packets += enc.encode(frame, first_ts + i * US // 10)
+    packets += enc.close()
+    return packets
+
+
+def decodes_whole(path: Path) -> int:
+    """Frames in the clip; fails if any packet of it does not decode."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        frames = 0
+        for pkt in c.demux(stream):
+            for _ in pkt.decode():
+                frames += 1
+    assert frames == clip_facts(path).frames
+    return frames
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith((".tmp", ".partial")))
+
+
+# -- D1, D2: the disk fills up while a clip is written --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_stream() -> list[Packet]:
+    return noise_packets(12)
+
+
+def test_a_clip_larger_than_the_disk_is_cut_into_playable_clips_newest_kept(
+    tmp_path: Path, big_stream: list[Packet], caplog: pytest.LogCaptureFixture
+) -> None:
+    size = sum(len(p.data) for p in big_stream)
+    with tmpfs(tmp_path / "clips", "2m") as clips:
+        assert size > 4 * 2**20  # the clip is twice as large as the whole disk
+        store = ClipStore(clips, min_free=0)
+        older = store.new_clip(1_600_000_000, INFO, "motion")
+        older.write(noise_packets(2, seed=2))
+        assert older.close() is not None
+        writer = store.new_clip(1_700_000_000, INFO, "manual")
+        with caplog.at_level(logging.WARNING):
+            for n in range(0, len(big_stream), 7):  # as the recorder feeds it
+                writer.write(big_stream[n : n + 7])
+            last = writer.close()
+        assert last is not None
+        assert "evicted 1600000000.motion.mp4" in caplog.text  # the older clip made room
+        assert "the disk is full" in caplog.text
+        assert writer.parts, "the growing clip was cut, not lost"
+        finals = store.clips()
+        assert finals[-1] == last.path
+        assert not leftovers(clips)
+        total = 0
+        for path in finals:
+            total += decodes_whole(path)  # every clip under a final name plays to its end
+        # The newest footage won: the last clip ends at the last frame given.
+        assert last.end_ts == big_stream[-1].ts + US // 10
+        assert decodes_whole(last.path) == last.packets
+        assert store.meta(last.path)["trigger"] == "manual"
+        assert total >= 10  # at least the last second
+
+
+def test_salvage_on_a_full_disk_keeps_the_footage_playable(
+    tmp_path: Path, big_stream: list[Packet]
+) -> None:
+    with tmpfs(tmp_path / "clips", "3m") as clips:
+        store = ClipStore(clips, min_free=0)
+        writer = store.new_clip(1_700_000_000, INFO, "motion")
+        stream = big_stream[:45]
+        writer.write(stream)
+        writer._fh.close()  # killed: no last fragment, no rename  # type: ignore[union-attr]
+        filler = clips / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as fh:
+            while True:
+                fh.write(bytes(65536))  # another program filled the disk meanwhile
+        (saved,) = store.recover(INFO)  # no room for a copy: the partial is ended in place
+        assert saved.path.name == "1700000000.motion.mp4"
+        assert decodes_whole(saved.path) >= 30
+        assert not leftovers(clips)
+
+
+def test_recorder_on_a_full_disk_keeps_recording_and_announces_only_playable_clips(
+    tmp_path: Path, big_stream: list[Packet], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three motion events on a disk smaller than one of them (D2): every event leaves a
+    clip, every announced clip plays, the newest is kept, nothing is left half-written."""
+    stream = big_stream + noise_packets(24, first_ts=12 * US, seed=3)
+    announced: list[ClipInfo] = []
+
+    async def main(clips: Path) -> Recorder:
+        store = ClipStore(clips, min_free=256 * 1024)
+        bus = EventBus()
+        bus.subscribe(ClipReady, lambda e: announced.append(e.clip))
+        ring = PacketRing(30 * US)
+        rec = Recorder(
+            RecorderSettings(pre_roll=1, post_roll=1, max_clip=120),
+            ring,
+            store,
+            INFO,
+            Clock(0, 1_700_000_000.0),
+            bus,
+        )
+        # Motion from 1 s to 8 s, 13 s to 20 s and 25 s to 35 s of the stream.
+        events: dict[int, MotionStarted | MotionEnded] = {}
+        for start, end in ((10, 80), (130, 200), (250, 350)):
+            events[start] = MotionStarted(start * US // 10, start * US // 10)
+            events[end] = MotionEnded(end * US // 10)
+        for i, pkt in enumerate(stream):
+            ring.push(pkt)
+            rec.on_motion([events[i]] if i in events else [], pkt.ts)
+            await asyncio.sleep(0)
+        await rec.close()
+        return rec
+
+    with tmpfs(tmp_path / "clips", "2m") as clips, caplog.at_level(logging.WARNING):
+        rec = asyncio.run(main(clips))
+        assert rec.write_errors == 0
+        assert "Future exception" not in caplog.text and "Traceback" not in caplog.text
+        starts = {c.start_epoch for c in announced}
+        for t in (1, 13, 25):  # each event gave at least one clip (after its pre-roll)
+            assert any(t - 2 <= s - 1_700_000_000 <= t + 1 for s in starts), starts
+        on_disk = ClipStore(clips).clips()
+        assert on_disk and on_disk[-1] == announced[-1].path  # the newest footage won
+        assert announced[-1].end_ts >= 36 * US
+        for clip in on_disk:
+            decodes_whole(clip)
+        for clip in announced:
+            assert clip.path in on_disk or "evicted " + clip.path.name in caplog.text
+        assert not leftovers(clips)
+        assert rec.clips_recorded == len(announced)
+
+
+# -- W2, W3: what is planted in the clip directory; L1: the stop line ----------------------
+
+
+def test_links_and_absurd_names_in_the_clip_directory_are_never_listed_or_served(
+    tmp_path: Path,
+) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("root:x:0:0\n")
+    (clips / "1000000000.motion.mp4").symlink_to(secret)
+    (clips / "1000000001.motion.mp4").symlink_to(clips)  # a link to a directory
+    (clips / "99999999999999999999.motion.mp4").write_bytes(b"\x00" * 64)
+    (clips / "1700000000.motion.mp4").write_bytes(b"\x00" * 64)
+    settings = settings_for(tmp_path, **{"source.source": "synthetic", "http.port": free_port()})
+    assert [p.name for p in ClipStore(clips).clips()] == ["1700000000.motion.mp4"]
+
+    def check(port: int) -> None:
+        status, body = get(port, "/")
+        assert status == 200  # an absurd name used to break the page (OverflowError)
+        assert b"1700000000.motion.mp4" in body
+        assert b"1000000000" not in body and b"99999999999999999999" not in body
+        for name in ("1000000000.motion.mp4", "99999999999999999999.motion.mp4"):
+            status, body = get(port, "/clips/" + name)
+            assert status == 404 and b"root:" not in body
+
+    async def main() -> None:
+        daemon = Daemon(settings)
+        task = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.started.wait(), 30)
+        assert daemon.web is not None and daemon.web.port is not None
+        try:
+            await asyncio.to_thread(check, daemon.web.port)
+        finally:
+            daemon.request_stop()
+            assert await asyncio.wait_for(task, 30) == 0
+
+    asyncio.run(main())
+    assert secret.read_text() == "root:x:0:0\n"
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_the_stop_line_counts_each_clip_once(
+    footage: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(
+        tmp_path,
+        **{
+            "source.source": footage.scenario("small_object").path,
+            "source.replay_speed": 0,
+            "recorder.pre_roll": 3,
+            "recorder.post_roll": 4,
+        },
+    )
+    with caplog.at_level(logging.INFO, logger="pinthesky.daemon"):
+        run = run_daemon(settings)
+    assert len(run.clips) == 1
+    assert "pinthesky stopped: 1 clips recorded" in caplog.text
+    assert run.daemon.readings()["ClipsRecorded"] == 1
