@@ -11,7 +11,6 @@ readable is removed. Every method blocks: the daemon calls them on its clip-writ
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
