@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import json
 import logging
 import os
+import shutil
+import signal
+import stat
 import subprocess
 from collections.abc import Iterator
 from fractions import Fraction
@@ -18,8 +22,10 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from conftest import clip_facts, run_daemon, settings_for
+from conftest import clip_facts, run_daemon, settings_for, until
 from servers import free_port
+from test_control import start
+from test_lifecycle import spawn, wait_for_line
 
 from pinthesky.bus import ClipReady, EventBus
 from pinthesky.camera.x264 import X264Encoder
@@ -160,8 +166,8 @@ def test_recorder_on_a_full_disk_keeps_recording_and_announces_only_playable_cli
         )
         # Motion from 1 s to 8 s, 13 s to 20 s and 25 s to 35 s of the stream.
         events: dict[int, MotionStarted | MotionEnded] = {}
-        for start, end in ((10, 80), (130, 200), (250, 350)):
-            events[start] = MotionStarted(start * US // 10, start * US // 10)
+        for begin, end in ((10, 80), (130, 200), (250, 350)):
+            events[begin] = MotionStarted(begin * US // 10, begin * US // 10)
             events[end] = MotionEnded(end * US // 10)
         for i, pkt in enumerate(stream):
             ring.push(pkt)
@@ -256,3 +262,145 @@ def test_the_stop_line_counts_each_clip_once(
     assert len(run.clips) == 1
     assert "pinthesky stopped: 1 clips recorded" in caplog.text
     assert run.daemon.readings()["ClipsRecorded"] == 1
+
+
+# -- S1-S8: the sidecar's files ---------------------------------------------------------------
+
+SECRET = "secret-line-that-must-never-be-logged:$6$saltsalt$hash\n"
+
+
+def sidecar_paths(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "event_input": tmp_path / "events" / "input.json",
+        "event_output": tmp_path / "events" / "output.json",
+        "configure_input": tmp_path / "configuration" / "input.json",
+        "configure_output": tmp_path / "configuration" / "output.json",
+    }
+
+
+def test_fifos_as_our_files_never_block_the_daemon_or_its_stop(tmp_path: Path) -> None:
+    """S3, S4: a FIFO as event-output and as configure-output (nobody reading or writing)."""
+    paths = sidecar_paths(tmp_path)
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(paths["event_output"])
+    os.mkfifo(paths["configure_output"])
+    args = ["--source", "synthetic", "--combine-dir", str(tmp_path / "clips")]
+    for key, path in paths.items():
+        args += ["--" + key.replace("_", "-"), str(path)]
+    with spawn(*args, cwd=tmp_path) as proc:
+        wait_for_line(proc, "first frame buffered")
+        line = wait_for_line(proc, "event output")  # the health report at start: refused
+        assert "not a regular file" in line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+    assert "Traceback" not in rest
+    assert stat.S_ISFIFO(os.lstat(paths["event_output"]).st_mode)  # left as it was
+
+
+def run_briefly(settings: Any, check: Any = None, timeout: float = 30) -> Daemon:
+    """Start the daemon, wait for its first frame, run ``check(daemon)`` (a coroutine
+    function) and stop it; the daemon must exit 0."""
+
+    async def main() -> Daemon:
+        daemon, task = await start(settings)
+        try:
+            if check is not None:
+                await asyncio.wait_for(check(daemon), timeout)
+        finally:
+            daemon.request_stop()
+            assert await asyncio.wait_for(task, 20) == 0
+        return daemon
+
+    return asyncio.run(main())
+
+
+def test_links_as_our_files_are_never_read_into_the_log_nor_written_through(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S5, S6: links from the input files to a secret, and from every file we write (and
+    its temporary name) to files that are not ours."""
+    paths = sidecar_paths(tmp_path)
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    secret = tmp_path / "shadow"
+    secret.write_text(SECRET)
+    victims = {name: tmp_path / f"victim-{name}" for name in ("out", "report", "health", "still")}
+    for victim in victims.values():
+        victim.write_text("precious")
+    paths["event_input"].symlink_to(secret)
+    paths["configure_output"].symlink_to(secret)
+    paths["event_output"].symlink_to(victims["out"])
+    paths["configure_input"].symlink_to(victims["report"])
+    health = tmp_path / "state" / "health.json"
+    health.parent.mkdir()
+    (health.parent / ".health.json.tmp").symlink_to(victims["health"])
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / ".still.jpg.tmp").symlink_to(victims["still"])
+    settings = settings_for(
+        tmp_path,
+        **{"source.source": "synthetic", "health.file": health, "events.shadow_update": "always"},
+    )
+
+    async def check(daemon: Daemon) -> None:
+        await until(lambda: health.is_file() and not health.is_symlink())
+        await daemon.capture_image("still.jpg")
+
+    with caplog.at_level(logging.DEBUG):
+        run_briefly(settings, check)
+    assert secret.read_text() == SECRET
+    assert "secret-line" not in caplog.text and "saltsalt" not in caplog.text
+    for victim in victims.values():
+        assert victim.read_text() == "precious"
+    assert json.loads(health.read_text())["name"] == "health_end"
+    assert (images / "still.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert "not a regular file" in caplog.text
+
+
+def test_a_directory_as_event_output_is_one_line_and_the_daemon_keeps_going(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S7: the output task survives, the daemon answers, and it stops with 0."""
+    paths = sidecar_paths(tmp_path)
+    paths["event_output"].mkdir(parents=True)
+    settings = settings_for(tmp_path, **{"source.source": "synthetic"})
+
+    async def check(daemon: Daemon) -> None:
+        assert daemon.control is not None
+        output = daemon.control.output
+        await until(lambda: output.failed >= 1)
+        for i in range(3):
+            daemon.control.emit_health({"health_id": f"h{i}"})
+        await until(lambda: output.failed >= 4)
+        assert all(not t.done() for t in daemon._vital)
+
+    with caplog.at_level(logging.ERROR):
+        run_briefly(settings, check)
+    lines = [r for r in caplog.records if "event output" in r.getMessage()]
+    assert 1 <= len(lines) <= 5 and "Traceback" not in caplog.text
+
+
+def test_the_events_directory_deleted_and_made_again_is_watched_again(tmp_path: Path) -> None:
+    """S8: as a reinstall does; commands are read from the new directory."""
+    paths = sidecar_paths(tmp_path)
+    settings = settings_for(tmp_path, **{"source.source": "synthetic"})
+
+    def answered(health_id: str) -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            event = json.loads(paths["event_output"].read_text())
+            return bool(event.get("health_id") == health_id)
+        return False
+
+    async def check(daemon: Daemon) -> None:
+        events = paths["event_input"].parent
+        for health_id in ("r0", "r1"):
+            shutil.rmtree(events)
+            events.mkdir(exist_ok=True)
+            with paths["event_input"].open("a") as fh:
+                fh.write(json.dumps({"name": "health", "context": {"health_id": health_id}}))
+            await until(lambda h=health_id: answered(h))
+
+    run_briefly(settings, check)
