@@ -230,7 +230,7 @@ class EventInput:
     flood never holds up the camera's frames; warnings about it are summarised.
     """
 
-    BATCH = 32
+    BATCH = 16
     WINDOW = 2 * MAX_MESSAGE_BYTES + 1024
 
     def __init__(self, path: Path, dispatch: Callable[[dict[str, Any]], None]) -> None:
@@ -284,6 +284,10 @@ class EventInput:
         now = time.monotonic()
         budget = self.BATCH
         for path in list(self._offsets):
+            if budget <= 0:
+                self._later()  # its turn comes next (waiting for it is not being quiet)
+                self._quiet_since[path] = now
+                continue
             grew, more = self._drain(path, budget)
             if more:
                 self._later()
@@ -300,8 +304,6 @@ class EventInput:
 
     def _drain(self, path: Path, budget: int) -> tuple[bool, bool]:
         """Hand on up to ``budget`` messages; (anything consumed, more waiting)."""
-        if budget <= 0:
-            return False, True
         offset = self._offsets[path]
         try:
             data, size = read_ours(path, self.WINDOW, offset)
@@ -356,10 +358,13 @@ class EventInput:
         with contextlib.suppress(OSError):
             rest, _ = read_ours(path, self.WINDOW, offset)
             if rest.strip():
-                parsed = parse_stream(rest.decode("utf-8", errors="surrogateescape"))
-                for reason in parsed.skipped[: self.BATCH]:
+                # What was left is a message never finished (the drains took the rest).
+                parsed = parse_stream(
+                    rest.decode("utf-8", errors="surrogateescape"), limit=self.BATCH
+                )
+                for reason in parsed.skipped:
                     self._warn(logging.WARNING, "event input: %s", reason)
-                for message in parsed.values[: self.BATCH]:
+                for message in parsed.values:
                     self._dispatch(message)
         with contextlib.suppress(OSError):
             path.unlink()

@@ -130,5 +130,12 @@ class Throttle:
         if self._lines < self._burst:
             self._lines += 1
             self._log.log(level, msg, *args, stacklevel=2)
-        else:
-            self.suppressed += 1
+            return
+        if not self.suppressed:
+            self._log.log(
+                level,
+                "more lines like that are counted, not logged, for %.0f s",
+                self._window - (now - self._start),
+                stacklevel=2,
+            )
+        self.suppressed += 1

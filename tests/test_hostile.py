@@ -404,3 +404,60 @@ def test_the_events_directory_deleted_and_made_again_is_watched_again(tmp_path: 
             await until(lambda h=health_id: answered(h))
 
     run_briefly(settings, check)
+
+
+def test_floods_of_commands_and_garbage_never_block_the_loop_and_motion_is_recorded(
+    footage: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S1, S2: 11 MB of valid health commands in one write, then 200 KB of ``{``, while the
+    camera sees motion: the loop is never held up for 1 s, the motion is recorded, and the
+    log says what happened in a few lines rather than one per bad byte."""
+    scenario = footage.scenario("small_object")  # motion from 10 s to 14 s
+    settings = settings_for(
+        tmp_path,
+        **{
+            "source.source": scenario.path,
+            "source.replay_speed": 2,
+            "recorder.pre_roll": 3,
+            "recorder.post_roll": 2,
+        },
+    )
+    health = json.dumps({"name": "health", "context": {"health_id": "flood"}})
+    flood = (health * (11_000_000 // len(health))).encode()
+    lags: list[float] = []
+    clips: list[ClipInfo] = []
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.02)
+            lags.append(loop.time() - before - 0.02)
+
+    async def main() -> int:
+        daemon = Daemon(settings)
+        daemon.bus.subscribe(ClipReady, lambda e: clips.append(e.clip))
+        task = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.first_frame.wait(), 30)
+        tick = asyncio.create_task(ticker())
+        inbox = settings.events.event_input
+        fd = os.open(inbox, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, flood)  # one write, as a runaway publisher's messages arrive
+        finally:
+            os.close(fd)
+        await until(lambda: daemon.control is not None and daemon.control.commands > 1000, 60)
+        with inbox.open("a") as fh:
+            fh.write("{" * 200_000)
+        code = await asyncio.wait_for(task, 120)
+        tick.cancel()
+        return code
+
+    with caplog.at_level(logging.INFO):
+        assert asyncio.run(main()) == 0
+    assert max(lags) < 1.0, f"the loop was held up for {max(lags):.2f} s"
+    (clip,) = clips
+    assert clip.duration >= 4  # the motion, from 10 s to 14 s, with its pre- and post-roll
+    records = caplog.records
+    assert len(records) < 400, f"{len(records)} log lines"
+    assert "not logged" in caplog.text  # summarised
