@@ -16,6 +16,8 @@ Requirements measured (each by its own script, see their docstrings):
   within 1.2x of the same run with CloudWatch off.
 * bench/live.py: one viewer of the MJPEG stream (640x480, 5 fps) adds at most 15 % of one core
   to the daemon; the clips of a replayed video are the same with and without live view.
+* bench/flood.py: a flood of input (11 MB of commands, then 200 KB of ``{``) never holds up
+  the event loop for 1 s, side by side with the same daemon left alone.
 
 The scripts run sequentially (never side by side: they would disturb each other's figures),
 each printing its own ``key=value`` figures; a table of every check follows, read back from
@@ -54,6 +56,7 @@ BENCHMARKS = (
     "cloudwatch",
     "sidecar",
     "live",
+    "flood",
 )
 HERE = Path(__file__).resolve().parent
 
