@@ -558,8 +558,15 @@ class ClipStore:
     def enforce_quota(self, keep: Path | None = None) -> list[Path]:
         """Evict the oldest clips while over the byte quota or under the free-space floor."""
         evicted = []
-        clips = self.clips()
-        sizes = {p: p.stat().st_size for p in clips}
+        sizes = {}
+        for path in self.clips():
+            try:
+                sizes[path] = path.stat().st_size
+            except FileNotFoundError:
+                continue  # uploaded and removed since the listing
+        clips = list(sizes)
+        if not clips:
+            return evicted
         total = sum(sizes.values())
         free = shutil.disk_usage(self.directory).free
         for path in clips:

@@ -36,6 +36,7 @@ from pinthesky.motion import MotionEnded, MotionStarted
 from pinthesky.recorder import Recorder
 from pinthesky.ring import PacketRing
 from pinthesky.settings import RecorderSettings
+from pinthesky.uploader import Target, Uploader
 
 INFO = StreamInfo(320, 240, Fraction(10))
 
@@ -233,6 +234,27 @@ def test_links_and_absurd_names_in_the_clip_directory_are_never_listed_or_served
 
     asyncio.run(main())
     assert secret.read_text() == "root:x:0:0\n"
+
+
+def test_the_upload_queue_holds_only_regular_files(tmp_path: Path) -> None:
+    """W2 for the uploader: links planted among the stills or the clips are never queued."""
+    clips, images = tmp_path / "clips", tmp_path / "images"
+    clips.mkdir()
+    images.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("root:x:0:0\n")
+    (clips / "1000000000.motion.mp4").symlink_to(secret)
+    (images / "still.jpg").symlink_to(secret)
+    (images / "real.jpg").write_bytes(b"\xff\xd8")
+    (clips / "1700000000.motion.mp4").write_bytes(b"\x00")
+
+    async def pending() -> list[Path]:
+        target = Target("bucket", "thing", "videos", "images", "mp4")
+        uploader = Uploader(target, ClipStore(clips), images, lambda: None, lambda _: None)
+        return uploader.pending()
+
+    names = [p.name for p in asyncio.run(pending())]
+    assert names == ["real.jpg", "1700000000.motion.mp4"]
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
