@@ -557,7 +557,7 @@ class ClipStore:
 
     def enforce_quota(self, keep: Path | None = None) -> list[Path]:
         """Evict the oldest clips while over the byte quota or under the free-space floor."""
-        evicted = []
+        evicted: list[Path] = []
         sizes = {}
         for path in self.clips():
             try:
