@@ -58,7 +58,7 @@ class NotOurFile(OSError):
     """A name of ours that is a link, a directory, a FIFO or another special file."""
 
 
-def open_ours(path: Path, write: bool = False, create: bool = False) -> int:
+def open_ours(path: Path, write: bool = False, create: bool = False, append: bool = False) -> int:
     """Open one of our files: never through a link (``O_NOFOLLOW``), never blocking on a FIFO
     or a device (``O_NONBLOCK``), and only if it is a regular file with no other name (a hard
     link to someone else's file is not ours either). Returns the descriptor."""
@@ -66,6 +66,8 @@ def open_ours(path: Path, write: bool = False, create: bool = False) -> int:
     flags |= os.O_WRONLY if write else os.O_RDONLY
     if create:
         flags |= os.O_CREAT
+    if append:
+        flags |= os.O_APPEND
     try:
         fd = os.open(path, flags, FILE_MODE)
     except OSError as exc:

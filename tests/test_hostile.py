@@ -22,15 +22,17 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from conftest import clip_facts, run_daemon, settings_for, until
+from conftest import clip_facts, eventually, run_daemon, settings_for, until
 from servers import free_port
 from test_control import start
 from test_lifecycle import spawn, wait_for_line
+from test_sidecar import COMMANDS, cloud, sidecar
 
 from pinthesky.bus import ClipReady, EventBus
 from pinthesky.camera.x264 import X264Encoder
 from pinthesky.clips import ClipInfo, ClipStore
 from pinthesky.daemon import Daemon
+from pinthesky.eventfiles import outbox_dir
 from pinthesky.media import US, Clock, Packet, StreamInfo
 from pinthesky.motion import MotionEnded, MotionStarted
 from pinthesky.recorder import Recorder
@@ -483,3 +485,32 @@ def test_floods_of_commands_and_garbage_never_block_the_loop_and_motion_is_recor
     records = caplog.records
     assert len(records) < 400, f"{len(records)} log lines"
     assert "not logged" in caplog.text  # summarised
+
+
+def test_the_sidecar_never_follows_links_among_the_files_it_shares(tmp_path: Path) -> None:
+    """S5, S6 on the sidecar's side: a link as event-input is not written through, and links
+    as configure-input or in the outbox are never read, so nothing else is published."""
+    paths = sidecar_paths(tmp_path)
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"name": "health_end", "token": "s3cr3t-token"}))
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    paths["event_input"].symlink_to(victim)
+    paths["configure_input"].symlink_to(secret)
+    outbox = outbox_dir(paths["event_output"])
+    outbox.mkdir()
+    (outbox / f"{1:020d}.json").symlink_to(secret)
+    (outbox / f"{2:020d}.json").write_text(json.dumps({"name": "health_end", "health_id": "ok"}))
+    with cloud(tmp_path) as (pki, broker, service, console), sidecar(tmp_path, pki, broker) as proc:
+        received = console.wait_for(
+            lambda got: any(b'"health_id": "ok"' in p or b'"health_id":"ok"' in p for _, p in got)
+        )
+        console.publish(COMMANDS, {"name": "health", "context": {"health_id": "x"}})
+        eventually(lambda: "command not passed on" in proc.text(), 30, "the refusal")
+        text = proc.text()
+    assert victim.read_text() == "precious"
+    assert not any(b"s3cr3t" in payload for _, payload in received)
+    assert "s3cr3t" not in json.dumps(service.state("cam1"))
+    assert "s3cr3t" not in text and "Traceback" not in text
