@@ -521,6 +521,7 @@ class ClipStore:
             final = self.free_name(epoch, fmt)
         writer = ClipWriter(final, info, fmt, trigger=trigger, start_epoch=epoch)
         writer.temp = path.with_name(path.name + ".salvage")
+        writer.temp.unlink(missing_ok=True)  # left by a salvage a crash interrupted
         try:
             writer.write(packets)
             return writer.close()
