@@ -514,3 +514,46 @@ def test_the_sidecar_never_follows_links_among_the_files_it_shares(tmp_path: Pat
     assert not any(b"s3cr3t" in payload for _, payload in received)
     assert "s3cr3t" not in json.dumps(service.state("cam1"))
     assert "s3cr3t" not in text and "Traceback" not in text
+
+
+def test_the_daemon_on_a_disk_smaller_than_its_clips_keeps_the_newest_playable(
+    footage: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """D1, D2 end to end: real footage at 17 Mb/s onto a 4 MiB file system, two motion
+    events of 8 s and 6 s: clips are cut and evicted, each announced clip played when it was
+    announced, the last motion is on disk, nothing half-written is left, nothing raised."""
+    with tmpfs(tmp_path / "clips", "4m") as clips:
+        settings = settings_for(
+            tmp_path,
+            **{
+                "source.source": footage.scenario("walkers").path,
+                "source.replay_speed": 0,
+                "camera.encoding_bitrate": 17_000_000,
+                "recorder.pre_roll": 2,
+                "recorder.post_roll": 2,
+                "storage.min_free": "256K",
+            },
+        )
+        checked: list[int] = []
+
+        def on_clip(event: ClipReady) -> None:
+            # On the loop, as the uploader would pick it up: it plays whole right now.
+            checked.append(decodes_whole(event.clip.path))
+
+        async def main() -> Daemon:
+            daemon = Daemon(settings)
+            daemon.bus.subscribe(ClipReady, on_clip)
+            assert await asyncio.wait_for(daemon.run(), 300) == 0
+            return daemon
+
+        with caplog.at_level(logging.WARNING):
+            daemon = asyncio.run(main())
+        assert len(checked) >= 2 and all(n > 0 for n in checked)
+        assert "the disk is full" in caplog.text or "evicted" in caplog.text
+        assert "Traceback" not in caplog.text and "Future exception" not in caplog.text
+        assert daemon.recorder is not None and daemon.recorder.write_errors == 0
+        on_disk = ClipStore(clips).clips()
+        assert on_disk
+        for clip in on_disk:
+            decodes_whole(clip)
+        assert not leftovers(clips)
