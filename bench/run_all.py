@@ -26,6 +26,8 @@ Requirements measured (each by its own script, see their docstrings):
   adds, per picamera2 version (0.3.30, 0.3.38), side by side.
 * bench/alerts.py: the motion picture is taken within 2 s of the first frame with motion
   (real-time replays, default settings), beside the moment the clip was finished.
+* bench/flood.py: a flood of input (11 MB of commands, then 200 KB of ``{``) never holds up
+  the event loop for 1 s, side by side with the same daemon left alone.
 
 The scripts run sequentially (never side by side: they would disturb each other's figures),
 each printing its own ``key=value`` figures; a table of every check follows, read back from
@@ -69,6 +71,7 @@ BENCHMARKS = (
     "bitrate",
     "picamera2_import",
     "alerts",
+    "flood",
 )
 HERE = Path(__file__).resolve().parent
 

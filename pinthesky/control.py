@@ -35,12 +35,13 @@ from pinthesky.eventfiles import (
     EventOutput,
     Watcher,
     ensure_file,
-    truncate,
+    read_ours,
     write_atomically,
     write_in_place,
 )
 from pinthesky.health import Health as HealthReport
 from pinthesky.jsonstream import MAX_MESSAGE_BYTES, parse_stream
+from pinthesky.logs import Throttle
 from pinthesky.shadow import SHADOW_KEYS, desired_changes, reported_document, same_value
 from pinthesky.uploader import UploadEnded
 
@@ -65,13 +66,19 @@ class Control:
         self._health_next: dict[str, Any] | None = None
         self.commands = 0
         self.refused = 0
+        # A flood of commands or of refusals is summarised rather than logged line by line.
+        self._warn = Throttle(log)
+        self._say = Throttle(log, burst=20)
         self.shadow = ShadowSync(daemon)
         daemon.bus.subscribe(UploadEnded, self._on_upload)
 
     def start(self, watcher: Watcher) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
         """Start reading commands; the tasks to run (and supervise), by name."""
         self.input.start(watcher)
-        ensure_file(self.output.path)  # the sidecar watches it: it must exist from the start
+        try:
+            ensure_file(self.output.path)  # the sidecar watches it: it must exist from the start
+        except OSError as exc:
+            log.error("event output %s: %s", self.output.path, exc)
         self.shadow.start(watcher)
         return {"event output": self.output.run, "health": self._periodic_health}
 
@@ -83,10 +90,10 @@ class Control:
             command = parse_command(message, default_duration=round(default.post_roll) or 30)
         except Refused as exc:
             self.refused += 1
-            log.warning("refused a message: %s", exc)
+            self._warn(logging.WARNING, "refused a message: %s", exc)
             return
         self.commands += 1
-        log.info("command %s", type(command).__name__)
+        self._say(logging.INFO, "command %s", type(command).__name__)
         self._track(asyncio.get_running_loop().create_task(self._carry_out(command)))
 
     async def _carry_out(self, command: Command) -> None:
@@ -236,10 +243,14 @@ class ShadowSync:
         self._pinned = _read_pinned(self._pinned_path)
         """Keys changed on the local page -> the desired value the cloud held then (None:
         none). A desired value that is still the same does not undo the local change."""
+        self._warn = Throttle(log)
 
     def start(self, watcher: Watcher) -> None:
-        ensure_file(self.output)
-        ensure_file(self.input)
+        for path in (self.output, self.input):
+            try:
+                ensure_file(path)
+            except OSError as exc:
+                log.error("shadow file %s: %s", path, exc)
         policy = self.daemon.settings.events.shadow_update
         empty = self._read() is None
         if policy == "always" or (policy == "empty" and empty):
@@ -256,8 +267,12 @@ class ShadowSync:
 
     def _read(self) -> dict[str, Any] | None:
         try:
-            data = self.output.read_bytes()[: MAX_MESSAGE_BYTES + 1]
-        except OSError:
+            data, _ = read_ours(self.output, MAX_MESSAGE_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            # A link (to /etc/shadow, say) or a FIFO: one line, never a byte of it.
+            self._warn(logging.ERROR, "shadow document %s: %s", self.output, exc.strerror or exc)
             return None
         parsed = parse_stream(data.decode("utf-8", errors="surrogateescape"))
         for reason in parsed.skipped:
@@ -295,7 +310,7 @@ class ShadowSync:
                 self.write_report()
             elif first:
                 # As the old daemon did: a sidecar restart must not publish stale boot values.
-                truncate(self.input)
+                self._write(b"")
 
     def _unpinned(self, changes: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
         """Leave out what the local page changed since the cloud last changed its mind."""
@@ -327,8 +342,16 @@ class ShadowSync:
     def write_report(self) -> None:
         """The full reported document, in place (the sidecar watches this file's inode)."""
         data = json.dumps(reported_document(self.daemon.settings), separators=(",", ":"))
-        write_in_place(self.input, data.encode())
-        self.reports += 1
+        if self._write(data.encode()):
+            self.reports += 1
+
+    def _write(self, data: bytes) -> bool:
+        try:
+            write_in_place(self.input, data)
+        except OSError as exc:
+            self._warn(logging.ERROR, "shadow report %s: %s", self.input, exc.strerror or exc)
+            return False
+        return True
 
 
 _ABSENT = object()
@@ -345,7 +368,7 @@ def _flat_desired(desired: dict[str, Any]) -> dict[str, Any]:
 
 def _read_pinned(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_bytes()[:MAX_MESSAGE_BYTES])
+        data = json.loads(read_ours(path, MAX_MESSAGE_BYTES)[0])
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

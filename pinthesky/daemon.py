@@ -255,6 +255,11 @@ class Daemon:
             s.camera.recording_window,
             analysis_interval_us=port.interval_us,
         )
+        if self.recorder is not None:
+            # The stopped recorder's counts are kept once, here, as it is replaced (counting
+            # them when it stops as well counted every clip twice in the stop line).
+            self._retired["ClipsRecorded"] += self.recorder.clips_recorded
+            self._retired["ClipWriteErrors"] += self.recorder.write_errors
         self.ring, self.recorder, self.clock = ring, recorder, clock
         self._tracker, self._port, self._analyzer = tracker, port, analyzer
 
@@ -292,8 +297,6 @@ class Daemon:
         if self._last_frame_ts is not None:
             self.recorder.on_motion(self._tracker.finish(), self._last_frame_ts)
         await self.recorder.close()
-        self._retired["ClipsRecorded"] += self.recorder.clips_recorded
-        self._retired["ClipWriteErrors"] += self.recorder.write_errors
         dropped = self.ring.stats().dropped_unread
         if dropped:
             log.error("%d packets were dropped before the clip writer could save them", dropped)

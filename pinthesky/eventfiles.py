@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pinthesky.jsonstream import MAX_MESSAGE_BYTES, parse_stream
+from pinthesky.logs import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +54,64 @@ def outbox_dir(event_output: Path) -> Path:
     return event_output.with_name(event_output.name + ".outbox")
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
-    """Write to a hidden temporary name, fsync, rename into place: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+class NotOurFile(OSError):
+    """A name of ours that is a link, a directory, a FIFO or another special file."""
+
+
+def open_ours(path: Path, write: bool = False, create: bool = False, append: bool = False) -> int:
+    """Open one of our files: never through a link (``O_NOFOLLOW``), never blocking on a FIFO
+    or a device (``O_NONBLOCK``), and only if it is a regular file with no other name (a hard
+    link to someone else's file is not ours either). Returns the descriptor."""
+    flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags |= os.O_WRONLY if write else os.O_RDONLY
+    if create:
+        flags |= os.O_CREAT
+    if append:
+        flags |= os.O_APPEND
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        fd = os.open(path, flags, FILE_MODE)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            # ELOOP: a link; ENXIO: a FIFO with no reader; EISDIR: a directory.
+            raise NotOurFile(exc.errno, "not a regular file", str(path)) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "a file with other names" if stat.S_ISREG(st.st_mode) else "not a regular file"
+        raise NotOurFile(errno.EPERM, what, str(path))
+    return fd
+
+
+def read_ours(path: Path, limit: int, offset: int = 0) -> tuple[bytes, int]:
+    """At most ``limit`` bytes of our file from ``offset``, and the file's size."""
+    fd = open_ours(path)
+    try:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, limit, offset), size
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
+    """Write to a hidden temporary name, fsync, rename into place: readers see all or nothing.
+    The temporary name is created afresh, so a link planted under it is never written
+    through (the rename replaces a link at ``path`` itself, not what it points to)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def ensure_file(path: Path) -> None:
@@ -68,14 +119,19 @@ def ensure_file(path: Path) -> None:
     if not path.parent.exists():
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, FILE_MODE))
 
 
 def write_in_place(path: Path, data: bytes) -> None:
     """Truncate and write, so a watch on this inode sees one CLOSE_WRITE (aws-iot-device-client
     watches its files' inodes: a renamed-in replacement would go unnoticed)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
+        fd = open_ours(path, write=True, create=True)
+    except FileNotFoundError:
+        ensure_file(path)  # the directory went away (a reinstall): make it again
+        fd = open_ours(path, write=True, create=True)
+    try:
+        os.ftruncate(fd, 0)
         os.write(fd, data)
     finally:
         os.close(fd)
@@ -86,7 +142,11 @@ def truncate(path: Path) -> None:
 
 
 class Watcher:
-    """inotify on the event loop; handlers get the name of the file that changed."""
+    """inotify on the event loop; handlers get the name of the file that changed.
+
+    A watched directory that goes away (a reinstall deletes and re-creates it) is made again
+    and watched again, and its handlers are called once, so nothing written meanwhile waits.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         from inotify_simple import INotify
@@ -94,28 +154,37 @@ class Watcher:
         self._inotify = INotify()
         self._loop = loop
         self._dirs: dict[int, list[tuple[str, Callable[[str], None]]]] = {}
+        self._paths: dict[int, Path] = {}
         loop.add_reader(self._inotify.fileno(), self._read)
 
     def watch(self, path: Path, handler: Callable[[str], None], prefix: bool = False) -> None:
         """Call ``handler(name)`` when ``path`` (or, with ``prefix``, any file whose name
         starts with ``path.name``) is written and closed, created, or moved in."""
-        from inotify_simple import flags
-
-        mask = flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE
-        wd = self._inotify.add_watch(str(path.parent), mask)
-        self._dirs.setdefault(wd, []).append((path.name + ("*" if prefix else ""), handler))
+        self._add(path.parent, path.name + ("*" if prefix else ""), handler)
 
     def watch_dir(self, directory: Path, handler: Callable[[str], None]) -> None:
         """Call ``handler(name)`` for any file written, created or moved into ``directory``."""
+        self._add(directory, "*", handler)
+
+    def _add(self, directory: Path, pattern: str, handler: Callable[[str], None]) -> None:
         from inotify_simple import flags
 
-        mask = flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE
+        mask = flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE | flags.DELETE_SELF
+        mask |= flags.MOVE_SELF
         wd = self._inotify.add_watch(str(directory), mask)
-        self._dirs.setdefault(wd, []).append(("*", handler))
+        self._dirs.setdefault(wd, []).append((pattern, handler))
+        self._paths[wd] = directory
 
     def _read(self) -> None:
+        from inotify_simple import flags
+
         # On the loop: the inotify descriptor is readable.
         for event in self._inotify.read(timeout=0):
+            if event.mask & (flags.IGNORED | flags.MOVE_SELF):
+                self._rewatch(event.wd)
+                continue
+            if event.mask & flags.DELETE_SELF:
+                continue  # IGNORED follows
             for pattern, handler in self._dirs.get(event.wd, []):
                 hit = (
                     event.name.startswith(pattern[:-1])
@@ -123,10 +192,32 @@ class Watcher:
                     else event.name == pattern
                 )
                 if hit:
-                    try:
-                        handler(event.name)
-                    except Exception:
-                        log.exception("handling a change of %s failed", event.name)
+                    self._call(handler, event.name)
+
+    def _call(self, handler: Callable[[str], None], name: str) -> None:
+        try:
+            handler(name)
+        except Exception:
+            log.exception("handling a change of %s failed", name)
+
+    def _rewatch(self, wd: int) -> None:
+        """The directory of ``wd`` was deleted or moved away: make it again, watch it again."""
+        handlers = self._dirs.pop(wd, [])
+        directory = self._paths.pop(wd, None)
+        if directory is None or not handlers:
+            return
+        with contextlib.suppress(OSError):
+            self._inotify.rm_watch(wd)  # a moved directory is still watched where it went
+        try:
+            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            for pattern, handler in handlers:
+                self._add(directory, pattern, handler)
+        except OSError as exc:
+            log.error("%s went away and cannot be made again: %s", directory, exc)
+            return
+        log.warning("%s went away: made again and watched again", directory)
+        for pattern, handler in handlers:
+            self._call(handler, pattern.rstrip("*"))
 
     def close(self) -> None:
         self._loop.remove_reader(self._inotify.fileno())
@@ -134,7 +225,15 @@ class Watcher:
 
 
 class EventInput:
-    """Consumes the messages appended to the input file, exactly as they were written."""
+    """Consumes the messages appended to the input file, exactly as they were written.
+
+    Work is bounded per turn of the loop: at most ``BATCH`` messages (or things skipped) out
+    of at most ``WINDOW`` bytes, then the rest waits for the next turn (``call_soon``), so a
+    flood never holds up the camera's frames; warnings about it are summarised.
+    """
+
+    BATCH = 16
+    WINDOW = 2 * MAX_MESSAGE_BYTES + 1024
 
     def __init__(self, path: Path, dispatch: Callable[[dict[str, Any]], None]) -> None:
         self.path = path
@@ -142,10 +241,14 @@ class EventInput:
         self._aside = f".{path.name}.consume-"
         self._offsets: dict[Path, int] = {}
         self._quiet_since: dict[Path, float] = {}
+        self._again = False
+        # Separate budgets, so that a flood of garbage never hides that a file is not ours.
+        self._warn = Throttle(log, burst=10)
+        self._err = Throttle(log)
         self.rejected = 0
 
     def start(self, watcher: Watcher) -> None:
-        ensure_file(self.path)
+        self._ensure()
         # Whatever a previous run renamed aside but did not finish is read now.
         for leftover in sorted(self.path.parent.glob(self._aside + "*")):
             self._offsets[leftover] = 0
@@ -153,73 +256,116 @@ class EventInput:
         watcher.watch(self.path.with_name(self._aside), lambda _: self.poll(), prefix=True)
         self.poll()
 
-    def poll(self) -> None:
-        """Take what was appended and hand every message on (on the loop; small reads)."""
+    def _ensure(self) -> None:
         try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            size = 0
             ensure_file(self.path)
-        if size > 0:
-            aside = self.path.with_name(f"{self._aside}{time.time_ns()}")
-            try:
-                os.rename(self.path, aside)
-            except FileNotFoundError:
-                pass
-            else:
-                self._offsets[aside] = 0
-                ensure_file(self.path)
+        except OSError as exc:
+            self._err(logging.ERROR, "event input %s: %s", self.path, exc)
+
+    def poll(self) -> None:
+        """Take what was appended and hand the next messages on (on the loop; bounded)."""
+        self._again = False
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            self._ensure()
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                # A link, FIFO or directory under our name: never read (nor renamed aside).
+                self.rejected += 1
+                self._err(logging.ERROR, "event input %s: not a regular file, ignored", self.path)
+            elif st.st_size > 0:
+                aside = self.path.with_name(f"{self._aside}{time.time_ns()}")
+                try:
+                    os.rename(self.path, aside)
+                except FileNotFoundError:
+                    pass
+                else:
+                    self._offsets[aside] = 0
+                    self._ensure()
         now = time.monotonic()
+        budget = self.BATCH
         for path in list(self._offsets):
-            grew = self._drain(path)
+            if budget <= 0:
+                self._later()  # its turn comes next (waiting for it is not being quiet)
+                self._quiet_since[path] = now
+                continue
+            grew, more = self._drain(path, budget)
+            if more:
+                self._later()
+                budget = 0
             if grew:
                 self._quiet_since[path] = now
             elif now - self._quiet_since.setdefault(path, now) > CONSUME_GRACE_S:
                 self._finish(path)
 
-    def _drain(self, path: Path) -> bool:
+    def _later(self) -> None:
+        if not self._again:
+            self._again = True
+            asyncio.get_running_loop().call_soon(self.poll)
+
+    def _drain(self, path: Path, budget: int) -> tuple[bool, bool]:
+        """Hand on up to ``budget`` messages; (anything consumed, more waiting)."""
         offset = self._offsets[path]
         try:
-            with path.open("rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size - offset > MAX_INPUT_BYTES:
-                    # A flood: keep the newest messages (appended last), drop the rest.
-                    skip = size - offset - MAX_INPUT_BYTES
-                    log.error(
-                        "event input: more than %d bytes waiting in %s: the oldest %d skipped",
-                        MAX_INPUT_BYTES,
-                        path.name,
-                        skip,
-                    )
-                    self.rejected += 1
-                    offset += skip
-                fh.seek(offset)
-                data = fh.read()
+            data, size = read_ours(path, self.WINDOW, offset)
+            if size - offset > MAX_INPUT_BYTES:
+                # A flood: keep the newest messages (appended last), drop the rest.
+                skip = size - offset - MAX_INPUT_BYTES
+                self._err(
+                    logging.ERROR,
+                    "event input: more than %d bytes waiting in %s: the oldest %d skipped",
+                    MAX_INPUT_BYTES,
+                    path.name,
+                    skip,
+                )
+                self.rejected += 1
+                offset += skip
+                data, size = read_ours(path, self.WINDOW, offset)
         except FileNotFoundError:
             self._offsets.pop(path, None)
-            return False
+            return False, False
+        except OSError as exc:
+            # Not ours to read (a link to /etc/shadow, a FIFO): one line, never its content.
+            self.rejected += 1
+            self._err(logging.ERROR, "event input %s: %s", path.name, exc.strerror or exc)
+            self._offsets.pop(path, None)
+            self._quiet_since.pop(path, None)
+            with contextlib.suppress(OSError):
+                path.unlink()  # our own name for it, renamed aside: the link, not its target
+            return False, False
         if not data:
-            return False
+            return False, False
         text = data.decode("utf-8", errors="surrogateescape")
-        parsed = parse_stream(text, final=False)
+        full = offset + len(data) < size or len(data) == self.WINDOW
+        parsed = parse_stream(text, final=False, limit=budget)
+        if parsed.consumed == 0 and full:
+            # More than any message can be, still not complete: it is not one.
+            parsed = parse_stream(text, final=True, limit=budget)
         for reason in parsed.skipped:
-            log.warning("event input: %s", reason)
+            self._warn(logging.WARNING, "event input: %s", reason)
             self.rejected += 1
         for message in parsed.values:
             self._dispatch(message)
         used = len(text[: parsed.consumed].encode("utf-8", errors="surrogateescape"))
         self._offsets[path] = offset + used
-        return used > 0
+        # More to read next turn, unless all that is left is a message still being written.
+        stopped = len(parsed.values) + len(parsed.skipped) >= budget
+        more = offset + used < size and (stopped or offset + len(data) < size)
+        return used > 0, more
 
     def _finish(self, path: Path) -> None:
         offset = self._offsets.pop(path, 0)
         self._quiet_since.pop(path, None)
         with contextlib.suppress(OSError):
-            rest = path.read_bytes()[offset:]
+            rest, _ = read_ours(path, self.WINDOW, offset)
             if rest.strip():
-                parsed = parse_stream(rest.decode("utf-8", errors="surrogateescape"))
+                # What was left is a message never finished (the drains took the rest).
+                parsed = parse_stream(
+                    rest.decode("utf-8", errors="surrogateescape"), limit=self.BATCH
+                )
                 for reason in parsed.skipped:
-                    log.warning("event input: %s", reason)
+                    self._warn(logging.WARNING, "event input: %s", reason)
                 for message in parsed.values:
                     self._dispatch(message)
         with contextlib.suppress(OSError):
@@ -236,6 +382,8 @@ class EventOutput:
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
         self.written = 0
         self.dropped = 0
+        self.failed = 0
+        self._warn = Throttle(log)
 
     def emit(self, name: str, **fields: Any) -> dict[str, Any]:
         """Queue an event (on the loop) and return it; the oldest is dropped if 256 are
@@ -251,12 +399,17 @@ class EventOutput:
         except asyncio.QueueFull:
             self._queue.get_nowait()
             self.dropped += 1
-            log.error("event output: more than 256 events waiting, the oldest was dropped")
+            self._warn(
+                logging.ERROR, "event output: more than 256 events waiting, the oldest was dropped"
+            )
             self._queue.put_nowait(event)
         return event
 
     async def run(self) -> None:
-        await asyncio.to_thread(ensure_file, self.path)
+        try:
+            await asyncio.to_thread(ensure_file, self.path)
+        except OSError as exc:
+            self._warn(logging.ERROR, "event output %s: %s", self.path, exc)
         while True:
             event = await self._queue.get()
             await asyncio.to_thread(self._write, event)
@@ -271,14 +424,24 @@ class EventOutput:
                 len(data),
             )
             return
-        write_in_place(self.path, data)
+        try:
+            write_in_place(self.path, data)
+        except OSError as exc:
+            # A directory, FIFO or link under our name: one line, the camera carries on (the
+            # outbox, when there is one, still gets the event).
+            self.failed += 1
+            self._warn(logging.ERROR, "event output %s: %s", self.path, exc.strerror or exc)
+        else:
+            self.written += 1
+            log.debug("event %s written", event.get("name"))
         self._to_outbox(data)
-        self.written += 1
-        log.debug("event %s written", event.get("name"))
 
     def _to_outbox(self, data: bytes) -> None:
         outbox = outbox_dir(self.path)
-        if not outbox.is_dir():
+        try:
+            if not stat.S_ISDIR(os.lstat(outbox).st_mode):
+                raise FileNotFoundError(outbox)  # a link is not our outbox
+        except FileNotFoundError:
             return  # another sidecar (aws-iot-device-client) reads the file itself
         try:
             write_atomically(outbox / f"{time.time_ns():020d}.json", data)
@@ -292,4 +455,4 @@ class EventOutput:
                     old.name,
                 )
         except OSError as exc:
-            log.error("event outbox %s: %s", outbox, exc)
+            self._warn(logging.ERROR, "event outbox %s: %s", outbox, exc)

@@ -76,8 +76,28 @@ class Health:
         self.started_epoch = int(time.time())
         self._started = time.monotonic()
         self._cpu = _cpu_times()
+        self._system: dict[str, Any] | None = None
+        self._system_at = 0.0
+
+    SYSTEM_TTL_S = 1.0
+    """System readings are reused for this long: a burst of health requests (a flood of
+    them, even) costs one reading of /proc a second, not one per request."""
 
     def report(self, motion_captured: int, recording: bool) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._system is None or now - self._system_at >= self.SYSTEM_TTL_S:
+            self._system, self._system_at = self._read_system(), now
+        return {
+            "version": __version__,
+            "python_version": platform.python_version(),
+            "motion_captured": motion_captured,
+            "recording_status": recording,
+            "start_time": self.started_epoch,
+            "up_time": int(now - self._started),
+            **self._system,
+        }
+
+    def _read_system(self) -> dict[str, Any]:
         total, idle = _cpu_times()
         d_total, d_idle = total - self._cpu[0], idle - self._cpu[1]
         self._cpu = (total, idle)
@@ -85,12 +105,6 @@ class Health:
         disk = os.statvfs("/")
         osr = _os_release()
         return {
-            "version": __version__,
-            "python_version": platform.python_version(),
-            "motion_captured": motion_captured,
-            "recording_status": recording,
-            "start_time": self.started_epoch,
-            "up_time": int(time.monotonic() - self._started),
             "mem_free": mem.get("MemFree", 0),
             "mem_avail": mem.get("MemAvailable", 0),
             "mem_total": mem.get("MemTotal", 0),

@@ -68,13 +68,14 @@ class Parsed:
     """Characters of the text that were dealt with (a value cut short at the end is not)."""
 
 
-def parse_stream(text: str, final: bool = True) -> Parsed:
+def parse_stream(text: str, final: bool = True, limit: int | None = None) -> Parsed:
     """Every JSON object in ``text``; with ``final=False`` an incomplete value at the end is
-    left for later (``consumed`` stops before it) instead of being rejected."""
+    left for later (``consumed`` stops before it) instead of being rejected. With ``limit``,
+    parsing stops after that many values and skipped things (the rest is for later)."""
     out = Parsed()
     pos = 0
     n = len(text)
-    while pos < n:
+    while pos < n and (limit is None or len(out.values) + len(out.skipped) < limit):
         while pos < n and text[pos] in " \t\r\n\x00":
             pos += 1
         if pos >= n:

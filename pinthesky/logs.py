@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
 
 THIRD_PARTY = ("botocore", "boto3", "urllib3", "s3transfer", "awscrt", "awsiot")
 """Loggers held at WARNING: at DEBUG they print whole signed requests, and pinthesky's own
@@ -92,3 +94,48 @@ def setup_logging(level: str) -> None:
 def set_level(level: str) -> None:
     """Change the level of every log, local and CloudWatch (they share the root logger)."""
     logging.getLogger().setLevel(level_number(level))
+
+
+class Throttle:
+    """At most ``burst`` lines per ``window`` seconds; the rest are counted and summed up in
+    one line once the window is over, so a flood of bad input cannot flood the log (or
+    CloudWatch) and the time spent writing it stays bounded."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        burst: int = 5,
+        window: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._burst = burst
+        self._window = window
+        self._clock = clock
+        self._start = -window
+        self._lines = 0
+        self.suppressed = 0
+
+    def __call__(self, level: int, msg: str, *args: object) -> None:
+        now = self._clock()
+        if now - self._start >= self._window:
+            if self.suppressed:
+                self._log.log(
+                    level,
+                    "%d more lines like that in %.0f s were not logged",
+                    self.suppressed,
+                    now - self._start,
+                )
+            self._start, self._lines, self.suppressed = now, 0, 0
+        if self._lines < self._burst:
+            self._lines += 1
+            self._log.log(level, msg, *args, stacklevel=2)
+            return
+        if not self.suppressed:
+            self._log.log(
+                level,
+                "more lines like that are counted, not logged, for %.0f s",
+                self._window - (now - self._start),
+                stacklevel=2,
+            )
+        self.suppressed += 1

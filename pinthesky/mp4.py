@@ -95,6 +95,22 @@ class FragmentedMp4Writer:
         self._next += duration
         return True
 
+    @property
+    def fragments(self) -> int:
+        """Fragments written so far (the open one not counted)."""
+        return self._sequence
+
+    @property
+    def duration_ticks(self) -> int:
+        """Ticks of every sample added (and not dropped)."""
+        return self._next
+
+    def drop_open_fragment(self) -> None:
+        """Forget the samples not yet written (the disk had no room for them), so that
+        ``close`` ends the file at its last complete fragment."""
+        self._samples = []
+        self._next = self._base
+
     def close(self) -> None:
         """Write the last fragment and the total duration."""
         if not self._header_written:
@@ -185,7 +201,9 @@ class FragmentedMp4Writer:
         self._header_written = True
 
     def _flush_fragment(self) -> None:
-        self._sequence += 1
+        # Nothing changes until the write succeeded: after a failed write (a full disk) the
+        # same samples can be written again.
+        sequence = self._sequence + 1
         count = len(self._samples)
         entries = b"".join(
             struct.pack(">III", dur, len(data), _KEY_FLAGS if key else _DELTA_FLAGS)
@@ -196,13 +214,14 @@ class FragmentedMp4Writer:
         trun_len = 8 + 4 + 4 + 4 + len(entries)
         tfhd = _full(b"tfhd", 0, 0x020000, struct.pack(">I", 1))  # default-base-is-moof
         tfdt = _full(b"tfdt", 1, 0, struct.pack(">Q", self._base))
-        mfhd = _full(b"mfhd", 0, 0, struct.pack(">I", self._sequence))
+        mfhd = _full(b"mfhd", 0, 0, struct.pack(">I", sequence))
         moof_len = 8 + len(mfhd) + 8 + len(tfhd) + len(tfdt) + trun_len
         trun = _full(b"trun", 0, trun_flags, struct.pack(">Ii", count, moof_len + 8), entries)
         moof = _box(b"moof", mfhd, _box(b"traf", tfhd, tfdt, trun))
         payload = b"".join(data for data, _, _ in self._samples)
         self._fh.write(moof + struct.pack(">I4s", 8 + len(payload), b"mdat") + payload)
         self._fh.flush()
+        self._sequence = sequence
         self._base = self._next
         self._samples = []
 

@@ -89,6 +89,7 @@ class Recorder:
         self._onset_slack_us = analysis_interval_us // 2
         self._io = ThreadPoolExecutor(1, thread_name_prefix="clip-writer")
         self._pending: set[asyncio.Future[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._clip: _Clip | None = None
         self._motion = False
         self._last_motion = 0
@@ -275,23 +276,46 @@ class Recorder:
     # -- I/O on the writer thread -----------------------------------------------------------
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        fut = asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        self._loop = asyncio.get_running_loop()
+        fut = self._loop.run_in_executor(self._io, fn, *args)
         self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
+        fut.add_done_callback(self._io_failed)
         return fut
+
+    def _io_failed(self, fut: asyncio.Future[Any]) -> None:
+        # On the loop: an unexpected error of the writer thread is one log line, never a
+        # "Future exception was never retrieved" at garbage collection.
+        if not fut.cancelled() and fut.exception() is not None:
+            self.write_errors += 1
+            log.error("clip writer: %r", fut.exception())
+
+    def _announce(self, info: ClipInfo) -> None:
+        # On the loop.
+        self.clips_recorded += 1
+        self.bus.publish(ClipReady(info))
+
+    def _announce_parts(self, writer: ClipWriter) -> None:
+        # Writer thread: clips the writer cut off because the disk was full.
+        while writer.parts:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._announce, writer.parts.pop(0))
 
     def _write(self, clip: _Clip, packets: list[Packet]) -> None:
         if packets:
             self._submit(self._write_io, clip.writer, packets)
 
     def _write_io(self, writer: ClipWriter, packets: list[Packet]) -> None:
-        # Writer thread.
+        # Writer thread. Room is made before writing (the oldest clips go first), so the
+        # free-space floor holds while a clip grows.
         try:
+            self.store.make_room(sum(len(p.data) for p in packets), f"room for {writer.final.name}")
             writer.write(packets)
         except OSError as exc:
             self.write_errors += 1
             log.error("writing %s failed: %s; freeing space and going on", writer.final.name, exc)
             self.store.enforce_quota()
+        self._announce_parts(writer)
 
     def _finish(self, clip: _Clip) -> None:
         # A snapshot taken on the loop: the writer thread never sees the live _Clip.
@@ -304,8 +328,7 @@ class Recorder:
         def done(f: asyncio.Future[ClipInfo | None]) -> None:
             info = None if f.cancelled() or f.exception() else f.result()
             if info is not None:
-                self.clips_recorded += 1
-                self.bus.publish(ClipReady(info))
+                self._announce(info)
             for w in waiters:
                 if not w.done():
                     w.set_result(info)
@@ -317,6 +340,7 @@ class Recorder:
         try:
             end = int(self.clock.epoch(writer.end_ts))
             info = writer.close({**facts, "end_time": end})
+            self._announce_parts(writer)
         except Exception:
             # A clip we could not finish is still on disk under its temporary name and will
             # be salvaged at the next start; say so loudly now.

@@ -54,7 +54,9 @@ from pinthesky.eventfiles import (
     FILE_MODE,
     Watcher,
     ensure_file,
+    open_ours,
     outbox_dir,
+    read_ours,
     write_atomically,
 )
 from pinthesky.jsonstream import MAX_MESSAGE_BYTES
@@ -132,7 +134,8 @@ def _json_object(payload: bytes, limit: int, what: str) -> dict[str, Any] | None
 
 def append_message(path: Path, data: bytes) -> None:
     """One message appended with one write, fsynced (the daemon reads values one by one)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    # Never through a link, never blocked on a FIFO planted under the daemon's input name.
+    fd = open_ours(path, write=True, create=True, append=True)
     try:
         os.write(fd, data + b"\n")
         os.fsync(fd)
@@ -350,9 +353,9 @@ class Sidecar:
             return  # published after the next connection
         path = self.settings.events.configure_input
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            log.warning("reported state %s: %s", path, exc)
+            data, _ = read_ours(path, MAX_REPORT_BYTES + 1)
+        except OSError as exc:  # a link or a FIFO is never read (nor published)
+            log.warning("reported state %s: %s", path, exc.strerror or exc)
             return
         if not data.strip() or data == self._last_report:
             return
@@ -421,8 +424,13 @@ class Sidecar:
                 if not self.connected.is_set():
                     break
                 try:
-                    data = path.read_bytes()
+                    data, _ = read_ours(path, MAX_MESSAGE_BYTES + 1)
                 except FileNotFoundError:
+                    continue
+                except OSError as exc:  # a link planted in the outbox: dropped, not followed
+                    log.warning("event %s: %s: dropped", path.name, exc.strerror or exc)
+                    path.unlink(missing_ok=True)
+                    self.dropped += 1
                     continue
                 if _json_object(data, MAX_MESSAGE_BYTES, f"event {path.name}") is None:
                     path.unlink(missing_ok=True)
@@ -453,7 +461,12 @@ class Sidecar:
             if message is None:
                 self.dropped += 1
                 return
-            append_message(ev.event_input, json.dumps(message, separators=(",", ":")).encode())
+            try:
+                append_message(ev.event_input, json.dumps(message, separators=(",", ":")).encode())
+            except OSError as exc:  # a link, FIFO or directory under the input's name
+                log.error("command not passed on: %s: %s", ev.event_input, exc.strerror or exc)
+                self.dropped += 1
+                return
             self.commands += 1
         elif topic == t.documents:
             doc = _json_object(payload, MAX_INBOUND_BYTES, f"shadow documents on {topic}")

@@ -22,6 +22,7 @@ import logging
 import mmap
 import os
 import random
+import stat
 import struct
 import threading
 import time
@@ -190,7 +191,7 @@ class Uploader:
                 (
                     p
                     for p in self.capture_dir.iterdir()
-                    if p.is_file() and not p.name.startswith(".")
+                    if _regular(p) and not p.name.startswith(".")
                 ),
                 key=lambda p: p.stat().st_mtime,
             )
@@ -413,3 +414,12 @@ def _remux_to_annexb(src: Path, dst: Path) -> None:
             tmp.unlink()
             raise ValueError("no frame could be read")
         os.replace(tmp, dst)
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, not a link planted in the queue (to /etc/passwd, say): only those are
+    ever uploaded."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False

@@ -40,16 +40,15 @@ import logging
 import os
 import re
 import socket
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pinthesky.clips import ClipStore
+from pinthesky.eventfiles import open_ours
 from pinthesky.live.mjpeg import MjpegBroadcaster
-from pinthesky.local.api import LocalApi, thumbnail
+from pinthesky.local.api import LocalApi
 from pinthesky.local.script import SCRIPT
 from pinthesky.page import ClipEntry, render
 from pinthesky.settings import HttpSettings, Resolution
@@ -350,13 +349,6 @@ class WebServer:
                 )
         return entries
 
-    def _find_clip(self, name: str) -> Path | None:
-        # Worker thread. The name must be one the directory lists as a finished clip.
-        for path in self.store.clips():
-            if path.name == name:
-                return path
-        return None
-
     # -- the control API -----------------------------------------------------------------------
 
     async def _api(
@@ -427,14 +419,12 @@ class WebServer:
 
     async def _thumb(self, writer: asyncio.StreamWriter, request: Request, name: str) -> None:
         def read() -> bytes | None:
-            clip = self._find_clip(name)
-            picture = thumbnail(clip) if clip is not None else None
+            clip = self.store.find(name)
+            picture = self.store.picture(clip) if clip is not None else None
             if picture is None:
                 return None
-            fd = os.open(picture, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            with os.fdopen(fd, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                if not stat.S_ISREG(st.st_mode) or st.st_size > 8 * 1024 * 1024:
+            with os.fdopen(open_ours(picture), "rb") as fh:
+                if os.fstat(fh.fileno()).st_size > 8 * 1024 * 1024:
                     return None
                 return fh.read()
 
@@ -449,12 +439,13 @@ class WebServer:
         await self._send(writer, 200, headers, data, head_only=request.method == "HEAD")
 
     async def _clip(self, writer: asyncio.StreamWriter, request: Request, name: str) -> None:
-        path = await asyncio.to_thread(self._find_clip, name)
+        path = await asyncio.to_thread(self.store.find, name)
         if path is None:
             await self._error(writer, 404, "no such clip")
             return
         try:
-            fh = await asyncio.to_thread(path.open, "rb")
+            # Never through a link swapped in since the listing, never blocking on a FIFO.
+            fh = await asyncio.to_thread(lambda: os.fdopen(open_ours(path), "rb"))
         except OSError:  # evicted or uploaded and removed since the listing
             await self._error(writer, 404, "no such clip")
             return

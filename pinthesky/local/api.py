@@ -263,7 +263,7 @@ class LocalApi:
             with contextlib.suppress(OSError):
                 st = path.stat()
                 start = int(m.group(1))
-                thumb = thumbnail(path)
+                thumb = store.picture(path)
                 entry = {
                     "name": path.name,
                     "start": start,
@@ -278,38 +278,12 @@ class LocalApi:
         return [{"day": day, "clips": clips} for day, clips in days.items()]
 
     async def _delete(self, name: str) -> tuple[int, Any]:
-        path = await asyncio.to_thread(find_clip, self.daemon, name)
+        path = await asyncio.to_thread(self.daemon.store.find, name)
         if path is None:
             raise ApiError(404, "no such clip")
-        thumb = thumbnail(path)
-        await asyncio.to_thread(self.daemon.store.remove, path)
-        if thumb is not None:
-            await asyncio.to_thread(thumb.unlink, True)
+        await asyncio.to_thread(self.daemon.store.remove, path)  # its picture too
         log.info("page: deleted %s", path.name)
         return 200, {"deleted": path.name}
-
-
-def find_clip(daemon: Daemon, name: str) -> Path | None:
-    """The clip of that name if the clip directory lists it (worker thread): no path taken
-    from a URL is ever joined to a directory."""
-    for path in daemon.store.clips():
-        if path.name == name:
-            return path
-    return None
-
-
-def thumbnail(clip: Path) -> Path | None:
-    """The clip's picture (``{start}.motion.jpg`` beside it) when it is a regular file."""
-    m = _CLIP.match(clip.name)
-    if m is None:
-        return None
-    stem = clip.name.rsplit(".", 2)[0]
-    for name in dict.fromkeys((f"{stem}.motion.jpg", f"{m.group(1)}.motion.jpg")):
-        candidate = clip.with_name(name)
-        with contextlib.suppress(OSError):
-            if stat.S_ISREG(os.lstat(candidate).st_mode):  # a planted link is not followed
-                return candidate
-    return None
 
 
 def _read_regular(path: Path) -> str:
