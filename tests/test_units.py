@@ -359,8 +359,12 @@ def test_salvage_keeps_the_readable_part_of_a_killed_mp4(tmp_path):
     import av
 
     packets = []
+    rng = np.random.default_rng(3)
     for i in range(40):
-        luma = np.full((240, 320), 16 + 4 * i, np.uint8)
+        # Sensor noise, so that every frame takes some bytes: the 300 bytes cut off below
+        # must fall inside the last fragment written, as a killed writer leaves it.
+        noise = rng.integers(0, 12, (240, 320), dtype=np.uint8)
+        luma = np.full((240, 320), 16 + 4 * i, np.uint8) + noise
         yuv = np.concatenate([luma, np.full((120, 320), 128, np.uint8)])
         packets += enc.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p"), i * S // 10)
     packets += enc.close()

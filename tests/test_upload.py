@@ -406,8 +406,10 @@ def test_file_source_ending_with_uploads_pending_exits_0_and_keeps_them(
             "storage.bucket_name": BUCKET,
             "cloud_connection.thing_name": "cam1",
             "storage.capture_dir": tmp_path / "images",
-            # A quota that holds one clip: the outage makes the queue evict, recording goes on.
+            # A quota that holds one clip: the outage makes the queue evict, recording goes on
+            # (at the old default bitrate, so that the two clips are several MB each).
             "storage.max_bytes": "9M",
+            "camera.encoding_bitrate": 17_000_000,
         },
     )
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
