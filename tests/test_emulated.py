@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,18 +120,22 @@ except onpi.Refusal as exc:
 
 
 @pytest.fixture(scope="module")
-def emulation() -> Iterator[None]:
+def emulation() -> Iterator[dict[str, Future[Path]]]:
+    """binfmt_misc set up, and the three trees being made ready side by side (a cold cache
+    builds them in parallel: most of it is emulated dpkg, one core each)."""
     missing = pirootfs.missing_tools()
     assert not missing, f"install {' '.join(missing)} (make test does)"
     assert os.geteuid() == 0, "the emulated-Pi tests build and enter chroots: run them as root"
-    with pirootfs.binfmt():
-        yield
+    with pirootfs.binfmt(), ThreadPoolExecutor(max_workers=3) as pool:
+        yield {name: pool.submit(pirootfs.ensure, name) for name in pirootfs.FLAVOURS}
 
 
 @pytest.fixture(scope="module", params=["armhf", "arm64"])
-def pi(request: pytest.FixtureRequest, emulation: None, tmp_path_factory: Any) -> Pi:
+def pi(
+    request: pytest.FixtureRequest, emulation: dict[str, Future[Path]], tmp_path_factory: Any
+) -> Pi:
     arch = request.param
-    tree = pirootfs.ensure(arch)
+    tree = emulation[arch].result()
     work = tmp_path_factory.mktemp(f"pi-{arch}")
     shared = work / "host"
     shared.mkdir()
@@ -305,7 +310,7 @@ def frames_with_a_walker(count: int = 60) -> np.ndarray:
 
 def test_the_motion_analysis_on_a_pi_zero_w_core_gives_this_machines_result(emulation, tmp_path):
     """Debian armel under ``QEMU_CPU=arm1176``: the analyzer's digest equals this machine's."""
-    tree = pirootfs.ensure("armel")
+    tree = emulation["armel"].result()
     shared = tmp_path / "host"
     shutil.copytree(REPO / "pinthesky", shared / "pinthesky")
     script = (REPO / "tests" / "motion_digest.py").read_text()
