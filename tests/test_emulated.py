@@ -92,17 +92,15 @@ class Pi:
 
 
 def _pip_binds(arch: str) -> list[tuple[Path, str]]:
-    """pip's download cache kept per architecture beside the trees (warm runs download
-    nothing), and this host's CA bundle (the machines these tests run on may intercept TLS)."""
-    cache = pirootfs.CACHE / f"pip-{arch}"
-    cache.mkdir(parents=True, exist_ok=True)
-    binds = [(cache, "/root/.cache/pip")]
-    if pirootfs.HOST_CA.exists():
-        ca = pirootfs.CACHE / "ca"
-        ca.mkdir(exist_ok=True)
-        shutil.copy(pirootfs.HOST_CA, ca / "host.crt")
-        binds.append((ca, "/mnt/ca"))
-    return binds
+    """This host's CA bundle for pip in the tree (the machines these tests run on may
+    intercept TLS; a Pi needs nothing). pip downloads its wheels again on every run, as on a
+    fresh Pi."""
+    if not pirootfs.HOST_CA.exists():
+        return []
+    ca = pirootfs.CACHE / "ca"
+    ca.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pirootfs.HOST_CA, ca / "host.crt")
+    return [(ca, "/mnt/ca")]
 
 
 # The installer's own code, run by the tree's Python as pitsctl runs it on a Pi.
@@ -192,8 +190,9 @@ def test_the_commands_run(pi):
 def test_detect_finds_the_same_events_as_this_machine(pi, footage, tmp_path):
     scenario = footage.scenario("walkers")
     shutil.copy(scenario.path, pi.shared / "walkers.mp4")
-    here = pinthesky("detect", str(scenario.path), "--json", cwd=tmp_path)
-    there = pi.run(f"{VENV_BIN}/pinthesky", "detect", "/mnt/host/walkers.mp4", "--json")
+    flags = ["--json", "--post-roll", "4"]  # the two walk-ins apart
+    here = pinthesky("detect", str(scenario.path), *flags, cwd=tmp_path)
+    there = pi.run(f"{VENV_BIN}/pinthesky", "detect", "/mnt/host/walkers.mp4", *flags)
     assert here.returncode == 0 and there.returncode == 0, there.stderr
     ours, theirs = json.loads(here.stdout), json.loads(there.stdout)
     assert theirs["events"] == ours["events"]
@@ -201,43 +200,55 @@ def test_detect_finds_the_same_events_as_this_machine(pi, footage, tmp_path):
     assert len(theirs["events"]) == len(scenario.events)
 
 
-def test_a_replay_records_a_clip_that_decodes(pi, footage):
+def replay_flags(state: str) -> list[str]:
+    flags = ["--replay-speed", "0", "--pre-roll", "3", "--post-roll", "4"]
+    flags += ["--combine-dir", f"{state}/clips", "--capture-dir", f"{state}/images"]
+    for flag, name in (
+        ("--event-input", "events/input.json"),
+        ("--event-output", "events/output.json"),
+        ("--configure-input", "configuration/input.json"),
+        ("--configure-output", "configuration/output.json"),
+        ("--health-file", "health.json"),
+    ):
+        flags += [flag, f"{state}/{name}"]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def camera_clip(footage: Any, tmp_path_factory: Any) -> Path:
+    """A clip recorded here from the small-object footage: H.264 at 640x480 with a keyframe a
+    second, as a Pi's camera encoder gives it, so a replay there passes it through. (The
+    armv7l PyAV wheel on PyPI has no libx264 to re-encode with; on a Pi, Raspberry Pi's
+    python3-av has it, and the camera encodes in hardware anyway.)"""
+    work = tmp_path_factory.mktemp("camera-clip")
+    source = footage.scenario("small_object").path
+    done = pinthesky("--source", str(source), *replay_flags(str(work)), cwd=work)
+    assert done.returncode == 0, done.stderr[-2000:]
+    clips = sorted((work / "clips").glob("*.motion.mp4"))
+    assert clips, done.stderr[-2000:]
+    return clips[0]
+
+
+def test_a_replay_records_a_clip_that_decodes(pi, camera_clip):
     import av
 
-    scenario = footage.scenario("small_object")
-    shutil.copy(scenario.path, pi.shared / "replay.mp4")
-    state = "/mnt/host/replay"
+    shutil.copy(camera_clip, pi.shared / "replay.mp4")
+    with av.open(str(camera_clip)) as container:
+        source_frames = sum(1 for _ in container.decode(video=0))
     done = pi.run(
         f"{VENV_BIN}/pinthesky",
         "--source",
         "/mnt/host/replay.mp4",
-        "--replay-speed",
-        "0",
-        "--pre-roll",
-        "3",
-        "--post-roll",
-        "4",
-        "--combine-dir",
-        f"{state}/clips",
-        "--capture-dir",
-        f"{state}/images",
-        "--event-input",
-        f"{state}/events/input.json",
-        "--event-output",
-        f"{state}/events/output.json",
-        "--configure-input",
-        f"{state}/configuration/input.json",
-        "--configure-output",
-        f"{state}/configuration/output.json",
-        "--health-file",
-        f"{state}/health.json",
+        *replay_flags("/mnt/host/replay"),
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    clips = sorted((pi.shared / "replay" / "clips").glob("*.mp4"))
-    assert len(clips) == len(scenario.events), done.stderr[-2000:]
+    assert "passed through" in done.stderr
+    clips = sorted((pi.shared / "replay" / "clips").glob("*.motion.mp4"))
+    assert len(clips) == 1, done.stderr[-2000:]
     with av.open(str(clips[0])) as container:
         frames = sum(1 for _ in container.decode(video=0))
-    assert frames > 4 * scenario.fps  # pre-roll, motion and post-roll: seconds of video
+    # The motion with its pre- and post-roll: most of the source, every frame decoding.
+    assert source_frames // 2 < frames <= source_frames, (frames, source_frames)
 
 
 def test_the_sidecar_delivers_commands_from_a_broker_on_this_host(pi, tmp_path):

@@ -89,7 +89,7 @@ class SidecarProcess:
         env.pop("JOURNAL_STREAM", None)
         if path is not None:
             env["PATH"] = path
-        self.out = self.log.open("w")
+        self.out = self.log.open("a")  # a restarted sidecar adds to the same log
         self.proc = subprocess.Popen([*sidecar_command(), *args], stderr=self.out, env=env)
 
     def text(self) -> str:
@@ -371,13 +371,20 @@ def test_killing_the_broker_and_the_sidecar_at_random_points_loses_no_event(tmp_
                         await asyncio.to_thread(broker.start)
                     if victim in ("sidecar", "both"):
                         proc = SidecarProcess(tmp_path, pki, broker.port)
-                received = await asyncio.to_thread(
-                    console.wait_for,
-                    lambda r: (
-                        set(expected) <= {e.get("health_id") for e in events_named(r, "health_end")}
-                    ),
-                    180,
-                )
+                try:
+                    received = await asyncio.to_thread(
+                        console.wait_for,
+                        lambda r: (
+                            set(expected)
+                            <= {e.get("health_id") for e in events_named(r, "health_end")}
+                        ),
+                        180,
+                    )
+                except AssertionError:
+                    arrived = events_named(console.received, "health_end")
+                    seen = {e.get("health_id") for e in arrived}
+                    missing = [i for i in expected if i not in seen]
+                    raise AssertionError(f"never arrived: {missing}") from None
             finally:
                 assert proc.stop() == 0
             ids = [e.get("health_id") for e in events_named(received, "health_end")]
