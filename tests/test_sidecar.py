@@ -357,6 +357,10 @@ def test_killing_the_broker_and_the_sidecar_at_random_points_loses_no_event(tmp_
             daemon, task = await start_daemon(tmp_path)
             assert daemon.control is not None
             proc = SidecarProcess(tmp_path, pki, broker.port)
+            # The daemon puts events into the outbox only once the sidecar has created it.
+            await asyncio.to_thread(
+                eventually, lambda: "subscribed to" in proc.text(), 30, "the sidecar subscribes"
+            )
             try:
                 for trial in range(20):
                     for k in range(3):
