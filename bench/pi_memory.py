@@ -177,6 +177,8 @@ def sidecar_memory(work: Path, transport: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--strict", action="store_true", help="exit 1 on FAIL")
+    # run_all passes --quick to every bench: this one is as long as its footage either way.
+    parser.add_argument("--quick", action="store_true", help="the same run (accepted)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pinthesky-bench-"))
     try:

@@ -54,6 +54,7 @@ BENCHMARKS = (
     "cloudwatch",
     "sidecar",
     "live",
+    "pi_memory",
 )
 HERE = Path(__file__).resolve().parent
 
