@@ -289,7 +289,10 @@ class Sidecar:
         assert self._client is not None
         topics = self.topics.subscriptions()
         try:
-            refused = await asyncio.wait_for(self._client.subscribe(topics), PUBLISH_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a cancellation
+            # that comes as the operation finishes, and the task then runs on after SIGTERM.
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                refused = await self._client.subscribe(topics)
         except (PublishFailed, TimeoutError) as exc:
             # Events can still go out; commands and the shadow wait for the next connection.
             log.error("subscribing failed: %s", exc or type(exc).__name__)
@@ -313,7 +316,8 @@ class Sidecar:
         assert self._client is not None
         payload = message if isinstance(message, bytes) else json.dumps(message).encode()
         try:
-            await asyncio.wait_for(self._client.publish(topic, payload), PUBLISH_TIMEOUT_S)
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):  # see _after_connect
+                await self._client.publish(topic, payload)
         except (PublishFailed, TimeoutError) as exc:
             log.warning("publishing to %s failed: %s", topic, exc or type(exc).__name__)
             return False
@@ -385,7 +389,7 @@ class Sidecar:
 
     async def _drain_outbox(self) -> None:
         """Publish the daemon's events in order, one at a time, deleting each once acked."""
-        while True:
+        while not self._stop.is_set():
             await self.connected.wait()
             self._wake_outbox.clear()
             queued = sorted(self.outbox.glob("*.json"))

@@ -175,7 +175,8 @@ class PahoTransport:
                 acks.forget(mid)
             raise PublishFailed(mqtt.error_string(rc))
         try:
-            return await asyncio.wait_for(acks.expect(mid), self._endpoint.ack_timeout_s)
+            async with asyncio.timeout(self._endpoint.ack_timeout_s):
+                return await acks.expect(mid)
         except TimeoutError:
             acks.forget(mid)
             raise PublishFailed(f"no answer within {self._endpoint.ack_timeout_s:.0f} s") from None
