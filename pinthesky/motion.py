@@ -83,7 +83,8 @@ SWEEP_S = 1.5
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
 """Multiplying by this adds up the eight bytes of a word into its top byte."""
-_TOP_BYTE = np.uint64(56)
+_MIN_CHANGED_TOP = np.uint64(CELL_MIN_CHANGED << 56)
+"""``CELL_MIN_CHANGED`` in a word's top byte (see ``MotionAnalyzer._moving``)."""
 
 U8 = npt.NDArray[np.uint8]
 
@@ -134,7 +135,11 @@ class MotionAnalyzer:
         self._geometry = (lores, main, rotation)
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
+        self._byte_sum = _byte_sum(self.cell_mask)
         self._prev: U8 | None = None
+        # Sum of the previous frame's brightness sample (see analyse).
+        self._sample_sum = 0
+        self._sample_size = len(range(4, self._h, 8)) * len(range(4, self._w, 8))
         self._prev_raw: U8 | None = None
         self._noise = float(settings.noise_level)
         self._frames = 0
@@ -155,6 +160,7 @@ class MotionAnalyzer:
         lores, main, rotation = self._geometry
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
+        self._byte_sum = _byte_sum(self.cell_mask)
         self.settings = settings
 
     @property
@@ -170,24 +176,26 @@ class MotionAnalyzer:
         self._frames += 1
         # Profiles are computed only for frames checked for shake; keep them for the next.
         self._prev_profiles, self._profiles = self._profiles, None
+        # A sparse sample tells whether the whole picture got brighter or darker: its median
+        # change ignores a moving object that covers less than half of the picture. Its
+        # mean change is cheap, and kept as a sum per frame: only when the mean moved by
+        # more than GAIN_TRIGGER / 2 can the (costlier) median have moved by GAIN_TRIGGER.
+        sample_sum = int(cur[4::8, 4::8].sum())
+        prev_sum, self._sample_sum = self._sample_sum, sample_sum
         if prev is None:
             return Score(ts, 0.0, 0, noise=self.noise_level)
-        # A sparse sample tells whether the whole picture got brighter or darker: its median
-        # change ignores a moving object that covers less than half of the picture.
-        cur_s = cur[4::8, 4::8].astype(np.int16)
-        prev_s = prev[4::8, 4::8].astype(np.int16)
-        step = cur_s - prev_s
-        # The mean is cheap; only when it moved can the (costlier) median have moved.
-        relit = (
-            abs(float(step.mean())) > GAIN_TRIGGER / 2
-            and abs(float(np.median(step))) > GAIN_TRIGGER
-        )
+        relit = False
+        if abs(sample_sum - prev_sum) > GAIN_TRIGGER / 2 * self._sample_size:
+            prev_s = prev[4::8, 4::8].astype(np.int16)
+            step = cur[4::8, 4::8] - prev_s
+            relit = abs(float(np.median(step))) > GAIN_TRIGGER
         raw_prev = prev
         if relit:
             # Exposure or light level moved: compare against the previous frame brought to
             # today's brightness, so that only changes of the picture's content count.
             prev = self._relight(prev, prev_s, step)
-        # |cur - prev| without wrapping around in uint8.
+        # |cur - prev| without wrapping around in uint8. (Fresh arrays: numpy hands back
+        # the memory just freed, still in cache, where kept buffers would have gone cold.)
         diff = np.maximum(cur, prev)
         diff -= np.minimum(cur, prev)
         if self._frames % NOISE_EVERY == 0:
@@ -224,14 +232,19 @@ class MotionAnalyzer:
         return self._scored(ts, content, n, scattered, lit=n_lit, shake=shake)
 
     def _moving(self, diff: U8) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        """Changed pixels, and the cells in which enough of them changed."""
-        changed = diff > self.noise_level
+        """Changed pixels, and the cells in which enough of them changed.
+
+        ``diff`` is spent: the changed pixels are written over it.
+        """
+        changed = np.greater(diff, self.noise_level, out=diff.view(np.bool_))
         # Each uint64 holds the 0/1 bytes of 8 neighbouring pixels; summing the 8 rows of a
-        # cell keeps every byte <= 8, and the multiply folds the bytes into a count <= 64.
+        # cell keeps every byte <= 8, and the multiply adds the bytes up into the top byte
+        # (a count <= 64). The bytes below it hold partial sums (< 2**56), so the count
+        # is compared in place, unshifted; masked cells multiply by 0 and never move.
         words = changed.view(np.uint64).reshape(self.rows, CELL, self.cols)
-        cells = (words.sum(axis=1, dtype=np.uint64) * _BYTE_SUM) >> _TOP_BYTE
-        moving = cells >= CELL_MIN_CHANGED
-        moving &= self.cell_mask
+        cells = np.add.reduce(words, axis=1)
+        cells *= self._byte_sum
+        moving: npt.NDArray[np.bool_] = cells >= _MIN_CHANGED_TOP
         return changed, moving
 
     def _scored(
@@ -479,6 +492,11 @@ def _tolerant_diff(cur: U8, prev: U8) -> U8:
     diff = _outside(cur, prev)
     np.maximum(diff, _outside(prev, cur), out=diff)
     return diff
+
+
+def _byte_sum(cell_mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint64]:
+    """Per cell, the multiplier that adds up a word's bytes: 0 where the cell is masked."""
+    return np.where(cell_mask, _BYTE_SUM, np.uint64(0))
 
 
 def _box(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
