@@ -360,41 +360,47 @@ class MotionAnalyzer:
         streaks, snowflakes, noise) leaves (almost) nothing after a 3x3 erosion; only the
         other cells are tested for light.
         """
-        r, c = np.nonzero(moving)
-        # Cell-major views: [row, col] picks a cell's 8x8 pixels.
+        flat = np.flatnonzero(moving)
+        r, c = np.divmod(flat, self.cols)
+        # [r, :, c] on these views picks the cells' 8x8 pixels, cell-major.
         shape = (self.rows, CELL, self.cols, CELL)
-        m = changed.reshape(shape).transpose(0, 2, 1, 3)[r, c]
-        rows3 = m[:, :-2] & m[:, 1:-1] & m[:, 2:]
-        core = rows3[:, :, :-2] & rows3[:, :, 1:-1] & rows3[:, :, 2:]
-        solid = np.count_nonzero(core.reshape(len(r), -1), axis=1) >= SOLID_MIN
-        scattered = np.zeros_like(moving)
-        scattered[r[~solid], c[~solid]] = True
+        m = changed.reshape(shape)[r, :, c]
+        rows3 = m[:, :-2] & m[:, 1:-1]
+        rows3 &= m[:, 2:]
+        core = rows3[:, :, :-2] & rows3[:, :, 1:-1]
+        core &= rows3[:, :, 2:]
+        solid = np.count_nonzero(core.reshape(len(flat), -1), axis=1) >= SOLID_MIN
+        scattered = moving.flatten()
+        scattered[flat[solid]] = False
+        content = np.zeros_like(scattered)
         # Only solid changes can be objects: the light test looks at those alone.
         r, c = r[solid], c[solid]
-        content = np.zeros_like(moving)
-        if not len(r):
-            return 0, scattered, content
-        y = cur.reshape(shape).transpose(0, 2, 1, 3)[r, c].reshape(len(r), -1)
-        x = prev.reshape(shape).transpose(0, 2, 1, 3)[r, c].reshape(len(r), -1)
-        y = y.astype(np.float32)
-        x = x.astype(np.float32)
-        inv = np.float32(1 / (CELL * CELL))
-        my = np.add.reduce(y, axis=1, keepdims=True) * inv
-        mx = np.add.reduce(x, axis=1, keepdims=True) * inv
+        n = len(r)
+        if not n:
+            return 0, scattered.reshape(moving.shape), content.reshape(moving.shape)
+        # Each cell's pixels now and before as the two rows of a 2x64 matrix; one batched
+        # product gives every cell's sums of squares and of products. In float32 they are
+        # exact: every partial sum is an integer below 64 * 255**2 < 2**24.
+        pixels = np.empty((n, 2, CELL * CELL), dtype=np.float32)
+        pixels[:, 0] = cur.reshape(shape)[r, :, c].reshape(n, -1)
+        pixels[:, 1] = prev.reshape(shape)[r, :, c].reshape(n, -1)
+        moments = pixels @ pixels.transpose(0, 2, 1)
+        sums = np.add.reduce(pixels, axis=2, dtype=np.float64) * (1 / (CELL * CELL))
+        my, mx = sums[:, 0], sums[:, 1]
+        syy, sxy, sxx = (moments[:, i, j].astype(np.float64) for i, j in ((0, 0), (0, 1), (1, 1)))
         # The brightness ratio; a small pedestal stands for the sensor's black level.
         gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
         # Variance of y - gain * x: what the brightness ratio does not explain.
-        x *= gain
-        y -= x
-        residual = np.add.reduce(y * y, axis=1) * inv - (my - gain * mx)[:, 0] ** 2
+        residual = (syy - 2 * gain * sxy + gain * gain * sxx) * (1 / (CELL * CELL))
+        residual -= (my - gain * mx) ** 2
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
         sigma2 = (self._noise / NOISE_SIGMAS) ** 2 / 2
-        explained = residual <= LIGHT_RESIDUAL * sigma2 * (1 + gain[:, 0] ** 2)
+        explained = residual <= LIGHT_RESIDUAL * sigma2 * (1 + gain * gain)
         if explained.any():
-            explained &= self._smooth_light(r, c, gain[:, 0])
-        content[r, c] = ~explained
+            explained &= self._smooth_light(r, c, gain.astype(np.float32))
+        content[flat[solid]] = ~explained
         lit = int(np.count_nonzero(explained))
-        return lit, scattered, content
+        return lit, scattered.reshape(moving.shape), content.reshape(moving.shape)
 
     def _smooth_light(
         self, r: npt.NDArray[np.intp], c: npt.NDArray[np.intp], gain: npt.NDArray[np.float32]
