@@ -143,15 +143,15 @@ class MotionAnalyzer:
         self._prev_raw: U8 | None = None
         self._noise = float(settings.noise_level)
         self._frames = 0
-        # Object cells of the last second of frames (the swept area of a small object).
-        # When an object last covered each cell (µs): the swept area is a comparison, and
-        # it follows frame timestamps whatever the analysis rate.
-        self._seen = np.full((self.rows, self.cols), np.iinfo(np.int64).min // 2, np.int64)
-        self._empty = np.zeros((self.rows, self.cols), dtype=bool)
-        self._empty.setflags(write=False)
+        # The object stage works on cell bitboards (see _Cells): a handful of integer
+        # operations instead of dozens of numpy calls on a 40x30 grid.
+        self._cells = _Cells(self.rows, self.cols)
+        # The extents of objects (bitboards) over the last SWEEP_S seconds, by frame
+        # timestamp (µs): the swept area follows time whatever the analysis rate.
+        self._seen: deque[tuple[int, int]] = deque()
         self._sweep_us = round(SWEEP_S * US)
         # Cells next to the previous frame's content and candidates (see _scored).
-        self._near_content = self._near_candidates = self._empty
+        self._near_content = self._near_candidates = 0
         self._profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
         self._prev_profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
 
@@ -227,7 +227,7 @@ class MotionAnalyzer:
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
         if self.live_cells and n_lit > lightswitch * self.live_cells:
-            self._near_content = self._near_candidates = self._empty
+            self._near_content = self._near_candidates = 0
             return Score(ts, 0.0, n, lighting=True, noise=self.noise_level, lit=n_lit, shake=shake)
         return self._scored(ts, content, n, scattered, lit=n_lit, shake=shake)
 
@@ -266,39 +266,39 @@ class MotionAnalyzer:
         so a distant walker whose every frame shows a few cells adds up to the metres she
         walked; a group big enough to pass the sensitivity on its own counts at once.
         """
-        empty = self._empty
         n_scattered = 0 if scattered is None else int(np.count_nonzero(scattered))
         if content is None or not content.any():
-            self._near_content = self._near_candidates = empty
+            self._near_content = self._near_candidates = 0
             return Score(ts, 0.0, n, noise=self.noise_level, scattered=n_scattered, **why)  # type: ignore[arg-type]
-        # 3x3 box sums (each cell with its eight neighbours): > 0 is "next to", >= 3 on a
-        # content cell is "with two content neighbours".
-        box = _box(content)
-        grouped = box >= 3
-        grouped &= content
-        candidates = self._near_content & content
-        candidates |= grouped
+        grid = self._cells
+        found = grid.bits(content)
+        # "With two content neighbours": three or more content cells in its 3x3 box.
+        grouped = grid.crowded(found) & found
+        candidates = (self._near_content & found) | grouped
         objects = self._near_candidates & candidates
-        # One stacked box sum gives what is next to this frame's candidates (for the next
-        # frame) and to its objects (for their extent now).
-        near = _box(np.stack((candidates, objects))) > 0
-        self._near_content, self._near_candidates = box > 0, near[0]
-        if objects.any():
+        self._near_content, self._near_candidates = grid.near(found), grid.near(candidates)
+        if objects:
             # The object's extent: its cells and the changed cells touching them.
-            extent = content if scattered is None else content | scattered
-            extent &= near[1]
-            self._seen[extent] = ts
-            swept = int(np.count_nonzero(self._seen >= ts - self._sweep_us))
+            extent = found if scattered is None else found | grid.bits(scattered)
+            extent &= grid.near(objects)
+            seen = self._seen
+            seen.append((ts, extent))
+            while seen[0][0] < ts - self._sweep_us:
+                seen.popleft()
+            swept_cells = 0
+            for _, cells in seen:
+                swept_cells |= cells
+            swept = swept_cells.bit_count()
         else:
             swept = 0
-        group = int(np.count_nonzero(grouped))
+        group = grouped.bit_count()
         return Score(
             ts,
             max(swept, group) * self.blocks_per_cell,
             n,
             noise=self.noise_level,
             scattered=n_scattered,
-            objects=int(np.count_nonzero(objects)),
+            objects=objects.bit_count(),
             swept=swept > group,
             **why,  # type: ignore[arg-type]
         )
@@ -369,7 +369,7 @@ class MotionAnalyzer:
         rows3 &= m[:, 2:]
         core = rows3[:, :, :-2] & rows3[:, :, 1:-1]
         core &= rows3[:, :, 2:]
-        solid = np.count_nonzero(core.reshape(len(flat), -1), axis=1) >= SOLID_MIN
+        solid = np.add.reduce(core.reshape(len(flat), -1).view(np.uint8), axis=1) >= SOLID_MIN
         scattered = moving.flatten()
         scattered[flat[solid]] = False
         content = np.zeros_like(scattered)
@@ -505,16 +505,46 @@ def _byte_sum(cell_mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint64]:
     return np.where(cell_mask, _BYTE_SUM, np.uint64(0))
 
 
-def _box(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
-    """3x3 box sums over the last two axes: each cell plus its eight neighbours (separably)."""
-    c = cells.view(np.uint8)
-    row = c.copy()
-    row[..., 1:] += c[..., :-1]
-    row[..., :-1] += c[..., 1:]
-    box = row.copy()
-    box[..., 1:, :] += row[..., :-1, :]
-    box[..., :-1, :] += row[..., 1:, :]
-    return box
+class _Cells:
+    """A grid of cells as one Python integer: bit ``row * cols + col`` is a cell.
+
+    Neighbourhoods are shifts and masks of the whole grid at once, which costs far less
+    than numpy calls on a grid this small.
+    """
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.rows, self.cols = rows, cols
+        self.size = rows * cols
+        self.full = (1 << self.size) - 1
+        first_col = sum(1 << (r * cols) for r in range(rows))
+        # Moving the grid a cell right (left) wraps each row's last (first) cell onto the
+        # next (previous) row's first (last) one: those bits are cleared.
+        self.not_first_col = self.full & ~first_col
+        self.not_last_col = self.full & ~(first_col << (cols - 1))
+
+    def bits(self, cells: npt.NDArray[np.bool_]) -> int:
+        """The grid's integer for a (rows, cols) boolean array."""
+        return int.from_bytes(np.packbits(cells, bitorder="little").tobytes(), "little")
+
+    def _rows3(self, x: int) -> tuple[int, int, int]:
+        """Each cell, and its left and right neighbour moved onto it."""
+        return x, (x << 1) & self.not_first_col, (x >> 1) & self.not_last_col
+
+    def near(self, x: int) -> int:
+        """Cells in or next to (8 neighbours) a cell of ``x``."""
+        mid, left, right = self._rows3(x)
+        row = mid | left | right
+        return row | ((row << self.cols) & self.full) | (row >> self.cols)
+
+    def crowded(self, x: int) -> int:
+        """Cells whose 3x3 box holds at least three cells of ``x``."""
+        one = two = three = 0
+        for row in self._rows3(x):
+            for b in (row, (row << self.cols) & self.full, row >> self.cols):
+                three |= two & b
+                two |= one & b
+                one |= b
+        return three
 
 
 def build_cell_mask(
