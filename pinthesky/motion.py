@@ -204,7 +204,7 @@ class MotionAnalyzer:
         n = int(np.count_nonzero(moving))
         if n == 0:
             # The common case on a quiet scene: nothing more to look at.
-            return self._scored(ts, None, n)
+            return self._scored(ts, 0, n)
         shake = False
         if n >= SHAKE_MIN_CELLS and self._spread(moving):
             # A shift fools the brightness fit too (the sample's pixels moved): when the
@@ -220,7 +220,7 @@ class MotionAnalyzer:
                     shake = True
                     prev, changed, moving = aligned, still_changed, still_moving
                     if left == 0:
-                        return self._scored(ts, None, n, shake=True)
+                        return self._scored(ts, 0, n, shake=True)
                     break
         n_lit, scattered, content = self._classify(cur, prev, changed, moving)
         # Most of the picture changed and the light explains it: the frame is a lighting
@@ -250,12 +250,14 @@ class MotionAnalyzer:
     def _scored(
         self,
         ts: int,
-        content: npt.NDArray[np.bool_] | None,
+        content: int,
         n: int,
-        scattered: npt.NDArray[np.bool_] | None = None,
+        scattered: int = 0,
         **why: bool | int,
     ) -> Score:
         """Objects among the content cells, and the score: the area they swept lately.
+
+        ``content`` and ``scattered`` are cell bitboards (see ``_Cells``).
 
         A candidate is a group of content cells (a cell with two content neighbours), or a
         content cell next to where content was in the previous frame. An object is a
@@ -266,12 +268,12 @@ class MotionAnalyzer:
         so a distant walker whose every frame shows a few cells adds up to the metres she
         walked; a group big enough to pass the sensitivity on its own counts at once.
         """
-        n_scattered = 0 if scattered is None else int(np.count_nonzero(scattered))
-        if content is None or not content.any():
+        n_scattered = scattered.bit_count()
+        if not content:
             self._near_content = self._near_candidates = 0
             return Score(ts, 0.0, n, noise=self.noise_level, scattered=n_scattered, **why)  # type: ignore[arg-type]
         grid = self._cells
-        found = grid.bits(content)
+        found = content
         # "With two content neighbours": three or more content cells in its 3x3 box.
         grouped = grid.crowded(found) & found
         candidates = (self._near_content & found) | grouped
@@ -279,7 +281,7 @@ class MotionAnalyzer:
         self._near_content, self._near_candidates = grid.near(found), grid.near(candidates)
         if objects:
             # The object's extent: its cells and the changed cells touching them.
-            extent = found if scattered is None else found | grid.bits(scattered)
+            extent = found | scattered
             extent &= grid.near(objects)
             seen = self._seen
             seen.append((ts, extent))
@@ -348,8 +350,8 @@ class MotionAnalyzer:
         prev: U8,
         changed: npt.NDArray[np.bool_],
         moving: npt.NDArray[np.bool_],
-    ) -> tuple[int, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        """Split the moving cells into lit (counted), scattered and content, by their pixels.
+    ) -> tuple[int, int, int]:
+        """Split the moving cells into lit (counted), scattered and content (bitboards).
 
         Only the moving cells are gathered (a few percent of the picture on a busy frame),
         so these checks cost in proportion to what moved.
@@ -360,8 +362,7 @@ class MotionAnalyzer:
         streaks, snowflakes, noise) leaves (almost) nothing after a 3x3 erosion; only the
         other cells are tested for light.
         """
-        flat = np.flatnonzero(moving)
-        r, c = np.divmod(flat, self.cols)
+        r, c = np.nonzero(moving)
         # [r, :, c] on these views picks the cells' 8x8 pixels, cell-major.
         shape = (self.rows, CELL, self.cols, CELL)
         m = changed.reshape(shape)[r, :, c]
@@ -369,38 +370,52 @@ class MotionAnalyzer:
         rows3 &= m[:, 2:]
         core = rows3[:, :, :-2] & rows3[:, :, 1:-1]
         core &= rows3[:, :, 2:]
-        solid = np.add.reduce(core.reshape(len(flat), -1).view(np.uint8), axis=1) >= SOLID_MIN
-        scattered = moving.flatten()
-        scattered[flat[solid]] = False
-        content = np.zeros_like(scattered)
+        solid = np.add.reduce(core.reshape(len(r), -1).view(np.uint8), axis=1) >= SOLID_MIN
+        # The verdicts become cell bitboards (see _Cells) one cell at a time: on the few
+        # cells that move, Python costs less than the numpy calls that would scatter them.
+        scattered = 0
+        cols = self.cols
+        solid_at: list[int] = []
+        for row, col, is_solid in zip(r.tolist(), c.tolist(), solid.tolist(), strict=True):
+            if is_solid:
+                solid_at.append(row * cols + col)
+            else:
+                scattered |= 1 << (row * cols + col)
         # Only solid changes can be objects: the light test looks at those alone.
-        r, c = r[solid], c[solid]
-        n = len(r)
+        n = len(solid_at)
         if not n:
-            return 0, scattered.reshape(moving.shape), content.reshape(moving.shape)
+            return 0, scattered, 0
+        r, c = r[solid], c[solid]
         # Each cell's pixels now and before as the two rows of a 2x64 matrix; one batched
         # product gives every cell's sums of squares and of products. In float32 they are
         # exact: every partial sum is an integer below 64 * 255**2 < 2**24.
         pixels = np.empty((n, 2, CELL * CELL), dtype=np.float32)
         pixels[:, 0] = cur.reshape(shape)[r, :, c].reshape(n, -1)
         pixels[:, 1] = prev.reshape(shape)[r, :, c].reshape(n, -1)
-        moments = pixels @ pixels.transpose(0, 2, 1)
-        sums = np.add.reduce(pixels, axis=2, dtype=np.float64) * (1 / (CELL * CELL))
-        my, mx = sums[:, 0], sums[:, 1]
-        syy, sxy, sxx = (moments[:, i, j].astype(np.float64) for i, j in ((0, 0), (0, 1), (1, 1)))
-        # The brightness ratio; a small pedestal stands for the sensor's black level.
-        gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
-        # Variance of y - gain * x: what the brightness ratio does not explain.
-        residual = (syy - 2 * gain * sxy + gain * gain * sxx) * (1 / (CELL * CELL))
-        residual -= (my - gain * mx) ** 2
+        moments = (pixels @ pixels.transpose(0, 2, 1)).tolist()
+        sums = np.add.reduce(pixels, axis=2, dtype=np.float64).tolist()
+        inv = 1 / (CELL * CELL)
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
-        sigma2 = (self._noise / NOISE_SIGMAS) ** 2 / 2
-        explained = residual <= LIGHT_RESIDUAL * sigma2 * (1 + gain * gain)
-        if explained.any():
-            explained &= self._smooth_light(r, c, gain.astype(np.float32))
-        content[flat[solid]] = ~explained
-        lit = int(np.count_nonzero(explained))
-        return lit, scattered.reshape(moving.shape), content.reshape(moving.shape)
+        limit = LIGHT_RESIDUAL * (self._noise / NOISE_SIGMAS) ** 2 / 2
+        gains: list[float] = []
+        explained: list[bool] = []
+        for (sy, sx), ((syy, sxy), (_, sxx)) in zip(sums, moments, strict=True):
+            my, mx = sy * inv, sx * inv
+            # The brightness ratio; a small pedestal stands for the sensor's black level.
+            gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
+            # Variance of y - gain * x: what the brightness ratio does not explain.
+            offset = my - gain * mx
+            residual = (syy - 2 * gain * sxy + gain * gain * sxx) * inv - offset * offset
+            gains.append(gain)
+            explained.append(residual <= limit * (1 + gain * gain))
+        if any(explained):
+            smooth = self._smooth_light(r, c, np.array(gains, dtype=np.float32)).tolist()
+            explained = [e and s for e, s in zip(explained, smooth, strict=True)]
+        content = 0
+        for at, lit in zip(solid_at, explained, strict=True):
+            if not lit:
+                content |= 1 << at
+        return sum(explained), scattered, content
 
     def _smooth_light(
         self, r: npt.NDArray[np.intp], c: npt.NDArray[np.intp], gain: npt.NDArray[np.float32]
@@ -521,10 +536,6 @@ class _Cells:
         # next (previous) row's first (last) one: those bits are cleared.
         self.not_first_col = self.full & ~first_col
         self.not_last_col = self.full & ~(first_col << (cols - 1))
-
-    def bits(self, cells: npt.NDArray[np.bool_]) -> int:
-        """The grid's integer for a (rows, cols) boolean array."""
-        return int.from_bytes(np.packbits(cells, bitorder="little").tobytes(), "little")
 
     def _rows3(self, x: int) -> tuple[int, int, int]:
         """Each cell, and its left and right neighbour moved onto it."""
