@@ -180,7 +180,7 @@ class MotionAnalyzer:
         # change ignores a moving object that covers less than half of the picture. Its
         # mean change is cheap, and kept as a sum per frame: only when the mean moved by
         # more than GAIN_TRIGGER / 2 can the (costlier) median have moved by GAIN_TRIGGER.
-        sample_sum = int(cur[4::8, 4::8].sum())
+        sample_sum = int(np.add.reduce(cur[4::8, 4::8], axis=None, dtype=np.int64))
         prev_sum, self._sample_sum = self._sample_sum, sample_sum
         if prev is None:
             return Score(ts, 0.0, 0, noise=self.noise_level)
@@ -386,20 +386,20 @@ class MotionAnalyzer:
         if not n:
             return 0, scattered, 0
         r, c = r[solid], c[solid]
-        # Each cell's pixels now and before as the two rows of a 2x64 matrix; one batched
-        # product gives every cell's sums of squares and of products. In float32 they are
-        # exact: every partial sum is an integer below 64 * 255**2 < 2**24.
-        pixels = np.empty((n, 2, CELL * CELL), dtype=np.float32)
+        # Each cell's pixels now and before, and ones, as the rows of a 3x64 matrix; one
+        # batched product gives every cell's sums, sums of squares and of products. In
+        # float32 they are exact: every partial sum is an integer below 64 * 255**2 < 2**24.
+        pixels = np.empty((n, 3, CELL * CELL), dtype=np.float32)
         pixels[:, 0] = cur.reshape(shape)[r, :, c].reshape(n, -1)
         pixels[:, 1] = prev.reshape(shape)[r, :, c].reshape(n, -1)
-        moments = (pixels @ pixels.transpose(0, 2, 1)).tolist()
-        sums = np.add.reduce(pixels, axis=2, dtype=np.float64).tolist()
+        pixels[:, 2] = 1
+        moments = (pixels @ pixels[:, :2].transpose(0, 2, 1)).tolist()
         inv = 1 / (CELL * CELL)
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
         limit = LIGHT_RESIDUAL * (self._noise / NOISE_SIGMAS) ** 2 / 2
         gains: list[float] = []
         explained: list[bool] = []
-        for (sy, sx), ((syy, sxy), (_, sxx)) in zip(sums, moments, strict=True):
+        for (syy, sxy), (_, sxx), (sy, sx) in moments:
             my, mx = sy * inv, sx * inv
             # The brightness ratio; a small pedestal stands for the sensor's black level.
             gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
