@@ -461,8 +461,10 @@ class MotionAnalyzer:
 
     def _update_noise(self, diff: U8) -> None:
         sample = diff[2::4, 2::4].ravel()
-        mid = sample.size // 2
-        median = float(np.partition(sample, mid)[mid])
+        # The middle value of the sorted sample: the first level whose running count of
+        # pixels passes the middle index (a histogram costs less than a partition).
+        running = np.bincount(sample, minlength=256).cumsum()
+        median = float(np.searchsorted(running, sample.size // 2, side="right"))
         # For Gaussian noise the median absolute value is 0.6745 sigma; smooth over time so
         # one busy frame does not swing the threshold.
         estimate = max(float(self.settings.noise_level), NOISE_SIGMAS * median / 0.6745)
