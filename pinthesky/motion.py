@@ -136,6 +136,8 @@ class MotionAnalyzer:
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
         self._byte_sum = _byte_sum(self.cell_mask)
+        self._still = np.zeros((self.rows, self.cols), dtype=bool)
+        self._still.setflags(write=False)
         self._prev: U8 | None = None
         # Sum of the previous frame's brightness sample (see analyse).
         self._sample_sum = 0
@@ -237,6 +239,10 @@ class MotionAnalyzer:
         ``diff`` is spent: the changed pixels are written over it.
         """
         changed = np.greater(diff, self.noise_level, out=diff.view(np.bool_))
+        if np.count_nonzero(changed) < CELL_MIN_CHANGED:
+            # Too few changed pixels for any cell to move (a still scene, where few or no
+            # pixels pass the noise threshold): one count instead of the cell sums.
+            return changed, self._still
         # Each uint64 holds the 0/1 bytes of 8 neighbouring pixels; summing the 8 rows of a
         # cell keeps every byte <= 8, and the multiply adds the bytes up into the top byte
         # (a count <= 64). The bytes below it hold partial sums (< 2**56), so the count
