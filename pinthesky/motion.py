@@ -83,6 +83,8 @@ SWEEP_S = 1.5
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
 """Multiplying by this adds up the eight bytes of a word into its top byte."""
+_NOWHERE: tuple[npt.NDArray[np.intp], ...] = (np.zeros(0, np.intp), np.zeros(0, np.intp))
+"""No moving cells, as ``np.nonzero`` would say it."""
 _MIN_CHANGED_TOP = np.uint64(CELL_MIN_CHANGED << 56)
 """``CELL_MIN_CHANGED`` in a word's top byte (see ``MotionAnalyzer._moving``)."""
 
@@ -203,28 +205,31 @@ class MotionAnalyzer:
         if self._frames % NOISE_EVERY == 0:
             self._update_noise(diff)
         changed, moving = self._moving(diff)
-        n = int(np.count_nonzero(moving))
+        # The moving cells' rows and columns, found once for the checks below.
+        where = np.nonzero(moving) if moving is not self._still else _NOWHERE
+        n = len(where[0])
         if n == 0:
             # The common case on a quiet scene: nothing more to look at.
             return self._scored(ts, 0, n)
         shake = False
-        if n >= SHAKE_MIN_CELLS and self._spread(moving):
+        if n >= SHAKE_MIN_CELLS and self._spread(*where):
             # A shift fools the brightness fit too (the sample's pixels moved): when the
             # previous frame was relit, lining up the frame as it was is tried as well.
             for base in (prev, raw_prev) if relit else (prev,):
                 aligned = self._unshaken(cur, base)
                 still_changed, still_moving = self._moving(_tolerant_diff(cur, aligned))
-                left = int(np.count_nonzero(still_moving))
+                still_where = np.nonzero(still_moving)
+                left = len(still_where[0])
                 # The view moved if lining it up explains most of the change. Objects
                 # moved by more than a pixel and stay; a pool of light sliding across the
                 # picture stays too (and is told from objects below).
                 if left <= SHAKE_EXPLAINS * n:
                     shake = True
-                    prev, changed, moving = aligned, still_changed, still_moving
+                    prev, changed, where = aligned, still_changed, still_where
                     if left == 0:
                         return self._scored(ts, 0, n, shake=True)
                     break
-        n_lit, scattered, content = self._classify(cur, prev, changed, moving)
+        n_lit, scattered, content = self._classify(cur, prev, changed, where)
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
@@ -311,14 +316,14 @@ class MotionAnalyzer:
             **why,  # type: ignore[arg-type]
         )
 
-    def _spread(self, moving: npt.NDArray[np.bool_]) -> bool:
+    def _spread(self, r: npt.NDArray[np.intp], c: npt.NDArray[np.intp]) -> bool:
         """Whether the moving cells reach across the picture, as a shaken view's edges do.
 
         A cheap gate before the shake check: one object, however close, moves in a part of
         the rows or the columns of the picture, not in most of both.
         """
-        rows = int(np.count_nonzero(np.logical_or.reduce(moving, axis=1)))
-        cols = int(np.count_nonzero(np.logical_or.reduce(moving, axis=0)))
+        rows = len(set(r.tolist()))
+        cols = len(set(c.tolist()))
         return rows >= SHAKE_SPREAD * self.rows and cols >= SHAKE_SPREAD * self.cols
 
     def _unshaken(self, cur: U8, prev: U8) -> U8:
@@ -355,7 +360,7 @@ class MotionAnalyzer:
         cur: U8,
         prev: U8,
         changed: npt.NDArray[np.bool_],
-        moving: npt.NDArray[np.bool_],
+        where: tuple[npt.NDArray[np.intp], ...],
     ) -> tuple[int, int, int]:
         """Split the moving cells into lit (counted), scattered and content (bitboards).
 
@@ -368,7 +373,7 @@ class MotionAnalyzer:
         streaks, snowflakes, noise) leaves (almost) nothing after a 3x3 erosion; only the
         other cells are tested for light.
         """
-        r, c = np.nonzero(moving)
+        r, c = where
         # [r, :, c] on these views picks the cells' 8x8 pixels, cell-major.
         shape = (self.rows, CELL, self.cols, CELL)
         m = changed.reshape(shape)[r, :, c]
