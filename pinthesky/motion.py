@@ -138,6 +138,8 @@ class MotionAnalyzer:
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
         self._byte_sum = _byte_sum(self.cell_mask)
+        # The row of ones beside each cell's pixels in _classify's batched product.
+        self._ones = np.ones((self.rows * self.cols, 1, CELL * CELL), dtype=np.uint8)
         self._still = np.zeros((self.rows, self.cols), dtype=bool)
         self._still.setflags(write=False)
         self._prev: U8 | None = None
@@ -387,30 +389,39 @@ class MotionAnalyzer:
         scattered = 0
         cols = self.cols
         solid_at: list[int] = []
-        for row, col, is_solid in zip(r.tolist(), c.tolist(), solid.tolist(), strict=True):
+        solid_list = solid.tolist()
+        for row, col, is_solid in zip(r.tolist(), c.tolist(), solid_list, strict=True):
             if is_solid:
                 solid_at.append(row * cols + col)
             else:
                 scattered |= 1 << (row * cols + col)
         # Only solid changes can be objects: the light test looks at those alone.
-        n = len(solid_at)
-        if not n:
+        if not solid_at:
             return 0, scattered, 0
-        r, c = r[solid], c[solid]
-        # Each cell's pixels now and before, and ones, as the rows of a 3x64 matrix; one
-        # batched product gives every cell's sums, sums of squares and of products. In
-        # float32 they are exact: every partial sum is an integer below 64 * 255**2 < 2**24.
-        pixels = np.empty((n, 3, CELL * CELL), dtype=np.float32)
-        pixels[:, 0] = cur.reshape(shape)[r, :, c].reshape(n, -1)
-        pixels[:, 1] = prev.reshape(shape)[r, :, c].reshape(n, -1)
-        pixels[:, 2] = 1
+        # Each moving cell's pixels now and before, and ones, as the rows of a 3x64 matrix
+        # (all moving cells: picking the solid ones out would cost more calls than their
+        # sums); one batched product gives every cell's sums, sums of squares and of
+        # products. In float32 they are exact: every partial sum is an integer below
+        # 64 * 255**2 < 2**24.
+        n, size = len(r), CELL * CELL
+        pixels = np.concatenate(
+            (
+                cur.reshape(shape)[r, :, c].reshape(n, 1, size),
+                prev.reshape(shape)[r, :, c].reshape(n, 1, size),
+                self._ones[:n],
+            ),
+            axis=1,
+            dtype=np.float32,
+        )
         moments = (pixels @ pixels[:, :2].transpose(0, 2, 1)).tolist()
-        inv = 1 / (CELL * CELL)
+        inv = 1 / size
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
         limit = LIGHT_RESIDUAL * (self._noise / NOISE_SIGMAS) ** 2 / 2
         gains: list[float] = []
         explained: list[bool] = []
-        for (syy, sxy), (_, sxx), (sy, sx) in moments:
+        for is_solid, ((syy, sxy), (_, sxx), (sy, sx)) in zip(solid_list, moments, strict=True):
+            if not is_solid:
+                continue
             my, mx = sy * inv, sx * inv
             # The brightness ratio; a small pedestal stands for the sensor's black level.
             gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
@@ -420,7 +431,8 @@ class MotionAnalyzer:
             gains.append(gain)
             explained.append(residual <= limit * (1 + gain * gain))
         if any(explained):
-            smooth = self._smooth_light(r, c, np.array(gains, dtype=np.float32)).tolist()
+            gain_at = np.array(gains, dtype=np.float32)
+            smooth = self._smooth_light(r[solid], c[solid], gain_at).tolist()
             explained = [e and s for e, s in zip(explained, smooth, strict=True)]
         content = 0
         for at, lit in zip(solid_at, explained, strict=True):
