@@ -398,16 +398,19 @@ class MotionAnalyzer:
         # Only solid changes can be objects: the light test looks at those alone.
         if not solid_at:
             return 0, scattered, 0
-        # Each moving cell's pixels now and before, and ones, as the rows of a 3x64 matrix
-        # (all moving cells: picking the solid ones out would cost more calls than their
-        # sums); one batched product gives every cell's sums, sums of squares and of
-        # products. In float32 they are exact: every partial sum is an integer below
-        # 64 * 255**2 < 2**24.
-        n, size = len(r), CELL * CELL
+        # Each cell's pixels now and before, and ones, as the rows of a 3x64 matrix; one
+        # batched product gives every cell's sums, sums of squares and of products. In
+        # float32 they are exact: every partial sum is an integer below 64 * 255**2 < 2**24.
+        # Mostly solid cells (an object) are all taken: picking the solid ones out costs
+        # more calls than the sums of a few others. Mostly thin ones (rain) are picked out.
+        tested, taken = (r, c), solid_list
+        if 2 * len(solid_at) < len(r):
+            tested, taken = (r[solid], c[solid]), [True] * len(solid_at)
+        n, size = len(taken), CELL * CELL
         pixels = np.concatenate(
             (
-                cur.reshape(shape)[r, :, c].reshape(n, 1, size),
-                prev.reshape(shape)[r, :, c].reshape(n, 1, size),
+                cur.reshape(shape)[tested[0], :, tested[1]].reshape(n, 1, size),
+                prev.reshape(shape)[tested[0], :, tested[1]].reshape(n, 1, size),
                 self._ones[:n],
             ),
             axis=1,
@@ -419,7 +422,7 @@ class MotionAnalyzer:
         limit = LIGHT_RESIDUAL * (self._noise / NOISE_SIGMAS) ** 2 / 2
         gains: list[float] = []
         explained: list[bool] = []
-        for is_solid, ((syy, sxy), (_, sxx), (sy, sx)) in zip(solid_list, moments, strict=True):
+        for is_solid, ((syy, sxy), (_, sxx), (sy, sx)) in zip(taken, moments, strict=True):
             if not is_solid:
                 continue
             my, mx = sy * inv, sx * inv
