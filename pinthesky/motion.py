@@ -12,7 +12,8 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
 3. Group changed pixels into cells of 8x8 picture pixels: eight boolean bytes are read as one
    64-bit word, the eight rows of a cell are added word-wise, and one multiplication sums
    the bytes of the word. A cell moves when enough of its pixels changed, so isolated noisy pixels
-   never add up to motion. Masked cells are ignored.
+   never add up to motion. Masked cells are ignored. A frame with fewer changed pixels than
+   one moving cell needs stops here.
 4. Score the frame in moving 16x16 macroblocks *of the main resolution*, which is what
    ``sensitivity`` has always meant; motion is a score above ``sensitivity``.
 5. Frames with change only go further, on the changed cells alone (see README "Motion"):
@@ -22,6 +23,12 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
    frame mostly made of them is a lighting change that scores nothing; content cells make
    objects when they group or persist from frame to frame, and the score is the area the
    objects covered over the last ``SWEEP_S`` seconds, so a small, far object adds up.
+
+Cost: what a frame costs on a camera is mostly the number of numpy calls (each one's fixed
+cost, with caches cold after the decoder ran), not their size. So the full-resolution work is a
+handful of calls, the per-cell tests take the moving cells in one batch, per-cell verdicts are
+made in plain Python on the few cells that moved, and the object stage works on the cell grid
+as one Python integer (``_Cells``).
 
 ``MotionTracker`` turns scores into events: motion must persist ``min_time`` seconds (on frame
 timestamps, not a frame count) to start an event, which ends once no motion was seen for
