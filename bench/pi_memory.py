@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, pinthesky_command, report
+from _common import REPO, Check, event_flags, pinthesky_command, report
 from daemon import memory
-from live import REGION, Cloud, Viewer, event_flags
+from live import REGION, Cloud, Viewer
 from sidecar import sidecar_command
 
 sys.path.insert(0, str(REPO / "tests"))
