@@ -12,7 +12,6 @@ import pytest
 from servers import aws_client, moto_server
 from test_provision import enforce_iam
 
-from pinthesky import pitsctl
 from pinthesky.alerts.cloud import (
     ABORT_RULE,
     CONNECTED_RULE,
@@ -26,7 +25,8 @@ from pinthesky.alerts.cloud import (
     local_zone,
     motion_sql,
 )
-from pinthesky.provision import THING_GROUP, ProvisionError
+from pinthesky.installer import pitsctl
+from pinthesky.installer.provision import THING_GROUP, ProvisionError
 
 REGION = "eu-west-1"
 BUCKET = "cams"

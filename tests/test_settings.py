@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from conftest import OLD_ENV
 
-from pinthesky import cli, settings
+from pinthesky import settings
+from pinthesky.daemon import cli
 from pinthesky.errors import ConfigError
 from pinthesky.settings import Rect, Resolution, Settings, Window
 

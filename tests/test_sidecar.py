@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from mqtt import JobsService, Mosquitto, Peer, ShadowService
 from servers import Pki
 
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
 from pinthesky.eventfiles import outbox_dir
-from pinthesky.jobs import ALIASES, HANDLERS, JobRefused, parse_job
+from pinthesky.iot.jobs import ALIASES, HANDLERS, JobRefused, parse_job
 
 THING = "cam1"
 COMMANDS = f"pinthesky/events/{THING}/input"
@@ -38,7 +38,7 @@ def sidecar_command() -> list[str]:
     return [
         sys.executable,
         "-c",
-        "import sys; from pinthesky.sidecar import main; sys.exit(main())",
+        "import sys; from pinthesky.iot.sidecar import main; sys.exit(main())",
     ]
 
 

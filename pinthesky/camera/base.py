@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pinthesky.errors import SourceError
 from pinthesky.media import US, AnalysisFrame, StreamInfo
-from pinthesky.ring import PacketRing
+from pinthesky.record.ring import PacketRing
 
 if TYPE_CHECKING:
     from pinthesky.live.tap import LiveTap

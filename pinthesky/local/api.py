@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pinthesky.eventfiles import write_atomically
-from pinthesky.onpi import merge_toml
+from pinthesky.installer.onpi import merge_toml
 from pinthesky.settings import (
     OPTION_BY_KEY,
     PAGE_KEYS,
@@ -36,7 +36,7 @@ from pinthesky.settings import (
 )
 
 if TYPE_CHECKING:
-    from pinthesky.daemon import Daemon
+    from pinthesky.daemon.app import Daemon
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pinthesky.commands import (
+from pinthesky.cloud.uploader import UploadEnded
+from pinthesky.control.commands import (
     CaptureImage,
     CaptureVideo,
     Command,
@@ -29,6 +30,8 @@ from pinthesky.commands import (
     parse_command,
     parse_connection,
 )
+from pinthesky.control.health import Health as HealthReport
+from pinthesky.control.shadow import SHADOW_KEYS, desired_changes, reported_document, same_value
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import (
     EventInput,
@@ -39,14 +42,11 @@ from pinthesky.eventfiles import (
     write_atomically,
     write_in_place,
 )
-from pinthesky.health import Health as HealthReport
 from pinthesky.jsonstream import MAX_MESSAGE_BYTES, parse_stream
 from pinthesky.logs import Throttle
-from pinthesky.shadow import SHADOW_KEYS, desired_changes, reported_document, same_value
-from pinthesky.uploader import UploadEnded
 
 if TYPE_CHECKING:
-    from pinthesky.daemon import Daemon
+    from pinthesky.daemon.app import Daemon
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__version__)
         return 0
     if args[:1] == ["detect"]:
-        from pinthesky.detect import main as detect_main
+        from pinthesky.daemon.detect import main as detect_main
 
         return detect_main(args[1:])
     ns = build_parser().parse_args(args)
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(cfg.daemon.log_level)
     import asyncio
 
-    from pinthesky.daemon import run
+    from pinthesky.daemon.app import run
     from pinthesky.errors import PintheskyError
 
     try:

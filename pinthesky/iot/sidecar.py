@@ -48,7 +48,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from pinthesky.credentials import check_key_permissions
+from pinthesky.cloud.credentials import check_key_permissions
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import (
     FILE_MODE,
@@ -382,7 +382,7 @@ class Sidecar:
 
     async def _run_job(self, execution: dict[str, Any]) -> None:
         """One job execution: the allowed handler run off the loop, its outcome reported."""
-        from pinthesky.jobs import JobRefused, parse_job, run_job
+        from pinthesky.iot.jobs import JobRefused, parse_job, run_job
 
         job_id = execution.get("jobId")
         if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
@@ -603,7 +603,7 @@ def check_readable(settings: Settings) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pinthesky import settings as settings_module
-    from pinthesky.cli import OneLineParser, load_settings
+    from pinthesky.daemon.cli import OneLineParser, load_settings
     from pinthesky.logs import setup_logging
 
     parser = OneLineParser(
