@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from conftest import clip_facts, settings_for
 
-from pinthesky.camera.base import RateGate
 from pinthesky.camera.x264 import X264Encoder
-from pinthesky.media import US, Clock, Packet, StreamInfo, has_parameter_sets
+from pinthesky.media import US, Clock, Packet, RateGate, StreamInfo, has_parameter_sets
 from pinthesky.record.bus import ClipReady, EventBus
 from pinthesky.record.clips import ClipStore
 from pinthesky.record.motion import (

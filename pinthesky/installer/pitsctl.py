@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pinthesky import __version__
-from pinthesky.daemon.cli import OneLineParser
+from pinthesky.cmdline import OneLineParser
 from pinthesky.errors import PintheskyError
 
 PROG = "pitsctl"

@@ -603,7 +603,7 @@ def check_readable(settings: Settings) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pinthesky import settings as settings_module
-    from pinthesky.daemon.cli import OneLineParser, load_settings
+    from pinthesky.cmdline import OneLineParser, load_settings
     from pinthesky.logs import setup_logging
 
     parser = OneLineParser(
