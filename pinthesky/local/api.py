@@ -5,8 +5,8 @@ already checked the password, the origin and the body's size. Every answer is a 
 JSON document; a refusal is ``{"error": "<one line>"}`` (``errors`` for several settings).
 
 Settings use the sections and names of the TOML file and the shadow. A change goes through
-the option table (``settings.merge``), then ``Daemon.reconfigure`` (the same path as a shadow
-change: the camera reopens only when it must), then the ``--local-settings`` file (merged
+the option table (``settings.merge``), then the daemon's ``reconfigure`` (the same path as a
+shadow change: the camera reopens only when it must), then the ``--local-settings`` file (merged
 line by line, so comments stay) and the shadow's reported state.
 """
 
@@ -20,7 +20,7 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pinthesky.eventfiles import write_atomically
 from pinthesky.installer.onpi import merge_toml
@@ -36,7 +36,9 @@ from pinthesky.settings import (
 )
 
 if TYPE_CHECKING:
-    from pinthesky.daemon.app import Daemon
+    from pinthesky.control.controller import Control
+    from pinthesky.record.clips import ClipStore
+    from pinthesky.record.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,28 @@ def settings_document(s: Settings) -> dict[str, dict[str, Any]]:
     return doc
 
 
+class Host(Protocol):
+    """What the API uses of the daemon that runs it. The composition root
+    (``daemon.app.Daemon``) provides it; declaring it here keeps this package from importing
+    the daemon, which imports this package."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def store(self) -> ClipStore: ...
+    @property
+    def control(self) -> Control | None: ...
+    @property
+    def recorder(self) -> Recorder | None: ...
+
+    async def capture_image(self, file_name: str | None = None) -> Path: ...
+    async def reconfigure(self, changes: dict[str, Any], origin: str) -> set[str]: ...
+
+
 class LocalApi:
     """Carries out the API's requests with the daemon's own methods (on the loop)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.daemon = daemon
         self._lock = asyncio.Lock()
         self.changes = 0
