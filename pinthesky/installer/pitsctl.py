@@ -394,13 +394,13 @@ def remove(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
 
 
 def _alerts(session: Any, region: str, bucket: str | None, progress: Progress | None = None) -> Any:
-    from pinthesky.alerts.cloud import Alerts
+    from pinthesky.installer.alerts import Alerts
 
     return Alerts(session, region, bucket, progress=progress.detail if progress else None)
 
 
 def _alert_options(ns: argparse.Namespace) -> Any:
-    from pinthesky.alerts.cloud import AlertOptions, local_zone
+    from pinthesky.installer.alerts import AlertOptions, local_zone
 
     return AlertOptions(
         emails=tuple(ns.email),
