@@ -36,7 +36,10 @@ $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 	@# Debian's Chromium: the tests play clips in a real browser. Debian's mosquitto: the
 	@# sidecar's tests run an MQTT broker with mutual TLS. systemd-analyze checks the units.
 	@# OpenSSH's server: pitsctl's tests install a camera over ssh on 127.0.0.1.
+	@# debootstrap and qemu-user-static: the emulated-Pi tests (armhf/arm64/armel chroots).
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	[ -e /usr/share/binfmts/qemu-arm ] || missing="$$missing qemu-user-static"; \
 	[ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \

@@ -72,6 +72,7 @@ BENCHMARKS = (
     "picamera2_import",
     "alerts",
     "flood",
+    "pi_memory",
 )
 HERE = Path(__file__).resolve().parent
 

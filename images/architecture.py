@@ -91,7 +91,7 @@ def package_map(ax: Axes) -> None:
     rows = [
         ("programs", -32.5, 5.5, [
             ("daemon/", "pinthesky: cli · detect\napp = the composition root"),
-            ("iot/", "pinthesky-iot: the MQTT sidecar\nsidecar · jobs"),
+            ("iot/", "pinthesky-iot: the MQTT sidecar\nsidecar · jobs · mqtt/ (crt, paho)"),
             ("installer/", "pitsctl: pitsctl · ssh · onpi (on the Pi)\nprovision · alerts · units"),
         ]),
         ("concerns", -41.5, 5.5, [

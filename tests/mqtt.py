@@ -114,6 +114,8 @@ class Peer:
         self.changed = threading.Condition()
         self.topics: list[str] = []
         self.client.on_connect = self._subscribe_all
+        self.client.on_subscribe = self._on_subscribe
+        self._subscribed: set[int] = set()
         self.client.reconnect_delay_set(0.2, 1)
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
@@ -122,9 +124,19 @@ class Peer:
         for topic in self.topics:
             self.client.subscribe(topic, qos=1)
 
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, *_: Any) -> None:
+        with self.changed:
+            self._subscribed.add(mid)
+            self.changed.notify_all()
+
     def subscribe(self, topic: str) -> None:
+        """Subscribe and return once the broker acknowledged it: a message published before
+        that would not be delivered to this peer."""
         self.topics.append(topic)
-        self.client.subscribe(topic, qos=1)
+        _, mid = self.client.subscribe(topic, qos=1)
+        with self.changed:
+            acked = self.changed.wait_for(lambda: mid in self._subscribed, 30)
+        assert acked, f"{topic}: the broker did not acknowledge the subscription"
 
     def on_message(self, topic: str, payload: bytes) -> None:
         with self.changed:

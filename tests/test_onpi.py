@@ -1,10 +1,13 @@
 """The Pi side of pitsctl, run here directly on a target root (as pitsctl runs it over ssh,
-as root): the settings file merge that keeps the owner's edits, and removal with
-``--keep-clips``."""
+as root): the settings file merge that keeps the owner's edits, removal with
+``--keep-clips``, and pip's failures as one line."""
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -126,3 +129,35 @@ def test_apt_brings_an_old_picamera2_up_to_the_floor(monkeypatch: Any) -> None:
     versions = iter(["0.3.34"])
     onpi._system_packages(onpi.Host("/"))
     assert not any("python3-picamera2" in a for a in ran)
+
+
+@pytest.mark.parametrize(
+    ("package", "hint"), [("awscrt", ""), ("numpy", "; install python3-numpy with apt")]
+)
+def test_a_package_without_a_wheel_is_one_line_naming_it_and_the_pi(tmp_path, package, hint):
+    """pip's real answer when no wheel exists (no index, only wheels allowed), as one line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-index",
+         "--find-links", str(tmp_path), *onpi.PIP_FLAGS, package],
+        capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode != 0
+    model = "Raspberry Pi Zero W Rev 1.1 (armv6l, Python 3.11.2)"
+    line = onpi.pip_failure((done.stdout + done.stderr).splitlines(), model)
+    assert line == (
+        f"{package}: PyPI has no wheel of it for {model} and nothing is compiled on a Pi{hint}"
+    )
+
+
+def test_pip_sees_a_32_bit_arm_machine_when_a_32_bit_python_runs_on_a_64_bit_kernel(tmp_path):
+    fake = tmp_path / "python"
+    for machine, pointer, prefix in (
+        ("aarch64", 4, ["setarch", "linux32"]),  # Raspberry Pi OS 32-bit on a Pi 4/5's kernel
+        ("aarch64", 8, []),
+        ("armv6l", 4, []),
+        ("x86_64", 8, []),
+    ):
+        fake.write_text(f"#!/bin/sh\necho {machine} {pointer}\n")
+        fake.chmod(0o755)
+        assert onpi.pip_prefix(str(fake)) == prefix

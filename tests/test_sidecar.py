@@ -1,5 +1,9 @@
 """``pinthesky-iot`` against Debian's mosquitto (mutual TLS) and a stand-in shadow service, with
-the real daemon on the other side of the files."""
+the real daemon on the other side of the files. Every test runs on both MQTT transports
+(awscrt and paho-mqtt, see ``pinthesky.iot.mqtt``).
+
+Tests publish to the sidecar only once it logged "subscribed to": before the broker has the
+subscription, it would drop the messages."""
 
 from __future__ import annotations
 
@@ -25,8 +29,26 @@ from servers import Pki
 from pinthesky.daemon.app import Daemon
 from pinthesky.eventfiles import outbox_dir
 from pinthesky.iot.jobs import ALIASES, HANDLERS, JobRefused, parse_job
+from pinthesky.iot.mqtt import TRANSPORT_ENV
 
 THING = "cam1"
+
+
+@pytest.fixture(scope="module", autouse=True, params=["crt", "paho"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The MQTT transport the sidecar processes started by these tests use (module-scoped:
+    hypothesis tests refuse function-scoped fixtures)."""
+    before = os.environ.get(TRANSPORT_ENV)
+    os.environ[TRANSPORT_ENV] = request.param
+    try:
+        yield request.param
+    finally:
+        if before is None:
+            os.environ.pop(TRANSPORT_ENV, None)
+        else:
+            os.environ[TRANSPORT_ENV] = before
+
+
 COMMANDS = f"pinthesky/events/{THING}/input"
 SHADOW = f"$aws/things/{THING}/shadow/name/pinthesky"
 
@@ -67,7 +89,7 @@ class SidecarProcess:
         env.pop("JOURNAL_STREAM", None)
         if path is not None:
             env["PATH"] = path
-        self.out = self.log.open("w")
+        self.out = self.log.open("a")  # a restarted sidecar adds to the same log
         self.proc = subprocess.Popen([*sidecar_command(), *args], stderr=self.out, env=env)
 
     def text(self) -> str:
@@ -185,7 +207,7 @@ def test_ten_commands_in_a_burst_are_all_answered_in_order(tmp_path):
             daemon, task = await start_daemon(tmp_path)
             with sidecar(tmp_path, pki, broker) as proc:
                 await asyncio.to_thread(
-                    eventually, lambda: "connected to" in proc.text(), 30, "the sidecar connects"
+                    eventually, lambda: "subscribed to" in proc.text(), 30, "the sidecar subscribes"
                 )
                 for i in range(10):
                     console.publish(
@@ -215,7 +237,7 @@ def test_events_written_while_the_broker_is_down_are_published_once_after_it_res
             daemon, task = await start_daemon(tmp_path)
             with sidecar(tmp_path, pki, broker) as proc:
                 await asyncio.to_thread(
-                    eventually, lambda: "connected to" in proc.text(), 30, "the sidecar connects"
+                    eventually, lambda: "subscribed to" in proc.text(), 30, "the sidecar subscribes"
                 )
                 assert daemon.control is not None
                 await asyncio.to_thread(broker.stop)
@@ -248,10 +270,10 @@ def test_events_written_while_the_broker_is_down_are_published_once_after_it_res
         asyncio.run(main())
 
 
-def test_bad_messages_are_one_line_each_and_nothing_partial_is_written(tmp_path):
+def test_bad_messages_are_one_line_each_and_nothing_partial_is_written(tmp_path, transport):
     with cloud(tmp_path) as (pki, broker, _, console):
         with sidecar(tmp_path, pki, broker) as proc:
-            eventually(lambda: "connected to" in proc.text(), 30, "the sidecar connects")
+            eventually(lambda: "subscribed to" in proc.text(), 30, "the sidecar subscribes")
             console.publish(COMMANDS, b"{not json")
             console.publish(COMMANDS, b"[1, 2]")
             # Above the daemon's 128,000-byte limit, below AWS IoT's 128 KiB message.
@@ -262,6 +284,7 @@ def test_bad_messages_are_one_line_each_and_nothing_partial_is_written(tmp_path)
             inbox = tmp_path / "events" / "input.json"
             eventually(lambda: b"good" in inbox.read_bytes(), 30, "the good command")
             text = proc.text()
+            assert f"MQTT on {transport}" in text  # the transport asked for is the one used
             assert "not JSON" in text and "not an object" in text and "more than" in text
             assert "desired state is not an object (int)" in text
         messages = [json.loads(line) for line in inbox.read_bytes().splitlines()]
@@ -276,7 +299,7 @@ def test_a_certificate_the_broker_does_not_trust_is_one_line_and_no_crash(tmp_pa
         stranger = Pki(tmp_path / "stranger")  # another CA: the broker refuses its device
         proc = SidecarProcess(tmp_path, stranger, broker.port)
         try:
-            eventually(lambda: "cannot connect" in proc.text(), 30, "the refusal")
+            eventually(lambda: "cannot connect" in proc.text(), 60, "the refusal")
             assert proc.proc.poll() is None  # still running, retrying
         finally:
             assert proc.stop() == 0
@@ -316,6 +339,13 @@ def test_a_missing_certificate_or_key_is_one_line_and_exit_2(tmp_path, missing):
     assert missing in line and "absent.pem" in line and "cannot read" in line
 
 
+def test_an_unknown_transport_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    pki = Pki(tmp_path / "certs")
+    monkeypatch.setenv(TRANSPORT_ENV, "carrier-pigeon")
+    line = refused_at_start(tmp_path, pki)
+    assert TRANSPORT_ENV in line and "carrier-pigeon" in line and "crt, paho" in line
+
+
 def test_killing_the_broker_and_the_sidecar_at_random_points_loses_no_event(tmp_path):
     """20 trials: the daemon writes events while the sidecar is killed (-9) or the broker is
     stopped at a random moment, then restarted. Every event reaches the cloud, in order."""
@@ -327,6 +357,10 @@ def test_killing_the_broker_and_the_sidecar_at_random_points_loses_no_event(tmp_
             daemon, task = await start_daemon(tmp_path)
             assert daemon.control is not None
             proc = SidecarProcess(tmp_path, pki, broker.port)
+            # The daemon puts events into the outbox only once the sidecar has created it.
+            await asyncio.to_thread(
+                eventually, lambda: "subscribed to" in proc.text(), 30, "the sidecar subscribes"
+            )
             try:
                 for trial in range(20):
                     for k in range(3):
@@ -341,13 +375,20 @@ def test_killing_the_broker_and_the_sidecar_at_random_points_loses_no_event(tmp_
                         await asyncio.to_thread(broker.start)
                     if victim in ("sidecar", "both"):
                         proc = SidecarProcess(tmp_path, pki, broker.port)
-                received = await asyncio.to_thread(
-                    console.wait_for,
-                    lambda r: (
-                        set(expected) <= {e.get("health_id") for e in events_named(r, "health_end")}
-                    ),
-                    180,
-                )
+                try:
+                    received = await asyncio.to_thread(
+                        console.wait_for,
+                        lambda r: (
+                            set(expected)
+                            <= {e.get("health_id") for e in events_named(r, "health_end")}
+                        ),
+                        180,
+                    )
+                except AssertionError:
+                    arrived = events_named(console.received, "health_end")
+                    seen = {e.get("health_id") for e in arrived}
+                    missing = [i for i in expected if i not in seen]
+                    raise AssertionError(f"never arrived: {missing}") from None
             finally:
                 assert proc.stop() == 0
             ids = [e.get("health_id") for e in events_named(received, "health_end")]

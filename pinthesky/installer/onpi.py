@@ -68,6 +68,12 @@ LEAN_PICAMERA2 = "0.3.34"
 upgraded when the archive has better, though the daemon runs on it."""
 CAMERA_PACKAGES = ("python3-picamera2", "python3-libcamera")
 """picamera2 and the libcamera bindings it is built against: upgraded together."""
+FROM_APT = ("numpy", "av", "picamera2")
+"""Compiled packages a Pi takes from apt (numpy from Debian, av and picamera2 Raspberry Pi's
+own builds): pip keeps the system's copy and never puts a second one into the virtualenv (a
+PyPI ``av`` shadowing Raspberry Pi's breaks picamera2's encoders: picamera2 issues 1080, 1202)."""
+PIP_FLAGS = ("--progress-bar", "off", "--upgrade", "--only-binary=:all:")
+"""Wheels only: on a Pi a missing wheel is one line naming the package, never a compile."""
 
 # The console's reboot and shutdown jobs run `systemctl reboot|poweroff` as the service user.
 POLKIT_TEXT = """// Installed by pitsctl: the pinthesky service user may reboot and power off the
@@ -540,6 +546,58 @@ def _system_packages(host: Host) -> None:
         )
 
 
+_VERSIONS = """
+import importlib.metadata as m, json, sys
+found = {}
+for name in sys.argv[1:]:
+    try:
+        dist = m.distribution(name)
+    except m.PackageNotFoundError:
+        continue
+    found[name] = [dist.version, str(dist.locate_file(""))]
+print(json.dumps(found))
+"""
+
+
+def installed(python: str, names: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """``{name: (version, where)}`` of the distributions ``python`` sees among ``names``."""
+    done = run(python, "-c", _VERSIONS, *names)
+    return {name: (v, where) for name, (v, where) in json.loads(done.stdout).items()}
+
+
+def pip_prefix(python: str) -> list[str]:
+    """``setarch linux32`` where a 32-bit Python runs on a 64-bit kernel (Raspberry Pi OS
+    32-bit on a Pi 4 or 5 boots one): the kernel says ``aarch64``, so pip's environment
+    markers would choose packages that have no 32-bit wheel."""
+    done = run(
+        python, "-c", "import platform, struct; print(platform.machine(), struct.calcsize('P'))"
+    )
+    machine, pointer = done.stdout.split()
+    return ["setarch", "linux32"] if machine == "aarch64" and pointer == "4" else []
+
+
+_MISSING = re.compile(r"(?:No matching distribution found for|satisfies the requirement) ([\w.-]+)")
+
+
+def pip_failure(output: list[str], model: str) -> str:
+    """One line for a failed pip run: the package without a wheel (and where to get it), or
+    the conflict, else pip's last lines."""
+    text = "\n".join(output)
+    missing = _MISSING.search(text)
+    if missing:
+        name = missing.group(1)
+        hint = f"; install python3-{name} with apt" if name in FROM_APT else ""
+        return f"{name}: PyPI has no wheel of it for {model} and nothing is compiled on a Pi{hint}"
+    conflict = [
+        line.strip()
+        for line in output
+        if line.strip().startswith(("The user requested", "The conflict is caused by"))
+        or " depends on " in line
+    ]
+    tail = conflict or [line.strip() for line in output[-4:]]
+    return f"pip install failed on {model}: {' / '.join(t for t in tail if t)}"
+
+
 def _virtualenv(host: Host, wheel: Path, owner: tuple[int, int]) -> None:
     venv = host.path(VENV)
     python = venv / "bin" / "python"
@@ -549,24 +607,41 @@ def _virtualenv(host: Host, wheel: Path, owner: tuple[int, int]) -> None:
     if not python.exists():
         emit(step="virtualenv (with the system's picamera2)")
         run(SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", str(venv))
+    # What apt gave the system stays the only copy: pinned, and an earlier install's copy in
+    # the virtualenv taken out.
+    from_apt = installed(SYSTEM_PYTHON, FROM_APT)
+    shadows = [
+        name
+        for name, (_, where) in installed(str(python), tuple(from_apt)).items()
+        if Path(where).resolve().is_relative_to(venv.resolve())
+    ]
+    if shadows:
+        emit(progress=f"removing the virtualenv's own {', '.join(shadows)} (apt has them)")
+        run(str(python), "-m", "pip", "uninstall", "-y", *shadows)
+    machine = os.uname().machine
+    model = f"{pi_model() or 'this machine'} ({machine}, Python {sys.version.split()[0]})"
     emit(step=f"pip install {wheel.name} and what it needs (minutes on a Pi Zero)")
-    for extra in ([], ["--force-reinstall", "--no-deps"]):  # same version, new code: replaced
-        pip = [str(python), "-m", "pip", "install", "--progress-bar", "off", "--upgrade"]
-        child = subprocess.Popen(
-            [*pip, *extra, str(wheel)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-        )
-        tail: list[str] = []
-        assert child.stdout is not None
-        for line in child.stdout:
-            tail = [*tail[-4:], line.rstrip()]
-            if line.startswith(("Collecting", "Installing", "Successfully")):
-                emit(progress=line.strip())
-        if child.wait() != 0:
-            raise Refusal(f"pip install failed: {' / '.join(t for t in tail if t)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        constraints = Path(tmp) / "from-apt.txt"
+        constraints.write_text("".join(f"{n}=={v}\n" for n, (v, _) in from_apt.items()))
+        pip = [*pip_prefix(str(python)), str(python), "-m", "pip", "install", *PIP_FLAGS]
+        pip += ["--constraint", str(constraints)]
+        for extra in ([], ["--force-reinstall", "--no-deps"]):  # same version, new code
+            child = subprocess.Popen(
+                [*pip, *extra, str(wheel)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+            )
+            output: list[str] = []
+            assert child.stdout is not None
+            for line in child.stdout:
+                output.append(line.rstrip())
+                if line.startswith(("Collecting", "Installing", "Successfully")):
+                    emit(progress=line.strip())
+            if child.wait() != 0:
+                raise Refusal(pip_failure(output, model))
     # The console's update job upgrades pinthesky as the service user, into this virtualenv.
     for directory, _, files in os.walk(host.path(OPT)):
         os.chown(directory, *owner)

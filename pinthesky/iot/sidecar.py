@@ -1,5 +1,6 @@
-"""``pinthesky-iot``: the AWS IoT sidecar. MQTT 5 over mutual TLS (awsiotsdk/awscrt) on one
-side, the daemon's four files on the other; nothing compiled on the Pi.
+"""``pinthesky-iot``: the AWS IoT sidecar. MQTT 5 over mutual TLS on one side (awsiotsdk/awscrt
+where PyPI has its wheels, pure-Python paho-mqtt on 32-bit Pis: see ``pinthesky.iot.mqtt``), the
+daemon's four files on the other; nothing compiled on the Pi.
 
 - **Shadow** (named ``--shadow-name``, default ``pinthesky``): on every connection it
   subscribes to the shadow's ``get`` and ``update`` answers, ``update/documents`` and
@@ -25,7 +26,9 @@ side, the daemon's four files on the other; nothing compiled on the Pi.
   them: events written while MQTT is down wait on disk (1,000 at most) and go after the
   reconnection, in order.
 
-Reconnection is the CRT's own, with capped exponential backoff and jitter (1 s to 2 min).
+Reconnection is the MQTT client's own, with capped exponential backoff (1 s to 2 min). Once
+the subscriptions are acknowledged the sidecar logs "subscribed to N topics": commands sent
+from then on are delivered (tests wait for that line before publishing).
 SIGTERM/SIGINT disconnect cleanly and exit 0. Bad input from the broker (invalid JSON, a
 message too large, a document of the wrong shape) is one log line and is dropped; nothing
 partial is ever written.
@@ -44,7 +47,6 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,7 @@ from pinthesky.eventfiles import (
     read_ours,
     write_atomically,
 )
+from pinthesky.iot.mqtt import Endpoint, Handlers, PublishFailed, Transport, open_transport
 from pinthesky.jsonstream import MAX_MESSAGE_BYTES
 from pinthesky.notify import Notifier
 from pinthesky.settings import Settings
@@ -159,8 +162,7 @@ class Sidecar:
         self._shadow_known = asyncio.Event()
         self._desired: dict[str, Any] | None = None
         self._last_report: bytes | None = None
-        self._client: Any = None
-        self._stopped: Future[None] = Future()
+        self._client: Transport | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.commands = 0
         self.documents = 0
@@ -183,7 +185,7 @@ class Sidecar:
             ensure_file(path)
         with contextlib.suppress(FileExistsError):
             self.outbox.mkdir(mode=OUTBOX_MODE)
-        self._client = self._make_client()
+        self._client = client = self._make_client()
         watcher = Watcher(loop)
         watcher.watch(ev.configure_input, lambda _: self._spawn(self._publish_report()))
         watcher.watch_dir(self.outbox, lambda _: self._wake_outbox.set())
@@ -192,15 +194,16 @@ class Sidecar:
         drain = asyncio.create_task(self._drain_outbox(), name="outbox")
         iot = self.settings.iot
         log.info(
-            "pinthesky-iot: connecting to %s:%d as %s; shadow %s; events in %s, out %s",
+            "pinthesky-iot: connecting to %s:%d as %s (%s); shadow %s; events in %s, out %s",
             iot.endpoint,
             iot.port,
             self.thing,
+            f"MQTT on {client.name}",
             iot.shadow_name,
             ev.event_input,
             self.outbox,
         )
-        self._client.start()
+        client.start()
         notifier = Notifier()
         notifier.ready("connecting")
         alive = asyncio.create_task(self._feed_watchdog(notifier, drain), name="watchdog")
@@ -239,85 +242,68 @@ class Sidecar:
             await asyncio.sleep(every / 3 if every else 5.0)
 
     async def _disconnect(self) -> None:
-        from awscrt import mqtt5
-
-        self._client.stop(mqtt5.DisconnectPacket())
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(self._stopped), STOP_TIMEOUT_S)
-        except TimeoutError:
+        assert self._client is not None
+        if not await self._client.stop(STOP_TIMEOUT_S):
             log.warning("MQTT client did not stop within %.0f s", STOP_TIMEOUT_S)
 
-    def _make_client(self) -> Any:
-        from awscrt import mqtt5
-        from awsiot import mqtt5_client_builder
-
+    def _make_client(self) -> Transport:
         cc, iot = self.settings.cloud_connection, self.settings.iot
-        return mqtt5_client_builder.mtls_from_path(
-            endpoint=iot.endpoint,
+        assert iot.endpoint and cc.cert_path and cc.key_path
+        endpoint = Endpoint(
+            host=iot.endpoint,
             port=iot.port,
-            cert_filepath=str(cc.cert_path),
-            pri_key_filepath=str(cc.key_path),
-            ca_filepath=str(cc.cacert_path) if cc.cacert_path else None,
             client_id=self.thing,
-            keep_alive_interval_sec=60,
-            session_expiry_interval_sec=SESSION_EXPIRY_S,
-            session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS,
-            min_reconnect_delay_ms=1000,
-            max_reconnect_delay_ms=120_000,
-            ack_timeout_sec=int(PUBLISH_TIMEOUT_S),
-            on_publish_received=self._on_publish,
-            on_lifecycle_connection_success=self._on_connected,
-            on_lifecycle_connection_failure=self._on_connection_failure,
-            on_lifecycle_disconnection=self._on_disconnected,
-            on_lifecycle_stopped=self._on_stopped,
+            cert=cc.cert_path,
+            key=cc.key_path,
+            ca=cc.cacert_path,
+            session_expiry_s=SESSION_EXPIRY_S,
+            ack_timeout_s=PUBLISH_TIMEOUT_S,
         )
+        handlers = Handlers(
+            message=self._on_publish,
+            connected=self._on_connected,
+            connection_failed=self._on_connection_failure,
+            disconnected=self._on_disconnected,
+        )
+        return open_transport(endpoint, handlers)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- CRT threads: connection events -------------------------------------------------------
+    # -- the MQTT client's thread: connection events -------------------------------------------
 
-    def _on_connected(self, data: Any) -> None:
+    def _on_connected(self) -> None:
         log.info("connected to %s", self.settings.iot.endpoint)
         self.loop.call_soon_threadsafe(self._spawn, self._after_connect())
 
-    def _on_connection_failure(self, data: Any) -> None:
-        log.warning("cannot connect to %s: %s", self.settings.iot.endpoint, _crt_error(data))
+    def _on_connection_failure(self, reason: str) -> None:
+        log.warning("cannot connect to %s: %s", self.settings.iot.endpoint, reason)
 
-    def _on_disconnected(self, data: Any) -> None:
+    def _on_disconnected(self, reason: str) -> None:
         if not self._stop.is_set():
-            log.warning("disconnected: %s", _crt_error(data))
+            log.warning("disconnected: %s", reason)
         self.loop.call_soon_threadsafe(self.connected.clear)
-
-    def _on_stopped(self, data: Any) -> None:
-        if not self._stopped.done():
-            self._stopped.set_result(None)
 
     # -- on the loop: after each connection ---------------------------------------------------
 
     async def _after_connect(self) -> None:
-        from awscrt import mqtt5
-
-        subscribe = mqtt5.SubscribePacket(
-            subscriptions=[
-                mqtt5.Subscription(topic_filter=t, qos=mqtt5.QoS.AT_LEAST_ONCE)
-                for t in self.topics.subscriptions()
-            ]
-        )
+        assert self._client is not None
+        topics = self.topics.subscriptions()
         try:
-            suback = await asyncio.wait_for(
-                asyncio.wrap_future(self._client.subscribe(subscribe)), PUBLISH_TIMEOUT_S
-            )
-        except Exception as exc:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can swallow a cancellation
+            # that comes as the operation finishes, and the task then runs on after SIGTERM.
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                refused = await self._client.subscribe(topics)
+        except (PublishFailed, TimeoutError) as exc:
             # Events can still go out; commands and the shadow wait for the next connection.
             log.error("subscribing failed: %s", exc or type(exc).__name__)
             self.connected.set()
             return
-        for topic, code in zip(self.topics.subscriptions(), suback.reason_codes, strict=False):
-            if code.value >= 0x80:
-                log.error("subscription to %s refused: %s", topic, code.name)
+        for line in refused:
+            log.error("subscription refused: %s", line)
+        log.info("subscribed to %d topics", len(topics) - len(refused))
         self._shadow_known.clear()
         await self._publish(self.topics.get, {"clientToken": _token()})
         with contextlib.suppress(TimeoutError):
@@ -330,20 +316,13 @@ class Sidecar:
 
     async def _publish(self, topic: str, message: dict[str, Any] | bytes) -> bool:
         """Publish at QoS 1; True once the broker acknowledged it."""
-        from awscrt import mqtt5
-
+        assert self._client is not None
         payload = message if isinstance(message, bytes) else json.dumps(message).encode()
-        packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
         try:
-            done = await asyncio.wait_for(
-                asyncio.wrap_future(self._client.publish(packet)), PUBLISH_TIMEOUT_S
-            )
-        except Exception as exc:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):  # see _after_connect
+                await self._client.publish(topic, payload)
+        except (PublishFailed, TimeoutError) as exc:
             log.warning("publishing to %s failed: %s", topic, exc or type(exc).__name__)
-            return False
-        code = done.puback.reason_code if done.puback is not None else None
-        if code is not None and code.value >= 0x80:
-            log.warning("publishing to %s refused: %s", topic, code.name)
             return False
         return True
 
@@ -413,7 +392,7 @@ class Sidecar:
 
     async def _drain_outbox(self) -> None:
         """Publish the daemon's events in order, one at a time, deleting each once acked."""
-        while True:
+        while not self._stop.is_set():
             await self.connected.wait()
             self._wake_outbox.clear()
             queued = sorted(self.outbox.glob("*.json"))
@@ -442,11 +421,9 @@ class Sidecar:
                 path.unlink(missing_ok=True)
                 self.published += 1
 
-    # -- CRT thread: messages in --------------------------------------------------------------
+    # -- the MQTT client's thread: messages in -------------------------------------------------
 
-    def _on_publish(self, data: Any) -> None:
-        packet = data.publish_packet
-        topic, payload = packet.topic, bytes(packet.payload or b"")
+    def _on_publish(self, topic: str, payload: bytes) -> None:
         try:
             self._route(topic, payload)
         except Exception:
@@ -545,12 +522,6 @@ def _desired_of(doc: Any) -> dict[str, Any] | None:
     return desired
 
 
-def _crt_error(data: Any) -> str:
-    exc = getattr(data, "exception", None)
-    name = getattr(exc, "name", None) or type(exc).__name__
-    return f"{name}" + (f" ({exc})" if exc and str(exc) != name else "")
-
-
 def _token() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -622,4 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if errors:
         return 2
     setup_logging(cfg.daemon.log_level)
-    return asyncio.run(Sidecar(cfg).run())
+    try:
+        return asyncio.run(Sidecar(cfg).run())
+    except PintheskyError as exc:  # no usable MQTT client: one line
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
