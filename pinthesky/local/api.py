@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pinthesky.control.controller import Host as ControlHost
 from pinthesky.eventfiles import write_atomically
 from pinthesky.installer.onpi import merge_toml
 from pinthesky.settings import (
@@ -38,7 +39,6 @@ from pinthesky.settings import (
 if TYPE_CHECKING:
     from pinthesky.control.controller import Control
     from pinthesky.record.clips import ClipStore
-    from pinthesky.record.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +114,16 @@ def settings_document(s: Settings) -> dict[str, dict[str, Any]]:
     return doc
 
 
-class Host(Protocol):
-    """What the API uses of the daemon that runs it. The composition root
-    (``daemon.app.Daemon``) provides it; declaring it here keeps this package from importing
-    the daemon, which imports this package."""
+class Host(ControlHost, Protocol):
+    """What the API uses of the daemon that runs it: what the control side uses (the API
+    records, captures and reconfigures the same way) plus the clip store and the control side
+    itself. The composition root (``daemon.app.Daemon``) provides it; declaring it here keeps
+    this package from importing the daemon, which imports this package."""
 
-    @property
-    def settings(self) -> Settings: ...
     @property
     def store(self) -> ClipStore: ...
     @property
     def control(self) -> Control | None: ...
-    @property
-    def recorder(self) -> Recorder | None: ...
-
-    async def capture_image(self, file_name: str | None = None) -> Path: ...
-    async def reconfigure(self, changes: dict[str, Any], origin: str) -> set[str]: ...
 
 
 class LocalApi:
