@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -274,3 +274,23 @@ def window_args(
     if args.quick:
         return Window(*quick, args.strict)
     return Window(args.warmup, max(1.0, args.seconds), args.rounds, args.strict)
+
+
+def event_flags(directory: Path) -> list[str]:
+    """Each daemon its own sidecar files (benches run daemons side by side)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return [
+        "--event-input", str(directory / "input.json"),
+        "--event-output", str(directory / "output.json"),
+        "--configure-input", str(directory / "config-input.json"),
+        "--configure-output", str(directory / "config-output.json"),
+    ]  # fmt: skip
+
+
+def side_by_side(labels: Sequence[str], run: Callable[[str], None]) -> None:
+    """``run(label)`` for every label at once, each on its own thread; returns when all have."""
+    threads = [threading.Thread(target=run, args=(label,)) for label in labels]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

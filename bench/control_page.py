@@ -37,9 +37,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, report, window_args
+from _common import REPO, Check, event_flags, report, side_by_side, window_args
 from daemon import measure
-from live import Viewer, event_flags
+from live import Viewer
 
 sys.path.insert(0, str(REPO / "tests"))
 from servers import free_port
@@ -112,11 +112,7 @@ def rounds(warmup: float, seconds: float, count: int, scratch: Path) -> list[dic
             except RuntimeError as exc:
                 errors.append(f"{label}: {exc}")
 
-        threads = [threading.Thread(target=run, args=(label,)) for label in RUNS]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        side_by_side(RUNS, run)
         for user in users:
             user.stop()
             user.join(10)

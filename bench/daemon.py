@@ -2,10 +2,10 @@
 
 Requirement: the daemon on the synthetic source at 640x480, 20 fps, defaults uses at most 2 % of
 one core of this machine and at most 100 MB resident memory after one minute (the 15 s buffer
-at 17 Mb/s included).
+included).
 
 ``pinthesky --source synthetic --combine-dir <tmp>`` runs as a child process with every other
-setting at its default (640x480, 20 fps, buffer 15 s, 17 Mb/s). Once it logs "first frame
+setting at its default (640x480, 20 fps, buffer 15 s, bitrate auto: 2.3 Mb/s). Once it logs "first frame
 buffered", it warms up until ``--warmup`` seconds (default 60) of wall time after the spawn;
 then the CPU time it used (utime + stime of all its threads, /proc/<pid>/stat) is read at the
 start and end of a ``--seconds`` window (default 60, i.e. t = 60 s .. 120 s).
@@ -191,7 +191,7 @@ def measure(
         }
     return {
         "source": "synthetic",
-        "settings": "defaults: 640x480, 20 fps, buffer 15 s, 17 Mb/s, analysis 5 fps",
+        "settings": "defaults: 640x480, 20 fps, buffer 15 s, bitrate auto, analysis 5 fps",
         "first_frame_seconds": first_at - daemon.spawned,
         "first_frame_daemon_seconds": float(m.group(1)),
         "window_start_s": w0 - daemon.spawned,

@@ -54,7 +54,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, DaemonProcess, report, window_args
+from _common import REPO, Check, DaemonProcess, event_flags, report, side_by_side, window_args
 from daemon import measure
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -142,17 +142,6 @@ class Cloud:
         self.provider.__exit__()
 
 
-def event_flags(directory: Path) -> list[str]:
-    """Each daemon its own sidecar files (they run side by side)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    return [
-        "--event-input", str(directory / "input.json"),
-        "--event-output", str(directory / "output.json"),
-        "--configure-input", str(directory / "config-input.json"),
-        "--configure-output", str(directory / "config-output.json"),
-    ]  # fmt: skip
-
-
 def ask_for_a_session(events: Path, connection: str, api: ApiGateway) -> threading.Thread:
     """Append a ``record`` command to the event-input file as soon as the daemon created it."""
 
@@ -205,11 +194,7 @@ def cpu_rounds(
             except RuntimeError as exc:
                 errors.append(f"{label}: {exc}")
 
-        threads = [threading.Thread(target=run, args=(label,)) for label in RUNS]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        side_by_side(RUNS, run)
         for viewer in viewers.values():
             viewer.stop()
             viewer.join(10)
@@ -282,11 +267,7 @@ def clip_timing(cloud: Cloud, scratch: Path) -> dict[str, Any]:
             errors.append(f"{label}: {exc}")
 
     print("# the walkers footage in real time, alone and with a viewer and a session", flush=True)
-    threads = [threading.Thread(target=run, args=(label,)) for label in ("alone", "live")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    side_by_side(("alone", "live"), run)
     viewer.stop()
     if errors:
         raise RuntimeError("; ".join(errors))

@@ -39,10 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, pinthesky_command, report
+from _common import REPO, Check, event_flags, pinthesky_command, report
 from daemon import memory
-from live import REGION, Cloud, Viewer, event_flags
-from sidecar import sidecar_command
+from live import REGION, Cloud, Viewer
+from sidecar import sidecar_argv
 
 sys.path.insert(0, str(REPO / "tests"))
 import footage
@@ -128,22 +128,7 @@ def sidecar_memory(work: Path, transport: str) -> dict[str, Any]:
         console.subscribe("pinthesky/events/output")
         flags = [x for flag, path in files.items() for x in (flag, str(path))]
         proc = subprocess.Popen(
-            [
-                *sidecar_command(),
-                "--endpoint",
-                "127.0.0.1",
-                "--port",
-                str(broker.port),
-                "--thing-name",
-                "bench-cam",
-                "--thing-cert",
-                str(pki.cert_file),
-                "--thing-key",
-                str(pki.key_file),
-                "--ca-cert",
-                str(pki.ca_file),
-                *flags,
-            ],
+            sidecar_argv(broker.port, pki, flags),
             stderr=log,
             env={
                 **{k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"},

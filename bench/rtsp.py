@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, report, window_args
+from _common import REPO, Check, event_flags, report, side_by_side, window_args
 from daemon import cpu_seconds, measure, memory
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -131,8 +131,7 @@ def daemon_rounds(
             work = scratch / f"round{n}-{label}"
             port = free_port()
             extra = ["--rtsp-port", str(port), "--rtsp-bind", "127.0.0.1"]
-            for name in ("event-input", "event-output", "configure-input", "configure-output"):
-                extra += [f"--{name}", str(work / "events" / f"{name}.json")]
+            extra += event_flags(work / "events")
             url = f"rtsp://127.0.0.1:{port}/live"
             clients[label] = [Client(url, t) for t in RUNS[label]]
             try:
@@ -140,11 +139,7 @@ def daemon_rounds(
             except RuntimeError as exc:
                 errors.append(f"{label}: {exc}")
 
-        threads = [threading.Thread(target=run, args=(label,)) for label in RUNS]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        side_by_side(RUNS, run)
         for label, group in clients.items():
             runs.setdefault(label, {})["client_packets"] = [c.stop() for c in group]
         if errors:

@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from _common import REPO, Check, report
 from daemon import cpu_seconds, memory
@@ -44,6 +45,20 @@ from servers import Pki
 NAME = "sidecar"
 LIMIT_RSS_MB = 40.0
 LIMIT_CPU_PERCENT = 0.5
+
+
+def sidecar_argv(port: int, pki: Any, files: list[str]) -> list[str]:
+    """``pinthesky-iot`` against a local broker on ``port`` as thing ``bench-cam``."""
+    return [
+        *sidecar_command(),
+        "--endpoint", "127.0.0.1",
+        "--port", str(port),
+        "--thing-name", "bench-cam",
+        "--thing-cert", str(pki.cert_file),
+        "--thing-key", str(pki.key_file),
+        "--ca-cert", str(pki.ca_file),
+        *files,
+    ]  # fmt: skip
 
 
 def sidecar_command() -> list[str]:
@@ -75,22 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 files += [flag, str(tmp / name)]
             with log_path.open("w") as log:
                 proc = subprocess.Popen(
-                    [
-                        *sidecar_command(),
-                        "--endpoint",
-                        "127.0.0.1",
-                        "--port",
-                        str(broker.port),
-                        "--thing-name",
-                        "bench-cam",
-                        "--thing-cert",
-                        str(pki.cert_file),
-                        "--thing-key",
-                        str(pki.key_file),
-                        "--ca-cert",
-                        str(pki.ca_file),
-                        *files,
-                    ],
+                    sidecar_argv(broker.port, pki, files),
                     stderr=log,
                     env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"},
                 )

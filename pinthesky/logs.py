@@ -8,6 +8,8 @@ tokens, request signatures and PEM private keys never leave the process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -119,23 +121,32 @@ class Throttle:
     def __call__(self, level: int, msg: str, *args: object) -> None:
         now = self._clock()
         if now - self._start >= self._window:
-            if self.suppressed:
-                self._log.log(
-                    level,
-                    "%d more lines like that in %.0f s were not logged",
-                    self.suppressed,
-                    now - self._start,
-                )
-            self._start, self._lines, self.suppressed = now, 0, 0
+            self._summarise(level)
+            self._start, self._lines = now, 0
         if self._lines < self._burst:
             self._lines += 1
             self._log.log(level, msg, *args, stacklevel=2)
             return
         if not self.suppressed:
+            left = self._window - (now - self._start)
             self._log.log(
                 level,
                 "more lines like that are counted, not logged, for %.0f s",
-                self._window - (now - self._start),
+                left,
                 stacklevel=2,
             )
+            # On the event loop, the count is said when the window ends even if the flood
+            # has stopped by then; elsewhere (a thread) it is said with the next line.
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_later(left, self._summarise, level)
         self.suppressed += 1
+
+    def _summarise(self, level: int) -> None:
+        if self.suppressed:
+            self._log.log(
+                level,
+                "%d more lines like that in %.0f s were not logged",
+                self.suppressed,
+                self._clock() - self._start,
+            )
+            self.suppressed = 0

@@ -117,6 +117,31 @@ class ClipFacts:
     fragmented: bool
 
 
+def serve_daemon(
+    settings: Settings,
+    port_of: Callable[[Daemon], int | None],
+    check: Callable[[Daemon, int], Any],
+) -> Daemon:
+    """Run the daemon until its camera delivers, call ``check(daemon, port)`` on a thread with
+    the port ``port_of`` finds (a server of the daemon's), then stop the daemon (exit 0)."""
+
+    async def main() -> Daemon:
+        daemon = Daemon(settings)
+        task = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.started.wait(), 15)
+        await asyncio.wait_for(daemon.first_frame.wait(), 15)
+        port = port_of(daemon)
+        assert port is not None
+        try:
+            await asyncio.to_thread(check, daemon, port)
+        finally:
+            daemon.request_stop()
+            assert await asyncio.wait_for(task, 10) == 0
+        return daemon
+
+    return asyncio.run(main())
+
+
 def clip_facts(path: Path) -> ClipFacts:
     """Decode a whole clip with PyAV (as a player would) and report what it holds."""
     fmt = "h264" if path.suffix == ".h264" else None

@@ -32,6 +32,7 @@ from pinthesky.camera.x264 import X264Encoder
 from pinthesky.cloud.uploader import Target, Uploader
 from pinthesky.daemon.app import Daemon
 from pinthesky.eventfiles import outbox_dir
+from pinthesky.logs import Throttle
 from pinthesky.media import US, Clock, Packet, StreamInfo
 from pinthesky.record.bus import ClipReady, EventBus
 from pinthesky.record.clips import ClipInfo, ClipStore
@@ -557,3 +558,25 @@ def test_the_daemon_on_a_disk_smaller_than_its_clips_keeps_the_newest_playable(
         for clip in on_disk:
             decodes_whole(clip)
         assert not leftovers(clips)
+
+
+def test_a_flood_of_log_lines_is_summed_up_when_it_ends(caplog: pytest.LogCaptureFixture) -> None:
+    """The flood guard logs the first lines, says it counts the rest, and gives the count
+    when its window ends, even when no further line comes to carry it."""
+    log = logging.getLogger("pinthesky.test.throttle")
+
+    async def main() -> None:
+        throttle = Throttle(log, burst=3, window=0.2)
+        for i in range(10):
+            throttle(logging.WARNING, "bad input %d", i)
+        await until(
+            lambda: any("more lines like that in" in r.getMessage() for r in caplog.records), 5
+        )
+
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        asyncio.run(main())
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[:3] == ["bad input 0", "bad input 1", "bad input 2"]
+    assert messages[3].startswith("more lines like that are counted, not logged")
+    assert messages[4].startswith("7 more lines like that in 0 s were not logged")
+    assert len(messages) == 5

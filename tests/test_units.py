@@ -23,6 +23,7 @@ from pinthesky.record.motion import (
     MotionStarted,
     MotionTracker,
     Score,
+    _Cells,
 )
 from pinthesky.record.recorder import Recorder
 from pinthesky.record.ring import PacketRing
@@ -409,6 +410,42 @@ def test_a_shaken_view_is_not_motion_but_an_object_moving_in_it_is():
     moved[100:160, 100:150] = 15  # a dark object arrives while the view sways back
     score = a.analyse(moved, 400_000)
     assert score.shake and score.blocks >= 40
+
+
+def test_cell_bitboards_agree_with_3x3_box_sums_on_the_grid():
+    # The object stage's neighbourhoods on one Python integer must match plain box sums,
+    # rows and columns at the grid's edges included (no wrap from one row to the next).
+    rng = np.random.default_rng(3)
+    rows, cols = 30, 40
+    grid = _Cells(rows, cols)
+    weights = 1 << np.arange(rows * cols, dtype=object)
+    for density in (0.02, 0.1, 0.4):
+        cells = rng.random((rows, cols)) < density
+        cells[0, -1] = cells[1, 0] = True  # neighbours in bit order, not on the grid
+        bits = int((cells.ravel() * weights).sum())
+        padded = np.pad(cells.astype(int), 1)
+        box = sum(padded[dy : dy + rows, dx : dx + cols] for dy in range(3) for dx in range(3))
+
+        def as_grid(value: int) -> np.ndarray:
+            return np.array([(value >> i) & 1 for i in range(rows * cols)], bool).reshape(
+                rows, cols
+            )
+
+        assert (as_grid(grid.near(bits)) == (box > 0)).all()
+        assert (as_grid(grid.crowded(bits)) == (box >= 3)).all()
+
+
+def test_noise_median_from_the_histogram_is_the_sample_median():
+    a = analyzer()
+    rng = np.random.default_rng(5)
+    for scale in (0.5, 3.0, 40.0):
+        diff = np.clip(np.abs(rng.normal(0, scale, (240, 320))), 0, 255).astype(np.uint8)
+        sample = diff[2::4, 2::4].ravel()
+        median = float(np.partition(sample, sample.size // 2)[sample.size // 2])
+        before = a._noise = 0.0
+        a._update_noise(diff)
+        expected = max(float(a.settings.noise_level), 3.0 * median / 0.6745)
+        assert a._noise == pytest.approx(before + 0.3 * (expected - before))
 
 
 def test_thin_streaks_in_new_places_never_add_up():

@@ -19,7 +19,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from conftest import eventually, pinthesky, settings_for
+from conftest import eventually, pinthesky, serve_daemon, settings_for
 from servers import free_port
 
 from pinthesky.daemon.app import Daemon
@@ -49,21 +49,7 @@ def fetch(
 
 def serve(settings: Settings, check: Callable[[Daemon, int], Any]) -> Daemon:
     """Run the daemon, call ``check(daemon, port)`` on a thread, stop the daemon."""
-
-    async def main() -> Daemon:
-        daemon = Daemon(settings)
-        task = asyncio.create_task(daemon.run())
-        await asyncio.wait_for(daemon.started.wait(), 15)
-        await asyncio.wait_for(daemon.first_frame.wait(), 15)
-        assert daemon.web is not None and daemon.web.port is not None
-        try:
-            await asyncio.to_thread(check, daemon, daemon.web.port)
-        finally:
-            daemon.request_stop()
-            assert await asyncio.wait_for(task, 10) == 0
-        return daemon
-
-    return asyncio.run(main())
+    return serve_daemon(settings, lambda d: d.web.port if d.web else None, check)
 
 
 def plant_clips(tmp_path: Path) -> Path:

@@ -12,7 +12,8 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
 3. Group changed pixels into cells of 8x8 picture pixels: eight boolean bytes are read as one
    64-bit word, the eight rows of a cell are added word-wise, and one multiplication sums
    the bytes of the word. A cell moves when enough of its pixels changed, so isolated noisy pixels
-   never add up to motion. Masked cells are ignored.
+   never add up to motion. Masked cells are ignored. A frame with fewer changed pixels than
+   one moving cell needs stops here.
 4. Score the frame in moving 16x16 macroblocks *of the main resolution*, which is what
    ``sensitivity`` has always meant; motion is a score above ``sensitivity``.
 5. Frames with change only go further, on the changed cells alone (see README "Motion"):
@@ -22,6 +23,12 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
    frame mostly made of them is a lighting change that scores nothing; content cells make
    objects when they group or persist from frame to frame, and the score is the area the
    objects covered over the last ``SWEEP_S`` seconds, so a small, far object adds up.
+
+Cost: what a frame costs on a camera is mostly the number of numpy calls (each one's fixed
+cost, with caches cold after the decoder ran), not their size. So the full-resolution work is a
+handful of calls, the per-cell tests take the moving cells in one batch, per-cell verdicts are
+made in plain Python on the few cells that moved, and the object stage works on the cell grid
+as one Python integer (``_Cells``).
 
 ``MotionTracker`` turns scores into events: motion must persist ``min_time`` seconds (on frame
 timestamps, not a frame count) to start an event, which ends once no motion was seen for
@@ -83,7 +90,10 @@ SWEEP_S = 1.5
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
 """Multiplying by this adds up the eight bytes of a word into its top byte."""
-_TOP_BYTE = np.uint64(56)
+_NOWHERE: tuple[npt.NDArray[np.intp], ...] = (np.zeros(0, np.intp), np.zeros(0, np.intp))
+"""No moving cells, as ``np.nonzero`` would say it."""
+_MIN_CHANGED_TOP = np.uint64(CELL_MIN_CHANGED << 56)
+"""``CELL_MIN_CHANGED`` in a word's top byte (see ``MotionAnalyzer._moving``)."""
 
 U8 = npt.NDArray[np.uint8]
 
@@ -134,19 +144,27 @@ class MotionAnalyzer:
         self._geometry = (lores, main, rotation)
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
+        self._byte_sum = _byte_sum(self.cell_mask)
+        # The row of ones beside each cell's pixels in _classify's batched product.
+        self._ones = np.ones((self.rows * self.cols, 1, CELL * CELL), dtype=np.uint8)
+        self._still = np.zeros((self.rows, self.cols), dtype=bool)
+        self._still.setflags(write=False)
         self._prev: U8 | None = None
+        # Sum of the previous frame's brightness sample (see analyse).
+        self._sample_sum = 0
+        self._sample_size = len(range(4, self._h, 8)) * len(range(4, self._w, 8))
         self._prev_raw: U8 | None = None
         self._noise = float(settings.noise_level)
         self._frames = 0
-        # Object cells of the last second of frames (the swept area of a small object).
-        # When an object last covered each cell (µs): the swept area is a comparison, and
-        # it follows frame timestamps whatever the analysis rate.
-        self._seen = np.full((self.rows, self.cols), np.iinfo(np.int64).min // 2, np.int64)
-        self._empty = np.zeros((self.rows, self.cols), dtype=bool)
-        self._empty.setflags(write=False)
+        # The object stage works on cell bitboards (see _Cells): a handful of integer
+        # operations instead of dozens of numpy calls on a 40x30 grid.
+        self._cells = _Cells(self.rows, self.cols)
+        # The extents of objects (bitboards) over the last SWEEP_S seconds, by frame
+        # timestamp (µs): the swept area follows time whatever the analysis rate.
+        self._seen: deque[tuple[int, int]] = deque()
         self._sweep_us = round(SWEEP_S * US)
         # Cells next to the previous frame's content and candidates (see _scored).
-        self._near_content = self._near_candidates = self._empty
+        self._near_content = self._near_candidates = 0
         self._profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
         self._prev_profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
 
@@ -155,6 +173,7 @@ class MotionAnalyzer:
         lores, main, rotation = self._geometry
         self.cell_mask = build_cell_mask(settings, lores, main, rotation, self.rows, self.cols)
         self.live_cells = int(self.cell_mask.sum())
+        self._byte_sum = _byte_sum(self.cell_mask)
         self.settings = settings
 
     @property
@@ -170,79 +189,95 @@ class MotionAnalyzer:
         self._frames += 1
         # Profiles are computed only for frames checked for shake; keep them for the next.
         self._prev_profiles, self._profiles = self._profiles, None
+        # A sparse sample tells whether the whole picture got brighter or darker: its median
+        # change ignores a moving object that covers less than half of the picture. Its
+        # mean change is cheap, and kept as a sum per frame: only when the mean moved by
+        # more than GAIN_TRIGGER / 2 can the (costlier) median have moved by GAIN_TRIGGER.
+        sample_sum = int(np.add.reduce(cur[4::8, 4::8], axis=None, dtype=np.int64))
+        prev_sum, self._sample_sum = self._sample_sum, sample_sum
         if prev is None:
             return Score(ts, 0.0, 0, noise=self.noise_level)
-        # A sparse sample tells whether the whole picture got brighter or darker: its median
-        # change ignores a moving object that covers less than half of the picture.
-        cur_s = cur[4::8, 4::8].astype(np.int16)
-        prev_s = prev[4::8, 4::8].astype(np.int16)
-        step = cur_s - prev_s
-        # The mean is cheap; only when it moved can the (costlier) median have moved.
-        relit = (
-            abs(float(step.mean())) > GAIN_TRIGGER / 2
-            and abs(float(np.median(step))) > GAIN_TRIGGER
-        )
+        relit = False
+        if abs(sample_sum - prev_sum) > GAIN_TRIGGER / 2 * self._sample_size:
+            prev_s = prev[4::8, 4::8].astype(np.int16)
+            step = cur[4::8, 4::8] - prev_s
+            relit = abs(float(np.median(step))) > GAIN_TRIGGER
         raw_prev = prev
         if relit:
             # Exposure or light level moved: compare against the previous frame brought to
             # today's brightness, so that only changes of the picture's content count.
             prev = self._relight(prev, prev_s, step)
-        # |cur - prev| without wrapping around in uint8.
+        # |cur - prev| without wrapping around in uint8. (Fresh arrays: numpy hands back
+        # the memory just freed, still in cache, where kept buffers would have gone cold.)
         diff = np.maximum(cur, prev)
         diff -= np.minimum(cur, prev)
         if self._frames % NOISE_EVERY == 0:
             self._update_noise(diff)
         changed, moving = self._moving(diff)
-        n = int(np.count_nonzero(moving))
+        # The moving cells' rows and columns, found once for the checks below.
+        where = np.nonzero(moving) if moving is not self._still else _NOWHERE
+        n = len(where[0])
         if n == 0:
             # The common case on a quiet scene: nothing more to look at.
-            return self._scored(ts, None, n)
+            return self._scored(ts, 0, n)
         shake = False
-        if n >= SHAKE_MIN_CELLS and self._spread(moving):
+        if n >= SHAKE_MIN_CELLS and self._spread(*where):
             # A shift fools the brightness fit too (the sample's pixels moved): when the
             # previous frame was relit, lining up the frame as it was is tried as well.
             for base in (prev, raw_prev) if relit else (prev,):
                 aligned = self._unshaken(cur, base)
                 still_changed, still_moving = self._moving(_tolerant_diff(cur, aligned))
-                left = int(np.count_nonzero(still_moving))
+                still_where = np.nonzero(still_moving)
+                left = len(still_where[0])
                 # The view moved if lining it up explains most of the change. Objects
                 # moved by more than a pixel and stay; a pool of light sliding across the
                 # picture stays too (and is told from objects below).
                 if left <= SHAKE_EXPLAINS * n:
                     shake = True
-                    prev, changed, moving = aligned, still_changed, still_moving
+                    prev, changed, where = aligned, still_changed, still_where
                     if left == 0:
-                        return self._scored(ts, None, n, shake=True)
+                        return self._scored(ts, 0, n, shake=True)
                     break
-        n_lit, scattered, content = self._classify(cur, prev, changed, moving)
+        n_lit, scattered, content = self._classify(cur, prev, changed, where)
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
         if self.live_cells and n_lit > lightswitch * self.live_cells:
-            self._near_content = self._near_candidates = self._empty
+            self._near_content = self._near_candidates = 0
             return Score(ts, 0.0, n, lighting=True, noise=self.noise_level, lit=n_lit, shake=shake)
         return self._scored(ts, content, n, scattered, lit=n_lit, shake=shake)
 
     def _moving(self, diff: U8) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        """Changed pixels, and the cells in which enough of them changed."""
-        changed = diff > self.noise_level
+        """Changed pixels, and the cells in which enough of them changed.
+
+        ``diff`` is spent: the changed pixels are written over it.
+        """
+        changed = np.greater(diff, self.noise_level, out=diff.view(np.bool_))
+        if np.count_nonzero(changed) < CELL_MIN_CHANGED:
+            # Too few changed pixels for any cell to move (a still scene, where few or no
+            # pixels pass the noise threshold): one count instead of the cell sums.
+            return changed, self._still
         # Each uint64 holds the 0/1 bytes of 8 neighbouring pixels; summing the 8 rows of a
-        # cell keeps every byte <= 8, and the multiply folds the bytes into a count <= 64.
+        # cell keeps every byte <= 8, and the multiply adds the bytes up into the top byte
+        # (a count <= 64). The bytes below it hold partial sums (< 2**56), so the count
+        # is compared in place, unshifted; masked cells multiply by 0 and never move.
         words = changed.view(np.uint64).reshape(self.rows, CELL, self.cols)
-        cells = (words.sum(axis=1, dtype=np.uint64) * _BYTE_SUM) >> _TOP_BYTE
-        moving = cells >= CELL_MIN_CHANGED
-        moving &= self.cell_mask
+        cells = np.add.reduce(words, axis=1)
+        cells *= self._byte_sum
+        moving: npt.NDArray[np.bool_] = cells >= _MIN_CHANGED_TOP
         return changed, moving
 
     def _scored(
         self,
         ts: int,
-        content: npt.NDArray[np.bool_] | None,
+        content: int,
         n: int,
-        scattered: npt.NDArray[np.bool_] | None = None,
+        scattered: int = 0,
         **why: bool | int,
     ) -> Score:
         """Objects among the content cells, and the score: the area they swept lately.
+
+        ``content`` and ``scattered`` are cell bitboards (see ``_Cells``).
 
         A candidate is a group of content cells (a cell with two content neighbours), or a
         content cell next to where content was in the previous frame. An object is a
@@ -253,51 +288,51 @@ class MotionAnalyzer:
         so a distant walker whose every frame shows a few cells adds up to the metres she
         walked; a group big enough to pass the sensitivity on its own counts at once.
         """
-        empty = self._empty
-        n_scattered = 0 if scattered is None else int(np.count_nonzero(scattered))
-        if content is None or not content.any():
-            self._near_content = self._near_candidates = empty
+        n_scattered = scattered.bit_count()
+        if not content:
+            self._near_content = self._near_candidates = 0
             return Score(ts, 0.0, n, noise=self.noise_level, scattered=n_scattered, **why)  # type: ignore[arg-type]
-        # 3x3 box sums (each cell with its eight neighbours): > 0 is "next to", >= 3 on a
-        # content cell is "with two content neighbours".
-        box = _box(content)
-        grouped = box >= 3
-        grouped &= content
-        candidates = self._near_content & content
-        candidates |= grouped
+        grid = self._cells
+        found = content
+        # "With two content neighbours": three or more content cells in its 3x3 box.
+        grouped = grid.crowded(found) & found
+        candidates = (self._near_content & found) | grouped
         objects = self._near_candidates & candidates
-        # One stacked box sum gives what is next to this frame's candidates (for the next
-        # frame) and to its objects (for their extent now).
-        near = _box(np.stack((candidates, objects))) > 0
-        self._near_content, self._near_candidates = box > 0, near[0]
-        if objects.any():
+        self._near_content, self._near_candidates = grid.near(found), grid.near(candidates)
+        if objects:
             # The object's extent: its cells and the changed cells touching them.
-            extent = content if scattered is None else content | scattered
-            extent &= near[1]
-            self._seen[extent] = ts
-            swept = int(np.count_nonzero(self._seen >= ts - self._sweep_us))
+            extent = found | scattered
+            extent &= grid.near(objects)
+            seen = self._seen
+            seen.append((ts, extent))
+            while seen[0][0] < ts - self._sweep_us:
+                seen.popleft()
+            swept_cells = 0
+            for _, cells in seen:
+                swept_cells |= cells
+            swept = swept_cells.bit_count()
         else:
             swept = 0
-        group = int(np.count_nonzero(grouped))
+        group = grouped.bit_count()
         return Score(
             ts,
             max(swept, group) * self.blocks_per_cell,
             n,
             noise=self.noise_level,
             scattered=n_scattered,
-            objects=int(np.count_nonzero(objects)),
+            objects=objects.bit_count(),
             swept=swept > group,
             **why,  # type: ignore[arg-type]
         )
 
-    def _spread(self, moving: npt.NDArray[np.bool_]) -> bool:
+    def _spread(self, r: npt.NDArray[np.intp], c: npt.NDArray[np.intp]) -> bool:
         """Whether the moving cells reach across the picture, as a shaken view's edges do.
 
         A cheap gate before the shake check: one object, however close, moves in a part of
         the rows or the columns of the picture, not in most of both.
         """
-        rows = int(np.count_nonzero(np.logical_or.reduce(moving, axis=1)))
-        cols = int(np.count_nonzero(np.logical_or.reduce(moving, axis=0)))
+        rows = len(set(r.tolist()))
+        cols = len(set(c.tolist()))
         return rows >= SHAKE_SPREAD * self.rows and cols >= SHAKE_SPREAD * self.cols
 
     def _unshaken(self, cur: U8, prev: U8) -> U8:
@@ -334,9 +369,9 @@ class MotionAnalyzer:
         cur: U8,
         prev: U8,
         changed: npt.NDArray[np.bool_],
-        moving: npt.NDArray[np.bool_],
-    ) -> tuple[int, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        """Split the moving cells into lit (counted), scattered and content, by their pixels.
+        where: tuple[npt.NDArray[np.intp], ...],
+    ) -> tuple[int, int, int]:
+        """Split the moving cells into lit (counted), scattered and content (bitboards).
 
         Only the moving cells are gathered (a few percent of the picture on a busy frame),
         so these checks cost in proportion to what moved.
@@ -347,41 +382,73 @@ class MotionAnalyzer:
         streaks, snowflakes, noise) leaves (almost) nothing after a 3x3 erosion; only the
         other cells are tested for light.
         """
-        r, c = np.nonzero(moving)
-        # Cell-major views: [row, col] picks a cell's 8x8 pixels.
+        r, c = where
+        # [r, :, c] on these views picks the cells' 8x8 pixels, cell-major.
         shape = (self.rows, CELL, self.cols, CELL)
-        m = changed.reshape(shape).transpose(0, 2, 1, 3)[r, c]
-        rows3 = m[:, :-2] & m[:, 1:-1] & m[:, 2:]
-        core = rows3[:, :, :-2] & rows3[:, :, 1:-1] & rows3[:, :, 2:]
-        solid = np.count_nonzero(core.reshape(len(r), -1), axis=1) >= SOLID_MIN
-        scattered = np.zeros_like(moving)
-        scattered[r[~solid], c[~solid]] = True
+        m = changed.reshape(shape)[r, :, c]
+        rows3 = m[:, :-2] & m[:, 1:-1]
+        rows3 &= m[:, 2:]
+        core = rows3[:, :, :-2] & rows3[:, :, 1:-1]
+        core &= rows3[:, :, 2:]
+        solid = np.add.reduce(core.reshape(len(r), -1).view(np.uint8), axis=1) >= SOLID_MIN
+        # The verdicts become cell bitboards (see _Cells) one cell at a time: on the few
+        # cells that move, Python costs less than the numpy calls that would scatter them.
+        scattered = 0
+        cols = self.cols
+        solid_at: list[int] = []
+        solid_list = solid.tolist()
+        for row, col, is_solid in zip(r.tolist(), c.tolist(), solid_list, strict=True):
+            if is_solid:
+                solid_at.append(row * cols + col)
+            else:
+                scattered |= 1 << (row * cols + col)
         # Only solid changes can be objects: the light test looks at those alone.
-        r, c = r[solid], c[solid]
-        content = np.zeros_like(moving)
-        if not len(r):
-            return 0, scattered, content
-        y = cur.reshape(shape).transpose(0, 2, 1, 3)[r, c].reshape(len(r), -1)
-        x = prev.reshape(shape).transpose(0, 2, 1, 3)[r, c].reshape(len(r), -1)
-        y = y.astype(np.float32)
-        x = x.astype(np.float32)
-        inv = np.float32(1 / (CELL * CELL))
-        my = np.add.reduce(y, axis=1, keepdims=True) * inv
-        mx = np.add.reduce(x, axis=1, keepdims=True) * inv
-        # The brightness ratio; a small pedestal stands for the sensor's black level.
-        gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
-        # Variance of y - gain * x: what the brightness ratio does not explain.
-        x *= gain
-        y -= x
-        residual = np.add.reduce(y * y, axis=1) * inv - (my - gain * mx)[:, 0] ** 2
+        if not solid_at:
+            return 0, scattered, 0
+        # Each cell's pixels now and before, and ones, as the rows of a 3x64 matrix; one
+        # batched product gives every cell's sums, sums of squares and of products. In
+        # float32 they are exact: every partial sum is an integer below 64 * 255**2 < 2**24.
+        # Mostly solid cells (an object) are all taken: picking the solid ones out costs
+        # more calls than the sums of a few others. Mostly thin ones (rain) are picked out.
+        tested, taken = (r, c), solid_list
+        if 2 * len(solid_at) < len(r):
+            tested, taken = (r[solid], c[solid]), [True] * len(solid_at)
+        n, size = len(taken), CELL * CELL
+        pixels = np.concatenate(
+            (
+                cur.reshape(shape)[tested[0], :, tested[1]].reshape(n, 1, size),
+                prev.reshape(shape)[tested[0], :, tested[1]].reshape(n, 1, size),
+                self._ones[:n],
+            ),
+            axis=1,
+            dtype=np.float32,
+        )
+        moments = (pixels @ pixels[:, :2].transpose(0, 2, 1)).tolist()
+        inv = 1 / size
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
-        sigma2 = (self._noise / NOISE_SIGMAS) ** 2 / 2
-        explained = residual <= LIGHT_RESIDUAL * sigma2 * (1 + gain[:, 0] ** 2)
-        if explained.any():
-            explained &= self._smooth_light(r, c, gain[:, 0])
-        content[r, c] = ~explained
-        lit = int(np.count_nonzero(explained))
-        return lit, scattered, content
+        limit = LIGHT_RESIDUAL * (self._noise / NOISE_SIGMAS) ** 2 / 2
+        gains: list[float] = []
+        explained: list[bool] = []
+        for is_solid, ((syy, sxy), (_, sxx), (sy, sx)) in zip(taken, moments, strict=True):
+            if not is_solid:
+                continue
+            my, mx = sy * inv, sx * inv
+            # The brightness ratio; a small pedestal stands for the sensor's black level.
+            gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
+            # Variance of y - gain * x: what the brightness ratio does not explain.
+            offset = my - gain * mx
+            residual = (syy - 2 * gain * sxy + gain * gain * sxx) * inv - offset * offset
+            gains.append(gain)
+            explained.append(residual <= limit * (1 + gain * gain))
+        if any(explained):
+            gain_at = np.array(gains, dtype=np.float32)
+            smooth = self._smooth_light(r[solid], c[solid], gain_at).tolist()
+            explained = [e and s for e, s in zip(explained, smooth, strict=True)]
+        content = 0
+        for at, lit in zip(solid_at, explained, strict=True):
+            if not lit:
+                content |= 1 << at
+        return sum(explained), scattered, content
 
     def _smooth_light(
         self, r: npt.NDArray[np.intp], c: npt.NDArray[np.intp], gain: npt.NDArray[np.float32]
@@ -427,8 +494,10 @@ class MotionAnalyzer:
 
     def _update_noise(self, diff: U8) -> None:
         sample = diff[2::4, 2::4].ravel()
-        mid = sample.size // 2
-        median = float(np.partition(sample, mid)[mid])
+        # The middle value of the sorted sample: the first level whose running count of
+        # pixels passes the middle index (a histogram costs less than a partition).
+        running = np.bincount(sample, minlength=256).cumsum()
+        median = float(np.searchsorted(running, sample.size // 2, side="right"))
         # For Gaussian noise the median absolute value is 0.6745 sigma; smooth over time so
         # one busy frame does not swing the threshold.
         estimate = max(float(self.settings.noise_level), NOISE_SIGMAS * median / 0.6745)
@@ -481,16 +550,47 @@ def _tolerant_diff(cur: U8, prev: U8) -> U8:
     return diff
 
 
-def _box(cells: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
-    """3x3 box sums over the last two axes: each cell plus its eight neighbours (separably)."""
-    c = cells.view(np.uint8)
-    row = c.copy()
-    row[..., 1:] += c[..., :-1]
-    row[..., :-1] += c[..., 1:]
-    box = row.copy()
-    box[..., 1:, :] += row[..., :-1, :]
-    box[..., :-1, :] += row[..., 1:, :]
-    return box
+def _byte_sum(cell_mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint64]:
+    """Per cell, the multiplier that adds up a word's bytes: 0 where the cell is masked."""
+    return np.where(cell_mask, _BYTE_SUM, np.uint64(0))
+
+
+class _Cells:
+    """A grid of cells as one Python integer: bit ``row * cols + col`` is a cell.
+
+    Neighbourhoods are shifts and masks of the whole grid at once, which costs far less
+    than numpy calls on a grid this small.
+    """
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.rows, self.cols = rows, cols
+        self.size = rows * cols
+        self.full = (1 << self.size) - 1
+        first_col = sum(1 << (r * cols) for r in range(rows))
+        # Moving the grid a cell right (left) wraps each row's last (first) cell onto the
+        # next (previous) row's first (last) one: those bits are cleared.
+        self.not_first_col = self.full & ~first_col
+        self.not_last_col = self.full & ~(first_col << (cols - 1))
+
+    def _rows3(self, x: int) -> tuple[int, int, int]:
+        """Each cell, and its left and right neighbour moved onto it."""
+        return x, (x << 1) & self.not_first_col, (x >> 1) & self.not_last_col
+
+    def near(self, x: int) -> int:
+        """Cells in or next to (8 neighbours) a cell of ``x``."""
+        mid, left, right = self._rows3(x)
+        row = mid | left | right
+        return row | ((row << self.cols) & self.full) | (row >> self.cols)
+
+    def crowded(self, x: int) -> int:
+        """Cells whose 3x3 box holds at least three cells of ``x``."""
+        one = two = three = 0
+        for row in self._rows3(x):
+            for b in (row, (row << self.cols) & self.full, row >> self.cols):
+                three |= two & b
+                two |= one & b
+                one |= b
+        return three
 
 
 def build_cell_mask(
