@@ -5,10 +5,10 @@ one core of this machine and at most 100 MB resident memory after one minute (th
 included).
 
 ``pinthesky --source synthetic --combine-dir <tmp>`` runs as a child process with every other
-setting at its default (640x480, 20 fps, buffer 15 s, bitrate auto: 2.3 Mb/s). Once it logs "first frame
-buffered", it warms up until ``--warmup`` seconds (default 60) of wall time after the spawn;
-then the CPU time it used (utime + stime of all its threads, /proc/<pid>/stat) is read at the
-start and end of a ``--seconds`` window (default 60, i.e. t = 60 s .. 120 s).
+setting at its default (640x480, 20 fps, buffer 15 s, bitrate auto: 2.3 Mb/s). Once it logs
+"first frame buffered", it warms up until ``--warmup`` seconds (default 60) of wall time after
+the spawn; then the CPU time it used (utime + stime of all its threads, /proc/<pid>/stat) is
+read at the start and end of a ``--seconds`` window (default 60, i.e. t = 60 s .. 120 s).
 CPU % of one core = CPU seconds used in the window / wall seconds of the window * 100.
 Resident memory is VmRSS at the end of the window (and the peak, VmHWM, since the spawn);
 MB here are 10^6 bytes. The synthetic object crosses the scene every 30 s from second 10, so
