@@ -151,17 +151,8 @@ def main() -> None:
     # Objects shared between the camera threads and the loop.
     box(ax, 35, 50, 22, 20, "PacketRing", "pre-event ring buffer\nwhole GOPs\n"
         "outputframe() contract\nthreading.Lock", kind="shared", package="record/")  # fmt: skip
-    box(
-        ax,
-        35,
-        7,
-        22,
-        15,
-        "AnalysisPort",
-        "call_soon_threadsafe\ninto the loop",
-        kind="shared",
-        package="camera/",
-    )
+    box(ax, 35, 7, 22, 15, "AnalysisPort",
+        "call_soon_threadsafe\ninto the loop", kind="shared", package="camera/")  # fmt: skip
     arrow(ax, [(24.5, 60), (35, 60)], "packets", (30.5, 61.8))
     arrow(ax, [(24.5, 14.5), (35, 14.5)], "analysis\nframes", (30.5, 18))
     ax.text(30.5, 12.5, "5 fps, gray", ha="center", va="center", fontsize=9, color="#555555")
@@ -183,16 +174,8 @@ def main() -> None:
 
     # Fed by the bus: the uploader (S3 calls on upload threads) and cloud control.
     box(ax, 35, 37, 22, 8, "Uploader", "queue = clip dir -> S3\n(upload threads)", package="cloud/")
-    box(
-        ax,
-        35,
-        26,
-        22,
-        8,
-        "Control",
-        "sidecar files (inotify)\ncommands, events, shadow",
-        package="control/",
-    )
+    box(ax, 35, 26, 22, 8, "Control",
+        "sidecar files (inotify)\ncommands, events, shadow", package="control/")  # fmt: skip
     arrow(ax, [(63, 37.5), (57, 41)])
     arrow(ax, [(63, 33.5), (57, 30)])
 
@@ -217,30 +200,14 @@ def main() -> None:
         "newest picture wins", kind="shared", package="live/")  # fmt: skip
     arrow(ax, [(13.5, 5), (13.5, -9), (35, -9)], "live pictures", (24.5, -7.2))
     box(ax, 63, -8.5, 22, 6, "MjpegBroadcaster", "one JPEG encoder, all viewers", package="live/")
-    box(
-        ax,
-        63,
-        -18.5,
-        22,
-        7,
-        "LiveSession",
-        "record: MPEG-1 encoder\n≤ 32 KB base64 posts",
-        package="live/",
-    )
+    box(ax, 63, -18.5, 22, 7, "LiveSession",
+        "record: MPEG-1 encoder\n≤ 32 KB base64 posts", package="live/")  # fmt: skip
     arrow(ax, [(57, -6), (63, -6)])
     arrow(ax, [(57, -12), (63, -14)])
     box(ax, 90, -8.5, 21, 6, "WebServer", "/ · /stream.mjpg · /clips · auth", package="local/")
     arrow(ax, [(85, -5.5), (90, -5.5)])
-    box(
-        ax,
-        90,
-        -18.5,
-        21,
-        7,
-        "DataPlane",
-        "apigatewaymanagementapi\nreplies, record_end",
-        package="cloud/",
-    )
+    box(ax, 90, -18.5, 21, 7, "DataPlane",
+        "apigatewaymanagementapi\nreplies, record_end", package="cloud/")  # fmt: skip
     arrow(ax, [(85, -15), (90, -15)])
     box(ax, 116, -8.5, 21, 6, "browser\\ (LAN)", "the local page", kind="disk")
     arrow(ax, [(111, -5.5), (116, -5.5)])
