@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO / "tests"))
 import footage
 from servers import CredentialsProvider, Pki, moto_server, s3_client
 
-from pinthesky.bus import ClipReady, MotionClip, PictureTaken
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
 from pinthesky.media import US
+from pinthesky.record.bus import ClipReady, MotionClip, PictureTaken
 from pinthesky.settings import load
 
 NAME = "alerts"

@@ -48,7 +48,7 @@ import numpy.typing as npt
 from _common import REPO, Check, report
 
 from pinthesky import settings
-from pinthesky.motion import MotionAnalyzer
+from pinthesky.record.motion import MotionAnalyzer
 from pinthesky.settings import Resolution
 
 NAME = "analyzer"
@@ -166,7 +166,7 @@ STAGES = {
 
 def time_stages(frames: Sequence[U8], period_us: int) -> dict[str, float]:
     """µs per analysed frame that each stage costs, averaged over all frames of ``frames``."""
-    from pinthesky import motion
+    from pinthesky.record import motion
 
     spent = dict.fromkeys(STAGES, 0.0)
     # _moving runs again on shaken frames: that second call belongs to the shake stage.

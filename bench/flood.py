@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _common import Check, report
 
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
 from pinthesky.settings import load
 
 NAME = "flood"

@@ -10,7 +10,7 @@ the import, and whether PyAV ended up in ``sys.modules``. ``libcamera`` and ``py
 stubbed as in tests/test_picam.py (they exist only on a Pi), so the figures cover picamera2's
 own Python imports, not libcamera's shared libraries.
 
-- ``baseline``: the daemon's own modules (``pinthesky.daemon``, ``pinthesky.camera.picam``)
+- ``baseline``: the daemon's own modules (``pinthesky.daemon.app``, ``pinthesky.camera.picam``)
   in the project venv, without picamera2;
 - one column per picamera2 environment under ``.cache/`` (built by ``make -C tests
   picamera2-envs`` when missing): ``import picamera2``, then ``from picamera2.encoders import
@@ -70,7 +70,7 @@ import numpy  # everything imports it first; not part of the figure
 figures = {}
 if sys.argv[1] == "baseline":
     before = rss()
-    import pinthesky.daemon, pinthesky.camera.picam
+    import pinthesky.daemon.app, pinthesky.camera.picam
     figures["daemon"] = (rss() - before, "av" in sys.modules)
 else:
     libcamera = stub("libcamera")

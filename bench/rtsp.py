@@ -179,7 +179,7 @@ def serve_ours(path: str, port: int) -> None:
     # What the daemon holds anyway (the ring, the settings, asyncio) comes first: the growth
     # from there is what RTSP adds to it.
     from pinthesky.media import US, Packet, monotonic_us
-    from pinthesky.ring import PacketRing
+    from pinthesky.record.ring import PacketRing
     from pinthesky.settings import RtspSettings
 
     data = Path(path).read_bytes()

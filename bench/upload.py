@@ -49,9 +49,9 @@ def big_clip(directory: Path, epoch: int, megabytes: float) -> Path:
 
     import footage
 
-    from pinthesky.clips import ClipStore
     from pinthesky.media import Packet, StreamInfo
-    from pinthesky.mp4 import to_annexb
+    from pinthesky.record.clips import ClipStore
+    from pinthesky.record.mp4 import to_annexb
 
     # One clip of real footage, recorded by the daemon, repeated up to the size.
     scratch = Path(tempfile.mkdtemp())
@@ -91,8 +91,8 @@ def big_clip(directory: Path, epoch: int, megabytes: float) -> Path:
 
 def speed(work: Path, endpoint: str) -> dict[str, float]:
 
-    from pinthesky.clips import ClipStore
-    from pinthesky.uploader import Target, Uploader
+    from pinthesky.cloud.uploader import Target, Uploader
+    from pinthesky.record.clips import ClipStore
 
     client = s3_client(endpoint)
     master = big_clip(work / "master", 1_700_000_000, CLIP_MB)
@@ -127,8 +127,8 @@ def speed(work: Path, endpoint: str) -> dict[str, float]:
 def kill_trials(work: Path, endpoint: str, trials: int) -> dict[str, float]:
     import footage
 
-    from pinthesky.clips import ClipStore, write_meta
-    from pinthesky.mp4 import to_annexb
+    from pinthesky.record.clips import ClipStore, write_meta
+    from pinthesky.record.mp4 import to_annexb
 
     queue = work / "queue"
     queue.mkdir()

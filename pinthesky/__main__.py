@@ -1,5 +1,5 @@
 """``python -m pinthesky`` runs the same entry point as the console script."""
 
-from pinthesky.cli import main
+from pinthesky.daemon.cli import main
 
 raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Local logging: one stderr handler for journald, the level, and secrets kept out of every log.
 
 The daemon always logs to stderr (journald stamps each line under systemd); CloudWatch, when
-enabled, is one more handler on the root logger (``pinthesky.cloudwatch``). ``Redact`` is
+enabled, is one more handler on the root logger (``pinthesky.cloud.cloudwatch``). ``Redact`` is
 attached to every handler: whatever a message or a traceback holds, AWS secret keys, session
 tokens, request signatures and PEM private keys never leave the process.
 """

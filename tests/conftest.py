@@ -17,10 +17,10 @@ from typing import Any
 import av
 import pytest
 
-from pinthesky.bus import ClipReady
-from pinthesky.clips import ClipInfo
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
 from pinthesky.media import US, split_annexb
+from pinthesky.record.bus import ClipReady
+from pinthesky.record.clips import ClipInfo
 from pinthesky.settings import Settings, load
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import numpy as np
 
 sys.path.insert(0, sys.argv[1])
 
-from pinthesky.motion import MotionAnalyzer, MotionTracker
+from pinthesky.record.motion import MotionAnalyzer, MotionTracker
 from pinthesky.settings import Resolution, defaults
 
 settings = defaults()

@@ -22,9 +22,9 @@ from servers import CredentialsProvider, Pki, free_port, moto_server
 from servers import s3_client as s3
 from test_upload import BUCKET, drain, iot_settings
 
-from pinthesky.bus import ClipReady, PictureTaken
-from pinthesky.clips import ClipInfo, ClipStore
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
+from pinthesky.record.bus import ClipReady, PictureTaken
+from pinthesky.record.clips import ClipInfo, ClipStore
 from pinthesky.settings import Settings
 
 
@@ -173,9 +173,9 @@ def test_s3_down_the_event_goes_out_and_the_picture_follows_the_clip(
 
 
 def test_the_cooldown_is_a_setting_of_the_toml_file_and_the_shadow(tmp_path):
+    from pinthesky.control.shadow import desired_changes, reported_document
     from pinthesky.errors import ConfigError
     from pinthesky.settings import load, merge
-    from pinthesky.shadow import desired_changes, reported_document
 
     toml = tmp_path / "pinthesky.toml"
     toml.write_text("[alerts]\ncooldown = 15\n")

@@ -12,8 +12,8 @@ import pytest
 from servers import aws_client, moto_server
 from test_provision import enforce_iam
 
-from pinthesky import pitsctl
-from pinthesky.alerts.cloud import (
+from pinthesky.installer import pitsctl
+from pinthesky.installer.alerts import (
     ABORT_RULE,
     CONNECTED_RULE,
     DISCONNECTED_RULE,
@@ -26,7 +26,7 @@ from pinthesky.alerts.cloud import (
     local_zone,
     motion_sql,
 )
-from pinthesky.provision import THING_GROUP, ProvisionError
+from pinthesky.installer.provision import THING_GROUP, ProvisionError
 
 REGION = "eu-west-1"
 BUCKET = "cams"

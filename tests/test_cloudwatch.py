@@ -21,10 +21,10 @@ from conftest import OLD_ENV, REPO, eventually, settings_for, until
 from servers import CredentialsProvider, Pki, aws_client, black_hole, free_port, moto_server
 from test_shadow import documents, write
 
-from pinthesky.cloudwatch import MAX_BYTES, MAX_RECORDS, CloudWatchLogs, stream_name
-from pinthesky.daemon import Daemon
+from pinthesky.cloud.cloudwatch import MAX_BYTES, MAX_RECORDS, CloudWatchLogs, stream_name
+from pinthesky.cloud.metrics import METRICS, Sampler, emf_record
+from pinthesky.daemon.app import Daemon
 from pinthesky.logs import THIRD_PARTY, redact
-from pinthesky.metrics import METRICS, Sampler, emf_record
 from pinthesky.settings import defaults, merge
 
 GROUP = "pinthesky-test"
@@ -290,8 +290,8 @@ def test_logs_and_emf_metrics_arrive_with_the_iot_credentials(tmp_path, logs_env
     assert list(streams) == [today_stream()]
     messages = streams[today_stream()]
     lines = plain_lines(messages)
-    assert any(line.startswith("INFO pinthesky.daemon: pinthesky started") for line in lines)
-    assert lines[-1].startswith("INFO pinthesky.daemon: pinthesky stopped")  # sent at stop
+    assert any(line.startswith("INFO pinthesky.daemon.app: pinthesky started") for line in lines)
+    assert lines[-1].startswith("INFO pinthesky.daemon.app: pinthesky stopped")  # sent at stop
     assert provider.requests and provider.requests[0]["thing"] == "cam1"
     records = emf_records(messages)
     for record in records:

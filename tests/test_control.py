@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from servers import moto_server
 from test_upload import BUCKET, s3
 
-from pinthesky.commands import Refused, parse_command
-from pinthesky.daemon import Daemon
+from pinthesky.control.commands import Refused, parse_command
+from pinthesky.daemon.app import Daemon
 from pinthesky.jsonstream import parse_stream
 
 

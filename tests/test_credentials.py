@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from servers import CredentialsProvider, Pki
 
-from pinthesky.credentials import (
+from pinthesky.cloud.credentials import (
     CredentialsError,
     IotCredentialsProvider,
     IotIdentity,

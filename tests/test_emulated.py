@@ -40,7 +40,7 @@ from servers import Pki
 from test_sidecar import COMMANDS, THING
 
 from pinthesky import __version__
-from pinthesky.pitsctl import build_wheel
+from pinthesky.installer.pitsctl import build_wheel
 
 VENV_BIN = "/opt/pinthesky/venv/bin"
 INSTALL_TIMEOUT_S = 3600
@@ -137,7 +137,7 @@ def pi(
     work = tmp_path_factory.mktemp(f"pi-{arch}")
     shared = work / "host"
     shared.mkdir()
-    shutil.copy(REPO / "pinthesky" / "onpi.py", shared / "onpi.py")
+    shutil.copy(REPO / "pinthesky" / "installer" / "onpi.py", shared / "onpi.py")
     name, data = build_wheel()
     (shared / name).write_bytes(data)
     (shared / "install.py").write_text(INSTALL)
@@ -175,7 +175,7 @@ def test_the_wheels_only_install_keeps_apts_numpy_and_picks_the_mqtt_client_for_
     else:
         assert has_crt
     chosen = pi.run(
-        f"{VENV_BIN}/python", "-c", "from pinthesky.mqtt import choose; print(choose())"
+        f"{VENV_BIN}/python", "-c", "from pinthesky.iot.mqtt import choose; print(choose())"
     )
     assert chosen.stdout.strip() == ("paho" if pi.arch == "armhf" else "crt"), chosen.stderr
 

@@ -28,18 +28,18 @@ from test_control import start
 from test_lifecycle import spawn, wait_for_line
 from test_sidecar import COMMANDS, cloud, sidecar
 
-from pinthesky.bus import ClipReady, EventBus
 from pinthesky.camera.x264 import X264Encoder
-from pinthesky.clips import ClipInfo, ClipStore
-from pinthesky.daemon import Daemon
+from pinthesky.cloud.uploader import Target, Uploader
+from pinthesky.daemon.app import Daemon
 from pinthesky.eventfiles import outbox_dir
 from pinthesky.logs import Throttle
 from pinthesky.media import US, Clock, Packet, StreamInfo
-from pinthesky.motion import MotionEnded, MotionStarted
-from pinthesky.recorder import Recorder
-from pinthesky.ring import PacketRing
+from pinthesky.record.bus import ClipReady, EventBus
+from pinthesky.record.clips import ClipInfo, ClipStore
+from pinthesky.record.motion import MotionEnded, MotionStarted
+from pinthesky.record.recorder import Recorder
+from pinthesky.record.ring import PacketRing
 from pinthesky.settings import RecorderSettings
-from pinthesky.uploader import Target, Uploader
 
 INFO = StreamInfo(320, 240, Fraction(10))
 
@@ -282,7 +282,7 @@ def test_the_stop_line_counts_each_clip_once(
             "recorder.post_roll": 4,
         },
     )
-    with caplog.at_level(logging.INFO, logger="pinthesky.daemon"):
+    with caplog.at_level(logging.INFO, logger="pinthesky.daemon.app"):
         run = run_daemon(settings)
     assert len(run.clips) == 1
     assert "pinthesky stopped: 1 clips recorded" in caplog.text

@@ -14,11 +14,11 @@ import av
 import pytest
 from conftest import clip_facts, settings_for
 
-from pinthesky import daemon as daemon_module
 from pinthesky.camera.base import AnalysisPort
-from pinthesky.daemon import Daemon
+from pinthesky.daemon import app as daemon_module
+from pinthesky.daemon.app import Daemon
 from pinthesky.media import StreamInfo
-from pinthesky.ring import PacketRing
+from pinthesky.record.ring import PacketRing
 
 
 def spawn(*args: str, cwd: Path) -> subprocess.Popen[str]:

@@ -20,13 +20,13 @@ import pytest
 from conftest import settings_for, until
 from servers import ApiGateway, CredentialsProvider, Pki, Post
 
-from pinthesky.bus import ClipReady
-from pinthesky.clips import ClipInfo
-from pinthesky.commands import Refused, parse_command
-from pinthesky.daemon import Daemon
-from pinthesky.dataplane import CHUNK_BYTES, header
+from pinthesky.cloud.dataplane import CHUNK_BYTES, header
+from pinthesky.control.commands import Refused, parse_command
+from pinthesky.daemon.app import Daemon
 from pinthesky.live.session import Limits
 from pinthesky.media import US
+from pinthesky.record.bus import ClipReady
+from pinthesky.record.clips import ClipInfo
 from pinthesky.settings import Settings
 
 REGION = "eu-west-3"
@@ -376,7 +376,7 @@ def test_hostile_records_through_the_file_post_nothing_and_recording_goes_on(
         assert await asyncio.wait_for(task, 10) == 0
         return daemon
 
-    with caplog.at_level(logging.WARNING, logger="pinthesky.control"):
+    with caplog.at_level(logging.WARNING, logger="pinthesky.control.controller"):
         daemon = asyncio.run(main())
     assert api.posts == []
     # One line each, until the log's flood guard (logs.Throttle, 5 lines in 10 s) counts the

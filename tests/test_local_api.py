@@ -19,9 +19,9 @@ from typing import Any
 from conftest import eventually
 from test_web import CLIP, fetch, plant_clips, serve, web_settings
 
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
+from pinthesky.local.web import MAX_CONNECTIONS
 from pinthesky.settings import Rect
-from pinthesky.web import MAX_CONNECTIONS
 
 PASSWORD = "s3cr3t pw"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"me:{PASSWORD}".encode()).decode()}

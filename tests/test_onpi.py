@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pitarget import account, snapshot
 
-from pinthesky import onpi
+from pinthesky.installer import onpi
 
 
 def test_pitsctls_keys_are_set_and_every_other_line_stays():

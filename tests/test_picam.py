@@ -36,7 +36,7 @@ from pinthesky.errors import SourceError
 from pinthesky.live import tap as live_tap
 from pinthesky.live.tap import YUV420, LiveTap, Picture
 from pinthesky.media import US, AnalysisFrame, has_parameter_sets, nal_type, split_annexb
-from pinthesky.ring import PacketRing
+from pinthesky.record.ring import PacketRing
 from pinthesky.settings import CameraSettings, Resolution, defaults
 
 T0_NS = 987_654_321_123_456  # sensor time of the first simulated frame, ns

@@ -22,8 +22,9 @@ from pitarget import account, snapshot
 from servers import Sshd, aws_client, free_port, moto_server, sshd
 from test_provision import assert_nothing_left, csr_pem, enforce_iam, sign_requests_like_aws
 
-from pinthesky import __version__, onpi, pitsctl
-from pinthesky.provision import Names, Provisioner
+from pinthesky import __version__
+from pinthesky.installer import onpi, pitsctl
+from pinthesky.installer.provision import Names, Provisioner
 
 REGION = "eu-west-1"
 
@@ -260,7 +261,7 @@ def test_missing_aws_permissions_are_one_line_and_a_rerun_repairs(
 
 
 def test_policy_documents_are_valid_json_with_no_trailing_commas() -> None:
-    from pinthesky.provision import role_policy, thing_policy
+    from pinthesky.installer.provision import role_policy, thing_policy
 
     names = Names(thing="cam-a", bucket="cams", region=REGION, log_group="pinthesky")
     for document in (role_policy(names, "123456789012"), thing_policy(REGION, "123456789012")):
@@ -276,11 +277,14 @@ def test_the_wheel_pitsctl_ships_holds_this_version_and_the_units() -> None:
     assert name == f"pinthesky-{__version__}-py3-none-any.whl"
     with zipfile.ZipFile(io.BytesIO(data)) as wheel:
         names = set(wheel.namelist())
-        assert {"pinthesky/onpi.py", "pinthesky/units/pinthesky.service"} <= names
+        assert {
+            "pinthesky/installer/onpi.py",
+            "pinthesky/installer/units/pinthesky.service",
+        } <= names
         meta = wheel.read(f"pinthesky-{__version__}.dist-info/METADATA").decode()
         assert f"Version: {__version__}" in meta and "Requires-Dist: boto3" in meta
         entry = wheel.read(f"pinthesky-{__version__}.dist-info/entry_points.txt").decode()
-        assert "pitsctl = pinthesky.pitsctl:main" in entry
+        assert "pitsctl = pinthesky.installer.pitsctl:main" in entry
     assert not any(n.endswith(".pyc") for n in names)
     assert os.path.basename(name) == name
 

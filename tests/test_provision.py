@@ -10,7 +10,7 @@ import pytest
 import trustme
 from servers import aws_client, moto_server
 
-from pinthesky.provision import (
+from pinthesky.installer.provision import (
     ROLE,
     ROLE_ALIAS,
     THING_POLICY,

@@ -22,12 +22,12 @@ import pytest
 from conftest import eventually, pinthesky, serve_daemon, settings_for
 from servers import free_port
 
-from pinthesky.bus import ClipReady
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
 from pinthesky.live import rtsp
 from pinthesky.live.rtp import MAX_PAYLOAD, RtpStream, nal_units, parameter_sets, sdp
 from pinthesky.media import US, split_annexb
-from pinthesky.recorder import ClipInfo
+from pinthesky.record.bus import ClipReady
+from pinthesky.record.recorder import ClipInfo
 from pinthesky.settings import Settings
 
 PASSWORD = "s3cret pass"

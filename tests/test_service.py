@@ -17,7 +17,7 @@ import pytest
 from conftest import OLD_ENV, REPO, settings_for
 from servers import free_port
 
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
 
 UNITS = ("pinthesky", "pinthesky-iot")
 SERVICE_DIR = REPO / "service"

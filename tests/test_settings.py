@@ -1,6 +1,6 @@
 """Settings: the 0.9.1 flags and environment, the TOML file, validation and the frozen result.
 
-Everything here runs in-process through ``cli.build_parser`` and ``settings.load``; the
+Everything here runs in-process through ``cmdline.build_parser`` and ``settings.load``; the
 command line as a user types it is exercised in ``test_cli.py``.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import OLD_ENV
 
-from pinthesky import cli, settings
+from pinthesky import cmdline, settings
 from pinthesky.errors import ConfigError
 from pinthesky.settings import Rect, Resolution, Settings, Window
 
@@ -111,7 +111,7 @@ def _no_old_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def parse(*argv: str, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings for a command line, as the daemon builds them."""
-    ns = cli.build_parser().parse_args(list(argv))
+    ns = cmdline.build_parser().parse_args(list(argv))
     raw = {k: v for k, v in vars(ns).items() if "." in k}
     return settings.load(raw, config_file=ns.config, environ={} if environ is None else environ)
 
@@ -152,7 +152,7 @@ def file_errors(path: Path) -> list[str]:
 
 
 def test_every_old_flag_is_still_a_flag() -> None:
-    parser = cli.build_parser()
+    parser = cmdline.build_parser()
     ours = {s for action in parser._actions for s in action.option_strings}
     old = {row[0] for row in OLD_VALUE_FLAGS} | {row[0] for row in OLD_SWITCHES} | {"--version"}
     assert old - ours == set()
@@ -232,7 +232,7 @@ def test_old_store_true_flags_are_switches(flag: str, key: str, on: bool, off: b
 def test_switches_take_no_value(flag: str) -> None:
     # "--cloudwatch true" leaves "true" as a stray argument: argparse refuses it (exit 2).
     with pytest.raises(SystemExit) as info:
-        cli.build_parser().parse_args([flag, "true"])
+        cmdline.build_parser().parse_args([flag, "true"])
     assert info.value.code == 2
 
 

@@ -11,9 +11,9 @@ from conftest import settings_for, until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pinthesky.daemon import Daemon
+from pinthesky.control.shadow import SHADOW_KEYS, desired_changes, reported_document
+from pinthesky.daemon.app import Daemon
 from pinthesky.settings import defaults, merge
-from pinthesky.shadow import SHADOW_KEYS, desired_changes, reported_document
 
 
 def documents(desired: dict[str, Any], version: int = 2) -> str:

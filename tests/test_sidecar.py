@@ -1,6 +1,6 @@
 """``pinthesky-iot`` against Debian's mosquitto (mutual TLS) and a stand-in shadow service, with
 the real daemon on the other side of the files. Every test runs on both MQTT transports
-(awscrt and paho-mqtt, see ``pinthesky.mqtt``).
+(awscrt and paho-mqtt, see ``pinthesky.iot.mqtt``).
 
 Tests publish to the sidecar only once it logged "subscribed to": before the broker has the
 subscription, it would drop the messages."""
@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from mqtt import JobsService, Mosquitto, Peer, ShadowService
 from servers import Pki
 
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
 from pinthesky.eventfiles import outbox_dir
-from pinthesky.jobs import ALIASES, HANDLERS, JobRefused, parse_job
-from pinthesky.mqtt import TRANSPORT_ENV
+from pinthesky.iot.jobs import ALIASES, HANDLERS, JobRefused, parse_job
+from pinthesky.iot.mqtt import TRANSPORT_ENV
 
 THING = "cam1"
 
@@ -60,7 +60,7 @@ def sidecar_command() -> list[str]:
     return [
         sys.executable,
         "-c",
-        "import sys; from pinthesky.sidecar import main; sys.exit(main())",
+        "import sys; from pinthesky.iot.sidecar import main; sys.exit(main())",
     ]
 
 

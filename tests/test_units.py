@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 from conftest import clip_facts, settings_for
 
-from pinthesky.bus import ClipReady, EventBus
-from pinthesky.camera.base import RateGate
 from pinthesky.camera.x264 import X264Encoder
-from pinthesky.clips import ClipStore
-from pinthesky.media import US, Clock, Packet, StreamInfo, has_parameter_sets
-from pinthesky.motion import (
+from pinthesky.media import US, Clock, Packet, RateGate, StreamInfo, has_parameter_sets
+from pinthesky.record.bus import ClipReady, EventBus
+from pinthesky.record.clips import ClipStore
+from pinthesky.record.motion import (
     MotionAnalyzer,
     MotionEnded,
     MotionStarted,
@@ -26,8 +25,8 @@ from pinthesky.motion import (
     Score,
     _Cells,
 )
-from pinthesky.recorder import Recorder
-from pinthesky.ring import PacketRing
+from pinthesky.record.recorder import Recorder
+from pinthesky.record.ring import PacketRing
 from pinthesky.settings import RecorderSettings, Rect, Resolution, Window, defaults
 
 S = US  # one second in µs

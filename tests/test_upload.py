@@ -19,11 +19,11 @@ from conftest import clip_facts, run_daemon, settings_for
 from servers import CredentialsProvider, Pki, free_port, moto_server
 from servers import s3_client as s3
 
-from pinthesky import uploader as uploader_module
-from pinthesky.clips import ClipStore
-from pinthesky.daemon import Daemon
+from pinthesky.cloud import uploader as uploader_module
+from pinthesky.cloud.uploader import UploadEnded, backoff
+from pinthesky.daemon.app import Daemon
 from pinthesky.errors import PintheskyError
-from pinthesky.uploader import UploadEnded, backoff
+from pinthesky.record.clips import ClipStore
 
 BUCKET = "pits-clips"
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import eventually, pinthesky, serve_daemon, settings_for
 from servers import free_port
 
-from pinthesky.daemon import Daemon
+from pinthesky.daemon.app import Daemon
 from pinthesky.live.tap import YUV420, LiveTap, Picture
 from pinthesky.settings import Resolution, Settings, defaults, live_size
 
@@ -279,7 +279,7 @@ def test_the_web_server_is_off_by_default_and_a_busy_port_is_one_error_line(tmp_
         )
         with caplog.at_level(logging.ERROR):
             assert asyncio.run(main(settings)).web is None
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "pinthesky.daemon"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "pinthesky.daemon.app"]
     assert line.startswith(f"http: cannot listen on 127.0.0.1 port {port}:")
 
 

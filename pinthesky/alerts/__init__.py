@@ -1,7 +1,7 @@
-"""Telling people at once that something moved.
+"""Telling people at once that something moved, on the camera: ``motion`` writes the
+``motion_start`` event with its picture, seconds after motion began. (What ``pitsctl alerts``
+sets up in AWS, the SNS topic, IoT rules and alarms that turn those events into messages,
+belongs to the installer: ``installer.alerts``.)
 
-``motion``: on the camera, the ``motion_start`` event with its picture, seconds after motion
-began. ``cloud``: on the workstation, what ``pitsctl alerts`` sets up in AWS (an SNS topic, IoT
-rules that turn ``motion_start`` and a camera going offline into readable messages, and the
-bucket's lifecycle).
+May import the recording pipeline, the uploader, the event files and the shared modules.
 """

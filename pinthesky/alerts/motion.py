@@ -22,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pinthesky.bus import EventBus, MotionClip, PictureTaken
-from pinthesky.clips import picture_path
+from pinthesky.cloud.uploader import Target, UploadEnded, UploadFailed
 from pinthesky.eventfiles import write_atomically
+from pinthesky.record.bus import EventBus, MotionClip, PictureTaken
+from pinthesky.record.clips import picture_path
 from pinthesky.settings import AlertSettings
-from pinthesky.uploader import Target, UploadEnded, UploadFailed
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pinthesky.camera.base import AnalysisPort, Camera, RateGate
+from pinthesky.camera.base import AnalysisPort, Camera
 from pinthesky.errors import SourceError
+from pinthesky.media import RateGate
 from pinthesky.settings import Settings
 
 log = logging.getLogger(__name__)

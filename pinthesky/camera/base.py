@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from pinthesky.errors import SourceError
-from pinthesky.media import US, AnalysisFrame, StreamInfo
-from pinthesky.ring import PacketRing
+from pinthesky.media import AnalysisFrame, RateGate, StreamInfo
+from pinthesky.record.ring import PacketRing
 
 if TYPE_CHECKING:
     from pinthesky.live.tap import LiveTap
@@ -47,25 +47,6 @@ class Camera(Protocol):
     def capture_jpeg(self) -> bytes:
         """A JPEG still of the main stream, taken without stopping the video."""
         ...
-
-
-class RateGate:
-    """Picks the frames to analyse so the analysis runs at its own rate, whatever the camera's.
-
-    Timestamps jitter on a real sensor; half a frame of slack keeps a 20 fps camera analysed at
-    5 fps on exactly every 4th frame rather than drifting to every 5th.
-    """
-
-    def __init__(self, analysis_fps: float, frame_period_us: int) -> None:
-        self.interval_us = int(US / analysis_fps)
-        self._slack_us = frame_period_us // 2
-        self._next_due: int | None = None
-
-    def due(self, ts: int) -> bool:
-        if self._next_due is not None and ts < self._next_due - self._slack_us:
-            return False
-        self._next_due = ts + self.interval_us
-        return True
 
 
 class AnalysisPort:

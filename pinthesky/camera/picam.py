@@ -58,7 +58,7 @@ from pinthesky.camera.base import AnalysisPort, open_error
 from pinthesky.errors import SourceError
 from pinthesky.live.tap import JPEG, YUV420, LiveTap, Picture, i420
 from pinthesky.media import AnalysisFrame, StreamInfo
-from pinthesky.ring import PacketRing
+from pinthesky.record.ring import PacketRing
 from pinthesky.settings import CameraSettings
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from pinthesky.camera.x264 import X264Encoder, encode_jpeg
 from pinthesky.errors import SourceError
 from pinthesky.live.tap import YUV420, LiveTap, Picture
 from pinthesky.media import US, AnalysisFrame, Packet, StreamInfo, monotonic_us
-from pinthesky.ring import PacketRing
+from pinthesky.record.ring import PacketRing
 from pinthesky.settings import CameraSettings, Resolution
 
 log = logging.getLogger(__name__)

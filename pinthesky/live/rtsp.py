@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from pinthesky.live.rtp import RtpStream, nal_units, parameter_sets, sdp
 from pinthesky.media import Packet
-from pinthesky.ring import PacketRing
+from pinthesky.record.ring import PacketRing
 from pinthesky.settings import RtspSettings
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from pinthesky.commands import Connection, Record
-from pinthesky.dataplane import CHUNK_BYTES, DataPlane, DataPlaneError, header, post
+from pinthesky.cloud.dataplane import CHUNK_BYTES, DataPlane, DataPlaneError, header, post
+from pinthesky.control.commands import Connection, Record
 from pinthesky.live.encoders import EncodeError, Mpeg1Encoder
 from pinthesky.live.tap import YUV420, Feed, LiveTap
 from pinthesky.live.worker import Worker

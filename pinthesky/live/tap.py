@@ -23,8 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from pinthesky.camera.base import RateGate
-from pinthesky.media import US
+from pinthesky.media import US, RateGate
 from pinthesky.settings import Resolution
 
 YUV420 = "yuv420"

@@ -5,8 +5,8 @@ already checked the password, the origin and the body's size. Every answer is a 
 JSON document; a refusal is ``{"error": "<one line>"}`` (``errors`` for several settings).
 
 Settings use the sections and names of the TOML file and the shadow. A change goes through
-the option table (``settings.merge``), then ``Daemon.reconfigure`` (the same path as a shadow
-change: the camera reopens only when it must), then the ``--local-settings`` file (merged
+the option table (``settings.merge``), then the daemon's ``reconfigure`` (the same path as a
+shadow change: the camera reopens only when it must), then the ``--local-settings`` file (merged
 line by line, so comments stay) and the shadow's reported state.
 """
 
@@ -20,10 +20,11 @@ import re
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from pinthesky.control.controller import Host as ControlHost
 from pinthesky.eventfiles import write_atomically
-from pinthesky.onpi import merge_toml
+from pinthesky.installer.onpi import merge_toml
 from pinthesky.settings import (
     OPTION_BY_KEY,
     PAGE_KEYS,
@@ -36,7 +37,8 @@ from pinthesky.settings import (
 )
 
 if TYPE_CHECKING:
-    from pinthesky.daemon import Daemon
+    from pinthesky.control.controller import Control
+    from pinthesky.record.clips import ClipStore
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,22 @@ def settings_document(s: Settings) -> dict[str, dict[str, Any]]:
     return doc
 
 
+class Host(ControlHost, Protocol):
+    """What the API uses of the daemon that runs it: what the control side uses (the API
+    records, captures and reconfigures the same way) plus the clip store and the control side
+    itself. The composition root (``daemon.app.Daemon``) provides it; declaring it here keeps
+    this package from importing the daemon, which imports this package."""
+
+    @property
+    def store(self) -> ClipStore: ...
+    @property
+    def control(self) -> Control | None: ...
+
+
 class LocalApi:
     """Carries out the API's requests with the daemon's own methods (on the loop)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.daemon = daemon
         self._lock = asyncio.Lock()
         self.changes = 0

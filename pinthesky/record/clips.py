@@ -29,7 +29,7 @@ from typing import Any
 
 from pinthesky.errors import ClipStoreError
 from pinthesky.media import US, Packet, StreamInfo, has_parameter_sets
-from pinthesky.mp4 import TIMESCALE, FragmentedMp4Writer
+from pinthesky.record.mp4 import TIMESCALE, FragmentedMp4Writer
 
 log = logging.getLogger(__name__)
 

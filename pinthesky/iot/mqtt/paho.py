@@ -20,7 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from pinthesky.mqtt import Endpoint, Handlers, PublishFailed
+from pinthesky.iot.mqtt.base import Endpoint, Handlers, PublishFailed
 
 # Typed as Any: paho 1.6 has no type hints and 2.x's differ from it.
 mqtt: Any = paho.mqtt.client

@@ -45,12 +45,12 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pinthesky.clips import ClipStore
 from pinthesky.eventfiles import open_ours
 from pinthesky.live.mjpeg import MjpegBroadcaster
 from pinthesky.local.api import LocalApi
+from pinthesky.local.page import ClipEntry, render
 from pinthesky.local.script import SCRIPT
-from pinthesky.page import ClipEntry, render
+from pinthesky.record.clips import ClipStore
 from pinthesky.settings import HttpSettings, Resolution
 
 log = logging.getLogger(__name__)

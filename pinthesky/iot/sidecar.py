@@ -1,5 +1,5 @@
 """``pinthesky-iot``: the AWS IoT sidecar. MQTT 5 over mutual TLS on one side (awsiotsdk/awscrt
-where PyPI has its wheels, pure-Python paho-mqtt on 32-bit Pis: see ``pinthesky.mqtt``), the
+where PyPI has its wheels, pure-Python paho-mqtt on 32-bit Pis: see ``pinthesky.iot.mqtt``), the
 daemon's four files on the other; nothing compiled on the Pi.
 
 - **Shadow** (named ``--shadow-name``, default ``pinthesky``): on every connection it
@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pinthesky.credentials import check_key_permissions
+from pinthesky.cloud.credentials import check_key_permissions
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import (
     FILE_MODE,
@@ -61,8 +61,8 @@ from pinthesky.eventfiles import (
     read_ours,
     write_atomically,
 )
+from pinthesky.iot.mqtt import Endpoint, Handlers, PublishFailed, Transport, open_transport
 from pinthesky.jsonstream import MAX_MESSAGE_BYTES
-from pinthesky.mqtt import Endpoint, Handlers, PublishFailed, Transport, open_transport
 from pinthesky.notify import Notifier
 from pinthesky.settings import Settings
 
@@ -361,7 +361,7 @@ class Sidecar:
 
     async def _run_job(self, execution: dict[str, Any]) -> None:
         """One job execution: the allowed handler run off the loop, its outcome reported."""
-        from pinthesky.jobs import JobRefused, parse_job, run_job
+        from pinthesky.iot.jobs import JobRefused, parse_job, run_job
 
         job_id = execution.get("jobId")
         if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
@@ -574,7 +574,7 @@ def check_readable(settings: Settings) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pinthesky import settings as settings_module
-    from pinthesky.cli import OneLineParser, load_settings
+    from pinthesky.cmdline import OneLineParser, load_settings
     from pinthesky.logs import setup_logging
 
     parser = OneLineParser(

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pinthesky import __version__
-from pinthesky.cli import OneLineParser
+from pinthesky.cmdline import OneLineParser
 from pinthesky.errors import PintheskyError
 
 PROG = "pitsctl"
@@ -126,7 +126,7 @@ def build_wheel() -> tuple[str, bytes]:
 
 
 def unit_texts() -> dict[str, str]:
-    units = resources.files("pinthesky") / "units"
+    units = resources.files("pinthesky.installer") / "units"
     return {
         name: (units / f"{name}.service").read_text() for name in ("pinthesky", "pinthesky-iot")
     }
@@ -142,13 +142,13 @@ def _session(region: str | None) -> Any:
 
 
 def _provisioner(session: Any, names: Any, progress: Progress | None = None) -> Any:
-    from pinthesky.provision import Provisioner
+    from pinthesky.installer.provision import Provisioner
 
     return Provisioner(session, names, progress.detail if progress else None)
 
 
 def _remote(ns: argparse.Namespace) -> Any:
-    from pinthesky.ssh import Remote
+    from pinthesky.installer.ssh import Remote
 
     return Remote(ns.host, ns.ssh_option, ns.target_root)
 
@@ -159,7 +159,7 @@ def _default_thing(hostname: str) -> str:
 
 
 def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
-    from pinthesky.provision import Names
+    from pinthesky.installer.provision import Names
 
     remote = _remote(ns)
     progress.step(f"connecting to {ns.host}")
@@ -249,7 +249,7 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
 
 
 def view(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
-    from pinthesky.provision import Names
+    from pinthesky.installer.provision import Names
 
     progress.step(f"looking at {ns.host}")
     pi = _remote(ns).call("view")
@@ -285,7 +285,7 @@ def _describe(host: str, pi: dict[str, Any], cloud: dict[str, Any]) -> str:
     )
     lines.append("services: " + ", ".join(f"{u} {s}" for u, s in pi["services"].items()))
     if pi.get("model"):
-        from pinthesky import onpi
+        from pinthesky.installer import onpi
 
         version = pi.get("picamera2")
         lines.append(
@@ -343,7 +343,7 @@ def _describe_alerts(a: dict[str, Any]) -> str:
 
 
 def remove(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
-    from pinthesky.provision import Names
+    from pinthesky.installer.provision import Names
 
     ident: dict[str, Any] = {}
     on_pi: dict[str, Any] = {}
@@ -394,13 +394,13 @@ def remove(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
 
 
 def _alerts(session: Any, region: str, bucket: str | None, progress: Progress | None = None) -> Any:
-    from pinthesky.alerts.cloud import Alerts
+    from pinthesky.installer.alerts import Alerts
 
     return Alerts(session, region, bucket, progress=progress.detail if progress else None)
 
 
 def _alert_options(ns: argparse.Namespace) -> Any:
-    from pinthesky.alerts.cloud import AlertOptions, local_zone
+    from pinthesky.installer.alerts import AlertOptions, local_zone
 
     return AlertOptions(
         emails=tuple(ns.email),

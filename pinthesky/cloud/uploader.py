@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pinthesky.clips import ClipStore, picture_epoch
 from pinthesky.errors import PintheskyError
-from pinthesky.mp4 import to_annexb
+from pinthesky.record.clips import ClipStore, picture_epoch
+from pinthesky.record.mp4 import to_annexb
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

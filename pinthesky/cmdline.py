@@ -1,16 +1,16 @@
-"""The ``pinthesky`` command: the daemon, ``--validate-config``, and ``pinthesky detect``.
+"""Command-line pieces the three programs share: a parser that reports a bad flag in one line,
+the settings flags (``--config``, ``--validate-config`` and one flag per setting), and settings
+loaded from them with one line per problem.
 
-Errors a user can fix (a bad flag or config value, an unreadable video, an unwritable clip
-directory) print one line and exit non-zero, never a traceback. ``--version`` answers before
-anything heavy is imported.
+Shared by ``pinthesky`` (``daemon.cli``, ``daemon.detect``), ``pinthesky-iot`` and ``pitsctl``,
+so that none of them imports another program. Imports nothing heavy at module level:
+``--version`` answers before the settings table is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -62,38 +62,3 @@ def load_settings(ns: argparse.Namespace, prog: str = PROG) -> object:
         for line in exc.errors:
             print(f"{prog}: {line}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    process_start = time.monotonic()
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--version"]:
-        print(__version__)
-        return 0
-    if args[:1] == ["detect"]:
-        from pinthesky.detect import main as detect_main
-
-        return detect_main(args[1:])
-    ns = build_parser().parse_args(args)
-    from pinthesky.settings import Settings
-
-    cfg = load_settings(ns)
-    assert isinstance(cfg, Settings)
-    if ns.validate_config:
-        print(cfg.to_toml(), end="")
-        return 0
-    from pinthesky.logs import setup_logging
-
-    setup_logging(cfg.daemon.log_level)
-    import asyncio
-
-    from pinthesky.daemon import run
-    from pinthesky.errors import PintheskyError
-
-    try:
-        return asyncio.run(run(cfg, process_start=process_start))
-    except PintheskyError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0

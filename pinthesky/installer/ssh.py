@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pinthesky import onpi
 from pinthesky.errors import PintheskyError
+from pinthesky.installer import onpi
 
 CONNECT_TIMEOUT_S = 10
 

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pinthesky.metrics import METRICS, Sampler, emf_record
+from pinthesky.cloud.metrics import METRICS, Sampler, emf_record
 from pinthesky.settings import CloudConnectionSettings, CloudWatchSettings, Settings
 
 if TYPE_CHECKING:
-    from pinthesky.cloudwatch import CloudWatchLogs
+    from pinthesky.cloud.cloudwatch import CloudWatchLogs
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Telemetry:
         thing = settings.cloud_connection.thing_name
 
         def build() -> CloudWatchLogs | None:
-            module = importlib.import_module("pinthesky.cloudwatch")  # boto3: off the loop
+            module = importlib.import_module("pinthesky.cloud.cloudwatch")  # boto3: off the loop
             session = self._make_session(cw.region_name)
             if session.region_name is None:
                 log.error(

@@ -37,8 +37,8 @@ from typing import Any
 
 import watchtower
 
+from pinthesky.cloud.uploader import backoff
 from pinthesky.logs import Redact
-from pinthesky.uploader import backoff
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pinthesky.bus import ClipReady, EventBus, MotionClip, PictureTaken
-from pinthesky.clips import ClipInfo, ClipStore, ClipWriter
 from pinthesky.media import US, Clock, Packet, StreamInfo
-from pinthesky.motion import MotionEnded, MotionEvent, MotionSeen, MotionStarted
-from pinthesky.ring import PacketRing
+from pinthesky.record.bus import ClipReady, EventBus, MotionClip, PictureTaken
+from pinthesky.record.clips import ClipInfo, ClipStore, ClipWriter
+from pinthesky.record.motion import MotionEnded, MotionEvent, MotionSeen, MotionStarted
+from pinthesky.record.ring import PacketRing
 from pinthesky.settings import RecorderSettings, Window
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pinthesky.clips import ClipInfo
+from pinthesky.record.clips import ClipInfo
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pinthesky.provision import THING_GROUP, ProvisionError, _code, _explained
+from pinthesky.installer.provision import THING_GROUP, ProvisionError, _code, _explained
 
 TOPIC = "pinthesky-alerts"
 ROLE = "pinthesky-alerts"

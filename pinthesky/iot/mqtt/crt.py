@@ -10,7 +10,7 @@ from typing import Any
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
-from pinthesky.mqtt import Endpoint, Handlers, PublishFailed
+from pinthesky.iot.mqtt.base import Endpoint, Handlers, PublishFailed
 
 
 def _error(data: Any) -> str:

@@ -16,10 +16,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from pinthesky.camera.base import RateGate
 from pinthesky.errors import PintheskyError, SourceError
-from pinthesky.media import US
-from pinthesky.motion import (
+from pinthesky.media import US, RateGate
+from pinthesky.record.motion import (
     MotionAnalyzer,
     MotionEnded,
     MotionStarted,
@@ -244,7 +243,7 @@ def plot(result: Detection, settings: Settings, out: Path) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    from pinthesky.cli import PROG, build_parser, load_settings
+    from pinthesky.cmdline import PROG, build_parser, load_settings
 
     parser = build_parser(
         f"{PROG} detect",

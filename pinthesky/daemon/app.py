@@ -33,37 +33,37 @@ from pathlib import Path
 from typing import Any
 
 from pinthesky.alerts.motion import MotionAlerts
-from pinthesky.bus import ClipReady, EventBus, ImageReady, MotionDetected, PictureTaken
 from pinthesky.camera import AnalysisPort, Camera, make_camera
-from pinthesky.clips import ClipStore
-from pinthesky.control import Control
-from pinthesky.credentials import (
+from pinthesky.cloud.credentials import (
     IotCredentialsProvider,
     IotIdentity,
     boto_session,
     check_key_permissions,
     refreshable,
 )
-from pinthesky.dataplane import DataPlane
+from pinthesky.cloud.dataplane import DataPlane
+from pinthesky.cloud.telemetry import Telemetry
+from pinthesky.cloud.uploader import Target, Uploader
+from pinthesky.control.controller import Control
+from pinthesky.control.health import Health
+from pinthesky.control.shadow import RESTART_KEYS
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import Watcher, write_atomically
-from pinthesky.health import Health
 from pinthesky.live.mjpeg import MjpegBroadcaster
 from pinthesky.live.rtsp import RtspServer
 from pinthesky.live.session import LiveSessions
 from pinthesky.live.tap import LiveTap
 from pinthesky.local.api import LocalApi
+from pinthesky.local.web import WebServer
 from pinthesky.logs import set_level
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
-from pinthesky.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.notify import Notifier
-from pinthesky.recorder import Recorder
-from pinthesky.ring import PacketRing
+from pinthesky.record.bus import ClipReady, EventBus, ImageReady, MotionDetected, PictureTaken
+from pinthesky.record.clips import ClipStore
+from pinthesky.record.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
+from pinthesky.record.recorder import Recorder
+from pinthesky.record.ring import PacketRing
 from pinthesky.settings import Resolution, Settings, flatten, live_size, merge
-from pinthesky.shadow import RESTART_KEYS
-from pinthesky.telemetry import Telemetry
-from pinthesky.uploader import Target, Uploader
-from pinthesky.web import WebServer
 
 log = logging.getLogger(__name__)
 

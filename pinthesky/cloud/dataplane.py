@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from pinthesky.commands import Connection
+from pinthesky.control.commands import Connection
 from pinthesky.errors import PintheskyError
 from pinthesky.live.worker import Worker
 from pinthesky.settings import DataplaneSettings

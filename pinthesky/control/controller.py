@@ -16,9 +16,10 @@ import json
 import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pinthesky.commands import (
+from pinthesky.cloud.uploader import UploadEnded, Uploader
+from pinthesky.control.commands import (
     CaptureImage,
     CaptureVideo,
     Command,
@@ -29,6 +30,8 @@ from pinthesky.commands import (
     parse_command,
     parse_connection,
 )
+from pinthesky.control.health import Health as HealthReport
+from pinthesky.control.shadow import SHADOW_KEYS, desired_changes, reported_document, same_value
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import (
     EventInput,
@@ -39,22 +42,50 @@ from pinthesky.eventfiles import (
     write_atomically,
     write_in_place,
 )
-from pinthesky.health import Health as HealthReport
 from pinthesky.jsonstream import MAX_MESSAGE_BYTES, parse_stream
 from pinthesky.logs import Throttle
-from pinthesky.shadow import SHADOW_KEYS, desired_changes, reported_document, same_value
-from pinthesky.uploader import UploadEnded
 
 if TYPE_CHECKING:
-    from pinthesky.daemon import Daemon
+    from pinthesky.cloud.dataplane import DataPlane
+    from pinthesky.live.session import LiveSessions
+    from pinthesky.record.bus import EventBus
+    from pinthesky.record.recorder import Recorder
+    from pinthesky.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Host(Protocol):
+    """What the control side uses of the daemon that runs it. The composition root
+    (``daemon.app.Daemon``) provides it; declaring it here keeps this package from importing
+    the daemon, which imports this package."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def bus(self) -> EventBus: ...
+    @property
+    def uploader(self) -> Uploader | None: ...
+    @property
+    def dataplane(self) -> DataPlane: ...
+    @property
+    def recorder(self) -> Recorder | None: ...
+    @property
+    def sessions(self) -> LiveSessions | None: ...
+    @property
+    def motion_captured(self) -> int: ...
+    @property
+    def recording(self) -> bool: ...
+
+    def queue_gauges(self) -> dict[str, float]: ...
+    async def capture_image(self, file_name: str | None = None) -> Path: ...
+    async def reconfigure(self, changes: dict[str, Any], origin: str) -> set[str]: ...
 
 
 class Control:
     """Owns the event files; runs on the loop."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         s = daemon.settings
         self.daemon = daemon
         self.output = EventOutput(s.events.event_output, s.cloud_connection.thing_name)
@@ -226,7 +257,7 @@ class ShadowSync:
     by the sidecar on every ``/update/documents``), reported state out (``--configure-input``,
     published by the sidecar when written). Runs on the loop."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.daemon = daemon
         self.output = daemon.settings.events.configure_output
         self.input = daemon.settings.events.configure_input
