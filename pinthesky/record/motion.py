@@ -94,11 +94,17 @@ _NOWHERE: tuple[npt.NDArray[np.intp], ...] = (np.zeros(0, np.intp), np.zeros(0, 
 """No moving cells, as ``np.nonzero`` would say it."""
 _MIN_CHANGED_TOP = np.uint64(CELL_MIN_CHANGED << 56)
 """``CELL_MIN_CHANGED`` in a word's top byte (see ``MotionAnalyzer._moving``)."""
+_SOLID_MIN_TOP = np.uint64(SOLID_MIN << 56)
+"""``SOLID_MIN`` in a word's top byte (see ``MotionAnalyzer._classify``)."""
+_EIGHT = np.uint64(8)
+"""A byte's width in bits: shifting a word by it moves each pixel to its neighbour's byte."""
+_PIXELS = CELL * CELL
+"""Pixels in a cell."""
 
 U8 = npt.NDArray[np.uint8]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Score:
     ts: int
     """Frame timestamp, microseconds."""
@@ -155,6 +161,8 @@ class MotionAnalyzer:
         self._sample_size = len(range(4, self._h, 8)) * len(range(4, self._w, 8))
         self._prev_raw: U8 | None = None
         self._noise = float(settings.noise_level)
+        # The pixel change threshold: the noise estimate, rounded (see _update_noise).
+        self.noise_level = settings.noise_level
         self._frames = 0
         # The object stage works on cell bitboards (see _Cells): a handful of integer
         # operations instead of dozens of numpy calls on a 40x30 grid.
@@ -176,12 +184,11 @@ class MotionAnalyzer:
         self._byte_sum = _byte_sum(self.cell_mask)
         self.settings = settings
 
-    @property
-    def noise_level(self) -> int:
-        return round(self._noise)
-
     def analyse(self, luma: U8, ts: int) -> Score:
         cur = luma[: self._h, : self._w]
+        if not cur.flags.c_contiguous:
+            # Cells are read a 64-bit word at a time (see _cell_words).
+            cur = np.ascontiguousarray(cur)
         prev = self._prev
         # The previous frame as it was, the one whose profiles are kept (see _unshaken).
         self._prev_raw = prev
@@ -261,7 +268,7 @@ class MotionAnalyzer:
         # cell keeps every byte <= 8, and the multiply adds the bytes up into the top byte
         # (a count <= 64). The bytes below it hold partial sums (< 2**56), so the count
         # is compared in place, unshifted; masked cells multiply by 0 and never move.
-        words = changed.view(np.uint64).reshape(self.rows, CELL, self.cols)
+        words = _cell_words(changed, self.rows)
         cells = np.add.reduce(words, axis=1)
         cells *= self._byte_sum
         moving: npt.NDArray[np.bool_] = cells >= _MIN_CHANGED_TOP
@@ -383,72 +390,93 @@ class MotionAnalyzer:
         other cells are tested for light.
         """
         r, c = where
-        # [r, :, c] on these views picks the cells' 8x8 pixels, cell-major.
-        shape = (self.rows, CELL, self.cols, CELL)
-        m = changed.reshape(shape)[r, :, c]
-        rows3 = m[:, :-2] & m[:, 1:-1]
-        rows3 &= m[:, 2:]
-        core = rows3[:, :, :-2] & rows3[:, :, 1:-1]
-        core &= rows3[:, :, 2:]
-        solid = np.add.reduce(core.reshape(len(r), -1).view(np.uint8), axis=1) >= SOLID_MIN
-        # The verdicts become cell bitboards (see _Cells) one cell at a time: on the few
-        # cells that move, Python costs less than the numpy calls that would scatter them.
-        scattered = 0
-        cols = self.cols
-        solid_at: list[int] = []
+        rows = self.rows
+        # A cell's changed pixels as 8 words, one per row of the cell, a byte per pixel.
+        m = _cell_words(changed, rows)[r, :, c]
+        # 3x3 erosion inside the cell: each row with the rows above and below, then each
+        # byte with its neighbours in the word. A cell's border pixels never survive.
+        core = m[:, :-2] & m[:, 1:-1]
+        core &= m[:, 2:]
+        side = core << _EIGHT
+        side &= core >> _EIGHT
+        core &= side
+        # The survivors' bytes of the six rows added up, then the bytes of the sum (as in
+        # _moving): the top byte counts the pixels that survived.
+        kept = np.add.reduce(core, axis=1)
+        kept *= _BYTE_SUM
+        solid = kept >= _SOLID_MIN_TOP
         solid_list = solid.tolist()
-        for row, col, is_solid in zip(r.tolist(), c.tolist(), solid_list, strict=True):
-            if is_solid:
-                solid_at.append(row * cols + col)
-            else:
+        n_solid = sum(solid_list)
+        cols = self.cols
+        if not n_solid:
+            scattered = 0
+            for row, col in zip(r.tolist(), c.tolist(), strict=True):
                 scattered |= 1 << (row * cols + col)
-        # Only solid changes can be objects: the light test looks at those alone.
-        if not solid_at:
             return 0, scattered, 0
-        # Each cell's pixels now and before, and ones, as the rows of a 3x64 matrix; one
-        # batched product gives every cell's sums, sums of squares and of products. In
-        # float32 they are exact: every partial sum is an integer below 64 * 255**2 < 2**24.
+        # Each tested cell's pixels now and before, and ones, as the rows of a 3x64 matrix;
+        # one batched product gives every cell's sums, sums of squares and of products, in
+        # int32 (exact: below 64 * 255**2), by numpy's own loop rather than a BLAS call a cell.
         # Mostly solid cells (an object) are all taken: picking the solid ones out costs
         # more calls than the sums of a few others. Mostly thin ones (rain) are picked out.
-        tested, taken = (r, c), solid_list
-        if 2 * len(solid_at) < len(r):
-            tested, taken = (r[solid], c[solid]), [True] * len(solid_at)
-        n, size = len(taken), CELL * CELL
+        every = 2 * n_solid >= len(solid_list)
+        tested = (r, c) if every else (r[solid], c[solid])
+        n = len(tested[0])
         pixels = np.concatenate(
             (
-                cur.reshape(shape)[tested[0], :, tested[1]].reshape(n, 1, size),
-                prev.reshape(shape)[tested[0], :, tested[1]].reshape(n, 1, size),
+                _cell_words(cur, rows)[tested[0], :, tested[1]]
+                .view(np.uint8)
+                .reshape(n, 1, _PIXELS),
+                _cell_words(prev, rows)[tested[0], :, tested[1]]
+                .view(np.uint8)
+                .reshape(n, 1, _PIXELS),
                 self._ones[:n],
             ),
             axis=1,
-            dtype=np.float32,
+            dtype=np.int32,
         )
-        moments = (pixels @ pixels[:, :2].transpose(0, 2, 1)).tolist()
-        inv = 1 / size
+        moments = iter((pixels @ pixels[:, :2].transpose(0, 2, 1)).tolist())
+        inv = 1 / _PIXELS
+        pedestal = LIGHT_PEDESTAL
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
         limit = LIGHT_RESIDUAL * (self._noise / NOISE_SIGMAS) ** 2 / 2
+        # One pass over the cells, in plain Python (cheaper than the numpy calls that would
+        # scatter the verdicts): thin cells are scattered; solid ones are content unless the
+        # brightness ratio explains their change (then smoothness decides, below).
+        scattered = content = 0
         gains: list[float] = []
-        explained: list[bool] = []
-        for is_solid, ((syy, sxy), (_, sxx), (sy, sx)) in zip(taken, moments, strict=True):
+        lit: list[tuple[int, int]] = []
+        for row, col, is_solid in zip(r.tolist(), c.tolist(), solid_list, strict=True):
+            at = row * cols + col
             if not is_solid:
+                scattered |= 1 << at
+                if every:
+                    next(moments)
                 continue
+            (syy, sxy), (_, sxx), (sy, sx) = next(moments)
             my, mx = sy * inv, sx * inv
             # The brightness ratio; a small pedestal stands for the sensor's black level.
-            gain = (my + LIGHT_PEDESTAL) / (mx + LIGHT_PEDESTAL)
+            gain = (my + pedestal) / (mx + pedestal)
             # Variance of y - gain * x: what the brightness ratio does not explain.
             offset = my - gain * mx
-            residual = (syy - 2 * gain * sxy + gain * gain * sxx) * inv - offset * offset
-            gains.append(gain)
-            explained.append(residual <= limit * (1 + gain * gain))
-        if any(explained):
-            gain_at = np.array(gains, dtype=np.float32)
-            smooth = self._smooth_light(r[solid], c[solid], gain_at).tolist()
-            explained = [e and s for e, s in zip(explained, smooth, strict=True)]
-        content = 0
-        for at, lit in zip(solid_at, explained, strict=True):
-            if not lit:
+            gain2 = gain * gain
+            residual = (syy - 2 * gain * sxy + gain2 * sxx) * inv - offset * offset
+            if residual <= limit * (1 + gain2):
+                lit.append((len(gains), at))
+            else:
                 content |= 1 << at
-        return sum(explained), scattered, content
+            gains.append(gain)
+        if not lit:
+            return 0, scattered, content
+        # Explained cells are lit only where the light varies smoothly (see _smooth_light).
+        smooth = self._smooth_light(r[solid], c[solid], np.array(gains, dtype=np.float32))
+        smooth_list = smooth.tolist()
+        n_lit = 0
+        for index, at in lit:
+            if smooth_list[index]:
+                n_lit += 1
+            else:
+                content |= 1 << at
+        return n_lit, scattered, content
 
     def _smooth_light(
         self, r: npt.NDArray[np.intp], c: npt.NDArray[np.intp], gain: npt.NDArray[np.float32]
@@ -494,14 +522,22 @@ class MotionAnalyzer:
 
     def _update_noise(self, diff: U8) -> None:
         sample = diff[2::4, 2::4].ravel()
-        # The middle value of the sorted sample: the first level whose running count of
-        # pixels passes the middle index (a histogram costs less than a partition).
-        running = np.bincount(sample, minlength=256).cumsum()
-        median = float(np.searchsorted(running, sample.size // 2, side="right"))
+        # The middle value of the sample: the first level whose running count of pixels
+        # passes the middle index. A histogram costs less than a partition, and the noise
+        # levels are few: plain Python walks them for less than numpy's cumsum and search.
+        half = sample.size // 2
+        running = 0
+        median = 0.0
+        for level, count in enumerate(np.bincount(sample).tolist()):
+            running += count
+            if running > half:
+                median = float(level)
+                break
         # For Gaussian noise the median absolute value is 0.6745 sigma; smooth over time so
         # one busy frame does not swing the threshold.
         estimate = max(float(self.settings.noise_level), NOISE_SIGMAS * median / 0.6745)
         self._noise += 0.3 * (estimate - self._noise)
+        self.noise_level = round(self._noise)
 
 
 def _profile(image: U8, axis: int) -> npt.NDArray[np.int32]:
@@ -548,6 +584,17 @@ def _tolerant_diff(cur: U8, prev: U8) -> U8:
     diff = _outside(cur, prev)
     np.maximum(diff, _outside(prev, cur), out=diff)
     return diff
+
+
+def _cell_words(
+    image: npt.NDArray[np.uint8] | npt.NDArray[np.bool_], rows: int
+) -> npt.NDArray[np.uint64]:
+    """``image`` as (cell row, row in the cell, cell column) 64-bit words of 8 pixels each.
+
+    ``[r, :, c]`` on it picks cells' pixels a word at a time: far cheaper than a byte at a
+    time. ``image`` must be C-contiguous (see ``MotionAnalyzer.analyse``).
+    """
+    return image.view(np.uint64).reshape(rows, CELL, -1)
 
 
 def _byte_sum(cell_mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint64]:
