@@ -12,8 +12,8 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
 3. Group changed pixels into cells of 8x8 picture pixels: eight boolean bytes are read as one
    64-bit word, the eight rows of a cell are added word-wise, and one multiplication sums
    the bytes of the word. A cell moves when enough of its pixels changed, so isolated noisy pixels
-   never add up to motion. Masked cells are ignored. A frame with fewer changed pixels than
-   one moving cell needs stops here.
+   never add up to motion. Masked cells are ignored. A frame whose largest change is within
+   the noise stops before this (the common case on a still scene: one maximum).
 4. Score the frame in moving 16x16 macroblocks *of the main resolution*, which is what
    ``sensitivity`` has always meant; motion is a score above ``sensitivity``.
 5. Frames with change only go further, on the changed cells alone (see README "Motion"):
@@ -90,8 +90,6 @@ SWEEP_S = 1.5
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
 """Multiplying by this adds up the eight bytes of a word into its top byte."""
-_NOWHERE: tuple[npt.NDArray[np.intp], ...] = (np.zeros(0, np.intp), np.zeros(0, np.intp))
-"""No moving cells, as ``np.nonzero`` would say it."""
 _MIN_CHANGED_TOP = np.uint64(CELL_MIN_CHANGED << 56)
 """``CELL_MIN_CHANGED`` in a word's top byte (see ``MotionAnalyzer._moving``)."""
 _SOLID_MIN_TOP = np.uint64(SOLID_MIN << 56)
@@ -153,8 +151,6 @@ class MotionAnalyzer:
         self._byte_sum = _byte_sum(self.cell_mask)
         # The row of ones beside each cell's pixels in _classify's batched product.
         self._ones = np.ones((self.rows * self.cols, 1, CELL * CELL), dtype=np.uint8)
-        self._still = np.zeros((self.rows, self.cols), dtype=bool)
-        self._still.setflags(write=False)
         self._prev: U8 | None = None
         # Sum of the previous frame's brightness sample (see analyse).
         self._sample_sum = 0
@@ -208,7 +204,7 @@ class MotionAnalyzer:
         if abs(sample_sum - prev_sum) > GAIN_TRIGGER / 2 * self._sample_size:
             prev_s = prev[4::8, 4::8].astype(np.int16)
             step = cur[4::8, 4::8] - prev_s
-            relit = abs(float(np.median(step))) > GAIN_TRIGGER
+            relit = abs(_median(step)) > GAIN_TRIGGER
         raw_prev = prev
         if relit:
             # Exposure or light level moved: compare against the previous frame brought to
@@ -220,12 +216,16 @@ class MotionAnalyzer:
         diff -= np.minimum(cur, prev)
         if self._frames % NOISE_EVERY == 0:
             self._update_noise(diff)
+        if diff.max() <= self.noise_level:
+            # The common case on a still scene: no pixel changed beyond the noise (one
+            # maximum instead of the changed pixels and their cells).
+            return self._scored(ts, 0, 0)
         changed, moving = self._moving(diff)
         # The moving cells' rows and columns, found once for the checks below.
-        where = np.nonzero(moving) if moving is not self._still else _NOWHERE
+        where = np.nonzero(moving)
         n = len(where[0])
         if n == 0:
-            # The common case on a quiet scene: nothing more to look at.
+            # Some pixels changed, never enough of them in one cell (noise).
             return self._scored(ts, 0, n)
         shake = False
         if n >= SHAKE_MIN_CELLS and self._spread(*where):
@@ -260,10 +260,6 @@ class MotionAnalyzer:
         ``diff`` is spent: the changed pixels are written over it.
         """
         changed = np.greater(diff, self.noise_level, out=diff.view(np.bool_))
-        if np.count_nonzero(changed) < CELL_MIN_CHANGED:
-            # Too few changed pixels for any cell to move (a still scene, where few or no
-            # pixels pass the noise threshold): one count instead of the cell sums.
-            return changed, self._still
         # Each uint64 holds the 0/1 bytes of 8 neighbouring pixels; summing the 8 rows of a
         # cell keeps every byte <= 8, and the multiply adds the bytes up into the top byte
         # (a count <= 64). The bytes below it hold partial sums (< 2**56), so the count
@@ -507,13 +503,13 @@ class MotionAnalyzer:
         """
         p = prev_s.ravel()
         d = step.ravel()
-        split = np.median(p)
+        split = _median(p)
         dark, bright = p <= split, p > split
         if not dark.any() or not bright.any():
-            levels = np.arange(256) + float(np.median(d))
+            levels = np.arange(256) + _median(d)
         else:
-            x0, x1 = float(np.median(p[dark])), float(np.median(p[bright]))
-            y0, y1 = float(np.median(d[dark])), float(np.median(d[bright]))
+            x0, x1 = _median(p[dark]), _median(p[bright])
+            y0, y1 = _median(d[dark]), _median(d[bright])
             slope = (y1 - y0) / (x1 - x0) if x1 > x0 else 0.0
             levels = np.arange(256) + y0 + slope * (np.arange(256) - x0)
         table = np.clip(levels + 0.5, 0, 255).astype(np.uint8)
@@ -538,6 +534,15 @@ class MotionAnalyzer:
         estimate = max(float(self.settings.noise_level), NOISE_SIGMAS * median / 0.6745)
         self._noise += 0.3 * (estimate - self._noise)
         self.noise_level = round(self._noise)
+
+
+def _median(values: npt.NDArray[np.int16]) -> float:
+    """The median of ``values``, as ``np.median`` gives it, for one partition of them."""
+    k = values.size // 2
+    if values.size % 2:
+        return float(np.partition(values, k, axis=None)[k])
+    low, high = np.partition(values, (k - 1, k), axis=None)[k - 1 : k + 1].tolist()
+    return (low + high) / 2
 
 
 def _profile(image: U8, axis: int) -> npt.NDArray[np.int32]:
