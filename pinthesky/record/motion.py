@@ -63,8 +63,10 @@ RELIT_SHARE = 0.25
 """After a global brightness change, this share of ``lightswitch`` already means lighting."""
 NOISE_SIGMAS = 3.0
 """Pixels must change by this many noise standard deviations of a frame difference."""
-NOISE_EVERY = 4
-"""Re-estimate the noise every this many frames (a median is the costly part)."""
+NOISE_EVERY = 8
+"""Re-estimate the noise every this many frames (a histogram of a sample is the costly part)."""
+NOISE_WEIGHT = 0.51
+"""Weight of each new noise estimate: the old one fades by half every ``NOISE_EVERY`` frames."""
 LOOKBACK_S = 1.0
 """How far before the first frame over the threshold an event's onset may be dated back."""
 GAIN_TRIGGER = 2.0
@@ -532,7 +534,7 @@ class MotionAnalyzer:
         # For Gaussian noise the median absolute value is 0.6745 sigma; smooth over time so
         # one busy frame does not swing the threshold.
         estimate = max(float(self.settings.noise_level), NOISE_SIGMAS * median / 0.6745)
-        self._noise += 0.3 * (estimate - self._noise)
+        self._noise += NOISE_WEIGHT * (estimate - self._noise)
         self.noise_level = round(self._noise)
 
 
