@@ -18,6 +18,7 @@ from pinthesky.media import US, Clock, Packet, RateGate, StreamInfo, has_paramet
 from pinthesky.record.bus import ClipReady, EventBus
 from pinthesky.record.clips import ClipStore
 from pinthesky.record.motion import (
+    NOISE_WEIGHT,
     MotionAnalyzer,
     MotionEnded,
     MotionStarted,
@@ -445,7 +446,7 @@ def test_noise_median_from_the_histogram_is_the_sample_median():
         before = a._noise = 0.0
         a._update_noise(diff)
         expected = max(float(a.settings.noise_level), 3.0 * median / 0.6745)
-        assert a._noise == pytest.approx(before + 0.3 * (expected - before))
+        assert a._noise == pytest.approx(before + NOISE_WEIGHT * (expected - before))
 
 
 def test_thin_streaks_in_new_places_never_add_up():
