@@ -162,6 +162,8 @@ class MotionAnalyzer:
         # The pixel change threshold: the noise estimate, rounded (see _update_noise).
         self.noise_level = settings.noise_level
         self._frames = 0
+        # Fewer moving cells cannot span SHAKE_SPREAD of the rows and of the columns.
+        self._spread_min = max(SHAKE_MIN_CELLS, SHAKE_SPREAD * max(self.rows, self.cols))
         # The object stage works on cell bitboards (see _Cells): a handful of integer
         # operations instead of dozens of numpy calls on a 40x30 grid.
         self._cells = _Cells(self.rows, self.cols)
@@ -230,7 +232,7 @@ class MotionAnalyzer:
             # Some pixels changed, never enough of them in one cell (noise).
             return self._scored(ts, 0, n)
         shake = False
-        if n >= SHAKE_MIN_CELLS and self._spread(*where):
+        if n >= self._spread_min and self._spread(*where):
             # A shift fools the brightness fit too (the sample's pixels moved): when the
             # previous frame was relit, lining up the frame as it was is tried as well.
             for base in (prev, raw_prev) if relit else (prev,):
@@ -432,7 +434,7 @@ class MotionAnalyzer:
             axis=1,
             dtype=np.int32,
         )
-        moments = iter((pixels @ pixels[:, :2].transpose(0, 2, 1)).tolist())
+        moments = iter((pixels @ pixels[:, :2].transpose(0, 2, 1)).reshape(n, 6).tolist())
         inv = 1 / _PIXELS
         pedestal = LIGHT_PEDESTAL
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
@@ -450,7 +452,7 @@ class MotionAnalyzer:
                 if every:
                     next(moments)
                 continue
-            (syy, sxy), (_, sxx), (sy, sx) = next(moments)
+            syy, sxy, _, sxx, sy, sx = next(moments)
             my, mx = sy * inv, sx * inv
             # The brightness ratio; a small pedestal stands for the sensor's black level.
             gain = (my + pedestal) / (mx + pedestal)
