@@ -546,7 +546,7 @@ def _median(values: npt.NDArray[np.int16]) -> float:
     if values.size % 2:
         return float(np.partition(values, k, axis=None)[k])
     low, high = np.partition(values, (k - 1, k), axis=None)[k - 1 : k + 1].tolist()
-    return (low + high) / 2
+    return float(low + high) / 2
 
 
 def _profile(image: U8, axis: int) -> npt.NDArray[np.int32]:
