@@ -206,7 +206,7 @@ def time_interleaved(rounds: int) -> dict[str, object]:
 STAGES = {
     "base": ("_moving", "_relight", "_update_noise"),
     "shake": ("_spread", "_unshaken"),
-    "classify": ("_classify",),
+    "classify": ("_solid", "_classify"),
     "objects": ("_scored",),
 }
 """Analyzer methods timed for each stage (the shake stage's extra difference is its own)."""

@@ -17,18 +17,20 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
 4. Score the frame in moving 16x16 macroblocks *of the main resolution*, which is what
    ``sensitivity`` has always meant; motion is a score above ``sensitivity``.
 5. Frames with change only go further, on the changed cells alone (see README "Motion"):
-   camera shake is lined up and forgiven to a pixel (``_unshaken``, ``_tolerant_diff``);
-   thin or speckled change (rain, snow, noise) is set aside; cells whose texture is the old
+   thin or speckled change (rain, snow, noise) is set aside (``_solid``); when solid change
+   is seen and the change spans the view, camera shake is lined up and forgiven to a pixel
+   (``_unshaken``, ``_tolerant_diff``); cells whose texture is the old
    texture under other light, smoothly across neighbours, are light, not content, and a
    frame mostly made of them is a lighting change that scores nothing; content cells make
    objects when they group or persist from frame to frame, and the score is the area the
    objects covered over the last ``SWEEP_S`` seconds, so a small, far object adds up.
 
-Cost: what a frame costs on a camera is mostly the number of numpy calls (each one's fixed
-cost, with caches cold after the decoder ran), not their size. So the full-resolution work is a
-handful of calls, the per-cell tests take the moving cells in one batch, per-cell verdicts are
-made in plain Python on the few cells that moved, and the object stage works on the cell grid
-as one Python integer (``_Cells``).
+Cost: what a frame costs on a camera is mostly the number of numpy calls and the Python run
+(each one's fixed cost, with caches cold after the decoder ran), not their size. So a still
+frame is a sample sum, three full-resolution operations and one maximum; the per-cell tests
+take the moving cells in one batch, read a 64-bit word (8 pixels) at a time; per-cell
+verdicts are made in plain Python on the few cells that moved, in one pass; and the object
+stage works on the cell grid as one Python integer (``_Cells``).
 
 ``MotionTracker`` turns scores into events: motion must persist ``min_time`` seconds (on frame
 timestamps, not a frame count) to start an event, which ends once no motion was seen for
@@ -231,8 +233,15 @@ class MotionAnalyzer:
         if n == 0:
             # Some pixels changed, never enough of them in one cell (noise).
             return self._scored(ts, 0, n)
+        solid = self._solid(changed, where)
         shake = False
-        if n >= self._spread_min and self._spread(*where):
+        # Lining up a shaken view matters only to solid change: rain and snow, thin change
+        # everywhere, would pay for it on every frame.
+        if (
+            n >= self._spread_min
+            and np.count_nonzero(solid) >= SHAKE_MIN_CELLS
+            and self._spread(*where)
+        ):
             # A shift fools the brightness fit too (the sample's pixels moved): when the
             # previous frame was relit, lining up the frame as it was is tried as well.
             for base in (prev, raw_prev) if relit else (prev,):
@@ -245,11 +254,12 @@ class MotionAnalyzer:
                 # picture stays too (and is told from objects below).
                 if left <= SHAKE_EXPLAINS * n:
                     shake = True
-                    prev, changed, where = aligned, still_changed, still_where
+                    prev, where = aligned, still_where
                     if left == 0:
                         return self._scored(ts, 0, n, shake=True)
+                    solid = self._solid(still_changed, where)
                     break
-        n_lit, scattered, content = self._classify(cur, prev, changed, where)
+        n_lit, scattered, content = self._classify(cur, prev, where, solid)
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
@@ -371,28 +381,17 @@ class MotionAnalyzer:
         y0, x0 = SHAKE_MAX - dy, SHAKE_MAX - dx
         return np.ascontiguousarray(padded[y0 : y0 + self._h, x0 : x0 + self._w])
 
-    def _classify(
-        self,
-        cur: U8,
-        prev: U8,
-        changed: npt.NDArray[np.bool_],
-        where: tuple[npt.NDArray[np.intp], ...],
-    ) -> tuple[int, int, int]:
-        """Split the moving cells into lit (counted), scattered and content (bitboards).
+    def _solid(
+        self, changed: npt.NDArray[np.bool_], where: tuple[npt.NDArray[np.intp], ...]
+    ) -> npt.NDArray[np.bool_]:
+        """Which moving cells hold a solid change, not thin lines and specks.
 
-        Only the moving cells are gathered (a few percent of the picture on a busy frame),
-        so these checks cost in proportion to what moved.
-
-        Lit: light multiplies what is there, so the cell's texture is the old texture times
-        the brightness ratio of the two cells, within the sensor noise (a headlight pool, a
-        cloud's shadow, an IR lamp). Scattered: a change made of thin lines and specks (rain
-        streaks, snowflakes, noise) leaves (almost) nothing after a 3x3 erosion; only the
-        other cells are tested for light.
+        A change made of thin lines and specks (rain streaks, snowflakes, noise, the edges of
+        a view shifted by a pixel or two) leaves (almost) nothing after a 3x3 erosion.
         """
         r, c = where
-        rows = self.rows
         # A cell's changed pixels as 8 words, one per row of the cell, a byte per pixel.
-        m = _cell_words(changed, rows)[r, :, c]
+        m = _cell_words(changed, self.rows)[r, :, c]
         # 3x3 erosion inside the cell: each row with the rows above and below, then each
         # byte with its neighbours in the word. A cell's border pixels never survive.
         core = m[:, :-2] & m[:, 1:-1]
@@ -404,7 +403,28 @@ class MotionAnalyzer:
         # _moving): the top byte counts the pixels that survived.
         kept = np.add.reduce(core, axis=1)
         kept *= _BYTE_SUM
-        solid = kept >= _SOLID_MIN_TOP
+        solid: npt.NDArray[np.bool_] = kept >= _SOLID_MIN_TOP
+        return solid
+
+    def _classify(
+        self,
+        cur: U8,
+        prev: U8,
+        where: tuple[npt.NDArray[np.intp], ...],
+        solid: npt.NDArray[np.bool_],
+    ) -> tuple[int, int, int]:
+        """Split the moving cells into lit (counted), scattered and content (bitboards).
+
+        Only the moving cells are gathered (a few percent of the picture on a busy frame),
+        so these checks cost in proportion to what moved.
+
+        Scattered: the cells without a solid change (``_solid``). Lit: light multiplies what
+        is there, so the cell's texture is the old texture times the brightness ratio of the
+        two cells, within the sensor noise (a headlight pool, a cloud's shadow, an IR lamp);
+        only solid cells are tested for light.
+        """
+        r, c = where
+        rows = self.rows
         solid_list = solid.tolist()
         n_solid = sum(solid_list)
         cols = self.cols
