@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -254,12 +255,12 @@ class MotionAnalyzer:
                 # picture stays too (and is told from objects below).
                 if left <= SHAKE_EXPLAINS * n:
                     shake = True
-                    prev, where = aligned, still_where
+                    prev, moving, where = aligned, still_moving, still_where
                     if left == 0:
                         return self._scored(ts, 0, n, shake=True)
                     solid = self._solid(still_changed, where)
                     break
-        n_lit, scattered, content = self._classify(cur, prev, where, solid)
+        n_lit, scattered, content = self._classify(cur, prev, moving, where, solid)
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
@@ -410,6 +411,7 @@ class MotionAnalyzer:
         self,
         cur: U8,
         prev: U8,
+        moving: npt.NDArray[np.bool_],
         where: tuple[npt.NDArray[np.intp], ...],
         solid: npt.NDArray[np.bool_],
     ) -> tuple[int, int, int]:
@@ -429,10 +431,7 @@ class MotionAnalyzer:
         n_solid = sum(solid_list)
         cols = self.cols
         if not n_solid:
-            scattered = 0
-            for row, col in zip(r.tolist(), c.tolist(), strict=True):
-                scattered |= 1 << (row * cols + col)
-            return 0, scattered, 0
+            return 0, _bits(moving), 0
         # Each tested cell's pixels now and before, and ones, as the rows of a 3x64 matrix;
         # one batched product gives every cell's sums, sums of squares and of products, in
         # int32 (exact: below 64 * 255**2), by numpy's own loop rather than a BLAS call a cell.
@@ -465,12 +464,17 @@ class MotionAnalyzer:
         scattered = content = 0
         gains: list[float] = []
         lit: list[tuple[int, int]] = []
-        for row, col, is_solid in zip(r.tolist(), c.tolist(), solid_list, strict=True):
+        if every:
+            cells = zip(r.tolist(), c.tolist(), solid_list, strict=True)
+        else:
+            # Mostly thin cells (rain lights hundreds) are not visited one by one: they are
+            # the moving cells that are not solid (below).
+            cells = zip(tested[0].tolist(), tested[1].tolist(), repeat(True))
+        for row, col, is_solid in cells:
             at = row * cols + col
             if not is_solid:
                 scattered |= 1 << at
-                if every:
-                    next(moments)
+                next(moments)
                 continue
             syy, sxy, _, sxx, sy, sx = next(moments)
             my, mx = sy * inv, sx * inv
@@ -485,6 +489,12 @@ class MotionAnalyzer:
             else:
                 content |= 1 << at
             gains.append(gain)
+        if not every:
+            # Every tested cell is solid: content, or explained by the light.
+            solid_cells = content
+            for _, at in lit:
+                solid_cells |= 1 << at
+            scattered = _bits(moving) & ~solid_cells
         if not lit:
             return 0, scattered, content
         # Explained cells are lit only where the light varies smoothly (see _smooth_light).
@@ -624,6 +634,11 @@ def _cell_words(
     time. ``image`` must be C-contiguous (see ``MotionAnalyzer.analyse``).
     """
     return image.view(np.uint64).reshape(rows, CELL, -1)
+
+
+def _bits(grid: npt.NDArray[np.bool_]) -> int:
+    """A grid of cells as a bitboard (see ``_Cells``): bit ``row * cols + col``."""
+    return int.from_bytes(np.packbits(grid, bitorder="little").tobytes(), "little")
 
 
 def _byte_sum(cell_mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint64]:
