@@ -158,7 +158,7 @@ class MotionAnalyzer:
         self._ones = np.ones((self.rows * self.cols, 1, CELL * CELL), dtype=np.uint8)
         self._prev: U8 | None = None
         # Sum of the previous frame's brightness sample (see analyse).
-        self._sample_sum = 0
+        self._sample_sum: int | None = None
         self._sample_size = len(range(4, self._h, 8)) * len(range(4, self._w, 8))
         self._prev_raw: U8 | None = None
         self._noise = float(settings.noise_level)
@@ -199,14 +199,27 @@ class MotionAnalyzer:
         self._frames += 1
         # Profiles are computed only for frames checked for shake; keep them for the next.
         self._prev_profiles, self._profiles = self._profiles, None
+        prev_sum, self._sample_sum = self._sample_sum, None
+        if prev is None:
+            return Score(ts, 0.0, 0, noise=self.noise_level)
+        # |cur - prev| without wrapping around in uint8. (Fresh arrays: numpy hands back
+        # the memory just freed, still in cache, where kept buffers would have gone cold.)
+        diff = np.maximum(cur, prev)
+        diff -= np.minimum(cur, prev)
+        noise_due = self._frames % NOISE_EVERY == 0
+        if diff.max() <= self.noise_level:
+            # The common case on a still scene: no pixel changed beyond the noise (one
+            # maximum instead of the changed pixels and their cells).
+            if noise_due:
+                self._update_noise(diff)
+            return self._scored(ts, 0, 0)
         # A sparse sample tells whether the whole picture got brighter or darker: its median
         # change ignores a moving object that covers less than half of the picture. Its
         # mean change is cheap, and kept as a sum per frame: only when the mean moved by
         # more than GAIN_TRIGGER / 2 can the (costlier) median have moved by GAIN_TRIGGER.
-        sample_sum = int(np.add.reduce(cur[4::8, 4::8], axis=None, dtype=np.int64))
-        prev_sum, self._sample_sum = self._sample_sum, sample_sum
-        if prev is None:
-            return Score(ts, 0.0, 0, noise=self.noise_level)
+        sample_sum = self._sample_sum = _sample_sum(cur)
+        if prev_sum is None:
+            prev_sum = _sample_sum(prev)
         relit = False
         if abs(sample_sum - prev_sum) > GAIN_TRIGGER / 2 * self._sample_size:
             prev_s = prev[4::8, 4::8].astype(np.int16)
@@ -217,16 +230,10 @@ class MotionAnalyzer:
             # Exposure or light level moved: compare against the previous frame brought to
             # today's brightness, so that only changes of the picture's content count.
             prev = self._relight(prev, prev_s, step)
-        # |cur - prev| without wrapping around in uint8. (Fresh arrays: numpy hands back
-        # the memory just freed, still in cache, where kept buffers would have gone cold.)
-        diff = np.maximum(cur, prev)
-        diff -= np.minimum(cur, prev)
-        if self._frames % NOISE_EVERY == 0:
+            diff = np.maximum(cur, prev)
+            diff -= np.minimum(cur, prev)
+        if noise_due:
             self._update_noise(diff)
-        if diff.max() <= self.noise_level:
-            # The common case on a still scene: no pixel changed beyond the noise (one
-            # maximum instead of the changed pixels and their cells).
-            return self._scored(ts, 0, 0)
         changed, moving = self._moving(diff)
         # The moving cells' rows and columns, found once for the checks below.
         where = np.nonzero(moving)
@@ -568,6 +575,11 @@ class MotionAnalyzer:
         estimate = max(float(self.settings.noise_level), NOISE_SIGMAS * median / 0.6745)
         self._noise += NOISE_WEIGHT * (estimate - self._noise)
         self.noise_level = round(self._noise)
+
+
+def _sample_sum(image: U8) -> int:
+    """The sum of a sparse sample of ``image``: every 8th pixel of every 8th row."""
+    return int(np.add.reduce(image[4::8, 4::8], axis=None, dtype=np.int64))
 
 
 def _median(values: npt.NDArray[np.int16]) -> float:
