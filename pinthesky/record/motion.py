@@ -177,6 +177,11 @@ class MotionAnalyzer:
         # Cells next to the previous frame's content and candidates (see _scored).
         self._near_content = self._near_candidates = 0
         self._profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
+        # Indices of the windows of a column and of a row profile at each shift (_unshaken).
+        self._windows = tuple(
+            np.arange(2 * SHAKE_MAX + 1)[:, None] + np.arange(size - 1 - 2 * SHAKE_MAX)
+            for size in (self._w, self._h)
+        )
         self._prev_profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
 
     def update_mask(self, settings: MotionSettings) -> None:
@@ -375,19 +380,14 @@ class MotionAnalyzer:
         prev_p = self._prev_profiles
         if prev is not self._prev_raw or prev_p is None:
             prev_p = (_profile(prev, 0), _profile(prev, 1))
-        for pc, pp in zip(cur_p, prev_p, strict=True):
-            # Row k of the window matrix is the current profile moved by k - SHAKE_MAX.
-            windows = np.lib.stride_tricks.sliding_window_view(pc, len(pc) - 2 * SHAKE_MAX)
-            sad = np.abs(windows - pp[SHAKE_MAX : len(pp) - SHAKE_MAX]).sum(axis=1)
+        for pc, pp, windows in zip(cur_p, prev_p, self._windows, strict=True):
+            # Row k of pc[windows] is the current profile moved by k - SHAKE_MAX.
+            sad = np.abs(pc[windows] - pp[SHAKE_MAX : len(pp) - SHAKE_MAX]).sum(axis=1)
             shifts.append(int(np.argmin(sad)) - SHAKE_MAX)
         dx, dy = shifts
         if dx == 0 and dy == 0:
             return prev
-        # prev shifted by (dx, dy), edges repeated, so that prev[y - dy, x - dx] lands on
-        # cur[y, x].
-        padded = np.pad(prev, SHAKE_MAX, mode="edge")
-        y0, x0 = SHAKE_MAX - dy, SHAKE_MAX - dx
-        return np.ascontiguousarray(padded[y0 : y0 + self._h, x0 : x0 + self._w])
+        return _shifted(prev, dy, dx)
 
     def _solid(
         self, changed: npt.NDArray[np.bool_], where: tuple[npt.NDArray[np.intp], ...]
@@ -599,6 +599,24 @@ def _profile(image: U8, axis: int) -> npt.NDArray[np.int32]:
     # changes the slope.
     slope: npt.NDArray[np.int32] = np.diff(profile)
     return slope
+
+
+def _shifted(image: U8, dy: int, dx: int) -> U8:
+    """``image`` moved by (dx, dy), edges repeated: ``image[y - dy, x - dx]`` lands on (y, x)."""
+    h, w = image.shape
+    out = np.empty_like(image)
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
+    if dy > 0:
+        out[:dy] = out[dy]
+    elif dy < 0:
+        out[dy:] = out[dy - 1]
+    if dx > 0:
+        out[:, :dx] = out[:, dx : dx + 1]
+    elif dx < 0:
+        out[:, dx:] = out[:, dx - 1 : dx]
+    return out
 
 
 def _outside(cur: U8, prev: U8) -> U8:
