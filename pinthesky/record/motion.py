@@ -2,35 +2,36 @@
 
 Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
 
-1. Compare with the previous analysed frame pixel by pixel, without uint8 wrap-around.
-   A global brightness change (auto-exposure, dusk, a light switched on) is first compensated:
-   the previous frame is mapped through a 256-entry table fitted, with medians, to the change
-   of a sparse sample of pixels.
+1. Compare with the previous analysed frame pixel by pixel, without uint8 wrap-around. A
+   still frame, whose largest change is within the noise, stops here. Otherwise a global
+   brightness change (auto-exposure, dusk, a light switched on) is compensated first: the
+   previous frame is mapped through a 256-entry table fitted, with medians, to the change of a
+   sparse sample of pixels, and compared again.
 2. Count pixels whose change exceeds the noise level. The level adapts to the sensor: the
-   median absolute difference of a sparse sample estimates the noise, and pixels must change
-   by ``NOISE_SIGMAS`` times that (never less than ``noise_level``).
+   median absolute difference of a sparse sample estimates the noise (every ``NOISE_EVERY``
+   frames), and pixels must change by ``NOISE_SIGMAS`` times that (never less than
+   ``noise_level``).
 3. Group changed pixels into cells of 8x8 picture pixels: eight boolean bytes are read as one
    64-bit word, the eight rows of a cell are added word-wise, and one multiplication sums
    the bytes of the word. A cell moves when enough of its pixels changed, so isolated noisy pixels
-   never add up to motion. Masked cells are ignored. A frame whose largest change is within
-   the noise stops before this (the common case on a still scene: one maximum).
+   never add up to motion. Masked cells are ignored.
 4. Score the frame in moving 16x16 macroblocks *of the main resolution*, which is what
    ``sensitivity`` has always meant; motion is a score above ``sensitivity``.
 5. Frames with change only go further, on the changed cells alone (see README "Motion"):
    thin or speckled change (rain, snow, noise) is set aside (``_solid``); when solid change
    is seen and the change spans the view, camera shake is lined up and forgiven to a pixel
-   (``_unshaken``, ``_tolerant_diff``); cells whose texture is the old
-   texture under other light, smoothly across neighbours, are light, not content, and a
-   frame mostly made of them is a lighting change that scores nothing; content cells make
-   objects when they group or persist from frame to frame, and the score is the area the
-   objects covered over the last ``SWEEP_S`` seconds, so a small, far object adds up.
+   (``_unshaken``, ``_tolerant_diff``); cells whose texture is the old texture under other
+   light, smoothly across neighbours, are light, not content, and a frame mostly made of them
+   is a lighting change that scores nothing; content cells make objects when they group or
+   persist from frame to frame, and the score is the area the objects covered over the last
+   ``SWEEP_S`` seconds, so a small, far object adds up.
 
 Cost: what a frame costs on a camera is mostly the number of numpy calls and the Python run
 (each one's fixed cost, with caches cold after the decoder ran), not their size. So a still
-frame is a sample sum, three full-resolution operations and one maximum; the per-cell tests
-take the moving cells in one batch, read a 64-bit word (8 pixels) at a time; per-cell
-verdicts are made in plain Python on the few cells that moved, in one pass; and the object
-stage works on the cell grid as one Python integer (``_Cells``).
+frame is three full-resolution operations and one maximum; the per-cell tests take the
+moving cells in one batch, read a 64-bit word (8 pixels) at a time; per-cell verdicts are
+made in plain Python on the few cells that moved, in one pass; and the object stage works on
+the cell grid as one Python integer (``_Cells``).
 
 ``MotionTracker`` turns scores into events: motion must persist ``min_time`` seconds (on frame
 timestamps, not a frame count) to start an event, which ends once no motion was seen for
