@@ -105,6 +105,19 @@ def time_analyzer(frames: Sequence[U8], period_us: int) -> tuple[float, float]:
     return time.perf_counter() - t0, blocks
 
 
+def _medians(prefix: str, per_round: dict[str, list[float]]) -> dict[str, object]:
+    """Each contender's median round (us per frame), their ratio and the rounds, as figures."""
+    ana = statistics.median(per_round["analyzer"])
+    mse = statistics.median(per_round["mse"])
+    return {
+        f"{prefix}_rounds": len(per_round["analyzer"]),
+        f"{prefix}_analyzer_us_per_frame": ana,
+        f"{prefix}_mse_us_per_frame": mse,
+        f"{prefix}_ratio": ana / mse,
+        f"{prefix}_rounds_us": {k: [round(v, 2) for v in vs] for k, vs in per_round.items()},
+    }
+
+
 class UpstreamMSE:
     """The upstream example's motion measure in the analyzer's place (``time_in_detect``)."""
 
@@ -143,15 +156,7 @@ def time_in_detect(rounds: int) -> dict[str, object]:
                 per_round[name].append(cli.detect(path, cfg).analysis_us_per_frame)
     finally:
         cli.MotionAnalyzer = real  # type: ignore[attr-defined]
-    ana = statistics.median(per_round["analyzer"])
-    mse = statistics.median(per_round["mse"])
-    return {
-        "detect_rounds": rounds,
-        "detect_analyzer_us_per_frame": ana,
-        "detect_mse_us_per_frame": mse,
-        "detect_ratio": ana / mse,
-        "detect_rounds_us": {k: [round(v, 2) for v in vs] for k, vs in per_round.items()},
-    }
+    return _medians("detect", per_round)
 
 
 def time_interleaved(rounds: int) -> dict[str, object]:
@@ -193,15 +198,7 @@ def time_interleaved(rounds: int) -> dict[str, object]:
                 count += 1
         for name, seconds in spent.items():
             per_round[name].append(seconds / count * 1e6)
-    ana = statistics.median(per_round["analyzer"])
-    mse = statistics.median(per_round["mse"])
-    return {
-        "interleaved_rounds": rounds,
-        "interleaved_analyzer_us_per_frame": ana,
-        "interleaved_mse_us_per_frame": mse,
-        "interleaved_ratio": ana / mse,
-        "interleaved_rounds_us": {k: [round(v, 2) for v in vs] for k, vs in per_round.items()},
-    }
+    return _medians("interleaved", per_round)
 
 
 STAGES = {
