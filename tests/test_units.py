@@ -19,12 +19,16 @@ from pinthesky.record.bus import ClipReady, EventBus
 from pinthesky.record.clips import ClipStore
 from pinthesky.record.motion import (
     NOISE_WEIGHT,
+    SHAKE_MAX,
     MotionAnalyzer,
     MotionEnded,
     MotionStarted,
     MotionTracker,
     Score,
+    _bits,
     _Cells,
+    _median,
+    _shifted,
 )
 from pinthesky.record.recorder import Recorder
 from pinthesky.record.ring import PacketRing
@@ -434,6 +438,32 @@ def test_cell_bitboards_agree_with_3x3_box_sums_on_the_grid():
 
         assert (as_grid(grid.near(bits)) == (box > 0)).all()
         assert (as_grid(grid.crowded(bits)) == (box >= 3)).all()
+
+
+def test_the_shifted_frame_is_the_edge_padded_one():
+    # _shifted replaced np.pad(mode="edge") and a crop: every shift the shake check can pick.
+    image = np.random.default_rng(2).integers(0, 256, (24, 32), dtype=np.uint8)
+    padded = np.pad(image, SHAKE_MAX, mode="edge")
+    for dy in range(-SHAKE_MAX, SHAKE_MAX + 1):
+        for dx in range(-SHAKE_MAX, SHAKE_MAX + 1):
+            y0, x0 = SHAKE_MAX - dy, SHAKE_MAX - dx
+            expected = padded[y0 : y0 + 24, x0 : x0 + 32]
+            assert (_shifted(image, dy, dx) == expected).all(), (dy, dx)
+
+
+def test_the_median_by_partition_is_numpys():
+    rng = np.random.default_rng(4)
+    for size in (1, 2, 3, 10, 1199, 1200):
+        values = rng.integers(-300, 300, size).astype(np.int16)
+        assert _median(values) == float(np.median(values))
+        assert _median(values.reshape(1, -1)) == float(np.median(values))
+
+
+def test_a_grid_packs_into_its_bitboard():
+    grid = np.random.default_rng(6).random((30, 40)) < 0.2
+    bits = _bits(grid)
+    rows, cols = np.nonzero(grid)
+    assert bits == sum(1 << int(r * 40 + c) for r, c in zip(rows, cols, strict=True))
 
 
 def test_noise_median_from_the_histogram_is_the_sample_median():
