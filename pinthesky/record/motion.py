@@ -99,7 +99,7 @@ _BYTE_SUM = np.uint64(0x0101010101010101)
 _MIN_CHANGED_TOP = np.uint64(CELL_MIN_CHANGED << 56)
 """``CELL_MIN_CHANGED`` in a word's top byte (see ``MotionAnalyzer._moving``)."""
 _SOLID_MIN_TOP = np.uint64(SOLID_MIN << 56)
-"""``SOLID_MIN`` in a word's top byte (see ``MotionAnalyzer._classify``)."""
+"""``SOLID_MIN`` in a word's top byte (see ``MotionAnalyzer._solid``)."""
 _EIGHT = np.uint64(8)
 """A byte's width in bits: shifting a word by it moves each pixel to its neighbour's byte."""
 _PIXELS = CELL * CELL
