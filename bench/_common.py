@@ -16,12 +16,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "bench" / "out"
@@ -113,6 +116,22 @@ def print_figures(figures: dict[str, Any]) -> None:
         if isinstance(value, dict | list):
             continue  # detail for the JSON only
         print(f"{key}={fmt(value)}", flush=True)
+
+
+def in_scratch(name: str, measure: Callable[[Path], T]) -> T | None:
+    """``measure`` run in a scratch directory of its own, removed afterwards.
+
+    A ``RuntimeError`` (a daemon or a server that did not behave) is one ``error:`` line and
+    None, for the benchmark to exit 2.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix=f"pinthesky-bench-{name}-"))
+    try:
+        return measure(scratch)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def report(name: str, figures: dict[str, Any], checks: list[Check]) -> bool:

@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import base64
 import http.client
-import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, event_flags, report, side_by_side, window_args
+from _common import REPO, Check, event_flags, in_scratch, report, side_by_side, window_args
 from daemon import measure
 from live import Viewer
 
@@ -60,6 +58,8 @@ class PageUser(threading.Thread):
         super().__init__(name=f"page-{port}", daemon=True)
         self.port = port
         self.requests = 0
+        self.refused = 0
+        """Connections refused or reset: the daemon not listening yet, or stopping."""
         self.error = ""
         self._halt = threading.Event()
 
@@ -77,7 +77,7 @@ class PageUser(threading.Thread):
                         self.error = f"{path}: {response.status}"
                     self.requests += 1
                 except OSError:
-                    pass  # the daemon is not listening yet (or stopping)
+                    self.refused += 1
             self._halt.wait(10)
 
     def stop(self) -> None:
@@ -122,6 +122,7 @@ def rounds(warmup: float, seconds: float, count: int, scratch: Path) -> list[dic
         if page.error or page.requests < 4 or viewer.jpegs == 0:
             raise RuntimeError(f"the page did not load: {page.error or viewer.error}")
         runs["open"]["page_requests"] = page.requests
+        runs["open"]["page_refused"] = page.refused
         runs["open"]["viewer_jpegs"] = viewer.jpegs
         done.append(runs)
     return done
@@ -129,14 +130,11 @@ def rounds(warmup: float, seconds: float, count: int, scratch: Path) -> list[dic
 
 def main(argv: Sequence[str] | None = None) -> int:
     window = window_args(__doc__.split("\n\n")[0], argv, 30.0, 2, quick=(15.0, 20.0, 1))
-    scratch = Path(tempfile.mkdtemp(prefix="pinthesky-bench-page-"))
-    try:
-        measured = rounds(window.warmup, window.seconds, window.rounds, scratch)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    measured = in_scratch(
+        "page", lambda scratch: rounds(window.warmup, window.seconds, window.rounds, scratch)
+    )
+    if measured is None:
         return 2
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
     def percent(label: str) -> float:
         cpu = sum(float(r[label]["cpu_seconds"]) for r in measured)

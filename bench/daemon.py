@@ -36,15 +36,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import FIRST_FRAME, Check, DaemonProcess, report
+from _common import FIRST_FRAME, Check, DaemonProcess, in_scratch, report
 
 NAME = "daemon"
 LIMIT_CPU_PERCENT = 2.0
@@ -248,14 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warmup, seconds = (20.0, 20.0) if args.quick else (args.warmup, max(1.0, args.seconds))
 
-    combine_dir = Path(tempfile.mkdtemp(prefix="pinthesky-bench-"))
-    try:
-        figures = measure(warmup, seconds, combine_dir)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    figures = in_scratch("daemon", lambda combine_dir: measure(warmup, seconds, combine_dir))
+    if figures is None:
         return 2
-    finally:
-        shutil.rmtree(combine_dir, ignore_errors=True)
     packets_mb = synthetic_packets_mb()
     if packets_mb is not None and "buffer_mb" in figures:
         figures["synthetic_packets_mb"] = packets_mb

@@ -18,10 +18,9 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import Check, report
+from _common import Check, in_scratch, report
 
 from pinthesky.daemon.app import Daemon
 from pinthesky.settings import load
@@ -96,8 +95,9 @@ async def run(work: Path) -> dict[str, float]:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"))  # noqa: SIM115
-    work = Path(tempfile.mkdtemp(prefix="pinthesky-bench-flood-"))
-    figures = asyncio.run(run(work))
+    figures = in_scratch("flood", lambda work: asyncio.run(run(work)))
+    if figures is None:
+        return 2
     checks = [
         Check(
             "lag_ms_max_flood",

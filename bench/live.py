@@ -45,16 +45,23 @@ import http.client
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, DaemonProcess, event_flags, report, side_by_side, window_args
+from _common import (
+    REPO,
+    Check,
+    DaemonProcess,
+    event_flags,
+    in_scratch,
+    report,
+    side_by_side,
+    window_args,
+)
 from daemon import measure
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -318,17 +325,19 @@ def encoder_costs(pictures: int = 100) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     window = window_args(__doc__.split("\n\n")[0], argv, 30.0, 2, quick=(15.0, 20.0, 1))
     warmup, seconds, rounds = window.warmup, window.seconds, window.rounds
-    scratch = Path(tempfile.mkdtemp(prefix="pinthesky-bench-live-"))
-    try:
+
+    def measure(
+        scratch: Path,
+    ) -> tuple[list[dict[str, dict[str, Any]]], dict[str, Any], dict[str, float]]:
         with Cloud(scratch) as cloud:
             measured = cpu_rounds(warmup, seconds, rounds, cloud, scratch)
             timing = clip_timing(cloud, scratch)
-        costs = encoder_costs()
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return measured, timing, encoder_costs()
+
+    results = in_scratch("live", measure)
+    if results is None:
         return 2
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    measured, timing, costs = results
 
     def total(label: str, key: str) -> float:
         return sum(r[label][key] for r in measured)

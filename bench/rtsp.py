@@ -33,19 +33,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Check, event_flags, report, side_by_side, window_args
+from _common import REPO, Check, event_flags, in_scratch, report, side_by_side, window_args
 from daemon import cpu_seconds, measure, memory
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -316,15 +314,15 @@ def library_comparison(warmup: float, seconds: float, scratch: Path) -> dict[str
 def main(argv: Sequence[str] | None = None) -> int:
     window = window_args(__doc__.split("\n\n")[0], argv, 20.0, 2, quick=(10.0, 20.0, 1))
     warmup, seconds, rounds = window.warmup, window.seconds, window.rounds
-    scratch = Path(tempfile.mkdtemp(prefix="pinthesky-bench-rtsp-"))
-    try:
+
+    def measure(scratch: Path) -> tuple[list[dict[str, dict[str, Any]]], dict[str, Any]]:
         measured = daemon_rounds(warmup, seconds, rounds, scratch)
-        library = library_comparison(min(warmup, 10.0), seconds, scratch)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return measured, library_comparison(min(warmup, 10.0), seconds, scratch)
+
+    results = in_scratch("rtsp", measure)
+    if results is None:
         return 2
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    measured, library = results
 
     def percent(label: str) -> float:
         cpu = sum(r[label]["cpu_seconds"] for r in measured)

@@ -123,12 +123,9 @@ def binfmt(names: Sequence[str] = ("qemu-arm", "qemu-aarch64")) -> Iterator[None
         try:
             yield
         finally:
+            # Whoever still runs ARM code holds its shared lock: the last user cleans up.
             with _locked(CACHE / "binfmt.setup"):
-                try:
-                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    pass  # someone else still runs ARM code: the last one cleans up
-                else:
+                if _last_user(users):
                     ours = marker.read_text().split() if marker.exists() else []
                     for name in ours:
                         if name != "mounted" and (BINFMT / name).exists():
@@ -136,6 +133,15 @@ def binfmt(names: Sequence[str] = ("qemu-arm", "qemu-aarch64")) -> Iterator[None
                     if "mounted" in ours:
                         subprocess.run(["umount", str(BINFMT)], check=False)
                     marker.unlink(missing_ok=True)
+
+
+def _last_user(lock: int) -> bool:
+    """Whether our shared lock on ``lock`` is the only one (it then becomes exclusive)."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def host_command(

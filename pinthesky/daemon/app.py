@@ -360,12 +360,8 @@ class Daemon:
             lambda: live.view_size,
             LocalApi(self),
         )
-        try:
-            await web.start()
-        except OSError as exc:
-            log.error("http: cannot listen on %s port %d: %s; no local page", s.bind, s.port, exc)
-            return
-        self.web = web
+        if await _listening(web, "http", s.bind, s.port, "no local page"):
+            self.web = web
 
     async def _start_rtsp(self) -> None:
         """RTSP out, when ``rtsp.port`` is set; like the page, a port that cannot be used is
@@ -379,12 +375,8 @@ class Daemon:
             lambda: self.ring,
             lambda: float(self.info.framerate if self.info else self.settings.camera.framerate),
         )
-        try:
-            await rtsp.start()
-        except OSError as exc:
-            log.error("rtsp: cannot listen on %s port %d: %s; no RTSP", s.bind, s.port, exc)
-            return
-        self.rtsp = rtsp
+        if await _listening(rtsp, "rtsp", s.bind, s.port, "no RTSP"):
+            self.rtsp = rtsp
 
     def _health_report(self) -> dict[str, Any]:
         """The health figures for the local page (reads /proc: call on a worker thread)."""
@@ -726,6 +718,16 @@ def _uploader_totals(uploader: Uploader) -> dict[str, float]:
 
 
 STILL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+async def _listening(server: Any, name: str, bind: str, port: int, without: str) -> bool:
+    """Start ``server``; a port that cannot be used is one error line (the camera goes on)."""
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("%s: cannot listen on %s port %d: %s; %s", name, bind, port, exc, without)
+        return False
+    return True
 
 
 def _write_still(directory: Path, name: str, data: bytes) -> Path:
