@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import http.client
 import json
 import logging
@@ -408,6 +409,21 @@ def test_a_directory_as_event_output_is_one_line_and_the_daemon_keeps_going(
     assert 1 <= len(lines) <= 5 and "Traceback" not in caplog.text
 
 
+def remove_while_written(directory: Path, attempts: int = 20) -> None:
+    """``rm -rf`` of a directory the daemon may be writing into from its writer thread (the
+    health report at start lands at any moment): a file made between rmtree's listing and its
+    rmdir leaves the directory not empty, so remove again, as an operator would."""
+    for attempt in range(attempts):
+        try:
+            shutil.rmtree(directory)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY or attempt == attempts - 1:
+                raise
+
+
 def test_the_events_directory_deleted_and_made_again_is_watched_again(tmp_path: Path) -> None:
     """S8: as a reinstall does; commands are read from the new directory."""
     paths = sidecar_paths(tmp_path)
@@ -422,7 +438,7 @@ def test_the_events_directory_deleted_and_made_again_is_watched_again(tmp_path: 
     async def check(daemon: Daemon) -> None:
         events = paths["event_input"].parent
         for health_id in ("r0", "r1"):
-            shutil.rmtree(events)
+            remove_while_written(events)
             events.mkdir(exist_ok=True)
             with paths["event_input"].open("a") as fh:
                 fh.write(json.dumps({"name": "health", "context": {"health_id": health_id}}))
