@@ -487,6 +487,12 @@ def _gen_creeper(rng: Rng) -> Iterator[U8Image]:
     yield from _walk(rng, 34.0, 111, 300, (10.0, 28.0, 150.0, 600.0))
 
 
+def _gen_distant_creeper(rng: Rng) -> Iterator[U8Image]:
+    # The distant person (16x44 px at 640x480) at 20 px/s, about 0.7 m/s at 30 m: in 1.5 s
+    # she covers less than her own width.
+    yield from _walk(rng, 34.0, 53, 150, (10.0, 28.0, 120.0, 480.0))
+
+
 def _night_walkers_in(
     rng: Rng, weather: Callable[[F32Image, int], None], walk: tuple[int, float, float]
 ) -> Iterator[U8Image]:
@@ -503,10 +509,9 @@ def _night_walkers_in(
             yield render(scene, 5.0)
 
 
-def _gen_rain_night(rng: Rng) -> Iterator[U8Image]:
-    # IR-lit rain: drops near the camera, motion-blurred over the exposure into streaks
-    # 12-40 px long, 1-2 px wide, slightly slanted, in new places every frame.
-    streaks = 120
+def _rain(rng: Rng, streaks: int) -> Callable[[F32Image, int], None]:
+    """IR-lit rain: drops near the camera, motion-blurred over the exposure into streaks
+    12-40 px long, 1-2 px wide, slightly slanted, ``streaks`` a frame in new places."""
     steps = np.linspace(0.0, 1.0, 40, dtype=np.float32)
 
     def rain(scene: F32Image, _: int) -> None:
@@ -526,7 +531,16 @@ def _gen_rain_night(rng: Rng) -> Iterator[U8Image]:
             level[yy[ok], xx[ok]] = vv[ok]
             scene += level[:, :, None]
 
-    yield from _night_walkers_in(rng, rain, (100, 12.0, 20.0))
+    return rain
+
+
+def _gen_rain_night(rng: Rng) -> Iterator[U8Image]:
+    yield from _night_walkers_in(rng, _rain(rng, 120), (100, 12.0, 20.0))
+
+
+def _gen_downpour(rng: Rng) -> Iterator[U8Image]:
+    # Twice as much rain: thin change in over 40 % of the cells on every frame.
+    yield from _night_walkers_in(rng, _rain(rng, 250), (100, 12.0, 20.0))
 
 
 def _gen_snow_night(rng: Rng) -> Iterator[U8Image]:
@@ -578,38 +592,104 @@ def _shifted(image: F32Image, dx: float, dy: float) -> F32Image:
 GUSTS = ((4.0, 10.0, 1.0, 3.0), (14.0, 20.0, 2.0, 2.0), (24.0, 29.0, 3.0, 1.5))
 
 
-def _gen_sway(rng: Rng) -> Iterator[U8Image]:
+def _swaying(
+    rng: Rng,
+    gusts: Sequence[tuple[float, float, float, float]],
+    walk: tuple[int, float, float] | None = None,
+) -> Iterator[U8Image]:
+    """The campus on a swaying pole, 32 s; with ``walk`` (first vtest frame, t0, t1) real
+    walkers cross it meanwhile."""
     render = _Renderer(rng)
     bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    first, t0, t1 = walk or (0, 0.0, 0.0)
     to_footage = WIDTH / 640
-    for t in _times(32.0):
-        dx = dy = 0.0
-        for start, end, freq, amp in GUSTS:
-            if start <= t < end:
-                # The pole bends mostly one way and swings: a smooth onset and fade.
-                env = np.sin(np.pi * (t - start) / (end - start))
-                dx = amp * to_footage * env * np.sin(2 * np.pi * freq * (t - start))
-                dy = 0.4 * dx * np.cos(2 * np.pi * freq * (t - start))
-        yield render(_shifted(bg, dx, dy), 1.5)
+    with contextlib.closing(_vtest_reader(range(first, first + round((t1 - t0) * FPS)))) as real:
+        for t in _times(32.0):
+            dx = dy = 0.0
+            for start, end, freq, amp in gusts:
+                if start <= t < end:
+                    # The pole bends mostly one way and swings: a smooth onset and fade.
+                    env = np.sin(np.pi * (t - start) / (end - start))
+                    dx = amp * to_footage * env * np.sin(2 * np.pi * freq * (t - start))
+                    dy = 0.4 * dx * np.cos(2 * np.pi * freq * (t - start))
+            scene = _f32(next(real)) if t0 <= t < t1 else bg
+            yield render(_shifted(scene, dx, dy), 1.5)
+
+
+def _gen_sway(rng: Rng) -> Iterator[U8Image]:
+    yield from _swaying(rng, GUSTS)
+
+
+def _gen_wind_walkers(rng: Rng) -> Iterator[U8Image]:
+    # A 2 Hz, 2 px gust from 8 to 22 s; real walkers cross at 12-20 s, while the view shakes.
+    yield from _swaying(rng, ((8.0, 22.0, 2.0, 2.0),), (100, 12.0, 20.0))
+
+
+def _headlights(
+    passes: Sequence[tuple[float, float, float, float]],
+    size: tuple[float, float] = (160.0, 110.0),
+    strength: float = 3.0,
+    y: float = 380.0,
+) -> Callable[[F32Image, int], None]:
+    """Headlights sweeping a pool of light over the scene: ``passes`` of (t0, t1, x0, x1),
+    the pool's centre moving from x0 to x1 at height ``y``; its Gaussian radii are ``size``
+    and it multiplies the scene by up to ``1 + strength``."""
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+
+    def lights(scene: F32Image, i: int) -> None:
+        t = i / FPS
+        for t0, t1, x0, x1 in passes:
+            if t0 <= t < t1:
+                cx = x0 + (x1 - x0) * (t - t0) / (t1 - t0)
+                pool = np.exp(-(((xs - cx) / size[0]) ** 2) - ((ys - y) / size[1]) ** 2)
+                # Light multiplies the reflectance; a little of it is scattered (offset).
+                scene *= 1 + strength * pool[:, :, None]
+                scene += 25.0 * pool[:, :, None]
+
+    return lights
+
+
+def _night(rng: Rng, weather: Callable[[F32Image, int], None]) -> Iterator[U8Image]:
+    """The night campus, 30 s, with ``weather`` drawn on every frame; nobody there."""
+    render = _Renderer(rng)
+    dark = _f32(_background_cached((WIDTH, HEIGHT))) * np.float32(NIGHT_BRIGHTNESS)
+    for i, _ in enumerate(_times(30.0)):
+        scene = dark.copy()
+        weather(scene, i)
+        yield render(scene, 5.0)
 
 
 def _gen_headlights(rng: Rng) -> Iterator[U8Image]:
     # Two cars pass out of view; their headlights sweep a pool of light over the dark
     # campus (left to right at 6-10 s, right to left at 18-22 s). No object enters.
-    render = _Renderer(rng)
-    dark = _f32(_background_cached((WIDTH, HEIGHT))) * np.float32(NIGHT_BRIGHTNESS)
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     passes = ((6.0, 10.0, -250.0, WIDTH + 250.0), (18.0, 22.0, WIDTH + 250.0, -250.0))
+    yield from _night(rng, _headlights(passes))
+
+
+def _gen_headlights_near(rng: Rng) -> Iterator[U8Image]:
+    # A car close by: a small, bright pool (6x the light at its centre, burnt out) with a
+    # steep rim, crossing in 4 s from the left edge of the picture to the right one.
+    yield from _night(
+        rng, _headlights(((6.0, 10.0, -100.0, WIDTH + 100.0),), (80.0, 56.0), 5.0, 300.0)
+    )
+
+
+def _gen_walkers_in_headlights(rng: Rng) -> Iterator[U8Image]:
+    # Real walkers at night (14-22 s), lit up by a car's headlights passing at 11-17 s.
+    lights = _headlights(((11.0, 17.0, -250.0, WIDTH + 250.0),))
+    yield from _night_walkers_in(rng, lights, (100, 14.0, 22.0))
+
+
+def _gen_cloud_shadow(rng: Rng) -> Iterator[U8Image]:
+    # A sunny campus; a cloud's soft shadow (45 % less light at its core, 260 px across)
+    # drifts over it at 150 px/s from 5 s on. No object moves.
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     for t in _times(30.0):
-        scene = dark.copy()
-        for t0, t1, x0, x1 in passes:
-            if t0 <= t < t1:
-                cx = x0 + (x1 - x0) * (t - t0) / (t1 - t0)
-                pool = np.exp(-(((xs - cx) / 160.0) ** 2) - ((ys - 380.0) / 110.0) ** 2)
-                # Light multiplies the reflectance; a little of it is scattered (offset).
-                scene *= 1 + 3.0 * pool[:, :, None]
-                scene += 25.0 * pool[:, :, None]
-        yield render(scene, 5.0)
+        cx = -520.0 + 150.0 * (t - 5.0)
+        shade = np.exp(-(((xs - cx) / 260.0) ** 2) - ((ys - HEIGHT / 2) / 390.0) ** 2)
+        yield render(bg * (1 - 0.55 * shade[:, :, None]), 1.5)
 
 
 def _gen_ir_switch(rng: Rng) -> Iterator[U8Image]:
@@ -750,6 +830,49 @@ _SPECS: dict[str, _Spec] = {
         "Still campus; an out-of-focus animal at the camera covers over 40 % of the view "
         "from 10 to 13 s.",
         _gen_animal,
+    ),
+    # Harder variants of the outdoor cases, each one step past the ones above.
+    "distant_creeper": _Spec(
+        34.0,
+        ((10.0, 28.0),),
+        "Still campus; the distant walker (16x44 px at 640x480) crosses slowly, 360 px at "
+        "20 px/s from 10 to 28 s.",
+        _gen_distant_creeper,
+    ),
+    "downpour": _Spec(
+        30.0,
+        ((12.0, 20.0),),
+        "Night (20 % brightness, sigma 5); IR-lit rain as in rain_night but 250 streaks a "
+        "frame; real walkers (vtest 100-179) at 12-20 s.",
+        _gen_downpour,
+    ),
+    "wind_walkers": _Spec(
+        32.0,
+        ((12.0, 20.0),),
+        "Campus on a swaying pole, one gust at 8-22 s (2 Hz, 2 px at 640x480); real walkers "
+        "(vtest 100-179) at 12-20 s.",
+        _gen_wind_walkers,
+    ),
+    "headlights_near": _Spec(
+        30.0,
+        (),
+        "Night campus; a small bright headlight pool (6x at its burnt-out centre, steep rim) "
+        "crosses from edge to edge at 6-10 s, no object.",
+        _gen_headlights_near,
+    ),
+    "walkers_in_headlights": _Spec(
+        30.0,
+        ((14.0, 22.0),),
+        "Night; real walkers (vtest 100-179) at 14-22 s, lit up by headlights sweeping "
+        "across at 11-17 s.",
+        _gen_walkers_in_headlights,
+    ),
+    "cloud_shadow": _Spec(
+        30.0,
+        (),
+        "Sunny campus; a cloud's soft shadow (45 % less light at its core) drifts across at "
+        "150 px/s from 5 s, no object.",
+        _gen_cloud_shadow,
     ),
 }
 

@@ -17,6 +17,12 @@ OUTDOOR = [
     "headlights",
     "ir_switch",
     "animal",
+    "distant_creeper",
+    "downpour",
+    "wind_walkers",
+    "headlights_near",
+    "walkers_in_headlights",
+    "cloud_shadow",
 ]
 
 
@@ -71,8 +77,10 @@ def test_outdoor_cases_give_exactly_their_events(footage, tmp_path, name):
     for found, (begin, end) in zip(doc["events"], scenario.events, strict=True):
         assert abs(found["start"] - begin) <= 1.0
         assert abs(found["end"] - end) <= 1.0
-        # A small object is confirmed once it has swept enough area (up to 1.5 s).
-        assert found["start"] <= found["declared"] <= found["start"] + 2.0
+        # A small object is confirmed once it has swept enough area: up to 1.5 s, and 2.5 s
+        # for the distant creeper, who covers a macroblock in about a quarter of a second.
+        confirm = 3.0 if name == "distant_creeper" else 2.0
+        assert found["start"] <= found["declared"] <= found["start"] + confirm
         assert found["peak"] > 10  # the default sensitivity
         assert "> sensitivity 10" in found["reason"]
 

@@ -25,7 +25,16 @@ def replay(footage: object, name: str, tmp_path: Path, **flags: object):  # type
 
 @pytest.mark.parametrize(
     "name",
-    ["walkers", "night_walkers", "small_object", "distant_person", "rain_night", "animal"],
+    [
+        "walkers",
+        "night_walkers",
+        "small_object",
+        "distant_person",
+        "rain_night",
+        "animal",
+        "downpour",
+        "distant_creeper",
+    ],
 )
 def test_one_clip_per_event_with_pre_and_post_roll(footage, tmp_path, name):
     scenario, run = replay(footage, name, tmp_path)
@@ -50,7 +59,9 @@ def test_one_clip_per_event_with_pre_and_post_roll(footage, tmp_path, name):
     assert not list((tmp_path / "clips").glob(".*partial"))
 
 
-@pytest.mark.parametrize("name", ["lights", "dusk", "night_noise", "sway", "headlights"])
+@pytest.mark.parametrize(
+    "name", ["lights", "dusk", "night_noise", "sway", "headlights", "headlights_near"]
+)
 def test_no_clip_for_light_changes_or_noise(footage, tmp_path, name):
     _, run = replay(footage, name, tmp_path)
     assert run.code == 0

@@ -518,3 +518,53 @@ def test_a_small_object_that_persists_adds_up_its_path():
         scores.append(a.analyse(frame, i * 200_000))
     assert max(s.cells for s in scores) <= 8
     assert scores[-1].blocks > 10 and scores[-1].swept
+
+
+def test_cells_grow_from_a_seed_only_through_joined_cells():
+    grid = _Cells(4, 6)
+
+    def bits(*cells: tuple[int, int]) -> int:
+        return sum(1 << (r * 6 + c) for r, c in cells)
+
+    within = bits((0, 1), (1, 2), (2, 2), (3, 5), (0, 5))  # (3, 5), (0, 5): not joined
+    assert grid.grow(bits((0, 0)), within) == bits((0, 0), (0, 1), (1, 2), (2, 2))
+    assert grid.grow(bits((3, 0)), within) == bits((3, 0))
+
+
+def rain_on(frame: np.ndarray, rng: np.random.Generator, streaks: int = 150) -> None:
+    """Thin bright streaks, 1 px wide and 6-15 px long, in new places."""
+    for _ in range(streaks):
+        y, x, n = int(rng.integers(0, 225)), int(rng.integers(0, 320)), int(rng.integers(6, 16))
+        frame[y : y + n, x] = 200
+
+
+def test_in_rain_a_solid_flash_that_comes_and_goes_is_not_an_object():
+    # A frame difference shows a flash twice, as it comes and as it goes, in the same cells:
+    # a big drop lit for one frame must not look like something that stayed.
+    a = analyzer()
+    rng = np.random.default_rng(11)
+    dark = (textured() // 5).astype(np.uint8)
+    scores = []
+    for i in range(12):
+        frame = dark.copy()
+        rain_on(frame, rng)
+        if i % 3 == 1:  # a 16x16 flash, somewhere new each time
+            y, x = 40 + 50 * (i // 3), 40 + 70 * (i // 3)
+            frame[y : y + 16, x : x + 16] = 230
+        scores.append(a.analyse(frame, i * 200_000))
+    assert all(s.scattered > 0.1 * a.live_cells for s in scores[1:])  # clutter
+    assert [s.objects for s in scores] == [0] * 12
+    assert max(s.blocks for s in scores) < 10  # a 3x3 group as it comes, no more
+
+
+def test_the_steep_rim_of_a_small_bright_pool_is_light_too():
+    # Near headlights: the light falls off across a cell, so the old texture times one
+    # brightness ratio does not explain it; a ratio sloping across the cell does.
+    a = analyzer()
+    dark = (textured() // 5).astype(float)
+    ys, xs = np.mgrid[0:240, 0:320]
+    for i, cx in enumerate(range(-40, 360, 16)):
+        pool = np.exp(-(((xs - cx) / 30.0) ** 2) - ((ys - 120) / 22.0) ** 2)
+        frame = np.clip(dark * (1 + 5 * pool) + 10 * pool, 0, 255).astype(np.uint8)
+        score = a.analyse(frame, i * 200_000)
+        assert score.blocks <= 2, (i, score)

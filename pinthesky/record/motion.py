@@ -89,10 +89,23 @@ LIGHT_RESIDUAL = 4.0
 """A cell is relit when its texture matches the old one within this many noise variances."""
 LIGHT_STEP = float(np.log(1.6))
 """Largest change of the brightness ratio from a relit cell to its neighbours (log)."""
+RIM_RESIDUAL = 1.0
+"""A cell next to light is lit too when a brightness ratio that varies linearly across it
+explains its change within this many noise variances (the rim of a pool of light)..."""
+RIM_STEP = 0.15
+"""... and its plane meets its neighbours' planes at their borders within this (log ratio)."""
 SOLID_MIN = 2
 """Pixels of a changed cell that must survive a 2x2 erosion for it to hold an object."""
 SWEEP_S = 1.5
 """The score is the area objects covered over this many seconds."""
+TRACK_S = 4.0
+"""While objects are seen without a break, the score is the area they covered over up to this
+many seconds: someone far away and slow covers little ground in ``SWEEP_S``."""
+TRACK_GAP_S = 0.5
+"""Frames with objects at most this far apart are one track, without a break."""
+CLUTTER = 0.1
+"""Thin change over more than this share of the view is clutter (rain, snow): it is not
+counted in objects' extents, and a solid change must outlast a frame (see ``UNDONE``)."""
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
 """Multiplying by this adds up the eight bytes of a word into its top byte."""
@@ -104,6 +117,24 @@ _EIGHT = np.uint64(8)
 """A byte's width in bits: shifting a word by it moves each pixel to its neighbour's byte."""
 _PIXELS = CELL * CELL
 """Pixels in a cell."""
+_LOG = np.log(np.arange(256, dtype=np.float32) + np.float32(LIGHT_PEDESTAL))
+"""Log of each luma level over the black level, to take brightness ratios as differences."""
+_INV_SQ = 1 / (np.arange(256, dtype=np.float32) + np.float32(LIGHT_PEDESTAL)) ** 2
+"""How much a unit of noise moves the log of each luma level, squared."""
+
+
+def _plane_basis() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Orthonormal columns spanning what varies linearly across a cell (1, x and y, from
+    its centre), and what turns coordinates on them into a level and slopes per pixel."""
+    y, x = np.mgrid[0:CELL, 0:CELL].astype(np.float32) - np.float32((CELL - 1) / 2)
+    basis = np.stack([np.ones(_PIXELS, np.float32), x.ravel(), y.ravel()], axis=1)
+    norms = np.linalg.norm(basis, axis=0)
+    return (basis / norms).astype(np.float32), (1 / norms).astype(np.float32)
+
+
+_PLANE, _PLANE_SCALE = _plane_basis()
+_TO_BORDER = np.array([1, CELL / 2, CELL / 2], dtype=np.float32)[:, None]
+"""A cell's level, and its slopes times the distance from its centre to its borders."""
 
 U8 = npt.NDArray[np.uint8]
 
@@ -175,6 +206,10 @@ class MotionAnalyzer:
         # timestamp (µs): the swept area follows time whatever the analysis rate.
         self._seen: deque[tuple[int, int]] = deque()
         self._sweep_us = round(SWEEP_S * US)
+        self._track_us = round(TRACK_S * US)
+        self._gap_us = round(TRACK_GAP_S * US)
+        # When the objects seen lately were first seen without a break (see _scored).
+        self._track_from = 0
         # Cells next to the previous frame's content and candidates (see _scored).
         self._near_content = self._near_candidates = 0
         self._profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
@@ -184,6 +219,10 @@ class MotionAnalyzer:
             for size in (self._w, self._h)
         )
         self._prev_profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
+        # The log brightness ratio of still cells (0), framed by NaN: outside the picture,
+        # nothing to compare with (see _smooth_light).
+        self._no_gain = np.full((self.rows + 2, self.cols + 2), np.nan, dtype=np.float32)
+        self._no_gain[1:-1, 1:-1] = 0
 
     def update_mask(self, settings: MotionSettings) -> None:
         """Take a new mask (image or rectangles) without losing the reference picture."""
@@ -199,6 +238,8 @@ class MotionAnalyzer:
             # Cells are read a 64-bit word at a time (see _cell_words).
             cur = np.ascontiguousarray(cur)
         prev = self._prev
+        # The frame before that, as it was: a change that undid the last one (_classify).
+        before = self._prev_raw
         # The previous frame as it was, the one whose profiles are kept (see _unshaken).
         self._prev_raw = prev
         self._prev = cur
@@ -273,7 +314,9 @@ class MotionAnalyzer:
                         return self._scored(ts, 0, n, shake=True)
                     solid = self._solid(still_changed, where)
                     break
-        n_lit, scattered, content = self._classify(cur, prev, moving, where, solid)
+        # Against a relit or lined-up frame, the frame before last is not comparable.
+        undone = None if relit or shake else before
+        n_lit, scattered, content = self._classify(cur, prev, moving, where, solid, undone)
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
@@ -316,8 +359,10 @@ class MotionAnalyzer:
         light cells in new places every frame; a person, even a small and far one, is
         still there one frame later. While objects are seen, the score is the area they
         (with the thin changes attached to them) covered over the last ``SWEEP_S`` seconds,
+        or since they were first seen if they were seen without a break (up to ``TRACK_S``),
         so a distant walker whose every frame shows a few cells adds up to the metres she
-        walked; a group big enough to pass the sensitivity on its own counts at once.
+        walked, even slowly; something that only sways covers the same cells again and adds
+        nothing. A group big enough to pass the sensitivity on its own counts at once.
         """
         n_scattered = scattered.bit_count()
         if not content:
@@ -331,12 +376,19 @@ class MotionAnalyzer:
         objects = self._near_candidates & candidates
         self._near_content, self._near_candidates = grid.near(found), grid.near(candidates)
         if objects:
-            # The object's extent: its cells and the changed cells touching them.
-            extent = found | scattered
+            # The object's extent: its cells and the changed cells touching them, unless
+            # thin change is everywhere (rain): then it tells nothing of the object.
+            extent = found
+            if n_scattered <= CLUTTER * self.live_cells:
+                extent |= scattered
             extent &= grid.near(objects)
             seen = self._seen
+            if not seen or ts - seen[-1][0] > self._gap_us:
+                self._track_from = ts
             seen.append((ts, extent))
-            while seen[0][0] < ts - self._sweep_us:
+            # The last SWEEP_S seconds, or the whole track up to TRACK_S.
+            horizon = ts - max(self._sweep_us, min(ts - self._track_from, self._track_us))
+            while seen[0][0] < horizon:
                 seen.popleft()
             swept_cells = 0
             for _, cells in seen:
@@ -422,16 +474,22 @@ class MotionAnalyzer:
         moving: npt.NDArray[np.bool_],
         where: tuple[npt.NDArray[np.intp], ...],
         solid: npt.NDArray[np.bool_],
+        before: U8 | None = None,
     ) -> tuple[int, int, int]:
         """Split the moving cells into lit (counted), scattered and content (bitboards).
 
         Only the moving cells are gathered (a few percent of the picture on a busy frame),
         so these checks cost in proportion to what moved.
 
-        Scattered: the cells without a solid change (``_solid``). Lit: light multiplies what
-        is there, so the cell's texture is the old texture times the brightness ratio of the
-        two cells, within the sensor noise (a headlight pool, a cloud's shadow, an IR lamp);
-        only solid cells are tested for light.
+        Scattered: the cells without a solid change (``_solid``), and, in clutter, the cells
+        whose change undid the last one: back to how they were in the frame ``before`` the
+        previous one, they held something for one frame only (a raindrop lit by the IR lamp).
+        A frame difference shows such a flash twice, as it comes and as it goes, in the same
+        place: it would look like something that stayed. Lit: light multiplies what is
+        there, so the cell's texture is the old texture times the brightness ratio of the two
+        cells, within the sensor noise (a headlight pool, a cloud's shadow, an IR lamp), and
+        at the rim of a light that ratio slopes across the cell (``_rim``); only solid cells
+        are tested for light.
         """
         r, c = where
         rows = self.rows
@@ -440,6 +498,8 @@ class MotionAnalyzer:
         cols = self.cols
         if not n_solid:
             return 0, _bits(moving), 0
+        if len(solid_list) - n_solid <= CLUTTER * self.live_cells:
+            before = None  # few flashes to tell from objects: not worth the extra frame
         # Each tested cell's pixels now and before, and ones, as the rows of a 3x64 matrix;
         # one batched product gives every cell's sums, sums of squares and of products, in
         # int32 (exact: below 64 * 255**2), by numpy's own loop rather than a BLAS call a cell.
@@ -448,24 +508,33 @@ class MotionAnalyzer:
         every = 2 * n_solid >= len(solid_list)
         tested = (r, c) if every else (r[solid], c[solid])
         n = len(tested[0])
+        # The rows are cur, prev, ones (and the frame before last, in clutter).
         pixels = np.concatenate(
-            (
-                _cell_words(cur, rows)[tested[0], :, tested[1]]
+            [
+                _cell_words(frame, rows)[tested[0], :, tested[1]]
                 .view(np.uint8)
-                .reshape(n, 1, _PIXELS),
-                _cell_words(prev, rows)[tested[0], :, tested[1]]
-                .view(np.uint8)
-                .reshape(n, 1, _PIXELS),
-                self._ones[:n],
+                .reshape(n, 1, _PIXELS)
+                for frame in (cur, prev)
+            ]
+            + [self._ones[:n]]
+            + (
+                []
+                if before is None
+                else [
+                    _cell_words(before, rows)[tested[0], :, tested[1]]
+                    .view(np.uint8)
+                    .reshape(n, 1, _PIXELS)
+                ]
             ),
             axis=1,
             dtype=np.int32,
         )
-        moments = iter((pixels @ pixels[:, :2].transpose(0, 2, 1)).reshape(n, 6).tolist())
+        moments = iter((pixels[:, :3] @ pixels[:, :2].transpose(0, 2, 1)).reshape(n, 6).tolist())
         inv = 1 / _PIXELS
         pedestal = LIGHT_PEDESTAL
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
-        limit = LIGHT_RESIDUAL * (self._noise / NOISE_SIGMAS) ** 2 / 2
+        pixel_var = (self._noise / NOISE_SIGMAS) ** 2 / 2
+        limit = LIGHT_RESIDUAL * pixel_var
         # One pass over the cells, in plain Python (cheaper than the numpy calls that would
         # scatter the verdicts): thin cells are scattered; solid ones are content unless the
         # brightness ratio explains their change (then smoothness decides, below).
@@ -503,18 +572,99 @@ class MotionAnalyzer:
             for _, at in lit:
                 solid_cells |= 1 << at
             scattered = _bits(moving) & ~solid_cells
-        if not lit:
-            return 0, scattered, content
-        # Explained cells are lit only where the light varies smoothly (see _smooth_light).
-        smooth = self._smooth_light(r[solid], c[solid], np.array(gains, dtype=np.float32))
-        smooth_list = smooth.tolist()
-        n_lit = 0
-        for index, at in lit:
-            if smooth_list[index]:
-                n_lit += 1
-            else:
-                content |= 1 << at
-        return n_lit, scattered, content
+        lit_cells = 0
+        if lit:
+            # Explained cells are lit only where the light varies smoothly (_smooth_light).
+            smooth = self._smooth_light(r[solid], c[solid], np.array(gains, dtype=np.float32))
+            smooth_list = smooth.tolist()
+            for index, at in lit:
+                if smooth_list[index]:
+                    lit_cells |= 1 << at
+                else:
+                    content |= 1 << at
+        if before is not None and content:
+            flashes = self._undone(pixels, tested)
+            scattered |= content & flashes
+            content &= ~flashes
+        if lit_cells and content:
+            # The rim of a light, where its brightness falls off across a cell, grows from
+            # the lit cells through content cells that a sloping brightness ratio explains.
+            rim = self._rim(pixels, tested, content, RIM_RESIDUAL * pixel_var)
+            if rim:
+                grown = self._cells.grow(lit_cells, rim)
+                content &= ~grown
+                lit_cells = grown
+        return lit_cells.bit_count(), scattered, content
+
+    def _undone(
+        self, pixels: npt.NDArray[np.int32], tested: tuple[npt.NDArray[np.intp], ...]
+    ) -> int:
+        """The tested cells that are back as they were in the frame before last (bits).
+
+        ``pixels`` holds, per cell, the rows cur, prev, ones and before. Back means that
+        what still differs from ``before`` is thin or specks (noise, other raindrops): no
+        solid change, as ``_solid`` tells it.
+        """
+        changed = np.abs(pixels[:, 0] - pixels[:, 3]) > self.noise_level
+        m = changed.reshape(-1, CELL, CELL)
+        core = m[:, :-2] & m[:, 1:-1] & m[:, 2:]
+        core = core[:, :, :-2] & core[:, :, 1:-1] & core[:, :, 2:]
+        kept = np.count_nonzero(core.reshape(len(core), -1), axis=1)
+        return self._pick(tested, (kept < SOLID_MIN).tolist())
+
+    def _rim(
+        self,
+        pixels: npt.NDArray[np.int32],
+        tested: tuple[npt.NDArray[np.intp], ...],
+        content: int,
+        limit: float,
+    ) -> int:
+        """Which ``content`` cells (bits) changed as light falling off across them would.
+
+        Light multiplies what is there; near the edge of a pool the factor falls off across
+        the cell. The log of the brightness ratio then is a plane over the cell's pixels, up
+        to noise (weighed per pixel: a dark pixel's ratio is noisier; ``limit`` is the
+        variance allowed per pixel), and the plane meets its neighbours' planes at the
+        cells' borders: light has no edges. An object puts its own texture in the ratio,
+        or, flat on a flat background, its ratio jumps at the borders of the cells.
+        """
+        r, c = tested
+        ratio = _LOG[pixels[:, 0]] - _LOG[pixels[:, 1]]
+        coef = ratio @ _PLANE
+        off = ratio - coef @ _PLANE.T
+        off *= off
+        off /= _INV_SQ[pixels[:, 0]] + _INV_SQ[pixels[:, 1]]
+        planar = off.sum(axis=1) <= limit * _PIXELS
+        # Each cell's plane as (level, slope across, slope down) on the grid; a cell that
+        # did not change is level 0, flat; outside the picture NaN, never compared.
+        planes = np.zeros((3, self.rows + 2, self.cols + 2), dtype=np.float32)
+        planes[0] = self._no_gain
+        planes[:, r + 1, c + 1] = (coef * _PLANE_SCALE).T
+        planes *= _TO_BORDER[:, :, None]
+        level, across, down = planes[:, r + 1, c + 1]
+        step = np.zeros_like(level)
+        for dy, dx, here in (
+            (1, 2, level + across),
+            (1, 0, level - across),
+            (2, 1, level + down),
+            (0, 1, level - down),
+        ):
+            there = planes[:, r + dy, c + dx]
+            # The neighbour's plane at the shared border: its level, less its slope
+            # towards us.
+            meet = there[0] - (dx - 1) * there[1] - (dy - 1) * there[2]
+            np.fmax(step, np.abs(here - meet), out=step)
+        within = (planar & (step <= RIM_STEP)).tolist()
+        return self._pick(tested, within) & content
+
+    def _pick(self, cells: tuple[npt.NDArray[np.intp], ...], flags: list[bool]) -> int:
+        """The cells at (rows, cols) ``cells`` whose flag is set, as bits."""
+        bits = 0
+        cols = self.cols
+        for row, col, flag in zip(cells[0].tolist(), cells[1].tolist(), flags, strict=True):
+            if flag:
+                bits |= 1 << (row * cols + col)
+        return bits
 
     def _smooth_light(
         self, r: npt.NDArray[np.intp], c: npt.NDArray[np.intp], gain: npt.NDArray[np.float32]
@@ -526,12 +676,13 @@ class MotionAnalyzer:
         replaces neighbouring cells of different brightness by its own, so their brightness
         ratios jump from cell to cell and to the unchanged cells around it.
         """
-        log_gain = np.zeros((self.rows + 2, self.cols + 2), dtype=np.float32)
+        log_gain = self._no_gain.copy()
         log_gain[r + 1, c + 1] = np.log(gain)
         centre = log_gain[r + 1, c + 1]
         step = np.zeros_like(centre)
         for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-            np.maximum(step, np.abs(centre - log_gain[r + dy, c + dx]), out=step)
+            # fmax passes over the NaN of a neighbour outside the picture.
+            np.fmax(step, np.abs(centre - log_gain[r + dy, c + dx]), out=step)
         smooth: npt.NDArray[np.bool_] = step <= LIGHT_STEP
         return smooth
 
@@ -703,6 +854,12 @@ class _Cells:
         mid, left, right = self._rows3(x)
         row = mid | left | right
         return row | ((row << self.cols) & self.full) | (row >> self.cols)
+
+    def grow(self, seed: int, within: int) -> int:
+        """``seed`` and the cells of ``within`` joined to it through each other."""
+        while more := self.near(seed) & within & ~seed:
+            seed |= more
+        return seed
 
     def crowded(self, x: int) -> int:
         """Cells whose 3x3 box holds at least three cells of ``x``."""
