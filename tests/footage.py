@@ -909,16 +909,21 @@ def _encode(frames: Iterable[U8Image], dest: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def scenario(name: str) -> Scenario:
-    """Build (or reuse from :data:`CACHE_DIR`) the MP4 for scenario ``name``."""
+def scenario(name: str, seed: int = 0) -> Scenario:
+    """Build (or reuse from :data:`CACHE_DIR`) the MP4 for scenario ``name``.
+
+    Another ``seed`` draws the scenario's randomness afresh (noise, raindrops, flakes): the
+    same scene and the same labelled events, other pixels.
+    """
     try:
         spec = _SPECS[name]
     except KeyError:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(_SPECS)}") from None
-    dest = CACHE_DIR / f"{name}-v{FOOTAGE_VERSION}.mp4"
+    seeded = f"-s{seed}" if seed else ""
+    dest = CACHE_DIR / f"{name}{seeded}-v{FOOTAGE_VERSION}.mp4"
     if not dest.is_file():
         with _file_lock(CACHE_DIR / f".{dest.stem}.lock"):
             if not dest.is_file():
-                rng = np.random.default_rng([FOOTAGE_VERSION, zlib.crc32(name.encode())])
-                _encode(spec.frames(rng), dest)
+                key = [FOOTAGE_VERSION, zlib.crc32(name.encode())] + ([seed] if seed else [])
+                _encode(spec.frames(np.random.default_rng(key)), dest)
     return Scenario(dest, FPS, spec.duration, spec.events, spec.description)

@@ -21,10 +21,13 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
    thin or speckled change (rain, snow, noise) is set aside (``_solid``); when solid change
    is seen and the change spans the view, camera shake is lined up and forgiven to a pixel
    (``_unshaken``, ``_tolerant_diff``); cells whose texture is the old texture under other
-   light, smoothly across neighbours, are light, not content, and a frame mostly made of them
-   is a lighting change that scores nothing; content cells make objects when they group or
-   persist from frame to frame, and the score is the area the objects covered over the last
-   ``SWEEP_S`` seconds, so a small, far object adds up.
+   light, smoothly across neighbours, are light, not content, and so is the rim of a light
+   where its brightness ratio slopes across the cell (``_rim``); a frame mostly made of
+   light is a lighting change that scores nothing; in clutter (thin change everywhere), a
+   cell back as it was two frames ago held a one-frame flash, not content (``_undone``);
+   content cells make objects when they group or persist from frame to frame, and the score
+   is the area the objects covered over the last ``SWEEP_S`` seconds, or along their whole
+   unbroken track up to ``TRACK_S``, so a small, far, slow object adds up.
 
 Cost: what a frame costs on a camera is mostly the number of numpy calls and the Python run
 (each one's fixed cost, with caches cold after the decoder ran), not their size. So a still
@@ -95,7 +98,7 @@ explains its change within this many noise variances (the rim of a pool of light
 RIM_STEP = 0.15
 """... and its plane meets its neighbours' planes at their borders within this (log ratio)."""
 SOLID_MIN = 2
-"""Pixels of a changed cell that must survive a 2x2 erosion for it to hold an object."""
+"""Pixels of a changed cell that must survive a 3x3 erosion for it to hold an object."""
 SWEEP_S = 1.5
 """The score is the area objects covered over this many seconds."""
 TRACK_S = 4.0
@@ -105,7 +108,7 @@ TRACK_GAP_S = 0.5
 """Frames with objects at most this far apart are one track, without a break."""
 CLUTTER = 0.1
 """Thin change over more than this share of the view is clutter (rain, snow): it is not
-counted in objects' extents, and a solid change must outlast a frame (see ``UNDONE``)."""
+counted in objects' extents, and a solid change must outlast a frame (see ``_undone``)."""
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
 """Multiplying by this adds up the eight bytes of a word into its top byte."""
