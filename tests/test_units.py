@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -493,13 +494,22 @@ def test_thin_streaks_in_new_places_never_add_up():
     assert score.scattered > 20
 
 
+def pool_sweep(
+    dim: int, size: tuple[float, float], y: int, light: tuple[float, float], xs: range
+) -> Iterator[np.ndarray]:
+    """A dark scene (``textured() // dim``) under a pool of light of Gaussian radii ``size``
+    at height ``y``, multiplying by up to ``1 + light[0]`` and adding ``light[1]``, its centre
+    at each of ``xs`` in turn."""
+    dark = (textured() // dim).astype(float)
+    rows, cols = np.mgrid[0:240, 0:320]
+    for cx in xs:
+        pool = np.exp(-(((cols - cx) / size[0]) ** 2) - ((rows - y) / size[1]) ** 2)
+        yield np.clip(dark * (1 + light[0] * pool) + light[1] * pool, 0, 255).astype(np.uint8)
+
+
 def test_a_pool_of_light_moving_over_a_dark_scene_is_not_motion():
     a = analyzer()
-    dark = (textured() // 4).astype(float)
-    ys, xs = np.mgrid[0:240, 0:320]
-    for i, cx in enumerate(range(-60, 380, 20)):
-        pool = np.exp(-(((xs - cx) / 60.0) ** 2) - ((ys - 150) / 45.0) ** 2)
-        frame = np.clip(dark * (1 + 3 * pool) + 20 * pool, 0, 255).astype(np.uint8)
+    for i, frame in enumerate(pool_sweep(4, (60.0, 45.0), 150, (3, 20), range(-60, 380, 20))):
         score = a.analyse(frame, i * 200_000)
         assert score.blocks <= 2, (i, score)
     assert score.lit > 0 or a.analyse(frame, 99 * 200_000).blocks == 0
@@ -561,10 +571,6 @@ def test_the_steep_rim_of_a_small_bright_pool_is_light_too():
     # Near headlights: the light falls off across a cell, so the old texture times one
     # brightness ratio does not explain it; a ratio sloping across the cell does.
     a = analyzer()
-    dark = (textured() // 5).astype(float)
-    ys, xs = np.mgrid[0:240, 0:320]
-    for i, cx in enumerate(range(-40, 360, 16)):
-        pool = np.exp(-(((xs - cx) / 30.0) ** 2) - ((ys - 120) / 22.0) ** 2)
-        frame = np.clip(dark * (1 + 5 * pool) + 10 * pool, 0, 255).astype(np.uint8)
+    for i, frame in enumerate(pool_sweep(5, (30.0, 22.0), 120, (5, 10), range(-40, 360, 16))):
         score = a.analyse(frame, i * 200_000)
         assert score.blocks <= 2, (i, score)

@@ -317,9 +317,9 @@ class MotionAnalyzer:
                         return self._scored(ts, 0, n, shake=True)
                     solid = self._solid(still_changed, where)
                     break
-        # Against a relit or lined-up frame, the frame before last is not comparable.
-        undone = None if relit or shake else before
-        n_lit, scattered, content = self._classify(cur, prev, moving, where, solid, undone)
+        if relit or shake:
+            before = None  # not comparable with a relit or lined-up frame
+        n_lit, scattered, content = self._classify(cur, prev, moving, where, solid, before)
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
@@ -503,7 +503,7 @@ class MotionAnalyzer:
             return 0, _bits(moving), 0
         if len(solid_list) - n_solid <= CLUTTER * self.live_cells:
             before = None  # few flashes to tell from objects: not worth the extra frame
-        # Each tested cell's pixels now and before, and ones, as the rows of a 3x64 matrix;
+        # Each tested cell's pixels in cur and prev, and ones, as the rows of a 3x64 matrix;
         # one batched product gives every cell's sums, sums of squares and of products, in
         # int32 (exact: below 64 * 255**2), by numpy's own loop rather than a BLAS call a cell.
         # Mostly solid cells (an object) are all taken: picking the solid ones out costs
