@@ -96,6 +96,21 @@ def test_other_raindrops_give_the_same_events(footage, tmp_path, name, seed):
     assert [(round(e["start"]), round(e["end"])) for e in events] == [(12, 20)]
 
 
+@pytest.mark.parametrize("name", ["rain_night", "distant_creeper"])
+def test_ten_analysed_frames_a_second_find_the_same_events(footage, tmp_path, name):
+    # Frames are compared with one about 0.2 s older, so a walker has moved as far as at 5
+    # frames a second; frame to frame at 10 a second her change is thin, as rain is.
+    scenario = footage.scenario(name)
+    args = ["--json", "--post-roll", "4", "--analysis-fps", "10"]
+    out = pinthesky("detect", str(scenario.path), *args, cwd=tmp_path)
+    doc = json.loads(out.stdout)
+    assert doc["frames"] == pytest.approx(scenario.duration * 10, abs=2)
+    assert len(doc["events"]) == len(scenario.events), doc["events"]
+    for found, (begin, end) in zip(doc["events"], scenario.events, strict=True):
+        assert abs(found["start"] - begin) <= 1.0
+        assert abs(found["end"] - end) <= 1.0
+
+
 def test_the_timeline_says_why_frames_did_not_count(footage, tmp_path):
     sway = footage.scenario("sway")
     out = pinthesky("detect", str(sway.path), cwd=tmp_path)

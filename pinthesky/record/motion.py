@@ -2,7 +2,8 @@
 
 Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
 
-1. Compare with the previous analysed frame pixel by pixel, without uint8 wrap-around. A
+1. Compare with the previous analysed frame (at more than 6 analysed frames a second, the
+   newest one at least ``REFERENCE_S`` older) pixel by pixel, without uint8 wrap-around. A
    still frame, whose largest change is within the noise, stops here. Otherwise a global
    brightness change (auto-exposure, dusk, a light switched on) is compensated first: the
    previous frame is mapped through a 256-entry table fitted, with medians, to the change of a
@@ -99,6 +100,11 @@ RIM_STEP = 0.15
 """... and its plane meets its neighbours' planes at their borders within this (log ratio)."""
 SOLID_MIN = 2
 """Pixels of a changed cell that must survive a 3x3 erosion for it to hold an object."""
+REFERENCE_S = 0.15
+"""Each frame is compared with the newest analysed frame at least this much older: at 5
+analysed frames a second the previous one, at 10 the one before it. What moves has then moved
+about as far between the two whatever the analysis rate (at 10 a second a walker's change
+from one frame to the next is thin, and thin change does not count)."""
 SWEEP_S = 1.5
 """The score is the area objects covered over this many seconds."""
 TRACK_S = 4.0
@@ -140,6 +146,19 @@ _TO_BORDER = np.array([1, CELL / 2, CELL / 2], dtype=np.float32)[:, None]
 """A cell's level, and its slopes times the distance from its centre to its borders."""
 
 U8 = npt.NDArray[np.uint8]
+
+
+class _Past:
+    """An analysed frame, kept while later frames may be compared with it, and what was
+    worked out from it once (its brightness sample's sum, its profiles)."""
+
+    __slots__ = ("image", "profiles", "sample_sum", "ts")
+
+    def __init__(self, ts: int, image: U8) -> None:
+        self.ts = ts
+        self.image = image
+        self.sample_sum: int | None = None
+        self.profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
 
 
 @dataclass(slots=True)
@@ -191,11 +210,12 @@ class MotionAnalyzer:
         self._byte_sum = _byte_sum(self.cell_mask)
         # The row of ones beside each cell's pixels in _classify's batched product.
         self._ones = np.ones((self.rows * self.cols, 1, CELL * CELL), dtype=np.uint8)
-        self._prev: U8 | None = None
-        # Sum of the previous frame's brightness sample (see analyse).
-        self._sample_sum: int | None = None
+        # The analysed frames later ones may still be compared with, oldest first.
+        self._past: deque[_Past] = deque()
+        self._reference_us = round(REFERENCE_S * US)
         self._sample_size = len(range(4, self._h, 8)) * len(range(4, self._w, 8))
-        self._prev_raw: U8 | None = None
+        # The frame compared with now, as it was (see _unshaken).
+        self._ref: _Past | None = None
         self._noise = float(settings.noise_level)
         # The pixel change threshold: the noise estimate, rounded (see _update_noise).
         self.noise_level = settings.noise_level
@@ -215,13 +235,13 @@ class MotionAnalyzer:
         self._track_from = 0
         # Cells next to the previous frame's content and candidates (see _scored).
         self._near_content = self._near_candidates = 0
-        self._profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
+        # The frame being analysed (its profiles are kept in it, see _unshaken).
+        self._now: _Past | None = None
         # Indices of the windows of a column and of a row profile at each shift (_unshaken).
         self._windows = tuple(
             np.arange(2 * SHAKE_MAX + 1)[:, None] + np.arange(size - 1 - 2 * SHAKE_MAX)
             for size in (self._w, self._h)
         )
-        self._prev_profiles: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
         # The log brightness ratio of still cells (0), framed by NaN: outside the picture,
         # nothing to compare with (see _smooth_light).
         self._no_gain = np.full((self.rows + 2, self.cols + 2), np.nan, dtype=np.float32)
@@ -240,18 +260,26 @@ class MotionAnalyzer:
         if not cur.flags.c_contiguous:
             # Cells are read a 64-bit word at a time (see _cell_words).
             cur = np.ascontiguousarray(cur)
-        prev = self._prev
-        # The frame before that, as it was: a change that undid the last one (_classify).
-        before = self._prev_raw
-        # The previous frame as it was, the one whose profiles are kept (see _unshaken).
-        self._prev_raw = prev
-        self._prev = cur
         self._frames += 1
-        # Profiles are computed only for frames checked for shake; keep them for the next.
-        self._prev_profiles, self._profiles = self._profiles, None
-        prev_sum, self._sample_sum = self._sample_sum, None
-        if prev is None:
+        now = _Past(ts, cur)
+        past, last = self._past, self._now
+        # The frame compared with, and the one that frame was compared with: a change that
+        # undid the last one (_classify). Commonly the last frame and its own.
+        ref: _Past | None
+        if last is not None and ts - last.ts >= self._reference_us:
+            ref, earlier = last, self._ref
+        else:
+            ref = self._reference(ts)
+            earlier = None if ref is None else self._reference(ref.ts)
+        self._now, self._ref = now, ref
+        past.append(now)
+        if ref is None:
             return Score(ts, 0.0, 0, noise=self.noise_level)
+        # Older frames will never be compared with again.
+        while past[0] is not (earlier or ref):
+            past.popleft()
+        prev = ref.image
+        before = None if earlier is None else earlier.image
         # |cur - prev| without wrapping around in uint8. (Fresh arrays: numpy hands back
         # the memory just freed, still in cache, where kept buffers would have gone cold.)
         diff = np.maximum(cur, prev)
@@ -267,9 +295,10 @@ class MotionAnalyzer:
         # change ignores a moving object that covers less than half of the picture. Its
         # mean change is cheap, and kept as a sum per frame: only when the mean moved by
         # more than GAIN_TRIGGER / 2 can the (costlier) median have moved by GAIN_TRIGGER.
-        sample_sum = self._sample_sum = _sample_sum(cur)
+        sample_sum = now.sample_sum = _sample_sum(cur)
+        prev_sum = ref.sample_sum
         if prev_sum is None:
-            prev_sum = _sample_sum(prev)
+            prev_sum = ref.sample_sum = _sample_sum(prev)
         relit = False
         if abs(sample_sum - prev_sum) > GAIN_TRIGGER / 2 * self._sample_size:
             prev_s = prev[4::8, 4::8].astype(np.int16)
@@ -430,12 +459,8 @@ class MotionAnalyzer:
         tolerant difference that follows.
         """
         shifts: list[int] = []
-        cur_p = self._profiles
-        if cur_p is None:
-            cur_p = self._profiles = (_profile(cur, 0), _profile(cur, 1))
-        prev_p = self._prev_profiles
-        if prev is not self._prev_raw or prev_p is None:
-            prev_p = (_profile(prev, 0), _profile(prev, 1))
+        cur_p = self._profile_of(self._now, cur)
+        prev_p = self._profile_of(self._ref, prev)
         for pc, pp, windows in zip(cur_p, prev_p, self._windows, strict=True):
             # Row k of pc[windows] is the current profile moved by k - SHAKE_MAX.
             sad = np.abs(pc[windows] - pp[SHAKE_MAX : len(pp) - SHAKE_MAX]).sum(axis=1)
@@ -444,6 +469,29 @@ class MotionAnalyzer:
         if dx == 0 and dy == 0:
             return prev
         return _shifted(prev, dy, dx)
+
+    @staticmethod
+    def _profile_of(
+        past: _Past | None, image: U8
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+        """The profiles of ``image``, kept in ``past`` when it is that frame as it was."""
+        if past is None or past.image is not image:
+            return (_profile(image, 0), _profile(image, 1))
+        if past.profiles is None:
+            past.profiles = (_profile(image, 0), _profile(image, 1))
+        return past.profiles
+
+    def _reference(self, ts: int) -> _Past | None:
+        """The newest kept frame at least ``REFERENCE_S`` older than ``ts``; the oldest kept
+        one if none is that old yet (at the start); None if there is none before ``ts``."""
+        oldest = None
+        for past in reversed(self._past):
+            if past.ts >= ts:
+                continue
+            if ts - past.ts >= self._reference_us:
+                return past
+            oldest = past
+        return oldest
 
     def _solid(
         self, changed: npt.NDArray[np.bool_], where: tuple[npt.NDArray[np.intp], ...]
