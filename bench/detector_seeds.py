@@ -39,10 +39,7 @@ def one(footage: Any, name: str, seed: int) -> str:
     s = settings.merge(settings.defaults(), {"recorder.post_roll": "4"}, "bench")[0]
     d = detect(sc.path, s)
     found = [(round(e.start, 1), round(e.end, 1), e.peak) for e in d.events]
-    ok = len(found) == len(sc.events) and all(
-        abs(start - begin) <= 1.0 and abs(end - finish) <= 1.0
-        for (start, end, _), (begin, finish) in zip(found, sc.events, strict=True)
-    )
+    ok = sc.matches([(e.start, e.end) for e in d.events])
 
     def near(t: float) -> bool:
         return any(b - MARGIN_BEFORE_S <= t <= e + MARGIN_AFTER_S for b, e in sc.events)

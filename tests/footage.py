@@ -227,6 +227,14 @@ class Scenario:
     events: tuple[tuple[float, float], ...]  # (start_s, end_s) of real motion from video start
     description: str
 
+    def matches(self, found: Sequence[tuple[float, float]], within: float = 1.0) -> bool:
+        """Whether ``found`` (start_s, end_s) are exactly the labelled events, each starting
+        and ending within ``within`` seconds of its label."""
+        return len(found) == len(self.events) and all(
+            abs(start - begin) <= within and abs(end - finish) <= within
+            for (start, end), (begin, finish) in zip(found, self.events, strict=True)
+        )
+
 
 class _Noise:
     """Gaussian temporal sensor noise.

@@ -502,21 +502,7 @@ class MotionAnalyzer:
         a view shifted by a pixel or two) leaves (almost) nothing after a 3x3 erosion.
         """
         r, c = where
-        # A cell's changed pixels as 8 words, one per row of the cell, a byte per pixel.
-        m = _cell_words(changed, self.rows)[r, :, c]
-        # 3x3 erosion inside the cell: each row with the rows above and below, then each
-        # byte with its neighbours in the word. A cell's border pixels never survive.
-        core = m[:, :-2] & m[:, 1:-1]
-        core &= m[:, 2:]
-        side = core << _EIGHT
-        side &= core >> _EIGHT
-        core &= side
-        # The survivors' bytes of the six rows added up, then the bytes of the sum (as in
-        # _moving): the top byte counts the pixels that survived.
-        kept = np.add.reduce(core, axis=1)
-        kept *= _BYTE_SUM
-        solid: npt.NDArray[np.bool_] = kept >= _SOLID_MIN_TOP
-        return solid
+        return _eroded_solid(_cell_words(changed, self.rows)[r, :, c])
 
     def _classify(
         self,
@@ -543,7 +529,6 @@ class MotionAnalyzer:
         are tested for light.
         """
         r, c = where
-        rows = self.rows
         solid_list = solid.tolist()
         n_solid = sum(solid_list)
         cols = self.cols
@@ -560,26 +545,10 @@ class MotionAnalyzer:
         tested = (r, c) if every else (r[solid], c[solid])
         n = len(tested[0])
         # The rows are cur, prev, ones (and the frame before last, in clutter).
-        pixels = np.concatenate(
-            [
-                _cell_words(frame, rows)[tested[0], :, tested[1]]
-                .view(np.uint8)
-                .reshape(n, 1, _PIXELS)
-                for frame in (cur, prev)
-            ]
-            + [self._ones[:n]]
-            + (
-                []
-                if before is None
-                else [
-                    _cell_words(before, rows)[tested[0], :, tested[1]]
-                    .view(np.uint8)
-                    .reshape(n, 1, _PIXELS)
-                ]
-            ),
-            axis=1,
-            dtype=np.int32,
-        )
+        parts = [_cell_pixels(cur, tested), _cell_pixels(prev, tested), self._ones[:n]]
+        if before is not None:
+            parts.append(_cell_pixels(before, tested))
+        pixels = np.concatenate(parts, axis=1, dtype=np.int32)
         moments = iter((pixels[:, :3] @ pixels[:, :2].transpose(0, 2, 1)).reshape(n, 6).tolist())
         inv = 1 / _PIXELS
         pedestal = LIGHT_PEDESTAL
@@ -657,11 +626,9 @@ class MotionAnalyzer:
         solid change, as ``_solid`` tells it.
         """
         changed = np.abs(pixels[:, 0] - pixels[:, 3]) > self.noise_level
-        m = changed.reshape(-1, CELL, CELL)
-        core = m[:, :-2] & m[:, 1:-1] & m[:, 2:]
-        core = core[:, :, :-2] & core[:, :, 1:-1] & core[:, :, 2:]
-        kept = np.count_nonzero(core.reshape(len(core), -1), axis=1)
-        return self._pick(tested, (kept < SOLID_MIN).tolist())
+        # A cell's 64 booleans are its 8 rows' words, as _solid reads them.
+        solid = _eroded_solid(changed.view(np.uint64))
+        return self._pick(tested, (~solid).tolist())
 
     def _rim(
         self,
@@ -867,6 +834,31 @@ def _cell_words(
     time. ``image`` must be C-contiguous (see ``MotionAnalyzer.analyse``).
     """
     return image.view(np.uint64).reshape(rows, CELL, -1)
+
+
+def _eroded_solid(m: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """Per cell, given as 8 words (one per row of the cell, a 0/1 byte per pixel), whether
+    ``SOLID_MIN`` pixels survive a 3x3 erosion inside the cell."""
+    # Each row with the rows above and below, then each byte with its neighbours in the
+    # word. A cell's border pixels never survive.
+    core = m[:, :-2] & m[:, 1:-1]
+    core &= m[:, 2:]
+    side = core << _EIGHT
+    side &= core >> _EIGHT
+    core &= side
+    # The survivors' bytes of the six rows added up, then the bytes of the sum (as in
+    # _moving): the top byte counts the pixels that survived.
+    kept = np.add.reduce(core, axis=1)
+    kept *= _BYTE_SUM
+    solid: npt.NDArray[np.bool_] = kept >= _SOLID_MIN_TOP
+    return solid
+
+
+def _cell_pixels(image: U8, cells: tuple[npt.NDArray[np.intp], ...]) -> U8:
+    """The 64 pixels of each cell at (rows, cols) ``cells``, as (cells, 1, 64)."""
+    rows = image.shape[0] // CELL
+    words = _cell_words(image, rows)[cells[0], :, cells[1]]
+    return words.view(np.uint8).reshape(len(words), 1, _PIXELS)
 
 
 def _bits(grid: npt.NDArray[np.bool_]) -> int:
