@@ -11,12 +11,10 @@ VENV_FLAGS := $(shell [ -d /usr/lib/python3/dist-packages/picamera2 ] && echo --
 
 .PHONY: run test lint bench clean system-deps
 
-# System packages: venv support, libcap headers (python-prctl, a picamera2 dependency,
-# compiles against them) and dpkg-deb/apt for the real test footage.
+# System packages: venv support (what make run needs).
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	[ -e /usr/include/sys/capability.h ] || missing="$$missing libcap-dev"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
@@ -37,7 +35,9 @@ $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 	@# sidecar's tests run an MQTT broker with mutual TLS. systemd-analyze checks the units.
 	@# OpenSSH's server: pitsctl's tests install a camera over ssh on 127.0.0.1.
 	@# debootstrap and qemu-user-static: the emulated-Pi tests (armhf/arm64/armel chroots).
+	@# libcap headers: python-prctl, which picamera2 imports, compiles against them.
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -e /usr/include/sys/capability.h ] || missing="$$missing libcap-dev"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	[ -e /usr/share/binfmts/qemu-arm ] || missing="$$missing qemu-user-static"; \
 	[ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -53,20 +53,24 @@ $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# Installed, picamera2 is the camera stack the daemon insists on: it lives in the camera
+	@# tests' own environments (tests/Makefile), never here.
+	$(BIN)/python -m pip uninstall -q -y picamera2 2>/dev/null || true
 	touch $@ $(VENV)/.run-stamp
 
 run: $(VENV)/.run-stamp
 	$(BIN)/pinthesky $(ARGS)
 
 lint: $(VENV)/.test-stamp
-	$(BIN)/ruff check pinthesky tests bench images
-	$(BIN)/ruff format --check pinthesky tests bench images
+	$(BIN)/ruff check pinthesky tests bench images docs
+	$(BIN)/ruff format --check pinthesky tests bench images docs
 	$(BIN)/mypy
 
 test: lint
+	$(MAKE) -C tests picamera2-envs
 	$(BIN)/pytest -q
-	@# The camera tests again against the oldest supported picamera2 and the newest, each in
-	@# its own venv under .cache/ (tests/Makefile).
+	@# The camera tests, on picamera2's own code, against the oldest supported picamera2 and
+	@# the newest, each in its own venv under .cache/ (tests/Makefile).
 	$(MAKE) -C tests picamera2
 
 bench: $(VENV)/.test-stamp

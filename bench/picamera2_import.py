@@ -7,7 +7,7 @@ MPEG-1 (and is then loaded when someone watches); on a Pi 5 the encoder is libx2
 
 Each figure is measured in a fresh child process: resident memory (VmRSS) before and after
 the import, and whether PyAV ended up in ``sys.modules``. ``libcamera`` and ``pykms`` are
-stubbed as in tests/test_picam.py (they exist only on a Pi), so the figures cover picamera2's
+stubbed here (they exist only on a Pi), so the figures cover picamera2's
 own Python imports, not libcamera's shared libraries.
 
 - ``baseline``: the daemon's own modules (``pinthesky.daemon.app``, ``pinthesky.camera.picam``)

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pinthesky.errors import ConfigError
+from pinthesky.hardware import board
+from pinthesky.hardware import camera as hardware
 
 _log = logging.getLogger(__name__)
 
@@ -304,6 +306,33 @@ def _bitrate(v: Any) -> int | None:
     return n
 
 
+def _focus(v: Any) -> str | float:
+    """``default``, ``continuous`` or a lens position in dioptres (1 / metres; 0 is infinity)."""
+    allowed = "must be default, continuous or a lens position in dioptres from 0 (infinity) to 32"
+    if isinstance(v, str) and v.strip().lower() in hardware.FOCUS_WORDS:
+        return v.strip().lower()
+    try:
+        return _float(0, 32)(v)
+    except ValueError:
+        raise ValueError(allowed) from None
+
+
+def _tuning(v: Any) -> str:
+    """``default``, the name of a libcamera tuning file (``imx219_noir.json``) or its path."""
+    allowed = (
+        "must be default, a tuning file name such as imx219_noir.json, or the absolute path of one"
+    )
+    text = _text(v)
+    if text.lower() == "default":
+        return "default"
+    name = Path(text).name
+    if len(text) > 255 or not hardware.TUNING_NAME.fullmatch(name):
+        raise ValueError(allowed)
+    if "/" in text and not text.startswith("/"):
+        raise ValueError(allowed)
+    return text
+
+
 def _port(v: Any) -> int | None:
     """A TCP port; 0 (or none) means off."""
     port: int = _int(0, 65535)(v)
@@ -420,6 +449,30 @@ OPTIONS: tuple[Option, ...] = (
         _int(0, 600),
         0,
         "frames between keyframes; 0 means one per second (the framerate)",
+    ),
+    Option(
+        "camera.min_framerate",
+        "--min-framerate",
+        _optional(_float(0.5, 120)),
+        None,
+        "slowest frames per second allowed in the dark, for longer exposures at night "
+        "(e.g. 5); none keeps camera.framerate fixed",
+    ),
+    Option(
+        "camera.focus",
+        "--focus",
+        _focus,
+        "default",
+        "focus of a camera with autofocus (Camera Module 3): default (its tuning's, about "
+        "1 m), continuous, or a lens position in dioptres (0 is infinity, 2 is half a metre)",
+    ),
+    Option(
+        "camera.tuning",
+        "--tuning",
+        _tuning,
+        "default",
+        "libcamera tuning file: default (the camera module's own), or a file name such as "
+        "imx219_noir.json for a NoIR camera, or its path",
     ),
     # motion analysis
     Option(
@@ -902,6 +955,9 @@ PAGE_KEYS = (
     "camera.encoding_bitrate",
     "camera.encoding_profile",
     "camera.encoding_level",
+    "camera.min_framerate",
+    "camera.focus",
+    "camera.tuning",
     "motion.min_time",
     "motion.mask_rects",
     "recorder.pre_roll",
@@ -947,6 +1003,12 @@ class CameraSettings:
     """Analysis stream size."""
     keyframe_interval: int
     """Frames between keyframes (0: the framerate)."""
+    min_framerate: float | None
+    """Slowest rate the camera may fall to in the dark; ``None``: ``framerate``, fixed."""
+    focus: str | float
+    """``default``, ``continuous`` or a lens position in dioptres."""
+    tuning: str
+    """``default``, or a libcamera tuning file's name or path."""
 
     @property
     def iperiod(self) -> int:
@@ -960,9 +1022,11 @@ class CameraSettings:
         return auto_bitrate(self.resolution, self.framerate)
 
     def keyframe_seconds(self, fps: float) -> float:
-        """Seconds between keyframes when the camera delivers ``fps`` (a sensor may give
-        less than ``framerate``; 0 keeps meaning one keyframe a second)."""
-        return (self.keyframe_interval or fps) / fps
+        """The most seconds between keyframes when the camera delivers ``fps`` (a sensor may
+        give less than ``framerate``; 0 keeps meaning one keyframe every ``fps`` frames),
+        counted at the slowest rate the night allows."""
+        slowest = min(fps, self.min_framerate) if self.min_framerate else fps
+        return (self.keyframe_interval or fps) / slowest
 
 
 @dataclass(frozen=True)
@@ -1347,27 +1411,59 @@ def _derive(values: dict[str, Any]) -> None:
         values["recorder.post_roll"] = float(values["camera.buffer"])
 
 
-def _verify(values: Mapping[str, Any]) -> list[str]:
-    """Rules that involve more than one setting."""
+def _verify(values: Mapping[str, Any], camera: hardware.Attached | None = None) -> list[str]:
+    """Rules that involve more than one setting, or the Pi and the camera module attached
+    (``camera``, once the camera has opened)."""
     errors = []
     main: Resolution | None = values.get("camera.resolution")
     lores: Resolution | None = values.get("camera.lores")
+    fps: int | None = values.get("camera.framerate")
     if main and lores and (lores.width > main.width or lores.height > main.height):
         errors.append(
             f"camera.lores = '{lores}': must not be larger than camera.resolution ({main})"
         )
+    slowest = values.get("camera.min_framerate")
+    if slowest is not None and fps is not None and slowest > fps:
+        errors.append(
+            f"camera.min_framerate = {slowest:g}: must not be above camera.framerate ({fps})"
+        )
     source: str = values.get("source.source", "auto")
-    if main and source in ("auto", "picamera2"):
-        from pinthesky.camera import pi  # imported here: pinthesky.camera imports settings
-
-        limit = pi.encoder_limit(pi.pi_model(), main.width, main.height)
-        if limit:
-            errors.append(f"camera.resolution = '{main}': {limit}")
+    if source in ("auto", "picamera2"):
+        errors.extend(_verify_camera(values, camera))
     if source not in ("auto", "synthetic", "picamera2") and not Path(source).is_file():
         errors.append(
             f"source.source = {source!r}: no such video file; "
             "use auto, picamera2, synthetic or the path of a video file"
         )
+    return errors
+
+
+def _verify_camera(values: Mapping[str, Any], camera: hardware.Attached | None) -> list[str]:
+    """What this Pi's encoder, camera memory and camera module can take."""
+    errors = []
+    model = board.pi_model()
+    main: Resolution | None = values.get("camera.resolution")
+    lores: Resolution | None = values.get("camera.lores")
+    fps: int | None = values.get("camera.framerate")
+    if main:
+        size_limit = board.encoder_limit(model, main.width, main.height)
+        rate_limit = board.encoder_limit(model, main.width, main.height, fps)
+        if size_limit:
+            errors.append(f"camera.resolution = '{main}': {size_limit}")
+        elif rate_limit:
+            errors.append(f"camera.framerate = {fps}: {rate_limit}")
+        elif camera is not None and lores and fps:
+            found = hardware.setup(model, board.meminfo(), camera.modes, main, lores, fps)
+            if isinstance(found, str):
+                errors.append(f"camera.resolution = '{main}': {found}")
+    focus = values.get("camera.focus", "default")
+    problem = hardware.focus_problem(focus, camera)
+    if problem:
+        errors.append(f"camera.focus = {focus}: {problem}")
+    tuning = values.get("camera.tuning", "default")
+    problem = hardware.tuning_problem(tuning, model, camera)
+    if problem:
+        errors.append(f"camera.tuning = {tuning!r}: {problem}")
     return errors
 
 
@@ -1394,9 +1490,15 @@ def flatten(s: Settings) -> dict[str, Any]:
     return out
 
 
-def merge(s: Settings, changes: Mapping[str, Any], origin: str) -> tuple[Settings, list[str]]:
+def merge(
+    s: Settings,
+    changes: Mapping[str, Any],
+    origin: str,
+    camera: hardware.Attached | None = None,
+) -> tuple[Settings, list[str]]:
     """``s`` with ``changes`` (key path -> raw value) applied, each checked by the same rules
-    as on the command line. A value that does not pass is left out with one line naming the
+    as on the command line, and against the camera module attached (``camera``, when the
+    camera has opened). A value that does not pass is left out with one line naming the
     key, the value and what is allowed; the others still apply."""
     values = flatten(s)
     errors: list[str] = []
@@ -1412,10 +1514,13 @@ def merge(s: Settings, changes: Mapping[str, Any], origin: str) -> tuple[Setting
             values["recorder.pre_roll"] = float(values["camera.buffer"] // 2)
         if "recorder.post_roll" not in changes and s.recorder.post_roll == old_buffer:
             values["recorder.post_roll"] = float(values["camera.buffer"])
-    for problem in _verify(values):
+    standing = set(_verify(flatten(s), camera))  # said when they arose, not again
+    for problem in _verify(values, camera):
+        if problem in standing:
+            continue
         errors.append(f"{origin} {problem}")
         key = problem.split(" =")[0]
-        for k in (key, "camera.resolution", "camera.lores"):
+        for k in (key, "camera.resolution", "camera.lores", "camera.framerate"):
             if k in changes:
                 values[k] = flatten(s)[k]  # keep the last good value
     return _freeze(values), errors

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import importlib.util
 import os
 import struct
 import subprocess
@@ -16,6 +18,7 @@ from typing import Any
 
 import av
 import pytest
+from pirig import PiRig
 
 from pinthesky.daemon.app import Daemon
 from pinthesky.media import US, split_annexb
@@ -24,6 +27,21 @@ from pinthesky.record.clips import ClipInfo
 from pinthesky.settings import Settings, load
 
 REPO = Path(__file__).resolve().parent.parent
+
+CAMERA_TESTS = ["test_picam.py", "test_pi_cameras.py"]
+"""They run picamera2's own code, which the project venv never holds (installed, picamera2 is
+the camera stack the daemon insists on): ``make -C tests picamera2`` runs them under each
+supported picamera2, from its own environment."""
+if importlib.util.find_spec("picamera2") is None:
+    collect_ignore = CAMERA_TESTS
+
+
+def pytest_report_header() -> str:
+    if importlib.util.find_spec("picamera2") is None:
+        return "camera tests: not here (no picamera2); make -C tests picamera2 runs them"
+    from importlib import metadata
+
+    return f"camera tests: picamera2 {metadata.version('picamera2')}"
 
 
 def settings_for(tmp: Path, **flags: Any) -> Settings:
@@ -190,12 +208,14 @@ OLD_ENV = (
 """Environment variables the 0.9.1 daemon read: kept out of the tests' subprocesses."""
 
 
-def pinthesky(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def pinthesky(
+    *args: str, cwd: Path, timeout: float = 120, python: Path | str = sys.executable
+) -> subprocess.CompletedProcess[str]:
     """``python -m pinthesky ARGS`` from this working tree, in a clean environment."""
     env = {k: v for k, v in os.environ.items() if k not in OLD_ENV and k != "JOURNAL_STREAM"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "pinthesky", *args],
+        [str(python), "-m", "pinthesky", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -220,3 +240,13 @@ def target() -> Iterator[Path]:
 
     with target_root() as root:
         yield root
+
+
+@pytest.fixture
+def rig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[PiRig]:
+    """A Raspberry Pi with a camera module (``rig.install(board, sensor)``): picamera2's real
+    code on the libcamera stand-in (``tests/pirig.py``). Whatever the test left of picamera2
+    (an unclosed camera, a buffer still mapped) is collected before it ends, so that it is
+    reported against the test that left it."""
+    yield PiRig(monkeypatch, tmp_path)
+    gc.collect()

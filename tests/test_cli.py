@@ -280,3 +280,23 @@ def test_detect_bad_setting_is_one_line(tmp_path: Path, flag: str) -> None:
     lines = stderr_lines(proc)
     assert len(lines) == 1, proc.stderr
     assert "abc" in lines[0]
+
+
+def test_a_picamera2_that_does_not_import_stops_the_daemon_in_one_line(tmp_path: Path) -> None:
+    """picamera2 0.3.33 installed but failing to import (here for want of libcamera; on a Pi
+    a broken PyAV, which 0.3.30-0.3.33 import at load, the misspelt module of 0.3.29, or a
+    libcamera of another version): the default source never films a synthetic scene
+    instead, it stops the daemon in one line naming picamera2, its version and the cause."""
+    python = REPO / ".cache" / "picamera2-0.3.33" / "bin" / "python"
+    if not python.exists():
+        subprocess.run(["make", "-s", "-C", str(REPO / "tests"), "picamera2-envs"], check=True)
+    proc = run_pinthesky(
+        "--combine-dir", str(tmp_path / "clips"), cwd=tmp_path, timeout=60, python=python
+    )
+    assert proc.returncode != 0
+    assert_no_traceback(proc)
+    errors = non_log_lines(proc)
+    assert len(errors) == 1, proc.stderr
+    assert "picamera2 0.3.33 is installed but does not import" in errors[0]
+    assert "libcamera" in errors[0]
+    assert not (tmp_path / "clips").exists() or not any((tmp_path / "clips").iterdir())

@@ -60,7 +60,21 @@ def imports_of(module: str, path: Path, modules: Mapping[str, Path]) -> set[str]
             target = _named(name, modules)
             if target is not None and target != module:
                 found.add(target)
+                found |= _packages_run(target, module, modules)
     return found
+
+
+def _packages_run(target: str, module: str, modules: Mapping[str, Path]) -> set[str]:
+    """The packages whose ``__init__`` importing ``target`` runs first, seen from outside them:
+    ``import a.b.c`` runs ``a/__init__`` and ``a/b/__init__``. From inside a package its
+    ``__init__`` has already run, so only the packages ``module`` is not part of count."""
+    parts = target.split(".")
+    out = set()
+    for n in range(2, len(parts)):
+        package = ".".join(parts[:n])
+        if package in modules and not (module + ".").startswith(package + "."):
+            out.add(package)
+    return out
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -122,6 +136,21 @@ def _circle(graph: Mapping[str, set[str]], group: set[str]) -> list[str]:
     raise AssertionError(f"no circle through {start}")  # a group of >1 always has one
 
 
+def write_tree(root: Path, files: Mapping[str, str]) -> dict[str, Path]:
+    """Modules as files below ``root``; a name others sit under is a package's ``__init__``."""
+    paths = {}
+    for name, text in files.items():
+        path = root / name.replace(".", "/")
+        if any(other.startswith(name + ".") for other in files):
+            path = path / "__init__.py"
+        else:
+            path = path.with_suffix(".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        paths[name] = path
+    return paths
+
+
 def test_the_cycle_finder_finds_a_circle_closed_inside_a_function(tmp_path: Path) -> None:
     # A tiny package whose circle only closes in a function body and under TYPE_CHECKING.
     files = {
@@ -129,18 +158,30 @@ def test_the_cycle_finder_finds_a_circle_closed_inside_a_function(tmp_path: Path
         "pkg.b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.c import X\n",
         "pkg.c": "from .a import f\n",
         "pkg.d": "import pkg.a\n",
+        "pkg": "",
     }
-    paths = {}
-    for name, text in files.items():
-        path = tmp_path / (name.replace(".", "/") + ".py")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        paths[name] = path
-    paths["pkg"] = tmp_path / "pkg" / "__init__.py"
-    paths["pkg"].write_text("")
+    paths = write_tree(tmp_path, files)
     graph = {name: imports_of(name, path, paths) for name, path in paths.items()}
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.d"] == {"pkg.a"}
     assert find_cycles(graph) == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]]
+
+
+def test_a_circle_through_a_package_init_is_found(tmp_path: Path) -> None:
+    """``import top.sub.leaf`` runs ``top/sub/__init__`` first: if that imports the importer
+    back, it is a circle, though ``leaf`` itself imports nothing (settings once reached into
+    the camera package this way, whose ``__init__`` imports the settings)."""
+    files = {
+        "top.settings": "def f():\n    from top.sub import leaf\n",
+        "top.sub": "from top import settings\n",
+        "top.sub.leaf": "",
+        "top.sub.other": "from top.sub import leaf\n",  # inside the package: no circle
+        "top": "",
+    }
+    paths = write_tree(tmp_path, files)
+    graph = {name: imports_of(name, path, paths) for name, path in paths.items()}
+    assert graph["top.settings"] == {"top.sub.leaf", "top.sub"}
+    assert graph["top.sub.other"] == {"top.sub.leaf"}
+    assert find_cycles(graph) == [["top.settings", "top.sub", "top.settings"]]
 
 
 def test_no_module_imports_one_that_imports_it_back() -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import clip_facts, settings_for
+from conftest import REPO, clip_facts, settings_for, until
 
 from pinthesky.camera.base import AnalysisPort
 from pinthesky.daemon import app as daemon_module
 from pinthesky.daemon.app import Daemon
 from pinthesky.media import StreamInfo
+from pinthesky.record.bus import ClipReady
 from pinthesky.record.ring import PacketRing
 
 
@@ -189,15 +190,95 @@ def test_manual_capture_and_still_while_running(tmp_path):
     asyncio.run(main())
 
 
-def test_auto_source_never_falls_back_silently_on_a_pi_without_camera(tmp_path, monkeypatch):
-    from pinthesky.camera import make_camera, picam
+def test_auto_source_never_falls_back_silently_where_picamera2_is_installed(tmp_path, monkeypatch):
+    """Only a machine without picamera2 at all films the synthetic scene; where picamera2 is
+    installed, a missing camera, a version too old or a broken install stops the daemon in
+    one line."""
+    from pinthesky.camera import make_camera, picam, stack
     from pinthesky.errors import SourceError
 
     settings = settings_for(tmp_path)
+    monkeypatch.setattr(stack, "picamera2_version", lambda: None)  # not installed here
+    assert make_camera(settings).name == "synthetic"
+    monkeypatch.setattr(stack, "picamera2_version", lambda: "0.3.38")
     monkeypatch.setattr(picam, "camera_present", lambda: False)  # picamera2 here, no camera
     with pytest.raises(SourceError, match="no camera detected"):
         make_camera(settings)
-    monkeypatch.setattr(picam, "camera_present", lambda: None)  # not a Pi at all
-    assert make_camera(settings).name == "synthetic"
     monkeypatch.setattr(picam, "camera_present", lambda: True)
     assert make_camera(settings).name == "picamera2"
+
+    def never() -> bool:
+        raise AssertionError("a picamera2 too old is refused before it is imported")
+
+    monkeypatch.setattr(stack, "picamera2_version", lambda: "0.3.29")
+    monkeypatch.setattr(picam, "camera_present", never)
+    with pytest.raises(SourceError, match=r"^picamera2 0\.3\.29 is too old"):
+        make_camera(settings)
+    monkeypatch.setattr(stack, "picamera2_version", lambda: "0.3.33")
+    monkeypatch.undo()  # the real camera_present: picamera2 does not import here
+    monkeypatch.setattr(stack, "picamera2_version", lambda: "0.3.33")
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(SourceError, match=r"^picamera2 0\.3\.33 is installed but does not import"):
+        make_camera(settings)
+
+
+def test_a_wedged_camera_cannot_cost_the_clip_its_end(tmp_path):
+    """At stop the open clip is finished from what the ring holds before the camera is asked
+    to stop: a camera whose stop hangs (up to its own bound) cannot keep the clip from the
+    disk when systemd's kill comes."""
+    from pinthesky.camera.synthetic import SyntheticSource
+
+    order: list[str] = []
+
+    class WedgedOnStop(SyntheticSource):
+        def stop(self) -> None:
+            order.append("camera stop")
+            super().stop()
+
+    async def main() -> None:
+        settings = settings_for(tmp_path, **{"source.source": "synthetic"})
+        daemon = Daemon(settings, camera=WedgedOnStop(settings.camera))
+        daemon.bus.subscribe(ClipReady, lambda e: order.append("clip ready"))
+        task = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.first_frame.wait(), 10)
+        assert daemon.recorder is not None
+        clip = daemon.recorder.capture(30.0)  # resolves once the clip is on disk
+        await until(lambda: daemon.recorder is not None and daemon.recorder._clip is not None)
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 20) == 0
+        assert clip.done() and clip.result() is not None
+
+    asyncio.run(main())
+    assert order[:2] == ["clip ready", "camera stop"], order
+
+
+def test_the_camera_stop_bound_leaves_systemd_time_to_spare():
+    """picamera2's stop is waited for at most STOP_TIMEOUT; the unit kills at TimeoutStopSec.
+    The bound must leave the daemon time to finish after it gives up on the camera."""
+    from pinthesky.camera import picam
+
+    unit = (REPO / "service" / "pinthesky.service").read_text()
+    timeout = next(
+        int(line.split("=")[1]) for line in unit.splitlines() if line.startswith("TimeoutStopSec=")
+    )
+    assert timeout >= picam.STOP_TIMEOUT * 2, (picam.STOP_TIMEOUT, timeout)
+
+
+@pytest.mark.parametrize("rotation", [90, 270])
+def test_stills_of_every_source_are_turned_as_the_clips_are_shown(tmp_path, rotation):
+    """A camera mounted on its side: the clips carry the turn as a display rotation; stills
+    (and the motion pictures taken with them) are turned for real."""
+    import dataclasses
+
+    from pinthesky.camera.synthetic import SyntheticSource
+
+    settings = settings_for(tmp_path, **{"source.source": "synthetic"})
+    camera = SyntheticSource(dataclasses.replace(settings.camera, rotation=rotation))
+    info = camera.open()
+    assert info.rotation == rotation
+    still = tmp_path / "still.jpg"
+    still.write_bytes(camera.capture_jpeg())
+    camera.stop()
+    with av.open(str(still)) as c:
+        frame = next(c.decode(video=0))
+        assert (frame.width, frame.height) == (480, 640)

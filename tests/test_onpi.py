@@ -85,9 +85,9 @@ def test_write_file_changes_nothing_when_the_file_is_already_right(tmp_path: Pat
 
 
 def test_picamera2_floor_is_the_daemons() -> None:
-    from pinthesky.camera import pi
+    from pinthesky.camera import stack
 
-    assert pi.version_tuple(onpi.MIN_PICAMERA2) == pi.MIN_PICAMERA2
+    assert stack.version_tuple(onpi.MIN_PICAMERA2) == stack.MIN_PICAMERA2
     assert onpi.too_old(None) and onpi.too_old("0.3.29") and onpi.too_old("0.3.25-1+rpt1")
     assert not onpi.too_old("0.3.30") and not onpi.too_old("0.3.38-1~bookworm")
 

@@ -897,13 +897,13 @@ def test_non_default_settings_round_trip(tmp_path: Path) -> None:
 def test_resolution_the_pis_encoder_cannot_take(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model: str | None, size: str, refused: bool
 ) -> None:
-    from pinthesky.camera import pi
+    from pinthesky.hardware import board
 
     model_file = tmp_path / "model"
     if model is not None:
         model_file.write_bytes(model.encode() + b"\0")
-    monkeypatch.setattr(pi, "MODEL_FILE", model_file)
-    raw = {"camera.resolution": size}
+    monkeypatch.setattr(board, "MODEL_FILE", model_file)
+    raw = {"camera.resolution": size, "camera.framerate": 5}
     if not refused:
         assert str(settings.load(raw, environ={}).camera.resolution) == size
         return
@@ -925,6 +925,53 @@ def test_resolution_the_pis_encoder_cannot_take(
 
 
 @pytest.mark.parametrize(
+    ("model", "size", "fps", "top"),
+    [
+        ("Raspberry Pi 4 Model B Rev 1.5", "1920x1080", 31, 30),
+        ("Raspberry Pi 4 Model B Rev 1.5", "1920x1080", 60, 30),
+        ("Raspberry Pi Zero W Rev 1.1", "1280x720", 120, 68),
+        ("Raspberry Pi 3 Model B Plus Rev 1.3", "640x480", 120, None),
+        ("Raspberry Pi 4 Model B Rev 1.5", "1280x720", 60, None),
+        ("Raspberry Pi 5 Model B Rev 1.0", "1920x1080", 60, 40),
+        ("Raspberry Pi 5 Model B Rev 1.0", "3840x2160", 15, 10),
+        ("Raspberry Pi 5 Model B Rev 1.0", "1920x1080", 40, None),
+        (None, "3840x2160", 60, None),
+    ],
+)
+def test_a_rate_the_pis_encoder_cannot_keep_up_with_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    model: str | None,
+    size: str,
+    fps: int,
+    top: int | None,
+) -> None:
+    """The Pi 0-4's encoder is rated 1080p30; a Pi 5 encodes in software (bench/
+    pi5_encoder.py): past what each keeps up with the camera would drop frames, so the
+    setting is refused in one line naming the highest rate at that size."""
+    from pinthesky.hardware import board
+
+    model_file = tmp_path / "model"
+    if model is not None:
+        model_file.write_bytes(model.encode() + b"\0")
+    monkeypatch.setattr(board, "MODEL_FILE", model_file)
+    raw = {"camera.resolution": size, "camera.framerate": fps}
+    if top is None:
+        assert settings.load(raw, environ={}).camera.framerate == fps
+        return
+    with pytest.raises(ConfigError) as err:
+        settings.load(raw, environ={})
+    what = "H.264 encoder" if "Pi 5" not in str(model) else "software H.264 encoder (libx264)"
+    assert str(err.value) == (
+        f"camera.framerate = {fps}: the {model}'s {what} keeps up with at most {top} fps at {size}"
+    )
+    s = settings.load({}, environ={})
+    s2, errors = settings.merge(s, {"camera.resolution": size, "camera.framerate": fps}, "page")
+    assert errors == [f"page {err.value}"]
+    assert (s2.camera.resolution, s2.camera.framerate) == (s.camera.resolution, s.camera.framerate)
+
+
+@pytest.mark.parametrize(
     ("interval", "fps", "seconds"),
     [(0, 20.0, 1.0), (0, 14.0, 1.0), (40, 20.0, 2.0), (40, 14.0, 40 / 14)],
 )
@@ -936,3 +983,80 @@ def test_keyframe_seconds_follow_the_delivered_rate(
         settings.load({}, environ={}).camera, framerate=30, keyframe_interval=interval
     )
     assert camera.keyframe_seconds(fps) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("default", "default"), ("Continuous", "continuous"), ("2", 2.0), (0, 0.0), ("0.5", 0.5)],
+)
+def test_focus_values(raw: Any, value: Any) -> None:
+    assert settings.load({"camera.focus": raw}, environ={}).camera.focus == value
+
+
+@pytest.mark.parametrize("raw", ["far", "-1", 33, "", True, "nan"])
+def test_a_bad_focus_is_one_line(raw: Any) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings.load({"camera.focus": raw}, environ={})
+    assert str(err.value).startswith("--focus camera.focus = ")
+    assert str(err.value).endswith(
+        "must be default, continuous or a lens position in dioptres from 0 (infinity) to 32"
+    )
+
+
+def test_the_tuning_file_must_exist_on_a_pi(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pinthesky.hardware import board, camera
+
+    (tmp_path / "vc4").mkdir()
+    (tmp_path / "vc4" / "imx219_noir.json").write_text("{}")
+    monkeypatch.setattr(camera, "TUNING_DIRS", (tmp_path,))
+    raw = {"camera.tuning": "imx219_noir.json"}
+    # Off a Pi nothing is loaded: the name is only checked for its form.
+    monkeypatch.setattr(board, "MODEL_FILE", tmp_path / "no-model")
+    assert settings.load({"camera.tuning": "imx477_noir.json"}, environ={}).camera.tuning == (
+        "imx477_noir.json"
+    )
+    model = tmp_path / "model"
+    model.write_text("Raspberry Pi 4 Model B Rev 1.5\0")
+    monkeypatch.setattr(board, "MODEL_FILE", model)
+    assert settings.load(raw, environ={}).camera.tuning == "imx219_noir.json"
+    with pytest.raises(ConfigError) as err:
+        settings.load({"camera.tuning": "imx477_noir.json"}, environ={})
+    assert str(err.value) == (
+        f"camera.tuning = 'imx477_noir.json': no tuning file imx477_noir.json in {tmp_path}/vc4"
+    )
+    for bad in ("../../etc/passwd.json", "noir", "relative/x.json", "a" * 300 + ".json"):
+        with pytest.raises(ConfigError, match=r"^--tuning camera.tuning = .*: must be default, a "):
+            settings.load({"camera.tuning": bad}, environ={})
+    path = tmp_path / "vc4" / "imx219_noir.json"
+    assert settings.load({"camera.tuning": str(path)}, environ={}).camera.tuning == str(path)
+
+
+def test_the_slowest_night_rate_is_below_the_frame_rate() -> None:
+    s = settings.load({"camera.min_framerate": "5"}, environ={})
+    assert s.camera.min_framerate == 5.0
+    assert settings.load({}, environ={}).camera.min_framerate is None
+    with pytest.raises(ConfigError) as err:
+        settings.load({"camera.min_framerate": 25, "camera.framerate": 20}, environ={})
+    assert str(err.value) == "camera.min_framerate = 25: must not be above camera.framerate (20)"
+    # Keyframes one a second at the day's rate come four seconds apart at 5 fps: the ring
+    # keeps enough for a clip that starts at night.
+    assert s.camera.keyframe_seconds(20.0) == 4.0
+
+
+def test_focus_tuning_and_night_go_through_the_shadow_and_the_page() -> None:
+    from pinthesky.control import shadow
+
+    s = settings.load({}, environ={})
+    doc = shadow.reported_document(s)["camera"]
+    assert (doc["focus"], doc["tuning"], doc["min_framerate"]) == ("default", "default", None)
+    changes, refused = shadow.desired_changes(
+        s, {"camera": {"focus": "continuous", "min_framerate": "4", "tuning": "default"}}, False
+    )
+    assert refused == []
+    assert changes == {"camera.focus": "continuous", "camera.min_framerate": "4"}
+    s2, errors = settings.merge(s, changes, "shadow")
+    assert errors == [] and s2.camera.focus == "continuous" and s2.camera.min_framerate == 4.0
+    assert {"camera.focus", "camera.tuning", "camera.min_framerate"} <= set(settings.PAGE_KEYS)
+    assert {"camera.focus", "camera.tuning", "camera.min_framerate"} <= shadow.RESTART_KEYS

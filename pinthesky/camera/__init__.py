@@ -16,31 +16,37 @@ __all__ = ["AnalysisPort", "Camera", "RateGate", "make_camera"]
 
 
 def make_camera(settings: Settings) -> Camera:
-    """The source the settings ask for. ``auto`` takes the Pi camera when this machine has
-    picamera2, and the synthetic scene (with a warning) when it has not; a Pi whose camera
-    is missing or broken fails loudly instead of quietly recording nothing."""
+    """The source the settings ask for. ``auto`` takes the Pi camera wherever picamera2 is
+    installed, and the synthetic scene (with a warning) only where it is not: a picamera2
+    that is too old or does not import, or a Pi whose camera is missing, fails loudly instead
+    of recording something else."""
     source = settings.source.source
     if source == "synthetic":
         from pinthesky.camera.synthetic import SyntheticSource
 
         return SyntheticSource(settings.camera)
     if source in ("auto", "picamera2"):
-        from pinthesky.camera import picam
+        from pinthesky.camera import picam, stack
 
-        present = picam.camera_present()
-        if present:
-            return picam.PicameraSource(settings.camera)
-        if source == "picamera2" or present is False:
+        version = stack.picamera2_version()
+        if version is None:
+            if source == "picamera2":
+                raise SourceError(
+                    "picamera2: not installed here (on a Pi: apt install python3-picamera2)"
+                )
+            log.warning("no picamera2 on this machine: using the synthetic scene")
+            from pinthesky.camera.synthetic import SyntheticSource
+
+            return SyntheticSource(settings.camera)
+        problem = stack.unsupported(version)
+        if problem is not None:
+            raise SourceError(problem)
+        if not picam.camera_present():  # a picamera2 that does not import raises here
             raise SourceError(
                 "picamera2: no camera detected (check the ribbon cable and that the camera is "
                 "enabled); use --source synthetic to run without one"
-                if present is False
-                else "picamera2: not installed here (on a Pi: apt install python3-picamera2)"
             )
-        log.warning("no Pi camera on this machine: using the synthetic scene")
-        from pinthesky.camera.synthetic import SyntheticSource
-
-        return SyntheticSource(settings.camera)
+        return picam.PicameraSource(settings.camera)
     from pinthesky.camera.replay import ReplaySource
 
     return ReplaySource(Path(source), settings.camera, settings.source.replay_speed)

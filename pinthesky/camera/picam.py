@@ -9,12 +9,20 @@ goes to picamera2's H.264 encoder (the V4L2 hardware encoder on Pi 0-4, libx264 
 Pi 5), whose packets land in our ``PacketRing``; the small ``lores`` stream (YUV420) is sampled
 in picamera2's ``post_callback`` at the analysis rate and its Y plane goes to the analyzer.
 
-Live view takes pictures from the stream of the live size (``lores`` when it has that size, else
-``main``), only while the ``LiveTap`` wants them: YUV420 copied in the ``post_callback`` at the
-live rate, and, on a Pi 0-4 while someone watches the local page, JPEG from picamera2's hardware
-``MJPEGEncoder`` running as a second encoder on that stream (``frame_skip_count`` brings it down
-to the live rate). On a Pi 5 picamera2's MJPEG is software on the camera thread, so there the
-daemon's own encoder does it on a worker thread instead.
+The configuration itself (sensor mode, delivered rate, buffers) is decided by
+``pinthesky.hardware.camera.setup`` from the camera module's modes, which come from
+``pinthesky.hardware.sensors`` or, for a sensor not known there, from configuring each mode at
+one small buffer (never ``Picamera2.sensor_modes``, which needs more camera memory than a
+512 MB Pi has). picamera2 runs with ``queue=False``: it keeps no frame back from the camera.
+
+Live view takes pictures only while the ``LiveTap`` wants them. YUV420 pictures are copied in
+the ``post_callback`` at the live rate from the stream of the live size (``lores`` or
+``main``), or, when neither has it, from ``main`` taking every n-th pixel each way: never the
+whole main frame on the camera thread. JPEG pictures come, on a Pi 0-4 while someone watches
+the local page, from picamera2's hardware ``MJPEGEncoder`` running as a second encoder on the
+stream of the live size, or on ``main`` at its own size when no stream has it (the browser
+scales), when camera memory has room for it. On a Pi 5 picamera2's MJPEG is software on the
+camera thread, so there the daemon's own encoder does it on a worker thread instead.
 
 A note on threads:
 
@@ -42,20 +50,23 @@ back, so packets and analysis frames share one clock: sensor time in microsecond
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import logging
 import math
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from pinthesky.camera import jpeg, pi
+from pinthesky.camera import jpeg, stack
 from pinthesky.camera.base import AnalysisPort, open_error
 from pinthesky.errors import SourceError
+from pinthesky.hardware import board, camera, memory, sensors
 from pinthesky.live.tap import JPEG, YUV420, LiveTap, Picture, i420
 from pinthesky.media import AnalysisFrame, StreamInfo
 from pinthesky.record.ring import PacketRing
@@ -77,9 +88,13 @@ PROFILES: dict[str, str] = {
 CAPTURE_TIMEOUT = 10.0
 """Seconds ``capture_jpeg`` waits for a frame before it gives up."""
 
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
 """Seconds ``stop`` waits for picamera2 to stop and close before it leaves a wedged camera
-behind (the daemon must still be able to exit or retry)."""
+behind: well inside systemd's ``TimeoutStopSec`` (15 s), so that the daemon still finishes
+its clip and exits on its own, and the unit restarts it with a fresh process."""
+
+PROBE_SIZE = (320, 240)
+"""The main stream's size while a mode of an unknown sensor is measured (one buffer)."""
 
 BUSY = (
     "picamera2: the camera is busy: another program is using it (rpicam-*, libcamera-*, "
@@ -87,6 +102,9 @@ BUSY = (
 )
 
 _logged_once: set[str] = set()
+_measured: dict[tuple[str, tuple[tuple[int, tuple[int, int]], ...]], list[sensors.SensorMode]] = {}
+"""Modes measured for a sensor not in ``hardware.sensors``, per model and mode list: the
+measure reconfigures the camera once per mode, so a reopen reuses it."""
 
 
 def _log_once(level: int, key: str, msg: str, *args: object) -> None:
@@ -125,36 +143,51 @@ def _limited_range(colour_space: Any) -> bool:
         return True
 
 
-def camera_present() -> bool | None:
-    """Whether a camera is attached: ``None`` when picamera2/libcamera are not usable here
-    (not a Raspberry Pi), else whether libcamera lists at least one camera."""
+def _import_picamera2() -> Any:
+    """picamera2's ``Picamera2`` class. picamera2 is installed (its version is known): if it
+    does not import, the camera stack is broken, and that is one line, never a silent
+    synthetic scene. A partial or mismatched install fails in many ways (ImportError from a
+    misspelt module in 0.3.29, PyAV's from 0.3.30-0.3.33, AttributeError from libcamera
+    bindings of another version, OSError from a shared library)."""
+    version = stack.picamera2_version() or "(unknown version)"
     try:
         from picamera2 import Picamera2
     except Exception as exc:
-        # Off a Pi the import fails with ImportError (no libcamera, no pykms), but a partial
-        # or mismatched install can fail in other ways (AttributeError from libcamera
-        # bindings of another version, OSError from a shared library): all mean "no picamera2".
-        log.debug("picamera2 not usable: %s", _one_line(exc))
-        return None
+        raise SourceError(stack.broken(version, exc)) from None
+    return Picamera2
+
+
+def camera_present() -> bool:
+    """Whether libcamera lists at least one camera (picamera2 must be installed)."""
+    picamera2 = _import_picamera2()
     try:
-        cameras = Picamera2.global_camera_info()
+        cameras = picamera2.global_camera_info()
     except Exception as exc:
         log.warning("picamera2: cannot list cameras: %s", _one_line(exc))
         return False
     return len(cameras) > 0
 
 
-def _default_factory() -> Any:
-    from picamera2 import Picamera2
-
-    return Picamera2()
+def _default_factory(tuning: str | None) -> Any:
+    picamera2 = _import_picamera2()
+    # libcamera reads the tuning file when its camera manager starts; listing the cameras
+    # (camera_present) started one without it. With no camera open, start a fresh one now
+    # that picamera2 will have set LIBCAMERA_RPI_TUNING_FILE (or cleared it).
+    manager = getattr(picamera2, "_cm", None)
+    if manager is not None and not manager.cameras:
+        if tuning:
+            os.environ["LIBCAMERA_RPI_TUNING_FILE"] = tuning
+        else:
+            os.environ.pop("LIBCAMERA_RPI_TUNING_FILE", None)
+        manager.reset()
+    return picamera2(tuning=tuning)
 
 
 def _hardware_jpeg() -> bool:
     """Whether picamera2's ``MJPEGEncoder`` is the hardware one here (Pi 0-4, V4L2)."""
     try:
         from picamera2.platform import Platform, get_platform
-    except Exception as exc:  # a partial install fails in many ways (see camera_present)
+    except Exception as exc:  # a partial install fails in many ways (see _import_picamera2)
         log.debug("picamera2 platform unknown: %s", _one_line(exc))
         return False
     return bool(get_platform() == Platform.VC4)
@@ -238,6 +271,22 @@ def _split_i420(
     return y, u, v
 
 
+def turn_planes(
+    planes: tuple[np.ndarray, np.ndarray, np.ndarray], rotation: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The planes turned clockwise by ``rotation`` degrees, as people see the clips."""
+    turns = (rotation // 90) % 4
+    if not turns:
+        return planes
+    y, u, v = (np.rot90(p, k=-turns) for p in planes)
+    return y, u, v
+
+
+def _step(size: tuple[int, int], live: tuple[int, int]) -> int:
+    """Every n-th pixel of a ``size`` picture each way that still covers ``live``."""
+    return max(1, min(size[0] // max(1, live[0]), size[1] // max(1, live[1])))
+
+
 class _StillSlot:
     """Where the camera thread leaves the planes of one frame for ``capture_jpeg``."""
 
@@ -252,7 +301,9 @@ class PicameraSource:
 
     name = NAME
 
-    def __init__(self, settings: CameraSettings, factory: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, settings: CameraSettings, factory: Callable[[str | None], Any] | None = None
+    ) -> None:
         self._settings = settings
         self._factory = factory or _default_factory
         self._picam2: Any = None
@@ -267,8 +318,11 @@ class PicameraSource:
         """Stream name -> (width, height, stride) as configured."""
         self._live: LiveTap | None = None
         self._live_stream = "main"
+        self._live_step = 1
+        """Every n-th pixel of ``_live_stream`` each way makes a live YUV picture."""
         self._live_jpeg = False
         """Whether live JPEG comes from picamera2's hardware MJPEG encoder."""
+        self._jpeg_stream = "main"
         self._mjpeg: Any = None
         self._mjpeg_switching = False
         self._limited = True
@@ -279,8 +333,10 @@ class PicameraSource:
         self._still: _StillSlot | None = None
         self.framerate = settings.framerate
         """The rate the camera delivers (the configured one unless the sensor mode is slower)."""
-        self.sensor_mode: pi.SensorMode | None = None
-        self.buffers = pi.BUFFERS
+        self.sensor_mode: sensors.SensorMode | None = None
+        self.setup: camera.Setup | None = None
+        self.attached: camera.Attached | None = None
+        """The camera module, known once the camera opened (settings are checked against it)."""
 
     # -- executor threads -----------------------------------------------------------------
 
@@ -288,45 +344,42 @@ class PicameraSource:
         s = self._settings
         if self._picam2 is not None:
             self.stop()
-        version = pi.picamera2_version()
-        problem = pi.unsupported(version)
+        version = stack.picamera2_version()
+        problem = stack.unsupported(version)
         if problem is not None:
             raise SourceError(problem)
-        if version is not None and pi.version_tuple(version) < pi.LAZY_PYAV_PICAMERA2:
+        if version is not None and stack.version_tuple(version) < stack.LAZY_PYAV_PICAMERA2:
             _log_once(
                 logging.INFO,
                 "pyav",
                 "picamera2 %s loads PyAV (about 25 MB) on import; %s or later does not: %s",
                 version,
-                pi.show(pi.LAZY_PYAV_PICAMERA2),
-                pi.UPGRADE_HINT,
+                stack.show(stack.LAZY_PYAV_PICAMERA2),
+                stack.UPGRADE_HINT,
             )
-        try:
-            import libcamera
-            from libcamera import controls
-            from picamera2.encoders import H264Encoder
-        except Exception as exc:
-            raise SourceError(
-                f"picamera2: not usable on this machine ({_one_line(exc)}); on a Raspberry Pi "
-                "install python3-picamera2 and create the venv with --system-site-packages"
-            ) from None
+        _import_picamera2()
+        import libcamera
+        from libcamera import controls
+        from picamera2.encoders import H264Encoder
+
         self._ts_key = controls.SensorTimestamp
+        model = board.pi_model()
+        tuning = None
+        if s.tuning != "default":
+            path = camera.tuning_path(s.tuning, board.platform(model))
+            if path is None:
+                raise SourceError(f"picamera2: camera.tuning = {s.tuning!r}: no such tuning file")
+            tuning = str(path)
 
         rotation = s.rotation
         size = (s.resolution.width, s.resolution.height)
-        kwargs: dict[str, Any] = {
-            "main": {"size": size, "format": "YUV420"},
-            "lores": {"size": (s.lores.width, s.lores.height), "format": "YUV420"},
-            "encode": "main",
-        }
-        if rotation == 180:
-            kwargs["transform"] = libcamera.Transform(hflip=1, vflip=1)
-        elif rotation in (90, 270):
+        lores = (s.lores.width, s.lores.height)
+        if rotation in (90, 270):
             _log_once(
                 logging.WARNING,
                 "rotation",
                 "picamera2: the camera cannot rotate by %d degrees; clips carry it as a "
-                "display rotation and the analysis rotates in software",
+                "display rotation and the analysis, live view and stills turn in software",
                 rotation,
             )
         profile = PROFILES.get(s.encoding_profile, s.encoding_profile)
@@ -344,24 +397,35 @@ class PicameraSource:
         )
 
         try:
-            picam2 = self._factory()
-        except IndexError:
-            # Picamera2() indexes libcamera's camera list: an empty list means no camera.
-            raise SourceError("picamera2: no camera detected") from None
+            picam2 = self._factory(tuning)
+        except (IndexError, RuntimeError) as exc:
+            # Picamera2() indexes libcamera's camera list; 0.3.38 says "No camera number 0".
+            if isinstance(exc, IndexError) or "no camera number" in str(exc).lower():
+                raise SourceError("picamera2: no camera detected") from None
+            if _is_busy(exc):
+                raise SourceError(BUSY) from None
+            raise open_error(NAME, exc) from None
         except Exception as exc:
             if _is_busy(exc):
                 raise SourceError(BUSY) from None
             raise open_error(NAME, exc) from None
         self._picam2 = picam2
         try:
-            mode = self._choose_mode(picam2, size, s.framerate)
-            fps = s.framerate
-            raw: tuple[int, int, int] | None = None
+            self.attached = attached = self._attached(picam2)
+            problem = camera.tuning_problem(s.tuning, model, attached)
+            if problem:
+                raise SourceError(f"picamera2: camera.tuning = {s.tuning!r}: {problem}")
+            found = camera.setup(
+                model, board.meminfo(), list(attached.modes), size, lores, s.framerate
+            )
+            if isinstance(found, str):
+                raise SourceError(f"picamera2: {found}")
+            self.setup = found
+            self.sensor_mode = mode = found.mode
+            fps = found.fps
             if mode is not None:
-                kwargs["sensor"] = {"output_size": mode.size, "bit_depth": mode.bit_depth}
-                raw = (*mode.size, mode.bit_depth)
-                if mode.fps + 0.01 < fps:
-                    fps = max(1, math.floor(mode.fps))
+                self._log_mode(attached, mode, size, fps)
+                if fps < s.framerate:
                     _log_once(
                         logging.WARNING,
                         f"clamp-{s.framerate}-{mode.size}",
@@ -372,19 +436,30 @@ class PicameraSource:
                         fps,
                         s.framerate,
                     )
+            kwargs: dict[str, Any] = {
+                "main": {"size": size, "format": "YUV420"},
+                "lores": {"size": lores, "format": "YUV420"},
+                "encode": "main",
+                # Nothing of ours asks picamera2 for a past frame: with a queue it would keep
+                # one buffer back from the camera at all times.
+                "queue": False,
+                "buffer_count": found.buffers,
+                "controls": self._controls(attached, fps, controls),
+            }
+            if mode is not None:
+                kwargs["sensor"] = {"output_size": mode.size, "bit_depth": mode.bit_depth}
+            if rotation == 180:
+                kwargs["transform"] = libcamera.Transform(hflip=1, vflip=1)
+            self._configure(picam2, kwargs, found, size)
+            fps = self._delivered(picam2, fps, controls)
             self.framerate = fps
-            self.buffers = self._plan_buffers(size, (s.lores.width, s.lores.height), raw)
-            kwargs["buffer_count"] = self.buffers
-            kwargs["controls"] = {"FrameRate": fps}
-            config = picam2.create_video_configuration(**kwargs)
-            picam2.configure(config)
             streams = picam2.camera_configuration()
             width, height = streams["main"]["size"]
             lw, lh = streams["lores"]["size"]
             self._lores_size = (int(lw), int(lh))
             self._geometry = {
-                name: (int(s["size"][0]), int(s["size"][1]), int(s["stride"]))
-                for name, s in ((n, streams[n]) for n in ("main", "lores"))
+                name: (int(st["size"][0]), int(st["size"][1]), int(st["stride"]))
+                for name, st in ((n, streams[n]) for n in ("main", "lores"))
             }
             self._limited = _limited_range(streams.get("colour_space"))
             iperiod = s.keyframe_interval or fps  # 0 means one keyframe a second
@@ -409,53 +484,134 @@ class PicameraSource:
             int(width), int(height), Fraction(fps), rotation if rotation in (90, 270) else 0
         )
 
-    def _choose_mode(self, picam2: Any, size: tuple[int, int], fps: int) -> pi.SensorMode | None:
-        """The full-field sensor mode for ``size`` at ``fps`` (picamera2 alone would pick by
-        size and film a centre crop), logged with what it reads of the sensor."""
-        try:
-            modes = [pi.SensorMode.parse(m) for m in picam2.sensor_modes]
-        except Exception as exc:
-            log.warning("picamera2: cannot list sensor modes (%s): picamera2 picks", _one_line(exc))
-            return None
-        mode = pi.choose_mode(modes, size, fps)
-        self.sensor_mode = mode
-        if mode is not None:
-            model = "sensor"
-            with contextlib.suppress(Exception):
-                model = str(picam2.camera_properties["Model"])
-            _log_once(
-                logging.INFO,
-                f"mode-{model}-{size}-{fps}-{mode}",
-                "picamera2: %s mode %s, for %dx%d at %d fps",
-                model,
-                mode.describe(pi.pixel_array(modes)),
-                *size,
-                fps,
-            )
-        return mode
+    def _attached(self, picam2: Any) -> camera.Attached:
+        """The camera module: its model, its modes (known here, or measured at one small
+        buffer each), whether its lens moves."""
+        model = str(picam2.camera_properties.get("Model", "sensor"))
+        listed = _listed_modes(picam2)
+        modes = sensors.known_modes(model, ((bits, size) for bits, size, _ in listed))
+        if modes is None and listed:
+            key = (model, tuple((bits, size) for bits, size, _ in listed))
+            if key not in _measured:
+                log.info(
+                    "picamera2: %s is not a camera module pinthesky knows: measuring its %d modes",
+                    model,
+                    len(listed),
+                )
+                _measured[key] = _measure_modes(picam2, listed)
+            modes = _measured[key]
+        info = picam2.camera_controls
+        lens = info.get("LensPosition")
+        return camera.Attached(
+            model,
+            tuple(modes or ()),
+            "AfMode" in info and lens is not None,
+            (float(lens[0]), float(lens[1])) if lens is not None else (0.0, 32.0),
+        )
 
-    def _plan_buffers(
-        self, main: tuple[int, int], lores: tuple[int, int], raw: tuple[int, int, int] | None
-    ) -> int:
-        """Buffers per stream that fit the Pi's camera memory (a 512 MB Pi has ~64 MB)."""
-        model = pi.pi_model()
-        # H.264 and, while someone watches, MJPEG: both V4L2 encoders on a Pi 0-4.
-        encoders = 2 if pi.hardware_encoder(model) else 0
-        plan = pi.plan_memory(main, lores, raw, encoders, pi.cma_total())
-        if isinstance(plan, str):
-            raise SourceError(f"picamera2: {plan}")
-        if plan.buffers < pi.BUFFERS:
+    def _controls(self, attached: camera.Attached, fps: int, controls: Any) -> dict[str, Any]:
+        """Frame rate (fixed, or down to ``min_framerate`` when the scene is dark) and focus."""
+        s = self._settings
+        out: dict[str, Any] = {}
+        slowest = s.min_framerate
+        if slowest is not None and slowest < fps:
+            # Auto-exposure may stretch a frame up to 1/slowest s in the dark: a longer
+            # exposure. Clips follow the sensor's timestamps, so a slower night is exact.
+            out["FrameDurationLimits"] = (round(1e6 / fps), round(1e6 / slowest))
+        else:
+            out["FrameRate"] = fps
+        problem = camera.focus_problem(s.focus, attached)
+        if problem:
             _log_once(
                 logging.WARNING,
-                f"buffers-{main}-{plan.buffers}",
-                "picamera2: %d buffers per stream, not %d, to fit camera memory "
-                "(%.0f MB instead of %.0f MB)",
-                plan.buffers,
-                pi.BUFFERS,
-                plan.bytes / 2**20,
-                plan.full / 2**20,
+                f"focus-{s.focus}",
+                "picamera2: camera.focus = %s: %s; not applied",
+                s.focus,
+                problem,
             )
-        return plan.buffers
+        elif s.focus == "continuous":
+            out["AfMode"] = controls.AfModeEnum.Continuous
+        elif isinstance(s.focus, float):
+            out["AfMode"] = controls.AfModeEnum.Manual
+            out["LensPosition"] = s.focus
+        return out
+
+    def _configure(
+        self, picam2: Any, kwargs: dict[str, Any], found: camera.Setup, size: tuple[int, int]
+    ) -> None:
+        """Configure, then count the memory of what picamera2 actually made; with fewer
+        buffers if that is more than the plan allowed."""
+        picam2.configure(picam2.create_video_configuration(**kwargs))
+        budget = found.budget.bytes
+        if budget is None:
+            return
+        streams = picam2.camera_configuration()
+        main, lores, raw = (
+            int((streams.get(n) or {}).get("framesize") or 0) for n in ("main", "lores", "raw")
+        )
+        need = memory.need(main, lores, raw, encoders=found.v4l2)
+        fewest = memory.min_buffers(found.holders)
+        buffers = found.buffers
+        while buffers > fewest and need.at(buffers) > budget:
+            buffers -= 1
+        if need.at(buffers) > budget:
+            raise SourceError("picamera2: " + memory.too_little(size, need, found.budget, fewest))
+        if buffers != found.buffers:
+            log.warning(
+                "picamera2: the configuration picamera2 made takes %.0f MB at %d buffers: using %d",
+                need.at(found.buffers) / 2**20,
+                found.buffers,
+                buffers,
+            )
+            picam2.configure(
+                picam2.create_video_configuration(**{**kwargs, "buffer_count": buffers})
+            )
+        self.setup = found.with_buffers(buffers, need)
+        if buffers < memory.BUFFERS:
+            _log_once(
+                logging.WARNING,
+                f"buffers-{size}-{buffers}",
+                "picamera2: %d buffers per stream, not %d, to fit %s (%.0f MB instead of %.0f MB)",
+                buffers,
+                memory.BUFFERS,
+                found.budget.where,
+                need.at(buffers) / 2**20,
+                found.full / 2**20,
+            )
+
+    def _delivered(self, picam2: Any, fps: int, controls: Any) -> int:
+        """The rate the configured mode really allows (libcamera's ``FrameDurationLimits``):
+        a driver whose modes differ from the known ones is caught here, and said aloud."""
+        limits = picam2.camera_controls.get("FrameDurationLimits")
+        if not limits or not limits[0]:
+            return fps
+        top = 1e6 / float(limits[0])
+        if top + 0.01 >= fps:
+            return fps
+        slower = max(1, math.floor(top))
+        log.warning(
+            "picamera2: the configured mode gives at most %.2f fps: recording at %d fps, not %d",
+            top,
+            slower,
+            fps,
+        )
+        assert self.attached is not None
+        picam2.set_controls(self._controls(self.attached, slower, controls))
+        return slower
+
+    def _log_mode(
+        self, attached: camera.Attached, mode: sensors.SensorMode, size: tuple[int, int], fps: int
+    ) -> None:
+        array = sensors.pixel_array(attached.modes)
+        _log_once(
+            logging.INFO,
+            f"mode-{attached.model}-{size}-{fps}-{mode}",
+            "picamera2: %s mode %s, for %dx%d at %d fps",
+            attached.model,
+            sensors.describe(mode, size, array),
+            *size,
+            fps,
+        )
 
     def start(self, ring: PacketRing, port: AnalysisPort, live: LiveTap | None = None) -> None:
         picam2 = self._picam2
@@ -464,13 +620,7 @@ class PicameraSource:
         output = _ring_output(ring, self._encoder)
         self._port = port
         if live is not None:
-            size = tuple(live.size)
-            lores = self._geometry.get("lores", (0, 0, 0))[:2]
-            self._live_stream = "lores" if lores == size else "main"
-            at_size = self._geometry.get(self._live_stream, (0, 0, 0))[:2] == size
-            # The hardware cannot turn a JPEG by a quarter: then our encoder makes them.
-            self._live_jpeg = at_size and live.rotation == 0 and _hardware_jpeg()
-            live.native_jpeg = self._live_jpeg
+            self._plan_live(live)
         self._live = live
         try:
             picam2.post_callback = self._on_request
@@ -481,6 +631,20 @@ class PicameraSource:
         except Exception as exc:
             self.stop()
             raise open_error(NAME, exc) from None
+
+    def _plan_live(self, live: LiveTap) -> None:
+        """Where live pictures come from: the stream of the live size, or ``main``."""
+        size = tuple(live.size)
+        at_size = [n for n in ("lores", "main") if self._geometry.get(n, (0, 0, 0))[:2] == size]
+        main = self._geometry.get("main", (0, 0, 0))[:2]
+        self._live_stream = at_size[0] if at_size else "main"
+        self._live_step = 1 if at_size else _step(main, live.size)
+        self._jpeg_stream = at_size[0] if at_size else "main"
+        # The hardware cannot turn a JPEG by a quarter: then our encoder makes them. Its
+        # buffers must also fit in camera memory beside the H.264 encoder's.
+        room = self.setup is None or self.setup.live_encoder
+        self._live_jpeg = live.rotation == 0 and room and _hardware_jpeg()
+        live.native_jpeg = self._live_jpeg
 
     def stop(self) -> None:
         with self._stop_lock:
@@ -519,6 +683,10 @@ class PicameraSource:
             worker.start()
             worker.join(STOP_TIMEOUT)
             if worker.is_alive():
+                # picamera2 registered close() to run at exit: on the wedged camera it would
+                # hang the exit until systemd's watchdog kills the process.
+                with contextlib.suppress(Exception):
+                    atexit.unregister(picam2.close)
                 log.error(
                     "picamera2: the camera did not stop within %.0f s; leaving it behind "
                     "(it stays busy until pinthesky restarts)",
@@ -526,10 +694,10 @@ class PicameraSource:
                 )
 
     def capture_jpeg(self) -> bytes:
-        """A still of the main stream at full range. The camera thread copies the next frame
-        into a slot this thread waits on: a timeout leaves no request behind (picamera2's
-        ``captured_request(wait=...)`` leaves its job queued, and the job later takes a
-        buffer nobody gives back)."""
+        """A still of the main stream at full range, turned as the clips are shown. The camera
+        thread copies the next frame into a slot this thread waits on: a timeout leaves no
+        request behind (picamera2's ``captured_request(wait=...)`` leaves its job queued, and
+        the job later takes a buffer nobody gives back)."""
         picam2 = self._picam2
         if picam2 is None or not self._camera_started:
             raise SourceError("picamera2: still capture failed: the camera is not running")
@@ -551,8 +719,9 @@ class PicameraSource:
                     self._still = None
         if slot.planes is None:
             raise SourceError(f"picamera2: still capture failed: {slot.error}")
+        planes = turn_planes(slot.planes, self._settings.rotation)
         try:
-            return jpeg.encode_i420(*slot.planes, limited=self._limited)
+            return jpeg.encode_i420(*planes, limited=self._limited)
         except jpeg.JpegError as exc:
             raise SourceError(f"picamera2: still capture failed: {exc}") from None
 
@@ -598,13 +767,22 @@ class PicameraSource:
             slot.error = _one_line(exc)
         slot.ready.set()
 
-    def _planes(self, request: Any, stream: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Copies of the Y, U and V planes of ``stream`` in ``request``, without the padding."""
+    def _planes(
+        self, request: Any, stream: str, step: int = 1
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the Y, U and V planes of ``stream`` in ``request`` without the padding,
+        every ``step``-th pixel each way."""
         from picamera2.request import MappedArray
 
         w, h, stride = self._geometry[stream]
         with MappedArray(request, stream, write=False) as mapped:
             y, u, v = _split_i420(mapped.array, w, h, stride)
+            if step > 1:
+                # The chroma planes are half size: the same step keeps 4:2:0 (even sizes).
+                rows, cols = (h // step) & ~1, (w // step) & ~1
+                y = y[: rows * step : step, : cols * step : step]
+                u = u[: rows // 2 * step : step, : cols // 2 * step : step]
+                v = v[: rows // 2 * step : step, : cols // 2 * step : step]
             return y.copy(), u.copy(), v.copy()  # made before the buffer goes back
 
     def _callback_error(self, what: str, exc: Exception) -> None:
@@ -624,13 +802,10 @@ class PicameraSource:
             ).start()
         if not (live.wants(YUV420) and live.due(ts)):
             return
-        from picamera2.request import MappedArray
-
-        w, h, stride = self._geometry[self._live_stream]
-        with MappedArray(request, self._live_stream, write=False) as mapped:
-            # The one copy, made before the buffer goes back.
-            picture = i420(*_split_i420(mapped.array, w, h, stride))
-        live.offer(Picture(YUV420, picture, w, h, ts))
+        # The one copy, made before the buffer goes back: of the live size's stream, or of
+        # every n-th pixel of main (a twentieth of a 1080p frame for a 480x270 live size).
+        y, u, v = self._planes(request, self._live_stream, self._live_step)
+        live.offer(Picture(YUV420, i420(y, u, v), y.shape[1], y.shape[0], ts))
 
     def _switch_mjpeg(self, live: LiveTap) -> None:
         """Start or stop picamera2's MJPEG encoder to match the tap (its own short thread)."""
@@ -646,11 +821,11 @@ class PicameraSource:
                     encoder = MJPEGEncoder()
                     # picamera2 encodes one frame in frame_skip_count: the live rate, roughly.
                     encoder.frame_skip_count = max(1, round(self.framerate / live.fps))
-                    w, h, _ = self._geometry[self._live_stream]
+                    w, h, _ = self._geometry[self._jpeg_stream]
                     output = _jpeg_output(live, encoder, (w, h), self._limited)
-                    picam2.start_encoder(encoder, output, name=self._live_stream)
+                    picam2.start_encoder(encoder, output, name=self._jpeg_stream)
                     self._mjpeg = encoder
-                    log.info("picamera2: MJPEG encoder started on the %s stream", self._live_stream)
+                    log.info("picamera2: MJPEG encoder started on the %s stream", self._jpeg_stream)
                 elif not wanted and self._mjpeg is not None:
                     encoder, self._mjpeg = self._mjpeg, None
                     picam2.stop_encoder(encoder)
@@ -662,3 +837,48 @@ class PicameraSource:
             live.native_jpeg = False
         finally:
             self._mjpeg_switching = False
+
+
+# -- the sensor's modes -----------------------------------------------------------------------
+
+
+def _listed_modes(picam2: Any) -> list[tuple[int, tuple[int, int], str]]:
+    """The raw modes libcamera lists for the camera (bit depth, size, format), read from a
+    raw stream's formats: nothing is configured or allocated."""
+    import libcamera
+    from picamera2.formats import is_raw
+    from picamera2.sensor_format import SensorFormat
+
+    config = picam2.camera.generate_configuration([libcamera.StreamRole.Raw])
+    formats = config.at(0).formats
+    out = []
+    for pixel_format in formats.pixel_formats:
+        name = str(pixel_format)
+        if not is_raw(name):
+            continue
+        bits = SensorFormat(name).bit_depth
+        out += [(bits, (s.width, s.height), name) for s in formats.sizes(pixel_format)]
+    return out
+
+
+def _measure_modes(
+    picam2: Any, listed: Iterable[tuple[int, tuple[int, int], str]]
+) -> list[sensors.SensorMode]:
+    """Each mode's top rate and crop, from configuring the camera in it with one buffer and a
+    small main stream: at most one raw frame of camera memory, where picamera2's own
+    ``sensor_modes`` takes four of each."""
+    modes = []
+    for bits, size, name in listed:
+        config = picam2.create_video_configuration(
+            main={"size": PROBE_SIZE, "format": "YUV420"},
+            raw={"format": name, "size": size},
+            sensor={"output_size": size, "bit_depth": bits},
+            buffer_count=1,
+            queue=False,
+        )
+        picam2.configure(config)
+        info = picam2.camera_controls
+        fastest = float(info["FrameDurationLimits"][0])
+        crop = tuple(int(v) for v in info["ScalerCrop"][1])
+        modes.append(sensors.SensorMode(size, bits, round(1e6 / fastest, 2), crop))  # type: ignore[arg-type]
+    return modes

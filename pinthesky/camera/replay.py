@@ -244,4 +244,4 @@ class ReplaySource:
 
     def capture_jpeg(self) -> bytes:
         frame = self._last_frame if self._last_frame is not None else self._first
-        return encode_jpeg(frame)
+        return encode_jpeg(frame, rotation=self._settings.rotation)

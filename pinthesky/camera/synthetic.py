@@ -228,7 +228,7 @@ class SyntheticSource:
         luma = np.clip(self._main.render(self._main.background(), self._t), 0, 255)
         yuv = np.concatenate([luma.astype(np.uint8), np.full((h // 2, w), 128, np.uint8)])
         frame: Any = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        return encode_jpeg(frame)
+        return encode_jpeg(frame, rotation=self._settings.rotation)
 
 
 def _noisy(

@@ -78,10 +78,16 @@ class X264Encoder:
         return self.encode(None)
 
 
-def encode_jpeg(frame: Any, quality: int = 85) -> bytes:
-    """One JPEG still from a decoded ``av.VideoFrame`` (software MJPEG, any size)."""
+def encode_jpeg(frame: Any, quality: int = 85, rotation: int = 0) -> bytes:
+    """One JPEG still from a decoded ``av.VideoFrame`` (software MJPEG, any size), turned
+    clockwise by ``rotation`` degrees as the clips are shown."""
     import av
 
+    if rotation % 360:
+        from pinthesky.live.tap import YUV420, Picture, turn
+
+        picture = Picture(YUV420, frame.to_ndarray(format="yuv420p"), frame.width, frame.height, 0)
+        frame = av.VideoFrame.from_ndarray(turn(picture, rotation).data, format="yuv420p")
     ctx: Any = av.CodecContext.create("mjpeg", "w")
     ctx.width = frame.width
     ctx.height = frame.height

@@ -32,9 +32,12 @@ def reported_document(s: Settings) -> dict[str, Any]:
             "encoding_level": c.encoding_level,
             "encoding_profile": c.encoding_profile,
             "encoding_bitrate": c.bitrate,
-            # Not in Pi In The Sky's document: the console keeps keys it loaded, so the
-            # cooldown survives its edits.
+            # Not in Pi In The Sky's document: the console keeps keys it loaded, so these
+            # survive its edits.
             "alert_cooldown": s.alerts.cooldown,
+            "min_framerate": c.min_framerate,
+            "focus": c.focus,
+            "tuning": c.tuning,
         },
         "cloud_connection": {
             "cert_path": _text(cc.cert_path),
@@ -85,6 +88,9 @@ SHADOW_KEYS: dict[str, dict[str, str]] = {
             "encoding_level",
             "encoding_profile",
             "encoding_bitrate",
+            "min_framerate",
+            "focus",
+            "tuning",
         )
     }
     | {"alert_cooldown": "alerts.cooldown"},
@@ -138,6 +144,9 @@ RESTART_KEYS = {
     "camera.encoding_profile",
     "camera.encoding_level",
     "camera.buffer_size",
+    "camera.min_framerate",
+    "camera.focus",
+    "camera.tuning",
 }
 """Settings the running camera cannot take without being reopened."""
 

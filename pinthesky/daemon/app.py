@@ -290,13 +290,15 @@ class Daemon:
         await asyncio.to_thread(camera.start, ring, port, self.live)
 
     async def _stop_pipeline(self) -> None:
-        """Stop taking frames, stop the camera, finish the open clip, wait for the disk."""
+        """Stop taking frames, finish the open clip with what the ring holds, wait for the
+        disk, then stop the camera: a wedged camera (whose stop waits up to its own timeout)
+        cannot cost the clip's end to systemd's kill."""
         assert self.camera is not None and self.recorder is not None and self.ring is not None
         self._port.close()
-        await asyncio.to_thread(self.camera.stop)
         if self._last_frame_ts is not None:
             self.recorder.on_motion(self._tracker.finish(), self._last_frame_ts)
         await self.recorder.close()
+        await asyncio.to_thread(self.camera.stop)
         dropped = self.ring.stats().dropped_unread
         if dropped:
             log.error("%d packets were dropped before the clip writer could save them", dropped)
@@ -620,7 +622,8 @@ class Daemon:
 
     async def _reconfigure(self, changes: dict[str, Any], origin: str) -> set[str]:
         old = self.settings
-        new, errors = merge(old, changes, origin)
+        # Checked against the camera module attached, known once the Pi camera has opened.
+        new, errors = merge(old, changes, origin, getattr(self.camera, "attached", None))
         for line in errors:
             log.warning("%s", line)
         before, after = flatten(old), flatten(new)

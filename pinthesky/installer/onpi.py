@@ -61,7 +61,7 @@ UNIT_DIR = "/etc/systemd/system"
 POLKIT_RULE = "/etc/polkit-1/rules.d/50-pinthesky.rules"
 SYSTEM_PYTHON = "/usr/bin/python3"
 MIN_PICAMERA2 = "0.3.30"
-"""The oldest picamera2 the daemon runs on (pinthesky.camera.pi.MIN_PICAMERA2; this module
+"""The oldest picamera2 the daemon runs on (pinthesky.camera.stack.MIN_PICAMERA2; this module
 imports nothing from pinthesky)."""
 LEAN_PICAMERA2 = "0.3.34"
 """From this version ``import picamera2`` no longer loads PyAV (about 25 MB): an older one is
