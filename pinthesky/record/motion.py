@@ -98,6 +98,28 @@ RIM_RESIDUAL = 1.0
 explains its change within this many noise variances (the rim of a pool of light)..."""
 RIM_STEP = 0.15
 """... and its plane meets its neighbours' planes at their borders within this (log ratio)."""
+NEAR_STRONG = 100.0
+"""A cell changed strongly when its mean square change is this many pixel noise variances..."""
+NEAR_LEVEL = 24.0
+"""... and at least this (luma levels, root mean square): enough for an edge to show."""
+NEAR_CLEAR = 25.0
+"""A change that glows counts as soft from this many noise variances (and half
+``NEAR_LEVEL``): smooth and bright, it needs no edge to be told from a dim object."""
+NEAR_SHARE = 0.01
+"""A strong change is soft when a smooth overlay explains all but this share of it (see
+``_near_lens``): an edge in focus leaves far more (a few to tens of percent)."""
+NEAR_GLOW = 1.5
+"""Something at the lens is lit by the IR lamp beside it: a cell where it is is at least this
+many times as bright as the scene's mean (over the black level)."""
+NEAR_NOISE = 1.5
+"""Noise variances a pixel that a smooth overlay leaves unexplained anyway (both frames')."""
+NEAR_FRAMES = 2
+"""Faint change where something at the lens was in this many last frames is that thing."""
+NEAR_REACH = 3
+"""... or within this many cells of it (a drop running down moves up to 3 cells a frame)."""
+NEAR_SHARP = 0.2
+"""A group of changed cells is at the lens when at most this share of its strong cells is
+sharp."""
 SOLID_MIN = 2
 """Pixels of a changed cell that must survive a 3x3 erosion for it to hold an object."""
 REFERENCE_S = 0.15
@@ -142,6 +164,19 @@ def _plane_basis() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
 
 
 _PLANE, _PLANE_SCALE = _plane_basis()
+
+
+def _quadric_basis() -> npt.NDArray[np.float32]:
+    """Orthonormal columns spanning what varies smoothly across a cell beyond its level: x,
+    y, x*x, x*y, y*y from its centre (each orthogonal to the constant and to each other)."""
+    y, x = np.mgrid[0:CELL, 0:CELL].astype(np.float64) - (CELL - 1) / 2
+    x2, y2 = x * x - (x * x).mean(), y * y - (y * y).mean()
+    basis = np.stack([v.ravel() for v in (x, y, x2, x * y, y2)], axis=1)
+    basis /= np.linalg.norm(basis, axis=0)
+    return basis.astype(np.float32)
+
+
+_QUADRIC = _quadric_basis()
 _TO_BORDER = np.array([1, CELL / 2, CELL / 2], dtype=np.float32)[:, None]
 """A cell's level, and its slopes times the distance from its centre to its borders."""
 
@@ -183,6 +218,8 @@ class Score:
     """Cells of objects in this frame (grouped, or seen there in the previous frame)."""
     swept: bool = False
     """The score is the area a persisting object covered lately, not one frame's group."""
+    near: int = 0
+    """Changed cells of things at the lens: strong change without an edge (defocused)."""
 
 
 class MotionAnalyzer:
@@ -231,6 +268,11 @@ class MotionAnalyzer:
         self._sweep_us = round(SWEEP_S * US)
         self._track_us = round(TRACK_S * US)
         self._gap_us = round(TRACK_GAP_S * US)
+        # Where things at the lens were in the last NEAR_FRAMES frames, and next to it.
+        self._near_seen: deque[int] = deque(maxlen=NEAR_FRAMES)
+        self._near_zone = self._near_now = 0
+        # The scene's mean level in the frame being analysed (its sample's).
+        self._level = 0.0
         # When the objects seen lately were first seen without a break (see _scored).
         self._track_from = 0
         # Cells next to the previous frame's content and candidates (see _scored).
@@ -256,6 +298,20 @@ class MotionAnalyzer:
         self.settings = settings
 
     def analyse(self, luma: U8, ts: int) -> Score:
+        self._near_now = 0
+        score = self._analyse(luma, ts)
+        if self._near_now or self._near_zone:
+            # Remember where things at the lens were (see _near_groups).
+            self._near_seen.append(self._near_now)
+            seen = 0
+            for bits in self._near_seen:
+                seen |= bits
+            for _ in range(NEAR_REACH):
+                seen = self._cells.near(seen)
+            self._near_zone = seen
+        return score
+
+    def _analyse(self, luma: U8, ts: int) -> Score:
         cur = luma[: self._h, : self._w]
         if not cur.flags.c_contiguous:
             # Cells are read a 64-bit word at a time (see _cell_words).
@@ -296,6 +352,7 @@ class MotionAnalyzer:
         # mean change is cheap, and kept as a sum per frame: only when the mean moved by
         # more than GAIN_TRIGGER / 2 can the (costlier) median have moved by GAIN_TRIGGER.
         sample_sum = now.sample_sum = _sample_sum(cur)
+        self._level = sample_sum / self._sample_size
         prev_sum = ref.sample_sum
         if prev_sum is None:
             prev_sum = ref.sample_sum = _sample_sum(prev)
@@ -348,14 +405,16 @@ class MotionAnalyzer:
                     break
         if relit or shake:
             before = None  # not comparable with a relit or lined-up frame
-        n_lit, scattered, content = self._classify(cur, prev, moving, where, solid, before)
+        n_lit, scattered, content, near = self._classify(cur, prev, moving, where, solid, before)
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
         if self.live_cells and n_lit > lightswitch * self.live_cells:
             self._near_content = self._near_candidates = 0
             return Score(ts, 0.0, n, lighting=True, noise=self.noise_level, lit=n_lit, shake=shake)
-        return self._scored(ts, content, n, scattered, lit=n_lit, shake=shake)
+        return self._scored(
+            ts, content, n, scattered, lit=n_lit, shake=shake, near=near.bit_count()
+        )
 
     def _moving(self, diff: U8) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """Changed pixels, and the cells in which enough of them changed.
@@ -512,8 +571,9 @@ class MotionAnalyzer:
         where: tuple[npt.NDArray[np.intp], ...],
         solid: npt.NDArray[np.bool_],
         before: U8 | None = None,
-    ) -> tuple[int, int, int]:
-        """Split the moving cells into lit (counted), scattered and content (bitboards).
+    ) -> tuple[int, int, int, int]:
+        """Split the moving cells into lit (counted), scattered, content and things at the
+        lens (bitboards; see ``_near_lens``).
 
         Only the moving cells are gathered (a few percent of the picture on a busy frame),
         so these checks cost in proportion to what moved.
@@ -533,7 +593,7 @@ class MotionAnalyzer:
         n_solid = sum(solid_list)
         cols = self.cols
         if not n_solid:
-            return 0, _bits(moving), 0
+            return 0, _bits(moving), 0, 0
         if len(solid_list) - n_solid <= CLUTTER * self.live_cells:
             before = None  # few flashes to tell from objects: not worth the extra frame
         # Each tested cell's pixels in cur and prev, and ones, as the rows of a 3x64 matrix;
@@ -549,7 +609,8 @@ class MotionAnalyzer:
         if before is not None:
             parts.append(_cell_pixels(before, tested))
         pixels = np.concatenate(parts, axis=1, dtype=np.int32)
-        moments = iter((pixels[:, :3] @ pixels[:, :2].transpose(0, 2, 1)).reshape(n, 6).tolist())
+        sums = (pixels[:, :3] @ pixels[:, :2].transpose(0, 2, 1)).reshape(n, 6)
+        moments = iter(sums.tolist())
         inv = 1 / _PIXELS
         pedestal = LIGHT_PEDESTAL
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
@@ -614,7 +675,92 @@ class MotionAnalyzer:
                 grown = self._cells.grow(lit_cells, rim)
                 content &= ~grown
                 lit_cells = grown
-        return lit_cells.bit_count(), scattered, content
+        near = 0
+        if content:
+            near = self._near_lens(pixels, sums, tested, content, pixel_var)
+            content &= ~near
+        return lit_cells.bit_count(), scattered, content, near
+
+    def _near_lens(
+        self,
+        pixels: npt.NDArray[np.int32],
+        sums: npt.NDArray[np.int32],
+        tested: tuple[npt.NDArray[np.intp], ...],
+        content: int,
+        pixel_var: float,
+    ) -> int:
+        """The ``content`` cells (bits) of things right at the lens: defocused and bright.
+
+        Something a few centimetres from the lens (an insect at the IR lamp, a spider's
+        strand, a drop on the window) is blurred over many pixels, and the lamp beside the
+        lens lights it far more than the scene: a strong change without an edge. Within a
+        cell such a change is a smooth overlay (quadric across the cell) plus the old picture
+        seen through it, scaled. An object in focus has edges and texture of its own that no
+        such overlay explains. A flat object on a flat ground is explained too (nothing
+        tells them apart inside it), but not at its outline: so a group of such cells is at
+        the lens only when no cell of it is sharp, and one of them changed strongly.
+        """
+        zone = self._near_zone & content
+        syy, sxy, sxx = (sums[:, k].astype(np.float32) for k in (0, 1, 3))
+        energy = syy - 2 * sxy + sxx
+        strong = energy >= _PIXELS * max(NEAR_STRONG * pixel_var, NEAR_LEVEL**2)
+        # Lit by the lamp a few centimetres away, it outshines the scene (in one frame).
+        clear = energy >= _PIXELS * max(NEAR_CLEAR * pixel_var, (NEAR_LEVEL / 2) ** 2)
+        glowing = clear & (
+            np.maximum(sums[:, 4], sums[:, 5])
+            >= _PIXELS * NEAR_GLOW * (self._level + LIGHT_PEDESTAL)
+        )
+        if not glowing.any():
+            return self._near_groups(zone, 0, 0, content) if zone else 0
+        n = len(sums)
+        # Each cell's cur and prev on the quadric shapes (orthonormal), and on the constant.
+        shaped = (pixels[:, :2].astype(np.float32).reshape(2 * n, _PIXELS) @ _QUADRIC).reshape(
+            n, 2, -1
+        )
+        mean_c, mean_p = sums[:, 4] * np.float32(1 / CELL), sums[:, 5] * np.float32(1 / CELL)
+        cc = syy - mean_c * mean_c - np.einsum("ik,ik->i", shaped[:, 0], shaped[:, 0])
+        pp = sxx - mean_p * mean_p - np.einsum("ik,ik->i", shaped[:, 1], shaped[:, 1])
+        cp = sxy - mean_c * mean_p - np.einsum("ik,ik->i", shaped[:, 0], shaped[:, 1])
+        # What the overlay and a non-negative share of the other picture leave unexplained:
+        # the thing came (cur is prev seen through it) or went (prev is cur seen through
+        # it).
+        np.maximum(cp, 0, out=cp)
+        cp *= cp
+        residual = np.minimum(cc - cp / np.maximum(pp, 1.0), pp - cp / np.maximum(cc, 1.0))
+        # Less what the noise of the two frames leaves anyway.
+        residual -= _PIXELS * NEAR_NOISE * pixel_var
+        soft = (residual <= NEAR_SHARE * energy).tolist()
+        strong_list, glowing_list = strong.tolist(), glowing.tolist()
+        soft_bits = self._pick(tested, [a and b for a, b in zip(glowing_list, soft, strict=True)])
+        soft_bits &= content
+        if not soft_bits and not zone:
+            return 0
+        sharp = [a and not b for a, b in zip(strong_list, soft, strict=True)]
+        sharp_bits = self._pick(tested, sharp)
+        return self._near_groups(zone | soft_bits, soft_bits, sharp_bits & content, content)
+
+    def _near_groups(self, seeds: int, soft: int, sharp: int, content: int) -> int:
+        """The groups of ``content`` cells from ``seeds`` that are at the lens (bits).
+
+        A group is when (almost) none of its strong cells is sharp and one is soft; or,
+        without a strong cell (too faint to tell an edge from noise), when it lies where
+        something at the lens was in the last frames: the faint end of a swinging strand,
+        the tail of a running drop.
+        """
+        near = 0
+        zone = self._near_zone
+        while seeds:
+            group = self._cells.grow(seeds & -seeds, content)
+            seeds &= ~group
+            n_soft, n_sharp = (group & soft).bit_count(), (group & sharp).bit_count()
+            if n_soft + n_sharp:
+                if n_sharp <= NEAR_SHARP * (n_soft + n_sharp):
+                    near |= group
+                    # Only what was seen at the lens by its own change marks where it is.
+                    self._near_now |= group
+            elif not group & ~zone:
+                near |= group
+        return near
 
     def _undone(
         self, pixels: npt.NDArray[np.int32], tested: tuple[npt.NDArray[np.intp], ...]
