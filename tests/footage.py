@@ -967,6 +967,8 @@ def _gen_wet_window(rng: Rng) -> Iterator[U8Image]:
     yield from _night_walkers_in(rng, _window_drops(rng), (100, 12.0, 20.0))
 
 
+PAD = 20
+"""Margin of the fleck map, for the crown's sway."""
 TREE_FRAMES = 51
 """tree.avi's frames before a hand comes into view (only 68 of its 444 decode)."""
 
@@ -981,7 +983,7 @@ def _foliage() -> F32Image:
             if index >= TREE_FRAMES:
                 break
             gray = _f32(cast(U8Image, frame.to_ndarray(format="gray")))[:, 40:]
-            frames.append(np.clip((gray - 215.0) / 40.0, 0.0, 1.0))
+            frames.append(np.clip((gray - 175.0) / 30.0, 0.0, 1.0))
     return np.stack(frames)
 
 
@@ -997,8 +999,13 @@ def _dapple(rng: Rng, gusts: Sequence[tuple[float, float]]) -> Callable[[F32Imag
     flecks = _foliage()
     top = int(rng.uniform(0.3, 0.45) * HEIGHT)
     sky = float(rng.uniform(0.25, 0.45))
-    sway = float(rng.uniform(2.0, 6.0))
-    freq = float(rng.uniform(0.5, 1.5))
+    sway = float(rng.uniform(6.0, 16.0))
+    freq = float(rng.uniform(0.7, 2.0))
+    # A part of the crown, nearer the ground than the whole: bigger flecks.
+    zoom = float(rng.uniform(0.5, 0.8))
+    ch, cw = round(flecks.shape[1] * zoom), round(flecks.shape[2] * zoom)
+    oy = int(rng.integers(flecks.shape[1] - ch + 1))
+    ox0 = int(rng.integers(flecks.shape[2] - cw + 1))
     first = int(rng.integers(TREE_FRAMES))
     # The tree's shadow as a whole: soft-edged (its outline), over most of the ground.
     ys, xs = np.mgrid[top:HEIGHT, 0:WIDTH].astype(np.float32)
@@ -1009,7 +1016,8 @@ def _dapple(rng: Rng, gusts: Sequence[tuple[float, float]]) -> Callable[[F32Imag
 
     def fleck_map(index: int) -> F32Image:
         if index not in cache:
-            cache[index] = _resize(flecks[index] * 255.0, WIDTH + 16, HEIGHT - top + 16) / 255.0
+            crop = flecks[index, oy : oy + ch, ox0 : ox0 + cw] * 255.0
+            cache[index] = _resize(crop, WIDTH + 2 * PAD, HEIGHT - top + 2 * PAD) / 255.0
         return cache[index]
 
     def dapple(scene: F32Image, i: int) -> None:
@@ -1020,8 +1028,8 @@ def _dapple(rng: Rng, gusts: Sequence[tuple[float, float]]) -> Callable[[F32Imag
         index = k if k < TREE_FRAMES else 2 * TREE_FRAMES - 2 - k
         blowing = any(t0 <= t < t1 for t0, t1 in gusts)
         dx = sway * np.sin(2 * np.pi * freq * t) if blowing else 0.0
-        ox = int(8 + round(dx))
-        sun = fleck_map(index)[8 : 8 + HEIGHT - top, ox : ox + WIDTH]
+        ox = int(PAD + round(dx))
+        sun = fleck_map(index)[PAD : PAD + HEIGHT - top, ox : ox + WIDTH]
         light = 1.0 - canopy * (1.0 - sun) * (1.0 - sky)
         scene[top:] *= light[:, :, None]
 

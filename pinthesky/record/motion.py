@@ -113,6 +113,10 @@ NEAR_GLOW = 1.5
 many times as bright as the scene's mean (over the black level)."""
 NEAR_NOISE = 1.5
 """Noise variances a pixel that a smooth overlay leaves unexplained anyway (both frames')."""
+SLOW_S = 1.0
+"""Thin change that stays put is compared with a frame at least this much older."""
+SLOW_FRAMES = 2
+"""... when the frames before had thin change in (or next to) the same cells."""
 NEAR_FRAMES = 2
 """Faint change where something at the lens was in this many last frames is that thing."""
 NEAR_REACH = 3
@@ -271,6 +275,12 @@ class MotionAnalyzer:
         # Where things at the lens were in the last NEAR_FRAMES frames, and next to it.
         self._near_seen: deque[int] = deque(maxlen=NEAR_FRAMES)
         self._near_zone = self._near_now = 0
+        # Thin change in the last frames, and frames SLOW_S and more older (see _slowly).
+        self._thin_seen: deque[int] = deque(maxlen=SLOW_FRAMES)
+        self._thin_now = 0
+        self._slow_ref: _Past | None = None
+        self._slow_next: _Past | None = None
+        self._slow_us = round(SLOW_S * US)
         # The scene's mean level in the frame being analysed (its sample's).
         self._level = 0.0
         # When the objects seen lately were first seen without a break (see _scored).
@@ -298,8 +308,15 @@ class MotionAnalyzer:
         self.settings = settings
 
     def analyse(self, luma: U8, ts: int) -> Score:
-        self._near_now = 0
+        self._near_now = self._thin_now = 0
         score = self._analyse(luma, ts)
+        if self._thin_now or self._thin_seen:
+            self._thin_seen.append(self._thin_now)
+            if not any(self._thin_seen):
+                self._thin_seen.clear()
+        # The frame compared with for slow change: between SLOW_S and twice that older.
+        if self._slow_next is None or ts - self._slow_next.ts >= self._slow_us:
+            self._slow_ref, self._slow_next = self._slow_next, self._now
         if self._near_now or self._near_zone:
             # Remember where things at the lens were (see _near_groups).
             self._near_seen.append(self._near_now)
@@ -406,6 +423,10 @@ class MotionAnalyzer:
         if relit or shake:
             before = None  # not comparable with a relit or lined-up frame
         n_lit, scattered, content, near = self._classify(cur, prev, moving, where, solid, before)
+        if scattered and not (relit or shake):
+            slow = self._slowly(cur, scattered, content)
+            content |= slow
+            scattered &= ~slow
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
@@ -415,6 +436,42 @@ class MotionAnalyzer:
         return self._scored(
             ts, content, n, scattered, lit=n_lit, shake=shake, near=near.bit_count()
         )
+
+    def _slowly(self, cur: U8, thin: int, content: int) -> int:
+        """The ``thin`` cells (bits) where something grows or creeps: solid change since a
+        frame ``SLOW_S`` or more older.
+
+        Someone walking toward the camera barely moves sideways: they grow, and between two
+        frames only their outline moves, by a pixel or less: thin change, as rain's. But
+        rain is in new places every frame, while the outline stays where it was (give or
+        take a cell) frame after frame; over a second it has moved by a solid amount.
+        Checked only on frames without other content, when thin change is not clutter
+        (rain, snow: there the last frames' thin cells are everywhere), and never where
+        something at the lens just was.
+        """
+        older, before = self._thin_seen if len(self._thin_seen) == SLOW_FRAMES else (0, 0)
+        self._thin_now = thin
+        slow_ref = self._slow_ref
+        if content or not older or slow_ref is None or thin.bit_count() > CLUTTER * self.live_cells:
+            return 0
+        grid = self._cells
+        kept = thin & grid.near(before) & grid.near(older) & ~self._near_zone
+        kept &= grid.crowded(kept)
+        if not kept:
+            return 0
+        rows, cols = [], []
+        while kept:
+            at = (kept & -kept).bit_length() - 1
+            kept &= kept - 1
+            rows.append(at // self.cols)
+            cols.append(at % self.cols)
+        cells = (np.array(rows), np.array(cols))
+        then = _cell_pixels(slow_ref.image, cells)
+        now = _cell_pixels(cur, cells)
+        changed = np.maximum(now, then)
+        changed -= np.minimum(now, then)
+        solid = _eroded_solid((changed > self.noise_level).view(np.uint64).reshape(-1, CELL))
+        return self._pick(cells, solid.tolist())
 
     def _moving(self, diff: U8) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """Changed pixels, and the cells in which enough of them changed.
