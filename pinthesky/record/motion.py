@@ -108,6 +108,9 @@ NEAR_CLEAR = 25.0
 NEAR_SHARE = 0.01
 """A strong change is soft when a smooth overlay explains all but this share of it (see
 ``_near_lens``): an edge in focus leaves far more (a few to tens of percent)."""
+NEAR_DARK = 80.0
+"""Things at the lens are looked for when the scene's mean level is at most this (the IR lamp
+is on)..."""
 NEAR_GLOW = 1.5
 """Something at the lens is lit by the IR lamp beside it: a cell where it is is at least this
 many times as bright as the scene's mean (over the black level)."""
@@ -121,6 +124,8 @@ NEAR_FRAMES = 2
 """Faint change where something at the lens was in this many last frames is that thing."""
 NEAR_REACH = 3
 """... or within this many cells of it (a drop running down moves up to 3 cells a frame)."""
+NEAR_GLOWING = 0.1
+"""... and when at least this share of its clearly changed cells glows and is soft."""
 NEAR_SHARP = 0.2
 """A group of changed cells is at the lens when at most this share of its strong cells is
 sharp."""
@@ -223,7 +228,10 @@ class Score:
     swept: bool = False
     """The score is the area a persisting object covered lately, not one frame's group."""
     near: int = 0
-    """Changed cells of things at the lens: strong change without an edge (defocused)."""
+    """Changed cells of things at the lens: smooth change, lit by the lamp (defocused)."""
+    grown: int = 0
+    """Cells of thin change that stayed put and proved solid over ``SLOW_S`` (something
+    growing or creeping: a person walking toward the camera)."""
 
 
 class MotionAnalyzer:
@@ -423,7 +431,9 @@ class MotionAnalyzer:
         if relit or shake:
             before = None  # not comparable with a relit or lined-up frame
         n_lit, scattered, content, near = self._classify(cur, prev, moving, where, solid, before)
-        if scattered and not (relit or shake):
+        slow = 0
+        if scattered and not (relit or shake or n_lit):
+            # (A light moving or changing over that second is not something growing.)
             slow = self._slowly(cur, scattered, content)
             content |= slow
             scattered &= ~slow
@@ -434,7 +444,14 @@ class MotionAnalyzer:
             self._near_content = self._near_candidates = 0
             return Score(ts, 0.0, n, lighting=True, noise=self.noise_level, lit=n_lit, shake=shake)
         return self._scored(
-            ts, content, n, scattered, lit=n_lit, shake=shake, near=near.bit_count()
+            ts,
+            content,
+            n,
+            scattered,
+            lit=n_lit,
+            shake=shake,
+            near=near.bit_count(),
+            grown=slow.bit_count(),
         )
 
     def _slowly(self, cur: U8, thin: int, content: int) -> int:
@@ -733,7 +750,8 @@ class MotionAnalyzer:
                 content &= ~grown
                 lit_cells = grown
         near = 0
-        if content:
+        if content and self._level <= NEAR_DARK:
+            # The IR lamp is on in the dark only: by day nothing at the lens glows.
             near = self._near_lens(pixels, sums, tested, content, pixel_var)
             content &= ~near
         return lit_cells.bit_count(), scattered, content, near
@@ -763,12 +781,10 @@ class MotionAnalyzer:
         strong = energy >= _PIXELS * max(NEAR_STRONG * pixel_var, NEAR_LEVEL**2)
         # Lit by the lamp a few centimetres away, it outshines the scene (in one frame).
         clear = energy >= _PIXELS * max(NEAR_CLEAR * pixel_var, (NEAR_LEVEL / 2) ** 2)
-        glowing = clear & (
-            np.maximum(sums[:, 4], sums[:, 5])
-            >= _PIXELS * NEAR_GLOW * (self._level + LIGHT_PEDESTAL)
-        )
+        bright = _PIXELS * NEAR_GLOW * (self._level + LIGHT_PEDESTAL)
+        glowing = clear & (np.maximum(sums[:, 4], sums[:, 5]) >= bright)
         if not glowing.any():
-            return self._near_groups(zone, 0, 0, content) if zone else 0
+            return self._near_groups(zone, 0, 0, content, 0) if zone else 0
         n = len(sums)
         # Each cell's cur and prev on the quadric shapes (orthonormal), and on the constant.
         shaped = (pixels[:, :2].astype(np.float32).reshape(2 * n, _PIXELS) @ _QUADRIC).reshape(
@@ -793,13 +809,16 @@ class MotionAnalyzer:
         if not soft_bits and not zone:
             return 0
         sharp = [a and not b for a, b in zip(strong_list, soft, strict=True)]
-        sharp_bits = self._pick(tested, sharp)
-        return self._near_groups(zone | soft_bits, soft_bits, sharp_bits & content, content)
+        sharp_bits = self._pick(tested, sharp) & content
+        clear_bits = self._pick(tested, clear.tolist()) & content
+        return self._near_groups(zone | soft_bits, soft_bits, sharp_bits, content, clear_bits)
 
-    def _near_groups(self, seeds: int, soft: int, sharp: int, content: int) -> int:
+    def _near_groups(self, seeds: int, soft: int, sharp: int, content: int, clear: int) -> int:
         """The groups of ``content`` cells from ``seeds`` that are at the lens (bits).
 
-        A group is when (almost) none of its strong cells is sharp and one is soft; or,
+        A group is when (almost) none of its strong cells is sharp and a good share of its
+        clearly changed cells is soft and glows (something out of focus but unlit, such as
+        an animal brushing past the camera by day, is still an event); or,
         without a strong cell (too faint to tell an edge from noise), when it lies where
         something at the lens was in the last frames: the faint end of a swinging strand,
         the tail of a running drop.
@@ -811,7 +830,8 @@ class MotionAnalyzer:
             seeds &= ~group
             n_soft, n_sharp = (group & soft).bit_count(), (group & sharp).bit_count()
             if n_soft + n_sharp:
-                if n_sharp <= NEAR_SHARP * (n_soft + n_sharp):
+                glows = n_soft >= NEAR_GLOWING * (group & clear).bit_count()
+                if glows and n_sharp <= NEAR_SHARP * (n_soft + n_sharp):
                     near |= group
                     # Only what was seen at the lens by its own change marks where it is.
                     self._near_now |= group
