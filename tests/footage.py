@@ -918,7 +918,8 @@ class _Drop:
         self.y = (
             float(rng.uniform(-self.radius, 0.3 * HEIGHT)) if top else float(rng.uniform(0, HEIGHT))
         )
-        self.glow = float(rng.uniform(30.0, 110.0))
+        # A few centimetres from the lamp, it catches far more of its light than the scene.
+        self.glow = float(rng.uniform(60.0, 160.0))
         self.speed = 0.0
         self.trail: list[tuple[float, float, float]] = []  # (x, y, age)
 

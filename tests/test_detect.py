@@ -25,6 +25,7 @@ OUTDOOR = [
     "walkers_in_headlights",
     "cloud_shadow",
 ]
+GARDEN = ["moths", "moths_walkers", "strand", "approach"]
 
 
 def spans(doc: dict[str, Any]) -> list[tuple[float, float]]:
@@ -119,3 +120,33 @@ def test_the_timeline_says_why_frames_did_not_count(footage, tmp_path):
     far = footage.scenario("distant_person")
     out = pinthesky("detect", str(far.path), cwd=tmp_path)
     assert "a small object persisted" in out.stdout
+
+
+@pytest.mark.parametrize("name", GARDEN)
+def test_things_at_the_lens_are_no_event_and_walkers_among_them_are(footage, tmp_path, name):
+    # Insects at the IR lamp, a glowing spider's strand: no event of their own; walkers
+    # under the lamp or past the strand, and one coming toward the camera, each one event
+    # from when (half of) them came into view.
+    scenario = footage.scenario(name)
+    out = pinthesky("detect", str(scenario.path), "--json", "--post-roll", "4", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert scenario.matches(spans(doc)), doc["events"]
+    for found in doc["events"]:
+        assert found["start"] <= found["declared"] <= found["start"] + 2.0
+
+
+def test_detect_names_the_frames_with_things_at_the_lens(footage, tmp_path):
+    from pinthesky import settings
+    from pinthesky.daemon import detect
+
+    moths = footage.scenario("moths")
+    out = pinthesky("detect", str(moths.path), cwd=tmp_path)
+    assert "no motion" in out.stdout
+    assert "frames with things at the lens ignored" in out.stdout
+    out = pinthesky("detect", str(moths.path), "--json", cwd=tmp_path)
+    ignored = json.loads(out.stdout)["ignored"]
+    assert ignored["at_the_lens"] > 20 and set(ignored) >= {"lighting", "shake", "scattered"}
+    result = detect.detect(moths.path, settings.defaults())
+    labels = detect.plot(result, settings.defaults(), tmp_path / "moths.png")
+    assert "at the lens (insects, strand, drops)" in labels

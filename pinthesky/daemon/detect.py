@@ -216,8 +216,9 @@ def _clock(seconds: float) -> str:
     return f"{int(m):02d}:{s:05.2f}"
 
 
-def plot(result: Detection, settings: Settings, out: Path) -> None:
-    """Draw the score over time, the threshold and the events into a PNG."""
+def plot(result: Detection, settings: Settings, out: Path) -> list[str]:
+    """Draw the score over time, the threshold and the events into a PNG; the legend's
+    labels."""
     try:
         import matplotlib
 
@@ -259,10 +260,11 @@ def plot(result: Detection, settings: Settings, out: Path) -> None:
     ax.set_xlabel("seconds")
     ax.set_ylabel("moving macroblocks")
     ax.set_title(f"motion score ({len(result.events)} events shaded)")
-    ax.legend(loc="upper right")
+    legend = ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+    return [text.get_text() for text in legend.get_texts()]
 
 
 def main(argv: Sequence[str]) -> int:

@@ -122,8 +122,8 @@ SLOW_FRAMES = 2
 """... when the frames before had thin change in (or next to) the same cells."""
 NEAR_FRAMES = 2
 """Faint change where something at the lens was in this many last frames is that thing."""
-NEAR_REACH = 3
-"""... or within this many cells of it (a drop running down moves up to 3 cells a frame)."""
+NEAR_REACH = 1
+"""... or next to it (within this many cells)."""
 NEAR_GLOWING = 0.1
 """... and when at least this share of its clearly changed cells glows and is soft."""
 NEAR_SHARP = 0.2
@@ -141,6 +141,9 @@ SWEEP_S = 1.5
 TRACK_S = 4.0
 """While objects are seen without a break, the score is the area they covered over up to this
 many seconds: someone far away and slow covers little ground in ``SWEEP_S``."""
+TRACK_LINK = 16
+"""An object of at most this many cells sweeps only the cells joined to it frame by frame (a
+big one, a group above the sensitivity on its own, takes everything seen lately)."""
 TRACK_GAP_S = 0.5
 """Frames with objects at most this far apart are one track, without a break."""
 CLUTTER = 0.1
@@ -186,6 +189,37 @@ def _quadric_basis() -> npt.NDArray[np.float32]:
 
 
 _QUADRIC = _quadric_basis()
+_SMOOTH_OUT = (
+    np.eye(_PIXELS, dtype=np.float32)
+    - np.concatenate([np.full((_PIXELS, 1), 1 / CELL, np.float32), _QUADRIC], axis=1)
+    @ np.concatenate([np.full((_PIXELS, 1), 1 / CELL, np.float32), _QUADRIC], axis=1).T
+)
+"""Removes from a cell's 64 pixels what a quadric across the cell explains (a projector)."""
+_SLOPES = np.stack(
+    [np.ones(_PIXELS, np.float32), *(_PLANE[:, 1:].T * np.float32(CELL / 2))], axis=0
+)
+"""1, x and y across a cell (x and y about -1..1): a share that varies linearly."""
+
+
+def _overlay_residual(
+    one: npt.NDArray[np.int32], other: npt.NDArray[np.int32]
+) -> npt.NDArray[np.float32]:
+    """Per cell, what a smooth overlay and the other picture seen through it, by a share
+    that varies linearly across the cell, leave unexplained, either way round (sums of
+    squares over the cell's pixels)."""
+    a, b = one.astype(np.float32), other.astype(np.float32)
+    best = np.full(len(a), np.inf, dtype=np.float32)
+    for target, seen in ((a, b), (b, a)):
+        t = target @ _SMOOTH_OUT
+        o = (seen[:, None, :] * _SLOPES) @ _SMOOTH_OUT
+        gram = o @ o.transpose(0, 2, 1) + np.eye(3, dtype=np.float32) * np.float32(1e-3)
+        proj = o @ t[:, :, None]
+        coef = np.linalg.solve(gram, proj)
+        left = np.einsum("ij,ij->i", t, t) - (proj * coef).sum(axis=(1, 2))
+        np.minimum(best, left, out=best)
+    return best
+
+
 _TO_BORDER = np.array([1, CELL / 2, CELL / 2], dtype=np.float32)[:, None]
 """A cell's level, and its slopes times the distance from its centre to its borders."""
 
@@ -556,8 +590,18 @@ class MotionAnalyzer:
             while seen[0][0] < horizon:
                 seen.popleft()
             swept_cells = 0
-            for _, cells in seen:
-                swept_cells |= cells
+            if extent.bit_count() <= TRACK_LINK:
+                # A small object adds up only its own path: what it covered frame by frame
+                # back from where it is, not what others (gone now) covered meanwhile.
+                linked = extent
+                for _, cells in reversed(seen):
+                    linked = cells & grid.near(linked)
+                    if not linked:
+                        break
+                    swept_cells |= linked
+            else:
+                for _, cells in seen:
+                    swept_cells |= cells
             swept = swept_cells.bit_count()
         else:
             swept = 0
@@ -752,12 +796,13 @@ class MotionAnalyzer:
         near = 0
         if content and self._level <= NEAR_DARK:
             # The IR lamp is on in the dark only: by day nothing at the lens glows.
-            near = self._near_lens(pixels, sums, tested, content, pixel_var)
+            near = self._near_lens(cur, pixels, sums, tested, content, pixel_var)
             content &= ~near
         return lit_cells.bit_count(), scattered, content, near
 
     def _near_lens(
         self,
+        cur: U8,
         pixels: npt.NDArray[np.int32],
         sums: npt.NDArray[np.int32],
         tested: tuple[npt.NDArray[np.intp], ...],
@@ -781,7 +826,9 @@ class MotionAnalyzer:
         strong = energy >= _PIXELS * max(NEAR_STRONG * pixel_var, NEAR_LEVEL**2)
         # Lit by the lamp a few centimetres away, it outshines the scene (in one frame).
         clear = energy >= _PIXELS * max(NEAR_CLEAR * pixel_var, (NEAR_LEVEL / 2) ** 2)
-        bright = _PIXELS * NEAR_GLOW * (self._level + LIGHT_PEDESTAL)
+        # The scene's level: the median of a sparse sample (what glows is a small part).
+        level = _median(cur[4::8, 4::8])
+        bright = _PIXELS * NEAR_GLOW * (level + LIGHT_PEDESTAL)
         glowing = clear & (np.maximum(sums[:, 4], sums[:, 5]) >= bright)
         if not glowing.any():
             return self._near_groups(zone, 0, 0, content, 0) if zone else 0
@@ -802,7 +849,15 @@ class MotionAnalyzer:
         residual = np.minimum(cc - cp / np.maximum(pp, 1.0), pp - cp / np.maximum(cc, 1.0))
         # Less what the noise of the two frames leaves anyway.
         residual -= _PIXELS * NEAR_NOISE * pixel_var
-        soft = (residual <= NEAR_SHARE * energy).tolist()
+        soft_array = residual <= NEAR_SHARE * energy
+        # Where both frames see the scene through it (it moved a little), how much of the
+        # scene shows through varies across the cell: try that on the glowing rest.
+        retry = np.flatnonzero(glowing & ~soft_array)
+        if len(retry):
+            again = _overlay_residual(pixels[retry, 0], pixels[retry, 1])
+            again -= _PIXELS * NEAR_NOISE * pixel_var
+            soft_array[retry] = again <= NEAR_SHARE * energy[retry]
+        soft = soft_array.tolist()
         strong_list, glowing_list = strong.tolist(), glowing.tolist()
         soft_bits = self._pick(tested, [a and b for a, b in zip(glowing_list, soft, strict=True)])
         soft_bits &= content
@@ -816,12 +871,10 @@ class MotionAnalyzer:
     def _near_groups(self, seeds: int, soft: int, sharp: int, content: int, clear: int) -> int:
         """The groups of ``content`` cells from ``seeds`` that are at the lens (bits).
 
-        A group is when (almost) none of its strong cells is sharp and a good share of its
-        clearly changed cells is soft and glows (something out of focus but unlit, such as
-        an animal brushing past the camera by day, is still an event); or,
-        without a strong cell (too faint to tell an edge from noise), when it lies where
-        something at the lens was in the last frames: the faint end of a swinging strand,
-        the tail of a running drop.
+        A group is when (almost) none of its strong cells is sharp and a share of its
+        clearly changed cells is soft and glows; or, without a clear cell (too faint to
+        tell an edge from noise), when it lies where something at the lens was in the last
+        frames: the faint end of a swinging strand, the tail of a running drop.
         """
         near = 0
         zone = self._near_zone
@@ -833,8 +886,8 @@ class MotionAnalyzer:
                 glows = n_soft >= NEAR_GLOWING * (group & clear).bit_count()
                 if glows and n_sharp <= NEAR_SHARP * (n_soft + n_sharp):
                     near |= group
-                    # Only what was seen at the lens by its own change marks where it is.
-                    self._near_now |= group
+                    # Only the cells seen at the lens by their own change mark where it is.
+                    self._near_now |= group & soft
             elif not group & ~zone:
                 near |= group
         return near
@@ -975,7 +1028,7 @@ def _sample_sum(image: U8) -> int:
     return int(np.add.reduce(image[4::8, 4::8], axis=None, dtype=np.int64))
 
 
-def _median(values: npt.NDArray[np.int16]) -> float:
+def _median(values: npt.NDArray[np.int16] | U8) -> float:
     """The median of ``values``, as ``np.median`` gives it, for one partition of them."""
     k = values.size // 2
     if values.size % 2:
