@@ -1060,17 +1060,24 @@ def _gen_shade_walkers(rng: Rng) -> Iterator[U8Image]:
     yield from _sunny(rng, _dapple(rng, ((6.0, 28.0),)), (100, 12.0, 20.0))
 
 
-# A person walking toward a camera at head height, at an angle: they come into view at the
-# right edge, then mostly grow (little sideways motion) until they pass beside the camera.
-APPROACH = (13.5, 21.0, -1.0, 1.4)
-"""Start (X m to the right, Z m ahead), the point aimed at (X m at the camera), speed m/s."""
+# A person walking toward a camera at eye height, at an angle: they come into view at a side
+# edge, then mostly grow (little sideways motion) until they pass beside the camera.
+APPROACHES = {
+    # Far off to the right, aiming a metre left of the camera: in slowly, from 80 px tall.
+    "approach": (13.5, 21.0, -1.0, 1.4, 2.0),
+    # Close on the left, at a steeper angle: in fast, from 250 px tall.
+    "approach_left": (-8.5, 11.0, 1.2, 1.1, 2.0),
+}
+"""Start (X m to the right, Z m ahead), the point aimed at (X m at the camera), speed (m/s),
+and when they set off (s, out of view)."""
 HORIZON_Y = 200.0
 PERSON_M = 1.75
+Path = tuple[float, float, float, float, float]
 
 
-def _approach_at(t: float) -> tuple[float, float, float]:
+def _approach_at(path: Path, t: float) -> tuple[float, float, float]:
     """The walker's box at ``t`` s after setting off: (centre x, top y, height) in px."""
-    x0, z0, aim, speed = APPROACH
+    x0, z0, aim, speed, _ = path
     dx, dz = aim - x0, -z0
     run = float(np.hypot(dx, dz))
     s = min(speed * t, run - 0.3)
@@ -1080,37 +1087,35 @@ def _approach_at(t: float) -> tuple[float, float, float]:
     return WIDTH / 2 + FOCAL_PX * x / z, HORIZON_Y - 0.07 * height, height
 
 
-def _approach_visible(t: float) -> float:
+def _approach_visible(path: Path, t: float) -> float:
     """Share of the walker's box inside the picture at ``t`` (0 before setting off)."""
     if t < 0:
         return 0.0
-    cx, top, height = _approach_at(t)
+    cx, top, height = _approach_at(path, t)
     width = height * SPRITE_BOX[2] / SPRITE_BOX[3]
     inside_x = max(0.0, min(cx + width / 2, WIDTH) - max(cx - width / 2, 0.0)) / width
     inside_y = max(0.0, min(top + height, HEIGHT) - max(top, 0.0)) / height
     return inside_x * inside_y
 
 
-APPROACH_START = 2.0
-"""When the walker sets off (out of view)."""
-
-
-def _approach_events() -> tuple[tuple[float, float], ...]:
+def _approach_events(path: Path) -> tuple[tuple[float, float], ...]:
     """From half in view to the moment less than half is left in view."""
-    ts = [APPROACH_START + k / 100 for k in range(2600)]
-    half = [t for t in ts if _approach_visible(t - APPROACH_START) >= 0.5]
+    start = path[4]
+    ts = [start + k / 100 for k in range(2600)]
+    half = [t for t in ts if _approach_visible(path, t - start) >= 0.5]
     return ((round(half[0], 1), round(half[-1], 1)),)
 
 
-def _gen_approach(rng: Rng) -> Iterator[U8Image]:
+def _approach(rng: Rng, path: Path) -> Iterator[U8Image]:
+    """The campus, the walker on ``path``."""
     render = _Renderer(rng)
     bg = _f32(_background_cached((WIDTH, HEIGHT)))
     rgb, alpha = _person()
     for i in range(round(30.0 * FPS)):
-        u = (i + 1) / FPS - APPROACH_START
+        u = (i + 1) / FPS - path[4]
         scene = bg.copy()
-        if u > 0 and _approach_visible(u) > 0:
-            cx, top, height = _approach_at(u)
+        if u > 0 and _approach_visible(path, u) > 0:
+            cx, top, height = _approach_at(path, u)
             h = max(2, round(height))
             w = max(2, round(h * rgb.shape[1] / rgb.shape[0]))
             sprite = (
@@ -1124,6 +1129,14 @@ def _gen_approach(rng: Rng) -> Iterator[U8Image]:
             if y < HEIGHT:
                 _paste(scene, sprite, cx - w / 2, y)
         yield render(scene, 1.5)
+
+
+def _gen_approach(rng: Rng) -> Iterator[U8Image]:
+    yield from _approach(rng, APPROACHES["approach"])
+
+
+def _gen_approach_left(rng: Rng) -> Iterator[U8Image]:
+    yield from _approach(rng, APPROACHES["approach_left"])
 
 
 @dataclass(frozen=True)
@@ -1315,11 +1328,18 @@ _SPECS: dict[str, _Spec] = {
     ),
     "approach": _Spec(
         30.0,
-        _approach_events(),
+        _approach_events(APPROACHES["approach"]),
         "A walker (the vtest sprite) comes toward a camera at eye height at an angle: in at "
         "the right edge, growing from 80 px to past the picture, little sideways motion; "
         "labelled from half in view to less than half.",
         _gen_approach,
+    ),
+    "approach_left": _Spec(
+        30.0,
+        _approach_events(APPROACHES["approach_left"]),
+        "The walker comes toward the camera at a steeper angle, close: in at the left edge, "
+        "growing from 250 px to past the picture in 4 s.",
+        _gen_approach_left,
     ),
 }
 

@@ -25,7 +25,7 @@ OUTDOOR = [
     "walkers_in_headlights",
     "cloud_shadow",
 ]
-GARDEN = ["moths", "moths_walkers", "strand", "approach"]
+GARDEN = ["moths", "moths_walkers", "strand", "wet_window", "approach", "approach_left"]
 
 
 def spans(doc: dict[str, Any]) -> list[tuple[float, float]]:

@@ -119,7 +119,9 @@ NEAR_NOISE = 1.5
 SLOW_S = 1.0
 """Thin change that stays put is compared with a frame at least this much older."""
 SLOW_FRAMES = 2
-"""... when the frames before had thin change in (or next to) the same cells."""
+"""... when the frames before had thin change in (or next to) the same cells..."""
+SLOW_BUSY = 8
+"""... and the frame has fewer content cells than this (more: an object is seen anyway)."""
 NEAR_FRAMES = 2
 """Faint change where something at the lens was in this many last frames is that thing."""
 NEAR_REACH = 1
@@ -464,11 +466,11 @@ class MotionAnalyzer:
                     break
         if relit or shake:
             before = None  # not comparable with a relit or lined-up frame
-        n_lit, scattered, content, near = self._classify(cur, prev, moving, where, solid, before)
+        lit, scattered, content, near = self._classify(cur, prev, moving, where, solid, before)
+        n_lit = lit.bit_count()
         slow = 0
-        if scattered and not (relit or shake or n_lit):
-            # (A light moving or changing over that second is not something growing.)
-            slow = self._slowly(cur, scattered, content)
+        if scattered and not (relit or shake):
+            slow = self._slowly(cur, scattered, content, lit)
             content |= slow
             scattered &= ~slow
         # Most of the picture changed and the light explains it: the frame is a lighting
@@ -488,7 +490,7 @@ class MotionAnalyzer:
             grown=slow.bit_count(),
         )
 
-    def _slowly(self, cur: U8, thin: int, content: int) -> int:
+    def _slowly(self, cur: U8, thin: int, content: int, lit: int) -> int:
         """The ``thin`` cells (bits) where something grows or creeps: solid change since a
         frame ``SLOW_S`` or more older.
 
@@ -496,17 +498,25 @@ class MotionAnalyzer:
         frames only their outline moves, by a pixel or less: thin change, as rain's. But
         rain is in new places every frame, while the outline stays where it was (give or
         take a cell) frame after frame; over a second it has moved by a solid amount.
-        Checked only on frames without other content, when thin change is not clutter
-        (rain, snow: there the last frames' thin cells are everywhere), and never where
-        something at the lens just was.
+        Checked only on frames with little other content, when thin change is not clutter
+        (rain, snow: there the last frames' thin cells are everywhere), and never next to
+        light (a light moving or changing over that second is not something growing) or
+        where something at the lens just was.
         """
         older, before = self._thin_seen if len(self._thin_seen) == SLOW_FRAMES else (0, 0)
         self._thin_now = thin
         slow_ref = self._slow_ref
-        if content or not older or slow_ref is None or thin.bit_count() > CLUTTER * self.live_cells:
+        if (
+            content.bit_count() >= SLOW_BUSY
+            or not older
+            or slow_ref is None
+            or thin.bit_count() > CLUTTER * self.live_cells
+        ):
             return 0
         grid = self._cells
         kept = thin & grid.near(before) & grid.near(older) & ~self._near_zone
+        if lit:
+            kept &= ~grid.near(lit)
         kept &= grid.crowded(kept)
         if not kept:
             return 0
@@ -690,7 +700,7 @@ class MotionAnalyzer:
         solid: npt.NDArray[np.bool_],
         before: U8 | None = None,
     ) -> tuple[int, int, int, int]:
-        """Split the moving cells into lit (counted), scattered, content and things at the
+        """Split the moving cells into lit, scattered, content and things at the
         lens (bitboards; see ``_near_lens``).
 
         Only the moving cells are gathered (a few percent of the picture on a busy frame),
@@ -798,7 +808,7 @@ class MotionAnalyzer:
             # The IR lamp is on in the dark only: by day nothing at the lens glows.
             near = self._near_lens(cur, pixels, sums, tested, content, pixel_var)
             content &= ~near
-        return lit_cells.bit_count(), scattered, content, near
+        return lit_cells, scattered, content, near
 
     def _near_lens(
         self,
