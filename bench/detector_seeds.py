@@ -31,9 +31,18 @@ from pinthesky import settings
 from pinthesky.daemon.detect import detect
 
 NAME = "detector_seeds"
-GARDEN = ("moths", "moths_walkers", "strand", "wet_window", "dappled_shade", "shade_walkers")
-"""Things at the lens, dappled shade: each also drawn with ``GARDEN_SEEDS`` (other insects,
-flights, strands, drops, crowns and sways)."""
+GARDEN = (
+    "moths",
+    "moths_walkers",
+    "strand",
+    "wet_window",
+    "dappled_shade",
+    "shade_walkers",
+    "approach",
+    "approach_left",
+)
+"""Things at the lens, dappled shade, walkers coming toward the camera: each also drawn with
+``GARDEN_SEEDS`` (other insects, flights, strands, drops, crowns, sways and noise)."""
 GARDEN_SEEDS = (3, 4)
 MARGIN_BEFORE_S, MARGIN_AFTER_S = 0.5, 2.0
 """Around a labelled event, scores belong to it (onset, post-roll)."""

@@ -124,9 +124,10 @@ def test_the_timeline_says_why_frames_did_not_count(footage, tmp_path):
 
 @pytest.mark.parametrize("name", GARDEN)
 def test_things_at_the_lens_are_no_event_and_walkers_among_them_are(footage, tmp_path, name):
-    # Insects at the IR lamp, a glowing spider's strand: no event of their own; walkers
-    # under the lamp or past the strand, and one coming toward the camera, each one event
-    # from when (half of) them came into view.
+    # Insects at the IR lamp, a glowing spider's strand, drops running down the window: no
+    # event of their own; walkers under the lamp, past the strand or behind the wet window,
+    # and one coming toward the camera (from far, or close at a steeper angle), each one
+    # event from when (half of) them came into view.
     scenario = footage.scenario(name)
     out = pinthesky("detect", str(scenario.path), "--json", "--post-roll", "4", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
