@@ -413,10 +413,12 @@ class MotionAnalyzer:
         # mean change is cheap, and kept as a sum per frame: only when the mean moved by
         # more than GAIN_TRIGGER / 2 can the (costlier) median have moved by GAIN_TRIGGER.
         sample_sum = now.sample_sum = _sample_sum(cur)
-        self._level = sample_sum / self._sample_size
         prev_sum = ref.sample_sum
         if prev_sum is None:
             prev_sum = ref.sample_sum = _sample_sum(prev)
+        # The scene's level: the darker of the two (a big thing at the lens brightens the
+        # frame it is in).
+        self._level = min(sample_sum, prev_sum) / self._sample_size
         relit = False
         if abs(sample_sum - prev_sum) > GAIN_TRIGGER / 2 * self._sample_size:
             prev_s = prev[4::8, 4::8].astype(np.int16)
