@@ -25,10 +25,15 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
    light, smoothly across neighbours, are light, not content, and so is the rim of a light
    where its brightness ratio slopes across the cell (``_rim``); a frame mostly made of
    light is a lighting change that scores nothing; in clutter (thin change everywhere), a
-   cell back as it was two frames ago held a one-frame flash, not content (``_undone``);
-   content cells make objects when they group or persist from frame to frame, and the score
-   is the area the objects covered over the last ``SWEEP_S`` seconds, or along their whole
-   unbroken track up to ``TRACK_S``, so a small, far, slow object adds up.
+   cell back as it was two frames ago held a one-frame flash, not content (``_undone``); in
+   the dark, changes that glow and have no edge are things right at the lens, lit by the
+   IR lamp and out of focus (insects, a spider's strand, drops on the window:
+   ``_near_lens``); thin change that stays put frame after frame is compared with a frame
+   a second older, where someone coming toward the camera has grown by a solid amount
+   (``_slowly``); content cells make objects when they group or persist from frame to
+   frame, and the score is the area the objects covered over the last ``SWEEP_S`` seconds,
+   or along their whole unbroken track up to ``TRACK_S`` (a small object: only the cells
+   joined to it frame by frame), so a small, far, slow object adds up.
 
 Cost: what a frame costs on a camera is mostly the number of numpy calls and the Python run
 (each one's fixed cost, with caches cold after the decoder ran), not their size. So a still
@@ -98,39 +103,40 @@ RIM_RESIDUAL = 1.0
 explains its change within this many noise variances (the rim of a pool of light)..."""
 RIM_STEP = 0.15
 """... and its plane meets its neighbours' planes at their borders within this (log ratio)."""
-NEAR_STRONG = 100.0
-"""A cell changed strongly when its mean square change is this many pixel noise variances..."""
-NEAR_LEVEL = 24.0
-"""... and at least this (luma levels, root mean square): enough for an edge to show."""
-NEAR_CLEAR = 25.0
-"""A change that glows counts as soft from this many noise variances (and half
-``NEAR_LEVEL``): smooth and bright, it needs no edge to be told from a dim object."""
-NEAR_SHARE = 0.01
-"""A strong change is soft when a smooth overlay explains all but this share of it (see
-``_near_lens``): an edge in focus leaves far more (a few to tens of percent)."""
 NEAR_DARK = 80.0
-"""Things at the lens are looked for when the scene's mean level is at most this (the IR lamp
-is on)..."""
+"""Things at the lens are looked for while the scene's mean level (the darker frame's) is at
+most this: the IR lamp is on, and what is right before it glows."""
 NEAR_GLOW = 1.5
-"""Something at the lens is lit by the IR lamp beside it: a cell where it is is at least this
-many times as bright as the scene's mean (over the black level)."""
+"""A cell glows when one of the two frames is there at least this many times as bright as the
+scene's median level (over the black level)."""
+NEAR_STRONG = 100.0
+"""A cell changed strongly (enough for an edge to show) when its mean square change is this
+many pixel noise variances..."""
+NEAR_LEVEL = 24.0
+"""... and at least this squared (luma levels, root mean square)."""
+NEAR_CLEAR = 25.0
+"""A glowing cell is judged from this many noise variances (and half ``NEAR_LEVEL``): smooth
+and bright, it needs no edge to be told from a dim object."""
+NEAR_SHARE = 0.01
+"""A change is soft when a smooth overlay explains all but this share of it, noise aside
+(see ``_near_lens``): an edge in focus leaves a few to tens of percent."""
 NEAR_NOISE = 1.5
 """Noise variances a pixel that a smooth overlay leaves unexplained anyway (both frames')."""
-SLOW_S = 1.0
-"""Thin change that stays put is compared with a frame at least this much older."""
-SLOW_FRAMES = 2
-"""... when the frames before had thin change in (or next to) the same cells..."""
-SLOW_BUSY = 8
-"""... and the frame has fewer content cells than this (more: an object is seen anyway)."""
-NEAR_FRAMES = 2
-"""Faint change where something at the lens was in this many last frames is that thing."""
-NEAR_REACH = 1
-"""... or next to it (within this many cells)."""
-NEAR_GLOWING = 0.1
-"""... and when at least this share of its clearly changed cells glows and is soft."""
 NEAR_SHARP = 0.2
 """A group of changed cells is at the lens when at most this share of its strong cells is
-sharp."""
+sharp..."""
+NEAR_GLOWING = 0.1
+"""... and at least this share of its clearly changed cells glows and is soft."""
+NEAR_FRAMES = 2
+"""Faint change where glowing, soft cells were in this many last frames is that thing..."""
+NEAR_REACH = 1
+"""... or next to them (within this many cells)."""
+SLOW_S = 1.0
+"""Thin change that stays put is compared with a frame at least this much older..."""
+SLOW_FRAMES = 2
+"""... when this many frames before had thin change in (or next to) the same cells..."""
+SLOW_BUSY = 8
+"""... and the frame has fewer content cells than this (more: an object is seen anyway)."""
 SOLID_MIN = 2
 """Pixels of a changed cell that must survive a 3x3 erosion for it to hold an object."""
 REFERENCE_S = 0.15
@@ -197,10 +203,10 @@ _SMOOTH_OUT = (
     @ np.concatenate([np.full((_PIXELS, 1), 1 / CELL, np.float32), _QUADRIC], axis=1).T
 )
 """Removes from a cell's 64 pixels what a quadric across the cell explains (a projector)."""
-_SLOPES = np.stack(
-    [np.ones(_PIXELS, np.float32), *(_PLANE[:, 1:].T * np.float32(CELL / 2))], axis=0
-)
-"""1, x and y across a cell (x and y about -1..1): a share that varies linearly."""
+_SLOPES = np.concatenate(
+    [np.ones((1, _PIXELS), np.float32), (np.mgrid[0:CELL, 0:CELL].reshape(2, _PIXELS) - 3.5) / 3.5]
+).astype(np.float32)
+"""1, y and x across a cell (-1 to 1): what a share that varies linearly is made of."""
 
 
 def _overlay_residual(
@@ -325,7 +331,7 @@ class MotionAnalyzer:
         self._slow_ref: _Past | None = None
         self._slow_next: _Past | None = None
         self._slow_us = round(SLOW_S * US)
-        # The scene's mean level in the frame being analysed (its sample's).
+        # The scene's mean level (the darker of the two frames compared, see _analyse).
         self._level = 0.0
         # When the objects seen lately were first seen without a break (see _scored).
         self._track_from = 0
@@ -505,7 +511,7 @@ class MotionAnalyzer:
         light (a light moving or changing over that second is not something growing) or
         where something at the lens just was.
         """
-        older, before = self._thin_seen if len(self._thin_seen) == SLOW_FRAMES else (0, 0)
+        older, last = self._thin_seen if len(self._thin_seen) == SLOW_FRAMES else (0, 0)
         self._thin_now = thin
         slow_ref = self._slow_ref
         if (
@@ -516,7 +522,7 @@ class MotionAnalyzer:
         ):
             return 0
         grid = self._cells
-        kept = thin & grid.near(before) & grid.near(older) & ~self._near_zone
+        kept = thin & grid.near(last) & grid.near(older) & ~self._near_zone
         if lit:
             kept &= ~grid.near(lit)
         kept &= grid.crowded(kept)
@@ -827,10 +833,10 @@ class MotionAnalyzer:
         strand, a drop on the window) is blurred over many pixels, and the lamp beside the
         lens lights it far more than the scene: a strong change without an edge. Within a
         cell such a change is a smooth overlay (quadric across the cell) plus the old picture
-        seen through it, scaled. An object in focus has edges and texture of its own that no
-        such overlay explains. A flat object on a flat ground is explained too (nothing
-        tells them apart inside it), but not at its outline: so a group of such cells is at
-        the lens only when no cell of it is sharp, and one of them changed strongly.
+        seen through it, scaled (either way round: it came or it went). An object in focus
+        has edges and texture of its own that no such overlay explains. A flat object on a
+        flat ground is explained too (nothing tells them apart inside it), but not at its
+        outline: so the verdict is given per group of cells (``_near_groups``).
         """
         zone = self._near_zone & content
         syy, sxy, sxx = (sums[:, k].astype(np.float32) for k in (0, 1, 3))
@@ -884,9 +890,9 @@ class MotionAnalyzer:
         """The groups of ``content`` cells from ``seeds`` that are at the lens (bits).
 
         A group is when (almost) none of its strong cells is sharp and a share of its
-        clearly changed cells is soft and glows; or, without a clear cell (too faint to
-        tell an edge from noise), when it lies where something at the lens was in the last
-        frames: the faint end of a swinging strand, the tail of a running drop.
+        clearly changed cells is soft and glows; or, with neither (too faint to tell an
+        edge from noise), when it lies where glowing, soft cells were in the last frames:
+        the faint end of a swinging strand, the tail of a running drop.
         """
         near = 0
         zone = self._near_zone
