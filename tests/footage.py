@@ -4,8 +4,11 @@ The source is OpenCV's ``vtest.avi`` (768x576, 10 fps, 795 frames of people walk
 across a campus), shipped in Debian's ``opencv-doc`` package.  From it we derive an
 empty-scene background (per-pixel temporal median) and compose short H.264 MP4 clips:
 stretches of the still scene with temporal sensor noise, segments of the real footage,
-lighting changes, dusk, night noise and a small sliding object.  Each clip is described
-by a :class:`Scenario` whose ``events`` are the spans of real motion.
+lighting changes, dusk, night noise and a small sliding object; the same package's
+``tree.avi`` (a real tree in wind) gives the foliage of dappled shade, and things at the lens
+(insects at the IR lamp, a spider's strand, drops on the window) are modelled from the optics
+of a Pi camera.  Each clip is described by a :class:`Scenario` whose ``events`` are the spans
+of real motion.
 
 Everything is seeded and cached in :data:`CACHE_DIR` (``$PINTHESKY_FOOTAGE_CACHE`` or
 ``<repo root>/.cache/footage``), keyed by :data:`FOOTAGE_VERSION`; bump it whenever the
@@ -888,7 +891,6 @@ def _strand(rng: Rng) -> Callable[[F32Image, int], None]:
     def strand(scene: F32Image, i: int) -> None:
         t = i / FPS
         wind = float(np.interp(t, np.linspace(0, 30, len(gusts)), gusts))
-        theta = swing * wind * np.sin(2 * np.pi * freq * t + phase)
         bend = 40.0 * wind * np.sin(2 * np.pi * freq * 0.5 * t)
         # Smeared over the exposure: the band averaged over two instants.
         band = np.zeros((HEIGHT, WIDTH), np.float32)
@@ -896,7 +898,6 @@ def _strand(rng: Rng) -> Callable[[F32Image, int], None]:
             th = swing * wind * np.sin(2 * np.pi * freq * (t + dt) + phase)
             x = anchor + ys * np.tan(th) + bend * (ys / length) ** 2
             band += np.exp(-(((xs - x) / sigma) ** 2) / 2)
-        del theta
         scene += (glow / 2 * band * along)[:, :, None]
 
     return strand
