@@ -2,11 +2,13 @@
 
 The scenarios of tests/footage.py are built from seeded randomness (sensor noise, where the
 raindrops and flakes fall): ``tests/test_detect.py`` checks them with one seed each. Here
-each is built again with other seeds, the same scene and labelled events with other pixels,
-and ``pinthesky detect`` (the analyzer and the tracker as the daemon runs them, post-roll
-4 s) must give exactly the labelled events, each starting and ending within 1 s. For each
-run it prints the events found, the highest score outside the labelled events (with 0.5 s
-before and 2 s after them: how close a false event came) and the peak within each.
+each is built again with other seeds, the same scene and labelled events with other pixels
+(the garden cases, ``GARDEN``, with two more seeds: other insects and flights, strands, drops,
+crowns and sways), and ``pinthesky detect`` (the analyzer and the tracker as the daemon runs
+them, post-roll 4 s) must give exactly the labelled events, each starting and ending within
+1 s. For each run it prints the events found, the highest score outside the labelled events
+(with 0.5 s before and 2 s after them: how close a false event came) and the peak within each.
+Dappled shade (``dappled_shade``, ``shade_walkers``) is still wrong: see docs/motion.md.
 
 Run (from the repository root; the first run encodes the footage, about 15 s a scenario)::
 
@@ -29,6 +31,19 @@ from pinthesky import settings
 from pinthesky.daemon.detect import detect
 
 NAME = "detector_seeds"
+GARDEN = (
+    "moths",
+    "moths_walkers",
+    "strand",
+    "wet_window",
+    "dappled_shade",
+    "shade_walkers",
+    "approach",
+    "approach_left",
+)
+"""Things at the lens, dappled shade, walkers coming toward the camera: each also drawn with
+``GARDEN_SEEDS`` (other insects, flights, strands, drops, crowns, sways and noise)."""
+GARDEN_SEEDS = (3, 4)
 MARGIN_BEFORE_S, MARGIN_AFTER_S = 0.5, 2.0
 """Around a labelled event, scores belong to it (onset, post-roll)."""
 
@@ -69,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, str] = {}
     seeds = args.seeds[:1] if args.quick else args.seeds
     for name in names:
-        for seed in seeds:
+        extra = [s for s in GARDEN_SEEDS if name in GARDEN and s not in seeds]
+        for seed in seeds if args.quick else [*seeds, *extra]:
             line = one(footage, name, seed)
             runs[f"{name}_s{seed}"] = line
             print(f"{name}_s{seed}: {line}", file=sys.stderr, flush=True)  # progress

@@ -4,8 +4,11 @@ The source is OpenCV's ``vtest.avi`` (768x576, 10 fps, 795 frames of people walk
 across a campus), shipped in Debian's ``opencv-doc`` package.  From it we derive an
 empty-scene background (per-pixel temporal median) and compose short H.264 MP4 clips:
 stretches of the still scene with temporal sensor noise, segments of the real footage,
-lighting changes, dusk, night noise and a small sliding object.  Each clip is described
-by a :class:`Scenario` whose ``events`` are the spans of real motion.
+lighting changes, dusk, night noise and a small sliding object; the same package's
+``tree.avi`` (a real tree in wind) gives the foliage of dappled shade, and things at the lens
+(insects at the IR lamp, a spider's strand, drops on the window) are modelled from the optics
+of a Pi camera.  Each clip is described by a :class:`Scenario` whose ``events`` are the spans
+of real motion.
 
 Everything is seeded and cached in :data:`CACHE_DIR` (``$PINTHESKY_FOOTAGE_CACHE`` or
 ``<repo root>/.cache/footage``), keyed by :data:`FOOTAGE_VERSION`; bump it whenever the
@@ -737,6 +740,406 @@ def _gen_animal(rng: Rng) -> Iterator[U8Image]:
         yield render(scene, 1.5)
 
 
+# Garden-at-night and garden-in-sun cases: things at the lens, dappled shade, a person walking
+# toward the camera. Optics of a Pi camera (3 mm lens at f/2, about 62 degrees across): in
+# footage pixels the focal length is about 640 px and the entrance pupil 1.5 mm, so something
+# z cm from the lens, focused far away, is blurred over a disc of about 96 / z px, and one of
+# size s cm is 640 * s / z px across. The IR lamp beside the lens lights it by 1 / z**2: at a
+# few centimetres, 10,000 times brighter than the garden a few metres away (burnt out).
+FOCAL_PX = 640.0
+BLUR_PX_CM = 96.0
+"""Blur disc (px) of a point 1 cm from the lens: FOCAL_PX times the pupil (0.15 cm)."""
+EXPOSURE_S = 1 / 15
+"""A night exposure: what moves during it is smeared."""
+
+
+def _disc(x: float, y: float, radius: float, blur: float) -> F32Image | None:
+    """A defocused disc: the coverage (0..1) of a disc of ``radius`` seen through a blur of
+    ``blur`` px, over the picture, or None when it is off the picture."""
+    reach = radius + blur
+    x0, x1 = max(int(x - reach), 0), min(int(x + reach) + 1, WIDTH)
+    y0, y1 = max(int(y - reach), 0), min(int(y + reach) + 1, HEIGHT)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    ys, xs = np.ogrid[y0:y1, x0:x1]
+    r = np.sqrt((xs - np.float32(x)) ** 2 + (ys - np.float32(y)) ** 2)
+    cover = np.clip((radius - r) / max(blur, 1.0) + 0.5, 0.0, 1.0).astype(np.float32)
+    out = np.zeros((HEIGHT, WIDTH), np.float32)
+    out[y0:y1, x0:x1] = cover * cover * (3 - 2 * cover)
+    return out
+
+
+def _glow(scene: F32Image, cover: F32Image, level: float) -> None:
+    """Something lit by the lamp in front of the scene: ``level`` where ``cover`` is 1."""
+    a = cover[:, :, None]
+    scene *= 1 - a
+    scene += a * np.float32(level)
+
+
+class _Insect:
+    """One insect at the lamp: its distance, size, brightness and flight."""
+
+    def __init__(self, rng: Rng, t: float, mode: str) -> None:
+        self.mode = mode
+        self.z = float(rng.uniform(3.0, 14.0))  # cm from the lens
+        size = float(rng.uniform(0.4, 2.0))  # cm: midges to moths
+        self.radius = min(FOCAL_PX * size / self.z / 2, 160.0)
+        self.blur = BLUR_PX_CM / self.z
+        # Lit by the lamp at z cm: far past white for most (burnt out); wing beats flicker.
+        self.level = 255.0 * float(rng.uniform(1.2, 4.0)) * min(1.0, (8.0 / self.z) ** 2 + 0.4)
+        self.born = t
+        self.x, self.y = float(rng.uniform(0, WIDTH)), float(rng.uniform(0, HEIGHT))
+        speed = {"hover": 400.0, "dart": 500.0, "cross": 0.0}[mode]
+        self.vx, self.vy = rng.normal(0, speed, 2)
+        if mode == "cross":
+            # Straight across the whole picture in 0.1-0.25 s, from one edge to the other.
+            angle = float(rng.uniform(-0.6, 0.6))
+            span = WIDTH + 2 * self.radius
+            velocity = span / float(rng.uniform(0.1, 0.25))
+            direction = 1.0 if rng.random() < 0.5 else -1.0
+            self.x = -self.radius if direction > 0 else WIDTH + self.radius
+            self.vx, self.vy = direction * velocity * np.cos(angle), velocity * np.sin(angle)
+            self.life = span / velocity
+        else:
+            self.life = float(rng.uniform(2.0, 8.0))
+        self.anchor = (float(rng.uniform(0.2, 0.8)) * WIDTH, float(rng.uniform(0.2, 0.8)) * HEIGHT)
+
+    def fly(self, rng: Rng, dt: float) -> None:
+        """Erratic flight about the lamp: a pull to a wandering anchor, random turns, and
+        for darters sudden bursts; crossers fly straight."""
+        if self.mode != "cross":
+            ax, ay = self.anchor
+            turn = 1400.0 if self.mode == "hover" else 900.0
+            self.vx += (ax - self.x) * 4.0 * dt + float(rng.normal(0, turn)) * np.sqrt(dt)
+            self.vy += (ay - self.y) * 4.0 * dt + float(rng.normal(0, turn)) * np.sqrt(dt)
+            self.vx *= 1 - 2.0 * dt
+            self.vy *= 1 - 2.0 * dt
+            if self.mode == "dart" and rng.random() < 1.5 * dt:
+                burst = float(rng.uniform(2500, 6000))
+                angle = float(rng.uniform(0, 2 * np.pi))
+                self.vx, self.vy = burst * np.cos(angle), burst * np.sin(angle)
+            if rng.random() < 0.5 * dt:
+                self.anchor = (
+                    float(rng.uniform(0.1, 0.9)) * WIDTH,
+                    float(rng.uniform(0.1, 0.9)) * HEIGHT,
+                )
+        self.x += self.vx * dt
+        self.y += self.vy * dt
+
+
+def _insects(rng: Rng, rate: float = 0.6) -> Callable[[F32Image, int], None]:
+    """Insects drawn to the IR lamp beside the lens: defocused, burnt-out blobs that hover,
+    dart, or cross the whole picture in a fifth of a second, smeared over the exposure.
+
+    New ones come at ``rate`` a second (a third of them crossers); two hover from the start.
+    """
+    flying = [_Insect(rng, 0.0, "hover"), _Insect(rng, 0.0, "dart")]
+
+    def insects(scene: F32Image, i: int) -> None:
+        t = i / FPS
+        if i and rng.random() < rate / FPS:
+            mode = ("hover", "dart", "cross")[int(rng.integers(3))]
+            flying.append(_Insect(rng, t, mode))
+        flying[:] = [b for b in flying if t - b.born <= b.life]
+        for bug in flying:
+            # The exposure integrates the flight: the coverage averaged over sub-steps.
+            cover = np.zeros(scene.shape[:2], np.float32)
+            smear = float(np.hypot(bug.vx, bug.vy)) * EXPOSURE_S
+            steps = int(np.clip(smear / (0.3 * bug.radius + 1), 4, 40))
+            for _ in range(steps):
+                bug.fly(rng, EXPOSURE_S / steps)
+                disc = _disc(bug.x, bug.y, bug.radius, bug.blur)
+                if disc is not None:
+                    cover += disc
+            # The rest of the frame period passes unseen.
+            bug.fly(rng, 1 / FPS - EXPOSURE_S)
+            if cover.any():
+                flap = float(rng.uniform(0.6, 1.0))
+                _glow(scene, cover / steps, bug.level * flap)
+
+    return insects
+
+
+def _gen_moths(rng: Rng) -> Iterator[U8Image]:
+    yield from _night(rng, _insects(rng))
+
+
+def _gen_moths_walkers(rng: Rng) -> Iterator[U8Image]:
+    # Walkers at night under the lamp, while insects fly at it.
+    yield from _night_walkers_in(rng, _insects(rng), (100, 12.0, 20.0))
+
+
+def _strand(rng: Rng) -> Callable[[F32Image, int], None]:
+    """A spider's strand hanging from the housing 2-5 cm before the lens: blurred into a soft
+    band (the blur disc across), glowing in the IR, swinging like a pendulum in the wind
+    (0.4-1.2 Hz, a few degrees, in gusts) and bending with it."""
+    z = float(rng.uniform(2.0, 5.0))
+    sigma = BLUR_PX_CM / z / 2.5
+    anchor = float(rng.uniform(0.2, 0.8)) * WIDTH
+    length = float(rng.uniform(0.5, 1.2)) * HEIGHT
+    glow = float(rng.uniform(70.0, 160.0))
+    freq = float(rng.uniform(0.4, 1.2))
+    swing = np.radians(float(rng.uniform(3.0, 9.0)))
+    phase = float(rng.uniform(0, 2 * np.pi))
+    ys = np.arange(HEIGHT, dtype=np.float32)[:, None]
+    xs = np.arange(WIDTH, dtype=np.float32)[None, :]
+    # Dew beads make the strand brighter in places; it fades out at its loose end.
+    beads = 0.6 + 0.4 * np.cos(ys / float(rng.uniform(20, 60)) + float(rng.uniform(0, 6)))
+    along = beads * np.clip((length - ys) / 40.0, 0.0, 1.0)
+    gusts = rng.uniform(0.3, 1.0, 8)
+
+    def strand(scene: F32Image, i: int) -> None:
+        t = i / FPS
+        wind = float(np.interp(t, np.linspace(0, 30, len(gusts)), gusts))
+        bend = 40.0 * wind * np.sin(2 * np.pi * freq * 0.5 * t)
+        # Smeared over the exposure: the band averaged over two instants.
+        band = np.zeros((HEIGHT, WIDTH), np.float32)
+        for dt in (0.0, EXPOSURE_S):
+            th = swing * wind * np.sin(2 * np.pi * freq * (t + dt) + phase)
+            x = anchor + ys * np.tan(th) + bend * (ys / length) ** 2
+            band += np.exp(-(((xs - x) / sigma) ** 2) / 2)
+        scene += (glow / 2 * band * along)[:, :, None]
+
+    return strand
+
+
+def _gen_strand(rng: Rng) -> Iterator[U8Image]:
+    yield from _night_walkers_in(rng, _strand(rng), (100, 12.0, 20.0))
+
+
+class _Drop:
+    """A raindrop on the window 1-3 cm before the lens: a blurred blob that refracts the
+    scene and catches the lamp's light; it clings, then runs down in fits and starts."""
+
+    def __init__(self, rng: Rng, top: bool = False) -> None:
+        z = float(rng.uniform(1.0, 3.0))
+        self.radius = FOCAL_PX * float(rng.uniform(0.05, 0.15)) / z
+        self.blur = BLUR_PX_CM / z / 2
+        self.x = float(rng.uniform(0, WIDTH))
+        self.y = (
+            float(rng.uniform(-self.radius, 0.3 * HEIGHT)) if top else float(rng.uniform(0, HEIGHT))
+        )
+        # A few centimetres from the lamp, it catches far more of its light than the scene.
+        self.glow = float(rng.uniform(60.0, 160.0))
+        self.speed = 0.0
+        self.trail: list[tuple[float, float, float]] = []  # (x, y, age)
+
+    def move(self, rng: Rng, dt: float) -> None:
+        if self.speed == 0.0 and rng.random() < 0.15 * dt:
+            self.speed = float(rng.uniform(40.0, 250.0))  # starts to run
+        elif self.speed and rng.random() < 0.4 * dt:
+            self.speed = 0.0  # caught on the glass
+        if self.speed:
+            # The trail is left behind in beads a third of the drop's size apart.
+            last = self.trail[-1] if self.trail else None
+            if last is None or abs(self.y - last[1]) >= self.radius / 3:
+                self.trail.append((self.x, self.y, 0.0))
+            self.y += self.speed * dt * float(rng.uniform(0.5, 1.5))
+            self.x += float(rng.normal(0, 4.0))
+        self.trail = [(x, y, a + dt) for x, y, a in self.trail if a < 6.0]
+
+
+def _window_drops(rng: Rng, count: int = 14) -> Callable[[F32Image, int], None]:
+    """Drops on the window (after rain): clinging, now and then running down."""
+    drops = [_Drop(rng) for _ in range(count)]
+
+    def window(scene: F32Image, _: int) -> None:
+        for k in range(len(drops)):
+            drop = drops[k]
+            drop.move(rng, 1 / FPS)
+            if drop.y - drop.radius > HEIGHT:
+                drops[k] = drop = _Drop(rng, top=True)
+            # The wet trail: a faint glow that dries up.
+            for x, y, age in drop.trail:
+                trail = _disc(x, y, drop.radius * 0.35, drop.blur)
+                if trail is not None:
+                    scene += (trail * drop.glow * 0.25 * (1 - age / 6.0))[:, :, None]
+            cover = _disc(drop.x, drop.y, drop.radius, drop.blur)
+            if cover is None:
+                continue
+            # A drop is a small lens: it shows the scene behind it blurred, and the lamp.
+            box = cover > 0
+            seen = float(scene[box].mean()) if box.any() else 0.0
+            _glow(scene, cover, 0.8 * seen + drop.glow)
+
+    return window
+
+
+def _gen_wet_window(rng: Rng) -> Iterator[U8Image]:
+    yield from _night_walkers_in(rng, _window_drops(rng), (100, 12.0, 20.0))
+
+
+PAD = 20
+"""Margin of the fleck map, for the crown's sway."""
+TREE_FRAMES = 51
+"""tree.avi's frames before a hand comes into view (only 68 of its 444 decode)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _foliage() -> F32Image:
+    """Sunflecks through a real tree in wind: tree.avi's gaps between leaves (bright sky)
+    as 0..1, frame by frame, without the door post at its left edge."""
+    frames: list[F32Image] = []
+    with av.open(str(tree_path())) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index >= TREE_FRAMES:
+                break
+            gray = _f32(cast(U8Image, frame.to_ndarray(format="gray")))[:, 40:]
+            frames.append(np.clip((gray - 175.0) / 30.0, 0.0, 1.0))
+    return np.stack(frames)
+
+
+def _dapple(rng: Rng, gusts: Sequence[tuple[float, float]]) -> Callable[[F32Image, int], None]:
+    """Dappled shade: sunlight through a tree (real foliage from tree.avi) on the ground.
+
+    Sunflecks are the gaps between leaves, projected on the ground below (squashed: seen at
+    a slant), blurred over the sun's half degree (a pixel or two of penumbra); in the shade
+    only the sky's light is left (25-45 % of full sun). In a gust the leaves flutter (the
+    real tree's frames play) and the crown sways, moving the whole pattern a few pixels;
+    between gusts it is still.
+    """
+    flecks = _foliage()
+    top = int(rng.uniform(0.3, 0.45) * HEIGHT)
+    sky = float(rng.uniform(0.25, 0.45))
+    sway = float(rng.uniform(6.0, 16.0))
+    freq = float(rng.uniform(0.7, 2.0))
+    # A part of the crown, nearer the ground than the whole: bigger flecks.
+    zoom = float(rng.uniform(0.5, 0.8))
+    ch, cw = round(flecks.shape[1] * zoom), round(flecks.shape[2] * zoom)
+    oy = int(rng.integers(flecks.shape[1] - ch + 1))
+    ox0 = int(rng.integers(flecks.shape[2] - cw + 1))
+    first = int(rng.integers(TREE_FRAMES))
+    # The tree's shadow as a whole: soft-edged (its outline), over most of the ground.
+    ys, xs = np.mgrid[top:HEIGHT, 0:WIDTH].astype(np.float32)
+    cx, cy = float(rng.uniform(0.3, 0.7)) * WIDTH, (top + HEIGHT) / 2
+    outline = np.hypot((xs - cx) / (0.6 * WIDTH), (ys - cy) / (0.75 * (HEIGHT - top)))
+    canopy = np.clip((1.0 - outline) / 0.15, 0.0, 1.0) * np.clip((ys - top) / 40.0, 0.0, 1.0)
+    cache: dict[int, F32Image] = {}
+
+    def fleck_map(index: int) -> F32Image:
+        if index not in cache:
+            crop = flecks[index, oy : oy + ch, ox0 : ox0 + cw] * 255.0
+            cache[index] = _resize(crop, WIDTH + 2 * PAD, HEIGHT - top + 2 * PAD) / 255.0
+        return cache[index]
+
+    def dapple(scene: F32Image, i: int) -> None:
+        t = i / FPS
+        played = sum(max(0.0, min(t, t1) - t0) for t0, t1 in gusts)
+        # Ping-pong through the real frames at their own 15 fps while the wind blows.
+        k = (first + int(played * 15)) % (2 * TREE_FRAMES - 2)
+        index = k if k < TREE_FRAMES else 2 * TREE_FRAMES - 2 - k
+        blowing = any(t0 <= t < t1 for t0, t1 in gusts)
+        dx = sway * np.sin(2 * np.pi * freq * t) if blowing else 0.0
+        ox = int(PAD + round(dx))
+        sun = fleck_map(index)[PAD : PAD + HEIGHT - top, ox : ox + WIDTH]
+        light = 1.0 - canopy * (1.0 - sun) * (1.0 - sky)
+        scene[top:] *= light[:, :, None]
+
+    return dapple
+
+
+def _sunny(
+    rng: Rng, weather: Callable[[F32Image, int], None], walk: tuple[int, float, float] | None
+) -> Iterator[U8Image]:
+    """The campus in sun, 30 s, ``weather`` on every frame; real walkers in ``walk``'s span."""
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    first, t0, t1 = walk or (0, 0.0, 0.0)
+    with contextlib.closing(_vtest_reader(range(first, first + round((t1 - t0) * FPS)))) as real:
+        for i, t in enumerate(_times(30.0)):
+            scene = _f32(next(real)) if t0 <= t < t1 else bg.copy()
+            weather(scene, i)
+            yield render(scene, 1.5)
+
+
+def _gen_dappled_shade(rng: Rng) -> Iterator[U8Image]:
+    yield from _sunny(rng, _dapple(rng, ((4.0, 12.0), (16.0, 28.0))), None)
+
+
+def _gen_shade_walkers(rng: Rng) -> Iterator[U8Image]:
+    # A gust from 6 s on, before the walkers come (12-20 s), and on after they left.
+    yield from _sunny(rng, _dapple(rng, ((6.0, 28.0),)), (100, 12.0, 20.0))
+
+
+# A person walking toward a camera at eye height, at an angle: they come into view at a side
+# edge, then mostly grow (little sideways motion) until they pass beside the camera.
+APPROACHES = {
+    # Far off to the right, aiming a metre left of the camera: in slowly, from 80 px tall.
+    "approach": (13.5, 21.0, -1.0, 1.4, 2.0),
+    # Close on the left, at a steeper angle: in fast, from 250 px tall.
+    "approach_left": (-8.5, 11.0, 1.2, 1.1, 2.0),
+}
+"""Start (X m to the right, Z m ahead), the point aimed at (X m at the camera), speed (m/s),
+and when they set off (s, out of view)."""
+HORIZON_Y = 200.0
+PERSON_M = 1.75
+Path = tuple[float, float, float, float, float]
+
+
+def _approach_at(path: Path, t: float) -> tuple[float, float, float]:
+    """The walker's box at ``t`` s after setting off: (centre x, top y, height) in px."""
+    x0, z0, aim, speed, _ = path
+    dx, dz = aim - x0, -z0
+    run = float(np.hypot(dx, dz))
+    s = min(speed * t, run - 0.3)
+    x, z = x0 + dx * s / run, z0 + dz * s / run
+    height = FOCAL_PX * PERSON_M / z
+    # The camera is at eye height: the eyes stay on the horizon, the feet come down.
+    return WIDTH / 2 + FOCAL_PX * x / z, HORIZON_Y - 0.07 * height, height
+
+
+def _approach_visible(path: Path, t: float) -> float:
+    """Share of the walker's box inside the picture at ``t`` (0 before setting off)."""
+    if t < 0:
+        return 0.0
+    cx, top, height = _approach_at(path, t)
+    width = height * SPRITE_BOX[2] / SPRITE_BOX[3]
+    inside_x = max(0.0, min(cx + width / 2, WIDTH) - max(cx - width / 2, 0.0)) / width
+    inside_y = max(0.0, min(top + height, HEIGHT) - max(top, 0.0)) / height
+    return inside_x * inside_y
+
+
+def _approach_events(path: Path) -> tuple[tuple[float, float], ...]:
+    """From half in view to the moment less than half is left in view."""
+    start = path[4]
+    ts = [start + k / 100 for k in range(2600)]
+    half = [t for t in ts if _approach_visible(path, t - start) >= 0.5]
+    return ((round(half[0], 1), round(half[-1], 1)),)
+
+
+def _approach(rng: Rng, path: Path) -> Iterator[U8Image]:
+    """The campus, the walker on ``path``."""
+    render = _Renderer(rng)
+    bg = _f32(_background_cached((WIDTH, HEIGHT)))
+    rgb, alpha = _person()
+    for i in range(round(30.0 * FPS)):
+        u = (i + 1) / FPS - path[4]
+        scene = bg.copy()
+        if u > 0 and _approach_visible(path, u) > 0:
+            cx, top, height = _approach_at(path, u)
+            h = max(2, round(height))
+            w = max(2, round(h * rgb.shape[1] / rgb.shape[0]))
+            sprite = (
+                _resize(rgb, w, h),
+                np.clip(_resize(alpha * 255.0, w, h) / 255.0, 0.0, 1.0),
+            )
+            y = round(top)
+            if y < 0:  # the head above the picture: cut it off
+                sprite = (sprite[0][-y:], sprite[1][-y:])
+                y = 0
+            if y < HEIGHT:
+                _paste(scene, sprite, cx - w / 2, y)
+        yield render(scene, 1.5)
+
+
+def _gen_approach(rng: Rng) -> Iterator[U8Image]:
+    yield from _approach(rng, APPROACHES["approach"])
+
+
+def _gen_approach_left(rng: Rng) -> Iterator[U8Image]:
+    yield from _approach(rng, APPROACHES["approach_left"])
+
+
 @dataclass(frozen=True)
 class _Spec:
     duration: float
@@ -881,6 +1284,63 @@ _SPECS: dict[str, _Spec] = {
         "Sunny campus; a cloud's soft shadow (45 % less light at its core) drifts across at "
         "150 px/s from 5 s, no object.",
         _gen_cloud_shadow,
+    ),
+    # Things at the lens at night, dappled shade, a person walking toward the camera.
+    "moths": _Spec(
+        30.0,
+        (),
+        "Night campus; insects at the IR lamp 3-14 cm before the lens (defocused, burnt-out "
+        "blobs) hover, dart and cross the picture in 0.1-0.25 s, no object.",
+        _gen_moths,
+    ),
+    "moths_walkers": _Spec(
+        30.0,
+        ((12.0, 20.0),),
+        "Night; insects at the IR lamp as in moths; real walkers (vtest 100-179) at 12-20 s.",
+        _gen_moths_walkers,
+    ),
+    "strand": _Spec(
+        30.0,
+        ((12.0, 20.0),),
+        "Night; a spider's strand 2-5 cm before the lens glows in the IR and swings in the "
+        "wind all along; real walkers (vtest 100-179) at 12-20 s.",
+        _gen_strand,
+    ),
+    "wet_window": _Spec(
+        30.0,
+        ((12.0, 20.0),),
+        "Night, behind a wet window: blurred drops catching the lamp's light cling and run "
+        "down in fits; real walkers (vtest 100-179) at 12-20 s.",
+        _gen_wet_window,
+    ),
+    "dappled_shade": _Spec(
+        30.0,
+        (),
+        "Sunny campus under a tree (real foliage, tree.avi): its dappled shade flutters and "
+        "sways in gusts at 4-12 s and 16-28 s, no object.",
+        _gen_dappled_shade,
+    ),
+    "shade_walkers": _Spec(
+        30.0,
+        ((12.0, 20.0),),
+        "Dappled shade fluttering in a gust from 6 s to 28 s; real walkers (vtest 100-179) "
+        "walk through it at 12-20 s.",
+        _gen_shade_walkers,
+    ),
+    "approach": _Spec(
+        30.0,
+        _approach_events(APPROACHES["approach"]),
+        "A walker (the vtest sprite) comes toward a camera at eye height at an angle: in at "
+        "the right edge, growing from 80 px to past the picture, little sideways motion; "
+        "labelled from half in view to less than half.",
+        _gen_approach,
+    ),
+    "approach_left": _Spec(
+        30.0,
+        _approach_events(APPROACHES["approach_left"]),
+        "The walker comes toward the camera at a steeper angle, close: in at the left edge, "
+        "growing from 250 px to past the picture in 4 s.",
+        _gen_approach_left,
     ),
 }
 

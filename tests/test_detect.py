@@ -25,6 +25,7 @@ OUTDOOR = [
     "walkers_in_headlights",
     "cloud_shadow",
 ]
+GARDEN = ["moths", "moths_walkers", "strand", "wet_window", "approach", "approach_left"]
 
 
 def spans(doc: dict[str, Any]) -> list[tuple[float, float]]:
@@ -68,11 +69,14 @@ def test_higher_sensitivity_number_misses_the_small_object(footage, tmp_path):
     assert json.loads(out.stdout)["events"] == []
 
 
-@pytest.mark.parametrize("name", OUTDOOR)
+@pytest.mark.parametrize("name", OUTDOOR + GARDEN)
 def test_outdoor_cases_give_exactly_their_events(footage, tmp_path, name):
-    # Rain, snow, a swaying camera, headlights and an IR switch give no event of their own;
-    # a walker far away, one creeping, one in rain or snow, and an animal at the camera
-    # each give one, starting within a second of when they began to move.
+    # Rain, snow, a swaying camera, headlights, an IR switch, insects at the IR lamp, a
+    # glowing spider's strand and drops running down the window give no event of their own;
+    # a walker far away, one creeping, one in rain or snow, an animal at the camera, walkers
+    # under the lamp, past the strand or behind the wet window each give one, starting
+    # within a second of when they began to move; one coming toward the camera (from far,
+    # or close at a steeper angle), from when half of them is in view.
     scenario = footage.scenario(name)
     out = pinthesky("detect", str(scenario.path), "--json", "--post-roll", "4", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -119,3 +123,19 @@ def test_the_timeline_says_why_frames_did_not_count(footage, tmp_path):
     far = footage.scenario("distant_person")
     out = pinthesky("detect", str(far.path), cwd=tmp_path)
     assert "a small object persisted" in out.stdout
+
+
+def test_detect_names_the_frames_with_things_at_the_lens(footage, tmp_path):
+    from pinthesky import settings
+    from pinthesky.daemon import detect
+
+    moths = footage.scenario("moths")
+    out = pinthesky("detect", str(moths.path), cwd=tmp_path)
+    assert "no motion" in out.stdout
+    assert "frames with things at the lens ignored" in out.stdout
+    out = pinthesky("detect", str(moths.path), "--json", cwd=tmp_path)
+    ignored = json.loads(out.stdout)["ignored"]
+    assert ignored["at_the_lens"] > 20 and set(ignored) >= {"lighting", "shake", "scattered"}
+    result = detect.detect(moths.path, settings.defaults())
+    labels = detect.plot(result, settings.defaults(), tmp_path / "moths.png")
+    assert "at the lens (insects, strand, drops)" in labels

@@ -34,6 +34,8 @@ def replay(footage: object, name: str, tmp_path: Path, **flags: object):  # type
         "animal",
         "downpour",
         "distant_creeper",
+        "moths_walkers",
+        "approach",
     ],
 )
 def test_one_clip_per_event_with_pre_and_post_roll(footage, tmp_path, name):
@@ -60,7 +62,7 @@ def test_one_clip_per_event_with_pre_and_post_roll(footage, tmp_path, name):
 
 
 @pytest.mark.parametrize(
-    "name", ["lights", "dusk", "night_noise", "sway", "headlights", "headlights_near"]
+    "name", ["lights", "dusk", "night_noise", "sway", "headlights", "headlights_near", "moths"]
 )
 def test_no_clip_for_light_changes_or_noise(footage, tmp_path, name):
     _, run = replay(footage, name, tmp_path)

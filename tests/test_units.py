@@ -574,3 +574,57 @@ def test_the_steep_rim_of_a_small_bright_pool_is_light_too():
     for i, frame in enumerate(pool_sweep(5, (30.0, 22.0), 120, (5, 10), range(-40, 360, 16))):
         score = a.analyse(frame, i * 200_000)
         assert score.blocks <= 2, (i, score)
+
+
+def blob(frame: np.ndarray, x: float, y: float, radius: float, blur: float, level: float) -> None:
+    """A disc of ``radius`` at (x, y) seen through a blur of ``blur`` px, at ``level``."""
+    rows, cols = np.mgrid[0:240, 0:320]
+    r = np.hypot(cols - x, rows - y)
+    cover = np.clip((radius - r) / max(blur, 1.0) + 0.5, 0.0, 1.0)
+    frame[:] = np.clip(frame * (1 - cover) + level * cover, 0, 255).astype(np.uint8)
+
+
+def test_a_blurred_glowing_insect_at_the_lens_is_not_motion_but_a_walker_there_is():
+    # An insect at the IR lamp, a few centimetres from the lens: burnt out and blurred over
+    # many pixels, hovering about the dim garden. A walker in the garden, in focus, crossing
+    # the picture below it meanwhile, is an event from her first steps.
+    rng = np.random.default_rng(12)
+    dark = (textured() // 5).astype(np.uint8)
+    walker = (textured(8)[:48, :16] // 3).astype(np.uint8)
+    path = [(60 + 17 * i + 20 * np.sin(i), 110 + 30 * np.cos(1.3 * i)) for i in range(16)]
+    for with_walker in (False, True):
+        a = analyzer()
+        scores = []
+        for i, (x, y) in enumerate(path):
+            frame = noisy(dark, 4, rng)
+            if with_walker:
+                frame[170:218, 40 + 8 * i : 56 + 8 * i] = walker
+            blob(frame, x, y, 24, 14.0, 400)
+            scores.append(a.analyse(frame, i * 200_000))
+        assert sum(1 for s in scores if s.near) >= 10
+        tracker = MotionTracker(10, 0.4, quiet=1.0)
+        events = [e for s in scores for e in tracker.update(s)]
+        started = [e for e in events if isinstance(e, MotionStarted)]
+        if with_walker:
+            assert len(started) == 1 and started[0].onset <= 3 * 200_000, scores
+        else:
+            assert started == [] and max(s.blocks for s in scores) <= 2, scores
+
+
+def test_a_walker_coming_toward_the_camera_counts_though_only_her_outline_moves():
+    # She grows by a pixel every frame and barely moves sideways: between two frames only
+    # her outline changes (thin), but over a second she has grown by a solid amount.
+    rng = np.random.default_rng(13)
+    img = textured()
+    patch = np.kron(np.random.default_rng(3).integers(0, 60, (12, 5)), np.ones((4, 4)))
+    a = analyzer()
+    scores = []
+    for i in range(25):
+        frame = noisy(img, 1.5, rng)
+        h = 40 + i
+        w = round(h * 0.4)
+        body = patch[np.linspace(0, 47, h).astype(int)][:, np.linspace(0, 19, w).astype(int)]
+        frame[100 : 100 + h, 200 : 200 + w] = body.astype(np.uint8)
+        scores.append(a.analyse(frame, i * 200_000))
+    assert max(s.blocks for s in scores) > 10
+    assert any(s.grown for s in scores)

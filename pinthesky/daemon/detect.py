@@ -53,6 +53,17 @@ class Detection:
     def seconds(self, ts: int) -> float:
         return round((ts - self.origin) / US, 3)
 
+    def ignored(self) -> dict[str, int]:
+        """For each reason a frame's change (or part of it) did not count, the frames."""
+        scores = self.scores
+        return {
+            "lighting": sum(1 for sc in scores if sc.lighting),
+            "light": sum(1 for sc in scores if sc.lit and not sc.lighting),
+            "shake": sum(1 for sc in scores if sc.shake),
+            "scattered": sum(1 for sc in scores if sc.scattered),
+            "at_the_lens": sum(1 for sc in scores if sc.near),
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "events": [
@@ -66,6 +77,7 @@ class Detection:
                 for e in self.events
             ],
             "frames": self.frames,
+            "ignored": self.ignored(),
             "analysis_us_per_frame": round(self.analysis_us_per_frame, 2),
         }
 
@@ -157,12 +169,16 @@ def reason(score: Score, sensitivity: int) -> str:
     else:
         why = f"an object of {score.blocks:.0f} macroblocks (> sensitivity {sensitivity})"
     extras = []
+    if score.grown:
+        extras.append(f"{score.grown} cells growing or creeping (compared with a second ago)")
     if score.shake:
         extras.append("moving against a shaken view")
     if score.lit:
         extras.append(f"{score.lit} cells of light change ignored")
     if score.scattered:
         extras.append(f"{score.scattered} cells of scattered change ignored")
+    if score.near:
+        extras.append(f"{score.near} cells of things at the lens ignored")
     return why + ("; " + ", ".join(extras) if extras else "")
 
 
@@ -184,6 +200,12 @@ def timeline(result: Detection) -> str:
     scattered = sum(1 for sc in result.scores if sc.scattered and not sc.blocks)
     if scattered:
         lines.append(f"{scattered} frames with only scattered change (rain, snow, noise)")
+    lens = result.ignored()["at_the_lens"]
+    if lens:
+        lines.append(
+            f"{lens} frames with things at the lens ignored (blurred and lit by the IR lamp: "
+            "insects, a spider's strand, drops on the window)"
+        )
     peak = max((sc.blocks for sc in result.scores), default=0.0)
     lines.append(f"highest score {peak:.0f} macroblocks (motion is above the sensitivity)")
     return "\n".join(lines)
@@ -194,8 +216,9 @@ def _clock(seconds: float) -> str:
     return f"{int(m):02d}:{s:05.2f}"
 
 
-def plot(result: Detection, settings: Settings, out: Path) -> None:
-    """Draw the score over time, the threshold and the events into a PNG."""
+def plot(result: Detection, settings: Settings, out: Path) -> list[str]:
+    """Draw the score over time, the threshold and the events into a PNG; the legend's
+    labels."""
     try:
         import matplotlib
 
@@ -219,6 +242,7 @@ def plot(result: Detection, settings: Settings, out: Path) -> None:
         ("light explained part", "1", "orange", lambda sc: sc.lit > 0 and not sc.lighting),
         ("camera shake", "|", "tab:purple", lambda sc: sc.shake),
         ("scattered (rain, snow, noise)", ".", "tab:gray", lambda sc: sc.scattered > 0),
+        ("at the lens (insects, strand, drops)", "x", "tab:cyan", lambda sc: sc.near > 0),
     )
     for label, marker, colour, hit in marks:
         xs_hit = [x for x, sc in zip(xs, result.scores, strict=True) if hit(sc)]
@@ -236,10 +260,11 @@ def plot(result: Detection, settings: Settings, out: Path) -> None:
     ax.set_xlabel("seconds")
     ax.set_ylabel("moving macroblocks")
     ax.set_title(f"motion score ({len(result.events)} events shaded)")
-    ax.legend(loc="upper right")
+    legend = ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+    return [text.get_text() for text in legend.get_texts()]
 
 
 def main(argv: Sequence[str]) -> int:

@@ -25,10 +25,15 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
    light, smoothly across neighbours, are light, not content, and so is the rim of a light
    where its brightness ratio slopes across the cell (``_rim``); a frame mostly made of
    light is a lighting change that scores nothing; in clutter (thin change everywhere), a
-   cell back as it was two frames ago held a one-frame flash, not content (``_undone``);
-   content cells make objects when they group or persist from frame to frame, and the score
-   is the area the objects covered over the last ``SWEEP_S`` seconds, or along their whole
-   unbroken track up to ``TRACK_S``, so a small, far, slow object adds up.
+   cell back as it was two frames ago held a one-frame flash, not content (``_undone``); in
+   the dark, changes that glow and have no edge are things right at the lens, lit by the
+   IR lamp and out of focus (insects, a spider's strand, drops on the window:
+   ``_near_lens``); thin change that stays put frame after frame is compared with a frame
+   a second older, where someone coming toward the camera has grown by a solid amount
+   (``_slowly``); content cells make objects when they group or persist from frame to
+   frame, and the score is the area the objects covered over the last ``SWEEP_S`` seconds,
+   or along their whole unbroken track up to ``TRACK_S`` (a small object: only the cells
+   joined to it frame by frame), so a small, far, slow object adds up.
 
 Cost: what a frame costs on a camera is mostly the number of numpy calls and the Python run
 (each one's fixed cost, with caches cold after the decoder ran), not their size. So a still
@@ -98,6 +103,40 @@ RIM_RESIDUAL = 1.0
 explains its change within this many noise variances (the rim of a pool of light)..."""
 RIM_STEP = 0.15
 """... and its plane meets its neighbours' planes at their borders within this (log ratio)."""
+NEAR_DARK = 80.0
+"""Things at the lens are looked for while the scene's mean level (the darker frame's) is at
+most this: the IR lamp is on, and what is right before it glows."""
+NEAR_GLOW = 1.5
+"""A cell glows when one of the two frames is there at least this many times as bright as the
+scene's median level (over the black level)."""
+NEAR_STRONG = 100.0
+"""A cell changed strongly (enough for an edge to show) when its mean square change is this
+many pixel noise variances..."""
+NEAR_LEVEL = 24.0
+"""... and at least this squared (luma levels, root mean square)."""
+NEAR_CLEAR = 25.0
+"""A glowing cell is judged from this many noise variances (and half ``NEAR_LEVEL``): smooth
+and bright, it needs no edge to be told from a dim object."""
+NEAR_SHARE = 0.01
+"""A change is soft when a smooth overlay explains all but this share of it, noise aside
+(see ``_near_lens``): an edge in focus leaves a few to tens of percent."""
+NEAR_NOISE = 1.5
+"""Noise variances a pixel that a smooth overlay leaves unexplained anyway (both frames')."""
+NEAR_SHARP = 0.2
+"""A group of changed cells is at the lens when at most this share of its strong cells is
+sharp..."""
+NEAR_GLOWING = 0.1
+"""... and at least this share of its clearly changed cells glows and is soft."""
+NEAR_FRAMES = 2
+"""Faint change where glowing, soft cells were in this many last frames is that thing..."""
+NEAR_REACH = 1
+"""... or next to them (within this many cells)."""
+SLOW_S = 1.0
+"""Thin change that stays put is compared with a frame at least this much older..."""
+SLOW_FRAMES = 2
+"""... when this many frames before had thin change in (or next to) the same cells..."""
+SLOW_BUSY = 8
+"""... and the frame has fewer content cells than this (more: an object is seen anyway)."""
 SOLID_MIN = 2
 """Pixels of a changed cell that must survive a 3x3 erosion for it to hold an object."""
 REFERENCE_S = 0.15
@@ -110,6 +149,9 @@ SWEEP_S = 1.5
 TRACK_S = 4.0
 """While objects are seen without a break, the score is the area they covered over up to this
 many seconds: someone far away and slow covers little ground in ``SWEEP_S``."""
+TRACK_LINK = 16
+"""An object of at most this many cells sweeps only the cells joined to it frame by frame (a
+big one, a group above the sensitivity on its own, takes everything seen lately)."""
 TRACK_GAP_S = 0.5
 """Frames with objects at most this far apart are one track, without a break."""
 CLUTTER = 0.1
@@ -142,6 +184,50 @@ def _plane_basis() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
 
 
 _PLANE, _PLANE_SCALE = _plane_basis()
+
+
+def _quadric_basis() -> npt.NDArray[np.float32]:
+    """Orthonormal columns spanning what varies smoothly across a cell beyond its level: x,
+    y, x*x, x*y, y*y from its centre (each orthogonal to the constant and to each other)."""
+    y, x = np.mgrid[0:CELL, 0:CELL].astype(np.float64) - (CELL - 1) / 2
+    x2, y2 = x * x - (x * x).mean(), y * y - (y * y).mean()
+    basis = np.stack([v.ravel() for v in (x, y, x2, x * y, y2)], axis=1)
+    basis /= np.linalg.norm(basis, axis=0)
+    return basis.astype(np.float32)
+
+
+_QUADRIC = _quadric_basis()
+_SMOOTH_OUT = (
+    np.eye(_PIXELS, dtype=np.float32)
+    - np.concatenate([np.full((_PIXELS, 1), 1 / CELL, np.float32), _QUADRIC], axis=1)
+    @ np.concatenate([np.full((_PIXELS, 1), 1 / CELL, np.float32), _QUADRIC], axis=1).T
+)
+"""Removes from a cell's 64 pixels what a quadric across the cell explains (a projector)."""
+_SLOPES = np.concatenate(
+    [np.ones((1, _PIXELS), np.float32), (np.mgrid[0:CELL, 0:CELL].reshape(2, _PIXELS) - 3.5) / 3.5]
+).astype(np.float32)
+"""1, y and x across a cell (-1 to 1): what a share that varies linearly is made of."""
+
+
+def _overlay_residual(
+    one: npt.NDArray[np.int32], other: npt.NDArray[np.int32]
+) -> npt.NDArray[np.float32]:
+    """Per cell, what a smooth overlay and the other picture seen through it, by a share
+    that varies linearly across the cell, leave unexplained, either way round (sums of
+    squares over the cell's pixels)."""
+    a, b = one.astype(np.float32), other.astype(np.float32)
+    best = np.full(len(a), np.inf, dtype=np.float32)
+    for target, seen in ((a, b), (b, a)):
+        t = target @ _SMOOTH_OUT
+        o = (seen[:, None, :] * _SLOPES) @ _SMOOTH_OUT
+        gram = o @ o.transpose(0, 2, 1) + np.eye(3, dtype=np.float32) * np.float32(1e-3)
+        proj = o @ t[:, :, None]
+        coef = np.linalg.solve(gram, proj)
+        left = np.einsum("ij,ij->i", t, t) - (proj * coef).sum(axis=(1, 2))
+        np.minimum(best, left, out=best)
+    return best
+
+
 _TO_BORDER = np.array([1, CELL / 2, CELL / 2], dtype=np.float32)[:, None]
 """A cell's level, and its slopes times the distance from its centre to its borders."""
 
@@ -183,6 +269,11 @@ class Score:
     """Cells of objects in this frame (grouped, or seen there in the previous frame)."""
     swept: bool = False
     """The score is the area a persisting object covered lately, not one frame's group."""
+    near: int = 0
+    """Changed cells of things at the lens: smooth change, lit by the lamp (defocused)."""
+    grown: int = 0
+    """Cells of thin change that stayed put and proved solid over ``SLOW_S`` (something
+    growing or creeping: a person walking toward the camera)."""
 
 
 class MotionAnalyzer:
@@ -231,6 +322,17 @@ class MotionAnalyzer:
         self._sweep_us = round(SWEEP_S * US)
         self._track_us = round(TRACK_S * US)
         self._gap_us = round(TRACK_GAP_S * US)
+        # Where things at the lens were in the last NEAR_FRAMES frames, and next to it.
+        self._near_seen: deque[int] = deque(maxlen=NEAR_FRAMES)
+        self._near_zone = self._near_now = 0
+        # Thin change in the last frames, and frames SLOW_S and more older (see _slowly).
+        self._thin_seen: deque[int] = deque(maxlen=SLOW_FRAMES)
+        self._thin_now = 0
+        self._slow_ref: _Past | None = None
+        self._slow_next: _Past | None = None
+        self._slow_us = round(SLOW_S * US)
+        # The scene's mean level (the darker of the two frames compared, see _analyse).
+        self._level = 0.0
         # When the objects seen lately were first seen without a break (see _scored).
         self._track_from = 0
         # Cells next to the previous frame's content and candidates (see _scored).
@@ -256,6 +358,27 @@ class MotionAnalyzer:
         self.settings = settings
 
     def analyse(self, luma: U8, ts: int) -> Score:
+        self._near_now = self._thin_now = 0
+        score = self._analyse(luma, ts)
+        if self._thin_now or self._thin_seen:
+            self._thin_seen.append(self._thin_now)
+            if not any(self._thin_seen):
+                self._thin_seen.clear()
+        # The frame compared with for slow change: between SLOW_S and twice that older.
+        if self._slow_next is None or ts - self._slow_next.ts >= self._slow_us:
+            self._slow_ref, self._slow_next = self._slow_next, self._now
+        if self._near_now or self._near_zone:
+            # Remember where things at the lens were (see _near_groups).
+            self._near_seen.append(self._near_now)
+            seen = 0
+            for bits in self._near_seen:
+                seen |= bits
+            for _ in range(NEAR_REACH):
+                seen = self._cells.near(seen)
+            self._near_zone = seen
+        return score
+
+    def _analyse(self, luma: U8, ts: int) -> Score:
         cur = luma[: self._h, : self._w]
         if not cur.flags.c_contiguous:
             # Cells are read a 64-bit word at a time (see _cell_words).
@@ -299,6 +422,9 @@ class MotionAnalyzer:
         prev_sum = ref.sample_sum
         if prev_sum is None:
             prev_sum = ref.sample_sum = _sample_sum(prev)
+        # The scene's level: the darker of the two (a big thing at the lens brightens the
+        # frame it is in).
+        self._level = min(sample_sum, prev_sum) / self._sample_size
         relit = False
         if abs(sample_sum - prev_sum) > GAIN_TRIGGER / 2 * self._sample_size:
             prev_s = prev[4::8, 4::8].astype(np.int16)
@@ -348,14 +474,73 @@ class MotionAnalyzer:
                     break
         if relit or shake:
             before = None  # not comparable with a relit or lined-up frame
-        n_lit, scattered, content = self._classify(cur, prev, moving, where, solid, before)
+        lit, scattered, content, near = self._classify(cur, prev, moving, where, solid, before)
+        n_lit = lit.bit_count()
+        slow = 0
+        if scattered and not (relit or shake):
+            slow = self._slowly(cur, scattered, content, lit)
+            content |= slow
+            scattered &= ~slow
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
         if self.live_cells and n_lit > lightswitch * self.live_cells:
             self._near_content = self._near_candidates = 0
             return Score(ts, 0.0, n, lighting=True, noise=self.noise_level, lit=n_lit, shake=shake)
-        return self._scored(ts, content, n, scattered, lit=n_lit, shake=shake)
+        return self._scored(
+            ts,
+            content,
+            n,
+            scattered,
+            lit=n_lit,
+            shake=shake,
+            near=near.bit_count(),
+            grown=slow.bit_count(),
+        )
+
+    def _slowly(self, cur: U8, thin: int, content: int, lit: int) -> int:
+        """The ``thin`` cells (bits) where something grows or creeps: solid change since a
+        frame ``SLOW_S`` or more older.
+
+        Someone walking toward the camera barely moves sideways: they grow, and between two
+        frames only their outline moves, by a pixel or less: thin change, as rain's. But
+        rain is in new places every frame, while the outline stays where it was (give or
+        take a cell) frame after frame; over a second it has moved by a solid amount.
+        Checked only on frames with little other content, when thin change is not clutter
+        (rain, snow: there the last frames' thin cells are everywhere), and never next to
+        light (a light moving or changing over that second is not something growing) or
+        where something at the lens just was.
+        """
+        older, last = self._thin_seen if len(self._thin_seen) == SLOW_FRAMES else (0, 0)
+        self._thin_now = thin
+        slow_ref = self._slow_ref
+        if (
+            content.bit_count() >= SLOW_BUSY
+            or not older
+            or slow_ref is None
+            or thin.bit_count() > CLUTTER * self.live_cells
+        ):
+            return 0
+        grid = self._cells
+        kept = thin & grid.near(last) & grid.near(older) & ~self._near_zone
+        if lit:
+            kept &= ~grid.near(lit)
+        kept &= grid.crowded(kept)
+        if not kept:
+            return 0
+        rows, cols = [], []
+        while kept:
+            at = (kept & -kept).bit_length() - 1
+            kept &= kept - 1
+            rows.append(at // self.cols)
+            cols.append(at % self.cols)
+        cells = (np.array(rows), np.array(cols))
+        then = _cell_pixels(slow_ref.image, cells)
+        now = _cell_pixels(cur, cells)
+        changed = np.maximum(now, then)
+        changed -= np.minimum(now, then)
+        solid = _eroded_solid((changed > self.noise_level).view(np.uint64).reshape(-1, CELL))
+        return self._pick(cells, solid.tolist())
 
     def _moving(self, diff: U8) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """Changed pixels, and the cells in which enough of them changed.
@@ -423,8 +608,18 @@ class MotionAnalyzer:
             while seen[0][0] < horizon:
                 seen.popleft()
             swept_cells = 0
-            for _, cells in seen:
-                swept_cells |= cells
+            if extent.bit_count() <= TRACK_LINK:
+                # A small object adds up only its own path: what it covered frame by frame
+                # back from where it is, not what others (gone now) covered meanwhile.
+                linked = extent
+                for _, cells in reversed(seen):
+                    linked = cells & grid.near(linked)
+                    if not linked:
+                        break
+                    swept_cells |= linked
+            else:
+                for _, cells in seen:
+                    swept_cells |= cells
             swept = swept_cells.bit_count()
         else:
             swept = 0
@@ -512,8 +707,9 @@ class MotionAnalyzer:
         where: tuple[npt.NDArray[np.intp], ...],
         solid: npt.NDArray[np.bool_],
         before: U8 | None = None,
-    ) -> tuple[int, int, int]:
-        """Split the moving cells into lit (counted), scattered and content (bitboards).
+    ) -> tuple[int, int, int, int]:
+        """Split the moving cells into lit, scattered, content and things at the
+        lens (bitboards; see ``_near_lens``).
 
         Only the moving cells are gathered (a few percent of the picture on a busy frame),
         so these checks cost in proportion to what moved.
@@ -533,7 +729,7 @@ class MotionAnalyzer:
         n_solid = sum(solid_list)
         cols = self.cols
         if not n_solid:
-            return 0, _bits(moving), 0
+            return 0, _bits(moving), 0, 0
         if len(solid_list) - n_solid <= CLUTTER * self.live_cells:
             before = None  # few flashes to tell from objects: not worth the extra frame
         # Each tested cell's pixels in cur and prev, and ones, as the rows of a 3x64 matrix;
@@ -549,7 +745,8 @@ class MotionAnalyzer:
         if before is not None:
             parts.append(_cell_pixels(before, tested))
         pixels = np.concatenate(parts, axis=1, dtype=np.int32)
-        moments = iter((pixels[:, :3] @ pixels[:, :2].transpose(0, 2, 1)).reshape(n, 6).tolist())
+        sums = (pixels[:, :3] @ pixels[:, :2].transpose(0, 2, 1)).reshape(n, 6)
+        moments = iter(sums.tolist())
         inv = 1 / _PIXELS
         pedestal = LIGHT_PEDESTAL
         # Noise of one pixel (the change threshold is NOISE_SIGMAS sigmas of a difference).
@@ -614,7 +811,104 @@ class MotionAnalyzer:
                 grown = self._cells.grow(lit_cells, rim)
                 content &= ~grown
                 lit_cells = grown
-        return lit_cells.bit_count(), scattered, content
+        near = 0
+        if content and self._level <= NEAR_DARK:
+            # The IR lamp is on in the dark only: by day nothing at the lens glows.
+            near = self._near_lens(cur, pixels, sums, tested, content, pixel_var)
+            content &= ~near
+        return lit_cells, scattered, content, near
+
+    def _near_lens(
+        self,
+        cur: U8,
+        pixels: npt.NDArray[np.int32],
+        sums: npt.NDArray[np.int32],
+        tested: tuple[npt.NDArray[np.intp], ...],
+        content: int,
+        pixel_var: float,
+    ) -> int:
+        """The ``content`` cells (bits) of things right at the lens: defocused and bright.
+
+        Something a few centimetres from the lens (an insect at the IR lamp, a spider's
+        strand, a drop on the window) is blurred over many pixels, and the lamp beside the
+        lens lights it far more than the scene: a strong change without an edge. Within a
+        cell such a change is a smooth overlay (quadric across the cell) plus the old picture
+        seen through it, scaled (either way round: it came or it went). An object in focus
+        has edges and texture of its own that no such overlay explains. A flat object on a
+        flat ground is explained too (nothing tells them apart inside it), but not at its
+        outline: so the verdict is given per group of cells (``_near_groups``).
+        """
+        zone = self._near_zone & content
+        syy, sxy, sxx = (sums[:, k].astype(np.float32) for k in (0, 1, 3))
+        energy = syy - 2 * sxy + sxx
+        strong = energy >= _PIXELS * max(NEAR_STRONG * pixel_var, NEAR_LEVEL**2)
+        # Lit by the lamp a few centimetres away, it outshines the scene (in one frame).
+        clear = energy >= _PIXELS * max(NEAR_CLEAR * pixel_var, (NEAR_LEVEL / 2) ** 2)
+        # The scene's level: the median of a sparse sample (what glows is a small part).
+        level = _median(cur[4::8, 4::8])
+        bright = _PIXELS * NEAR_GLOW * (level + LIGHT_PEDESTAL)
+        glowing = clear & (np.maximum(sums[:, 4], sums[:, 5]) >= bright)
+        if not glowing.any():
+            return self._near_groups(zone, 0, 0, content, 0) if zone else 0
+        n = len(sums)
+        # Each cell's cur and prev on the quadric shapes (orthonormal), and on the constant.
+        shaped = (pixels[:, :2].astype(np.float32).reshape(2 * n, _PIXELS) @ _QUADRIC).reshape(
+            n, 2, -1
+        )
+        mean_c, mean_p = sums[:, 4] * np.float32(1 / CELL), sums[:, 5] * np.float32(1 / CELL)
+        cc = syy - mean_c * mean_c - np.einsum("ik,ik->i", shaped[:, 0], shaped[:, 0])
+        pp = sxx - mean_p * mean_p - np.einsum("ik,ik->i", shaped[:, 1], shaped[:, 1])
+        cp = sxy - mean_c * mean_p - np.einsum("ik,ik->i", shaped[:, 0], shaped[:, 1])
+        # What the overlay and a non-negative share of the other picture leave unexplained:
+        # the thing came (cur is prev seen through it) or went (prev is cur seen through
+        # it).
+        np.maximum(cp, 0, out=cp)
+        cp *= cp
+        residual = np.minimum(cc - cp / np.maximum(pp, 1.0), pp - cp / np.maximum(cc, 1.0))
+        # Less what the noise of the two frames leaves anyway.
+        residual -= _PIXELS * NEAR_NOISE * pixel_var
+        soft_array = residual <= NEAR_SHARE * energy
+        # Where both frames see the scene through it (it moved a little), how much of the
+        # scene shows through varies across the cell: try that on the glowing rest.
+        retry = np.flatnonzero(glowing & ~soft_array)
+        if len(retry):
+            again = _overlay_residual(pixels[retry, 0], pixels[retry, 1])
+            again -= _PIXELS * NEAR_NOISE * pixel_var
+            soft_array[retry] = again <= NEAR_SHARE * energy[retry]
+        soft = soft_array.tolist()
+        strong_list, glowing_list = strong.tolist(), glowing.tolist()
+        soft_bits = self._pick(tested, [a and b for a, b in zip(glowing_list, soft, strict=True)])
+        soft_bits &= content
+        if not soft_bits and not zone:
+            return 0
+        sharp = [a and not b for a, b in zip(strong_list, soft, strict=True)]
+        sharp_bits = self._pick(tested, sharp) & content
+        clear_bits = self._pick(tested, clear.tolist()) & content
+        return self._near_groups(zone | soft_bits, soft_bits, sharp_bits, content, clear_bits)
+
+    def _near_groups(self, seeds: int, soft: int, sharp: int, content: int, clear: int) -> int:
+        """The groups of ``content`` cells from ``seeds`` that are at the lens (bits).
+
+        A group is when (almost) none of its strong cells is sharp and a share of its
+        clearly changed cells is soft and glows; or, with neither (too faint to tell an
+        edge from noise), when it lies where glowing, soft cells were in the last frames:
+        the faint end of a swinging strand, the tail of a running drop.
+        """
+        near = 0
+        zone = self._near_zone
+        while seeds:
+            group = self._cells.grow(seeds & -seeds, content)
+            seeds &= ~group
+            n_soft, n_sharp = (group & soft).bit_count(), (group & sharp).bit_count()
+            if n_soft + n_sharp:
+                glows = n_soft >= NEAR_GLOWING * (group & clear).bit_count()
+                if glows and n_sharp <= NEAR_SHARP * (n_soft + n_sharp):
+                    near |= group
+                    # Only the cells seen at the lens by their own change mark where it is.
+                    self._near_now |= group & soft
+            elif not group & ~zone:
+                near |= group
+        return near
 
     def _undone(
         self, pixels: npt.NDArray[np.int32], tested: tuple[npt.NDArray[np.intp], ...]
@@ -752,7 +1046,7 @@ def _sample_sum(image: U8) -> int:
     return int(np.add.reduce(image[4::8, 4::8], axis=None, dtype=np.int64))
 
 
-def _median(values: npt.NDArray[np.int16]) -> float:
+def _median(values: npt.NDArray[np.int16] | U8) -> float:
     """The median of ``values``, as ``np.median`` gives it, for one partition of them."""
     k = values.size // 2
     if values.size % 2:
