@@ -95,7 +95,7 @@ def package_map(ax: Axes) -> None:
             ("installer/", "pitsctl: pitsctl · ssh · onpi (on the Pi)\nprovision · alerts · units"),
         ]),
         ("concerns", -41.5, 5.5, [
-            ("camera/", "picam · replay\nsynthetic · x264"),
+            ("camera/", "picam · replay · synthetic\nx264 · overlay · stack"),
             ("record/", "ring · motion · recorder\nclips · mp4 · bus"),
             ("cloud/", "credentials · uploader\ntelemetry · dataplane"),
             ("control/", "controller · commands\nshadow · health"),
@@ -106,6 +106,7 @@ def package_map(ax: Axes) -> None:
         ("shared", -50, 4.5, [
             ("pinthesky/", "settings · errors · logs · media · cmdline · eventfiles · jsonstream"
              " · notify · __main__"),
+            ("hardware/", "board · sensors · memory · camera: what a Pi can do"),
         ]),
     ]  # fmt: skip
     left, right = 14.0, 139.0
@@ -138,8 +139,8 @@ def main() -> None:
     # Camera sources, on their own threads.
     region(ax, 1, 3, 25, 70, "camera / encoder threads", "#2f5d9e")
     box(ax, 2.5, 5, 22, 62, "", "", kind="thread", package="camera/")
-    ax.text(13.5, 63.5, "$\\bf{Camera}$ interface\nopen · start · stop", ha="center",
-            va="center", fontsize=10)  # fmt: skip
+    ax.text(13.5, 63.5, "$\\bf{Camera}$ interface\nopen · start · stop\nset_overlay: masks, time",
+            ha="center", va="center", fontsize=10)  # fmt: skip
     sources = [
         ("picamera2", "H.264 hardware encoder\n+ YUV420 lores stream", 45),
         ("file\\ replay", "PyAV decode\n+ libx264 encode", 26),

@@ -14,9 +14,11 @@ file, the command line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import re
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -216,6 +218,48 @@ def _rects(v: Any) -> tuple[Rect, ...]:
             raise ValueError(allowed)
         out.append(Rect(x, y, w, h))
     return tuple(out)
+
+
+TIMESTAMP_DEFAULT = "%Y-%m-%d %H:%M:%S"
+TIMESTAMP_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+MAX_PRIVACY_MASKS = 16
+
+
+def _timestamp(v: Any) -> str | None:
+    """Off (None), on (the default format), or a strftime format of printable ASCII."""
+    allowed = (
+        "must be on, off, or a strftime format of at most 64 printable ASCII characters, "
+        "e.g. '%d/%m/%Y %H:%M:%S'"
+    )
+    if v is None or v is False:
+        return None
+    if v is True:
+        return TIMESTAMP_DEFAULT
+    if not isinstance(v, str):
+        raise ValueError(allowed)
+    text = v.strip()
+    if text.lower() in ("", "off", "none", "no", "false"):
+        return None
+    if text.lower() in ("on", "yes", "true"):
+        return TIMESTAMP_DEFAULT
+    if len(text) > 64 or not all(32 <= ord(c) < 127 for c in text):
+        raise ValueError(allowed)
+    try:
+        shown = time.strftime(text, time.localtime(0))
+    except ValueError:
+        raise ValueError(allowed) from None
+    if not shown.strip() or not all(32 <= ord(c) < 127 for c in shown):
+        raise ValueError(allowed)
+    return text
+
+
+def _text_size(v: Any) -> int | None:
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("auto", "none", "")):
+        return None
+    try:
+        return _int(8, 200)(v)
+    except ValueError:
+        raise ValueError("must be auto or a height in pixels from 8 to 200") from None
 
 
 def _source(v: Any) -> str:
@@ -465,6 +509,38 @@ OPTIONS: tuple[Option, ...] = (
         "default",
         "focus of a camera with autofocus (Camera Module 3): default (its tuning's, about "
         "1 m), continuous, or a lens position in dioptres (0 is infinity, 2 is half a metre)",
+    ),
+    Option(
+        "camera.privacy_masks",
+        "--privacy-mask",
+        _rects,
+        (),
+        "rectangles X,Y,W,H (pixels of the picture as the viewer sees it) filled black in "
+        "everything recorded, streamed or captured, and never analysed; repeat the flag or "
+        "separate them with ';'",
+    ),
+    Option(
+        "camera.timestamp",
+        "--timestamp",
+        _timestamp,
+        None,
+        "burn the local date and time into the picture: on (YYYY-MM-DD HH:MM:SS), off, or a "
+        "strftime format such as '%d/%m/%Y %H:%M:%S'",
+        metavar="FORMAT",
+    ),
+    Option(
+        "camera.timestamp_position",
+        "--timestamp-position",
+        _choice(*TIMESTAMP_CORNERS),
+        "top-left",
+        "corner of the timestamp: " + ", ".join(TIMESTAMP_CORNERS),
+    ),
+    Option(
+        "camera.timestamp_size",
+        "--timestamp-size",
+        _text_size,
+        None,
+        "height of the timestamp in pixels of the picture; auto is a 24th of its height",
     ),
     Option(
         "camera.tuning",
@@ -958,6 +1034,10 @@ PAGE_KEYS = (
     "camera.min_framerate",
     "camera.focus",
     "camera.tuning",
+    "camera.privacy_masks",
+    "camera.timestamp",
+    "camera.timestamp_position",
+    "camera.timestamp_size",
     "motion.min_time",
     "motion.mask_rects",
     "recorder.pre_roll",
@@ -1009,6 +1089,14 @@ class CameraSettings:
     """``default``, ``continuous`` or a lens position in dioptres."""
     tuning: str
     """``default``, or a libcamera tuning file's name or path."""
+    privacy_masks: tuple[Rect, ...]
+    """Filled black in every frame, in pixels of the main picture as the viewer sees it."""
+    timestamp: str | None
+    """The strftime format of the date and time burned into the picture; None is off."""
+    timestamp_position: str
+    """Its corner: top-left, top-right, bottom-left or bottom-right."""
+    timestamp_size: int | None
+    """Its height in pixels of the main picture; None is a 24th of the picture."""
 
     @property
     def iperiod(self) -> int:
@@ -1275,9 +1363,13 @@ def add_arguments(
             group.add_argument(
                 opt.flag, action="store_const", const=not opt.invert, help=opt.help, **kwargs
             )
-        elif opt.key == "motion.mask_rects":
+        elif opt.key in ("motion.mask_rects", "camera.privacy_masks"):
             group.add_argument(
                 opt.flag, action="append", metavar="X,Y,W,H", help=opt.help, **kwargs
+            )
+        elif opt.key == "camera.timestamp":
+            group.add_argument(
+                opt.flag, nargs="?", const="on", metavar="FORMAT", help=opt.help, **kwargs
             )
         else:
             group.add_argument(
@@ -1427,6 +1519,7 @@ def _verify(values: Mapping[str, Any], camera: hardware.Attached | None = None) 
         errors.append(
             f"camera.min_framerate = {slowest:g}: must not be above camera.framerate ({fps})"
         )
+    errors.extend(_verify_privacy(values))
     source: str = values.get("source.source", "auto")
     if source in ("auto", "picamera2"):
         errors.extend(_verify_camera(values, camera))
@@ -1436,6 +1529,42 @@ def _verify(values: Mapping[str, Any], camera: hardware.Attached | None = None) 
             "use auto, picamera2, synthetic or the path of a video file"
         )
     return errors
+
+
+def _verify_privacy(values: Mapping[str, Any]) -> list[str]:
+    """Privacy masks that hide part of the picture: inside it, not all of it."""
+    masks: tuple[Rect, ...] = values.get("camera.privacy_masks", ())
+    main: Resolution | None = values.get("camera.resolution")
+    if not masks or main is None:
+        return []
+    shown = ";".join(str(r) for r in masks)
+    where = f"camera.privacy_masks = '{_show(shown)[1:-1]}'"
+    # Pixels of the picture as the viewer sees it: a quarter turn swaps its sides.
+    w, h = (main.height, main.width) if values.get("camera.rotation") in (90, 270) else main
+    if len(masks) > MAX_PRIVACY_MASKS:
+        return [f"{where}: at most {MAX_PRIVACY_MASKS} rectangles"]
+    for r in masks:
+        if r.x + r.w > w or r.y + r.h > h:
+            return [f"{where}: {r} reaches out of the {w}x{h} picture"]
+    if _covered(masks, w, h):
+        return [f"{where}: the rectangles hide the whole picture; nothing would be left to record"]
+    return []
+
+
+def _covered(rects: tuple[Rect, ...], w: int, h: int) -> bool:
+    """Whether ``rects`` cover all of a ``w`` x ``h`` picture: each piece of the grid their
+    edges make is checked once (no picture-sized array)."""
+    xs = sorted({0, w, *(r.x for r in rects), *(min(w, r.x + r.w) for r in rects)})
+    ys = sorted({0, h, *(r.y for r in rects), *(min(h, r.y + r.h) for r in rects)})
+    for x0, x1 in itertools.pairwise(xs):
+        for y0, y1 in itertools.pairwise(ys):
+            if x0 >= w or y0 >= h:
+                continue
+            if not any(
+                r.x <= x0 and x1 <= r.x + r.w and r.y <= y0 and y1 <= r.y + r.h for r in rects
+            ):
+                return False
+    return True
 
 
 def _verify_camera(values: Mapping[str, Any], camera: hardware.Attached | None) -> list[str]:

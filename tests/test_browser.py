@@ -316,9 +316,30 @@ def test_the_control_page_in_chromium(tmp_path):
             browser.evaluate(page, "document.getElementById('save-mask').click()")
             assert wait_js(browser, page, "document.getElementById('status').textContent"
                            ".startsWith('mask saved')")  # fmt: skip
+            seen["masked"] = int((~daemon._analyzer.cell_mask).sum())
+
+            # A privacy mask: the other kind, from 60 % to 80 %, drawn in its own colour.
+            browser.evaluate(page, """(() => { const k = document.getElementById('mask-kind');
+                k.value = 'privacy'; k.dispatchEvent(new Event('change')); })()""")  # fmt: skip
+            for i, f in enumerate((0.6, 0.7, 0.8)):
+                kind = "mousePressed" if i == 0 else "mouseMoved"
+                browser.call("Input.dispatchMouseEvent", {
+                    "type": kind, "x": left + f * width, "y": top + f * height,
+                    "button": "left", "buttons": 1, "clickCount": 1}, session=page)  # fmt: skip
+            browser.call("Input.dispatchMouseEvent", {
+                "type": "mouseReleased", "x": left + 0.8 * width, "y": top + 0.8 * height,
+                "button": "left", "buttons": 0, "clickCount": 1}, session=page)  # fmt: skip
+            seen["colour"] = browser.evaluate(page, """(() => {
+                const c = document.getElementById('mask');
+                const p = c.getContext('2d').getImageData(c.width * 0.7, c.height * 0.7, 1, 1);
+                return Array.from(p.data); })()""")  # fmt: skip
+            browser.evaluate(page, "document.getElementById('save-mask').click()")
+            assert wait_js(browser, page, "document.getElementById('status').textContent"
+                           ".startsWith('privacy mask saved')")  # fmt: skip
             seen["shot"] = browser.screenshot(page, artifact)
         seen["mask"] = daemon.settings.motion.mask_rects
-        seen["masked"] = int((~daemon._analyzer.cell_mask).sum())
+        seen["privacy"] = daemon.settings.camera.privacy_masks
+        seen["hidden"] = int((~daemon._analyzer.cell_mask).sum())
 
     serve(web_settings(tmp_path, **{"http.password": "pw 1"}), check)
     print(f"screenshot of the control page: {seen['shot']}")
@@ -328,6 +349,12 @@ def test_the_control_page_in_chromium(tmp_path):
     assert seen["drawn"] == [[64, 48, 256, 192]]
     assert seen["mask"] == (Rect(64, 48, 256, 192),) and seen["masked"] > 0
     assert 'mask_rects = "64,48,256,192"' in local.read_text()
+    # The privacy mask: dark, not the motion mask's red; kept, and hidden from the analysis.
+    red, green, _blue, alpha = seen["colour"]
+    assert alpha > 150 and red < 60 and green < 60
+    assert seen["privacy"] == (Rect(384, 288, 128, 96),)
+    assert seen["hidden"] > seen["masked"]
+    assert 'privacy_masks = "384,288,128,96"' in local.read_text()
 
 
 def test_without_a_password_the_page_says_how_to_enable_control(tmp_path):

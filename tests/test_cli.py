@@ -300,3 +300,26 @@ def test_a_picamera2_that_does_not_import_stops_the_daemon_in_one_line(tmp_path:
     assert "picamera2 0.3.33 is installed but does not import" in errors[0]
     assert "libcamera" in errors[0]
     assert not (tmp_path / "clips").exists() or not any((tmp_path / "clips").iterdir())
+
+
+def test_privacy_masks_and_the_timestamp_from_the_command_line(tmp_path: Path) -> None:
+    proc = pinthesky_cmd(
+        tmp_path,
+        "--privacy-mask", "64,96,160,120",
+        "--privacy-mask", "300,10,20,20",
+        "--timestamp",
+        "--timestamp-position", "bottom-right",
+        "--validate-config",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    camera = tomllib.loads(proc.stdout)["camera"]
+    assert camera["privacy_masks"] == "64,96,160,120;300,10,20,20"
+    assert camera["timestamp"] == "%Y-%m-%d %H:%M:%S"
+    assert camera["timestamp_position"] == "bottom-right"
+    proc = pinthesky_cmd(tmp_path, "--timestamp", "%d/%m %H:%M", "--validate-config")
+    assert tomllib.loads(proc.stdout)["camera"]["timestamp"] == "%d/%m %H:%M"
+    proc = pinthesky_cmd(tmp_path, "--privacy-mask", "600,400,100,100", "--validate-config")
+    assert proc.returncode == 2
+    assert_no_traceback(proc)
+    lines = stderr_lines(proc)
+    assert len(lines) == 1 and "reaches out of the 640x480 picture" in lines[0]

@@ -151,6 +151,9 @@ class FailingCamera:
     def capture_jpeg(self) -> bytes:
         return b""
 
+    def set_overlay(self, overlay: object) -> None:
+        pass
+
 
 def test_a_dying_camera_exits_non_zero(tmp_path):
     camera = FailingCamera()

@@ -953,3 +953,65 @@ def test_still_encoder_without_simplejpeg_is_one_line(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "simplejpeg", None)
     with pytest.raises(jpeg.JpegError, match=r"^JPEG encoding needs simplejpeg"):
         jpeg.encode_i420(y, c, c, limited=True)
+
+
+# -- privacy masks and the timestamp ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("board", ["pi4", "pi5"])
+def test_the_overlay_is_written_into_the_buffers_the_encoders_read(rig: PiRig, board: str) -> None:
+    """picamera2's pre_callback burns the privacy mask and the timestamp into the camera's own
+    buffers, before its encoders, our callback and the stills see them: the H.264 clip, the
+    analysis frames (lores), live view and a still all carry the mask."""
+    from pinthesky.camera.overlay import Overlay
+    from pinthesky.settings import Rect
+
+    settings = camera_settings(
+        resolution=Resolution(640, 480),
+        lores=Resolution(320, 240),
+        privacy_masks=(Rect(64, 96, 160, 120),),
+        timestamp="%H:%M:%S",
+    )
+    rig.install(board, "imx219")
+    src = PicameraSource(settings)
+    info = src.open()
+    src.set_overlay(Overlay(settings, lambda ts: ts / US + 1_700_000_000, info.rotation))
+    ring = PacketRing(60 * US)
+    analysed: list[AnalysisFrame] = []
+
+    async def main() -> tuple[list[Picture], bytes]:
+        loop = asyncio.get_running_loop()
+        tap = RecordingTap(loop)
+        tap.reset(Resolution(640, 480), FRAME_US)
+        port = AnalysisPort(loop, analysed.append, 5.0, FRAME_US, True, lambda e: None)
+        src.start(ring, port, tap)
+        feed = tap.subscribe(YUV420)
+        await asyncio.to_thread(rig.run, src, 20)
+        still = await asyncio.to_thread(_still, src, rig)
+        feed.close()
+        await flush_loop()
+        await asyncio.to_thread(src.stop)
+        return tap.pictures, still
+
+    pictures, still = asyncio.run(main())
+    packets, _ = ring.read(0)
+    codec = av.CodecContext.create("h264", "r")
+    decoded = []
+    for p in packets:
+        decoded += codec.decode(av.Packet(p.data))
+    assert len(decoded) >= 20
+    for frame in decoded:
+        y = frame.to_ndarray()[:480]
+        assert y[100:212, 68:220].max() <= 22, "the encoder read the masked buffer"
+        assert y[300:400, 400:600].mean() > 60, "the rest is the picture"
+        assert (y[:30, :200] >= 200).any(), "the timestamp's ink"
+    for frame in analysed:
+        assert frame.luma[49:107, 33:111].max() <= 16, "lores: masked before the analysis"
+    assert pictures and all(
+        (p.data[96:216, 64:224] == 16).all() for p in pictures if p.kind == YUV420
+    )
+    from PIL import Image
+
+    with Image.open(io.BytesIO(still)) as image:
+        grey = np.asarray(image.convert("L"))
+    assert grey[100:212, 68:220].max() <= 12, "the still: black at full range"

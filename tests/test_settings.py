@@ -1060,3 +1060,21 @@ def test_focus_tuning_and_night_go_through_the_shadow_and_the_page() -> None:
     assert errors == [] and s2.camera.focus == "continuous" and s2.camera.min_framerate == 4.0
     assert {"camera.focus", "camera.tuning", "camera.min_framerate"} <= set(settings.PAGE_KEYS)
     assert {"camera.focus", "camera.tuning", "camera.min_framerate"} <= shadow.RESTART_KEYS
+
+
+def test_privacy_masks_and_the_timestamp_go_through_the_shadow_and_apply_live() -> None:
+    from pinthesky.control import shadow
+
+    s = settings.load({}, environ={})
+    doc = shadow.reported_document(s)["camera"]
+    assert (doc["privacy_masks"], doc["timestamp"]) == ([], None)
+    desired = {"camera": {"privacy_masks": [[64, 96, 160, 120]], "timestamp": "%H:%M"}}
+    changes, refused = shadow.desired_changes(s, desired, False)
+    assert refused == [] and set(changes) == {"camera.privacy_masks", "camera.timestamp"}
+    s2, errors = settings.merge(s, changes, "shadow")
+    assert errors == [] and s2.camera.privacy_masks == (settings.Rect(64, 96, 160, 120),)
+    assert shadow.reported_document(s2)["camera"]["privacy_masks"] == [[64, 96, 160, 120]]
+    # Applied from the next frame, not by reopening the camera.
+    assert not {"camera.privacy_masks", "camera.timestamp"} & shadow.RESTART_KEYS
+    _, errors = settings.merge(s, {"camera.privacy_masks": [[0, 0, 640, 480]]}, "shadow")
+    assert len(errors) == 1 and "hide the whole picture" in errors[0]

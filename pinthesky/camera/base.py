@@ -20,6 +20,7 @@ from pinthesky.media import AnalysisFrame, RateGate, StreamInfo
 from pinthesky.record.ring import PacketRing
 
 if TYPE_CHECKING:
+    from pinthesky.camera.overlay import Overlay
     from pinthesky.live.tap import LiveTap
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ class Camera(Protocol):
 
     def capture_jpeg(self) -> bytes:
         """A JPEG still of the main stream, taken without stopping the video."""
+        ...
+
+    def set_overlay(self, overlay: Overlay) -> None:
+        """Burn ``overlay`` (privacy masks, the timestamp) into every frame from the next one
+        on, before anything sees it; may be called at any time, on the loop."""
         ...
 
 

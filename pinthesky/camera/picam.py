@@ -27,6 +27,8 @@ camera thread, so there the daemon's own encoder does it on a worker thread inst
 A note on threads:
 
 - ``open``, ``start``, ``stop`` and ``capture_jpeg`` run on the daemon's executor threads.
+- ``_pre_request`` (the ``pre_callback``) runs on the camera thread before anything else sees
+  the frame: it burns the privacy masks and the timestamp into the buffers (``overlay``).
 - ``_on_request`` (the ``post_callback``) runs on picamera2's camera thread, once per frame,
   while picamera2 holds its own lock: it must be short and must never raise. It only calls
   ``AnalysisPort.due`` and ``AnalysisPort.submit``, which are built for that thread, and,
@@ -65,6 +67,7 @@ import numpy as np
 
 from pinthesky.camera import jpeg, stack
 from pinthesky.camera.base import AnalysisPort, open_error
+from pinthesky.camera.overlay import Burn, Overlay
 from pinthesky.errors import SourceError
 from pinthesky.hardware import board, camera, memory, sensors
 from pinthesky.live.tap import JPEG, YUV420, LiveTap, Picture, i420
@@ -337,6 +340,7 @@ class PicameraSource:
         self.setup: camera.Setup | None = None
         self.attached: camera.Attached | None = None
         """The camera module, known once the camera opened (settings are checked against it)."""
+        self._burn = Burn()
 
     # -- executor threads -----------------------------------------------------------------
 
@@ -623,6 +627,7 @@ class PicameraSource:
             self._plan_live(live)
         self._live = live
         try:
+            picam2.pre_callback = self._pre_request
             picam2.post_callback = self._on_request
             picam2.start()
             self._camera_started = True
@@ -675,7 +680,7 @@ class PicameraSource:
                     except Exception as exc:
                         log.warning("picamera2: %s failed: %s", what, _one_line(exc))
                 with contextlib.suppress(Exception):
-                    picam2.post_callback = None
+                    picam2.pre_callback = picam2.post_callback = None
 
             # A wedged camera thread makes picamera2's stop() wait forever: bound the wait so
             # the daemon can still exit (systemd then restarts it with a fresh process).
@@ -725,7 +730,36 @@ class PicameraSource:
         except jpeg.JpegError as exc:
             raise SourceError(f"picamera2: still capture failed: {exc}") from None
 
+    def set_overlay(self, overlay: Overlay) -> None:
+        self._burn.set(overlay)
+
     # -- camera thread --------------------------------------------------------------------
+
+    def _pre_request(self, request: Any) -> None:
+        """picamera2's ``pre_callback``: every frame, on the camera thread, before anything
+        copies or encodes it. The privacy masks and the timestamp are written into the
+        buffers themselves, so the encoders, the callback and the stills all see them."""
+        if not self._burn.active:
+            return
+        from picamera2.request import MappedArray
+
+        try:
+            ts = int(request.request.metadata[self._ts_key] / 1000)
+            for stream, (w, h, stride) in self._geometry.items():
+                plane = self._burn.plane((w, h))
+                if plane is None:
+                    continue
+                with MappedArray(request, stream, write=True) as mapped:
+                    y, u, v = _split_i420(mapped.array, w, h, stride)
+                    plane.apply(y, u, v, ts, self._limited)
+                    del y, u, v  # views of the buffer: gone before it is unmapped
+        except Exception as exc:
+            # Never a frame with its privacy masks missing: blank it whole instead.
+            self._callback_error("overlay not applied, frame blanked", exc)
+            with contextlib.suppress(Exception):
+                for stream in self._geometry:
+                    with MappedArray(request, stream, write=True) as mapped:
+                        mapped.array[...] = 0
 
     def _on_request(self, request: Any) -> None:
         """picamera2's ``post_callback``: every frame, on the camera thread."""

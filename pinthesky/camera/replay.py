@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pinthesky.camera.base import AnalysisPort, open_error
+from pinthesky.camera.overlay import Burn, Overlay
 from pinthesky.camera.x264 import X264Encoder, encode_jpeg
 from pinthesky.errors import SourceError
 from pinthesky.live.tap import YUV420, LiveTap, Picture
@@ -70,6 +71,7 @@ class ReplaySource:
         self._container: Any = None
         self._last_frame: Any = None
         self._live: LiveTap | None = None
+        self._burn = Burn()
         self.frames = 0
         self.origin_us: int | None = None
         """Sensor time of the file's first frame: media time t is ``origin_us + t``."""
@@ -138,6 +140,9 @@ class ReplaySource:
             return False
         return True
 
+    def set_overlay(self, overlay: Overlay) -> None:
+        self._burn.set(overlay)
+
     def start(self, ring: PacketRing, port: AnalysisPort, live: LiveTap | None = None) -> None:
         self._live = live
         self._thread = threading.Thread(
@@ -168,18 +173,33 @@ class ReplaySource:
         log.info("end of %s after %d frames", self._path, self.frames)
         port.finished()
 
+    def _encoder(self) -> X264Encoder:
+        s = self._settings
+        return X264Encoder(*s.resolution, self._fps, s.bitrate, s.encoding_profile, s.iperiod)
+
+    def _burnt(self, frame: Any, ts: int) -> Any:
+        """A yuv420p frame with the overlay burnt in (a new frame), or the frame itself."""
+        import av
+
+        if not self._burn.active:
+            return frame
+        yuv = self._burn.apply_i420(frame.to_ndarray(), ts)
+        out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        out.pts, out.time_base = frame.pts, frame.time_base
+        return out
+
     def _reencode(self, ring: PacketRing, port: AnalysisPort, timeline: _Timeline) -> None:
         """Decode, scale and encode like the Pi's encoder."""
         s = self._settings
         w, h = s.resolution
-        enc = X264Encoder(w, h, self._fps, s.bitrate, s.encoding_profile, s.iperiod)
+        enc = self._encoder()
         try:
             for frame in self._frames():
                 t = frame.time if frame.time is not None else self.frames / float(self._fps)
                 ts = timeline.stamp(t)
                 if ts is None:
                     break
-                main = frame.reformat(width=w, height=h, format="yuv420p")
+                main = self._burnt(frame.reformat(width=w, height=h, format="yuv420p"), ts)
                 self._last_frame = main
                 for pkt in enc.encode(main, ts):
                     ring.push(pkt)
@@ -203,6 +223,7 @@ class ReplaySource:
                 if extradata[:1] == b"\x01"
                 else None
             )
+            encoder: X264Encoder | None = None
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.pts is None:
                     continue
@@ -211,12 +232,29 @@ class ReplaySource:
                     break
                 keyframe = bool(packet.is_keyframe)
                 frames = packet.decode()
-                for out in bsf.filter(packet) if bsf is not None else [packet]:
-                    ring.push(Packet(bytes(out), keyframe, ts))
+                if self._burn.active or (encoder is not None and not keyframe):
+                    # An overlay can only be burnt into pictures: re-encoded from here on
+                    # (and, once it is cleared, until the file's next keyframe).
+                    if encoder is None:
+                        encoder = self._encoder()
+                    frames = [self._burnt(f.reformat(format="yuv420p"), ts) for f in frames]
+                    for frame in frames:
+                        for pkt in encoder.encode(frame, ts):
+                            ring.push(pkt)
+                else:
+                    if encoder is not None:
+                        for pkt in encoder.encode(None):
+                            ring.push(pkt)
+                        encoder = None
+                    for out in bsf.filter(packet) if bsf is not None else [packet]:
+                        ring.push(Packet(bytes(out), keyframe, ts))
                 for frame in frames:
                     self._last_frame = frame
                     self._analyse(frame, ts, port)
                     self._offer_live(frame, ts)
+            if encoder is not None:
+                for pkt in encoder.encode(None):
+                    ring.push(pkt)
 
     def _analyse(self, frame: Any, ts: int, port: AnalysisPort) -> None:
         """Count the frame and hand it to the analysis when due (replay thread)."""
@@ -224,7 +262,11 @@ class ReplaySource:
         if port.due(ts):
             lw, lh = self._settings.lores
             gray = frame.reformat(width=lw, height=lh, format="gray")
-            port.submit(AnalysisFrame(np.array(gray.to_ndarray(), np.uint8), ts))
+            luma = np.array(gray.to_ndarray(), np.uint8)
+            plane = self._burn.plane((lw, lh))
+            if plane is not None:  # masked in the analysis too (the frame already is)
+                plane.apply(luma, None, None, ts)
+            port.submit(AnalysisFrame(luma, ts))
 
     def _offer_live(self, frame: Any, ts: int) -> None:
         """Hand a frame of the main stream to live view while someone watches (replay thread;

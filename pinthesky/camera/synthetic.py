@@ -6,6 +6,11 @@ room, and the GOPs of one crossing), then replayed GOP by GOP in real time, so t
 CPU and memory are the daemon's own, as on a Pi whose encoder is in hardware. The small
 analysis frames are rendered on the fly from the same scene description (cheap: a few numpy
 additions per analysed frame).
+
+While privacy masks or a timestamp are set (``overlay``), the frames must carry them, so the
+scene is rendered and encoded frame by frame in the daemon instead (libx264, ``ultrafast``),
+from the next frame on; when they are cleared the pre-encoded stream takes over again at its
+next keyframe.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pinthesky.camera.base import AnalysisPort
+from pinthesky.camera.overlay import Burn, Overlay
 from pinthesky.camera.x264 import X264Encoder, encode_jpeg
 from pinthesky.errors import SourceError
 from pinthesky.live.tap import YUV420, LiveTap, Picture
@@ -101,6 +107,12 @@ class SyntheticSource:
         self._live_rng = np.random.default_rng(seed + 1)
         self._live_scene: tuple[Resolution, Scene, npt.NDArray[np.int16]] | None = None
         self._live_noise: npt.NDArray[np.int16] | None = None
+        self._burn = Burn()
+        self._encoder: X264Encoder | None = None
+        """The in-process encoder while the frames carry an overlay."""
+        self._main_rng = np.random.default_rng(seed + 2)
+        self._main_scene: tuple[npt.NDArray[np.int16], npt.NDArray[np.int16]] | None = None
+        self._last_ts = 0
 
     def open(self) -> StreamInfo:
         s = self._settings
@@ -163,6 +175,38 @@ class SyntheticSource:
     ) -> npt.NDArray[np.uint8]:
         return _noisy(img, noise, self._rng)
 
+    def set_overlay(self, overlay: Overlay) -> None:
+        self._burn.set(overlay)
+
+    def _main_frame(self, ts: int) -> Any:
+        """The scene now at the main size, with noise and the overlay (synthetic thread)."""
+        import av
+
+        w, h = self._settings.resolution
+        if self._main_scene is None:
+            noise = self._main_rng.normal(0, NOISE_SIGMA, (h + 16, w + 16)).astype(np.int16)
+            self._main_scene = (self._main.background(), noise)
+        background, noise = self._main_scene
+        yuv = np.empty((h * 3 // 2, w), np.uint8)
+        yuv[:h] = _noisy(self._main.render(background, self._t), noise, self._main_rng)
+        yuv[h:] = 128
+        return av.VideoFrame.from_ndarray(self._burn.apply_i420(yuv, ts), format="yuv420p")
+
+    def _encode_live(self, ts: int) -> list[Packet]:
+        """One frame rendered, burnt and encoded here (synthetic thread)."""
+        if self._encoder is None:
+            s = self._settings
+            self._encoder = X264Encoder(
+                s.resolution.width,
+                s.resolution.height,
+                Fraction(self._fps),
+                s.bitrate,
+                s.encoding_profile,
+                self._gop,
+                preset="ultrafast",
+            )
+        return self._encoder.encode(self._main_frame(ts), ts)
+
     def start(self, ring: PacketRing, port: AnalysisPort, live: LiveTap | None = None) -> None:
         self._thread = threading.Thread(
             target=self._run, args=(ring, port, live), name="synthetic-camera", daemon=True
@@ -183,14 +227,28 @@ class SyntheticSource:
                 if delay > 0 and self._stop.wait(delay):
                     break
                 k = i % loop_frames
-                if cross0 <= k < cross1:
-                    pkt = self._crossing[k - cross0]
-                else:
-                    pkt = self._still[k % self._gop]
-                ring.push(Packet(pkt.data, pkt.keyframe, ts))
                 self._t = k / self._fps
+                self._last_ts = ts
+                if self._burn.active or (self._encoder is not None and k % self._gop):
+                    # An overlay: rendered and encoded here (and, once it is cleared, until
+                    # the pre-encoded stream reaches its next keyframe).
+                    for packet in self._encode_live(ts):
+                        ring.push(packet)
+                else:
+                    if self._encoder is not None:
+                        for packet in self._encoder.encode(None):
+                            ring.push(packet)
+                        self._encoder = None
+                    if cross0 <= k < cross1:
+                        pkt = self._crossing[k - cross0]
+                    else:
+                        pkt = self._still[k % self._gop]
+                    ring.push(Packet(pkt.data, pkt.keyframe, ts))
                 if port.due(ts):
                     luma = self._noisy(self._lores.render(self._lores_bg, self._t), self._noise)
+                    plane = self._burn.plane((luma.shape[1], luma.shape[0]))
+                    if plane is not None:
+                        plane.apply(luma, None, None, ts)
                     port.submit(AnalysisFrame(luma, ts))
                 if live is not None and live.wants(YUV420) and live.due(ts):
                     live.offer(self._live_picture(live.size, ts))
@@ -214,7 +272,7 @@ class SyntheticSource:
         yuv = np.empty((h * 3 // 2, w), np.uint8)
         yuv[:h] = luma
         yuv[h:] = 128  # no colour in the synthetic room
-        return Picture(YUV420, yuv, w, h, ts)
+        return Picture(YUV420, self._burn.apply_i420(yuv, ts), w, h, ts)
 
     def stop(self) -> None:
         self._stop.set()
@@ -227,6 +285,7 @@ class SyntheticSource:
         w, h = self._settings.resolution
         luma = np.clip(self._main.render(self._main.background(), self._t), 0, 255)
         yuv = np.concatenate([luma.astype(np.uint8), np.full((h // 2, w), 128, np.uint8)])
+        self._burn.apply_i420(yuv, self._last_ts)
         frame: Any = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         return encode_jpeg(frame, rotation=self._settings.rotation)
 

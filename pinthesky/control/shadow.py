@@ -38,6 +38,10 @@ def reported_document(s: Settings) -> dict[str, Any]:
             "min_framerate": c.min_framerate,
             "focus": c.focus,
             "tuning": c.tuning,
+            "privacy_masks": [list(r) for r in c.privacy_masks],
+            "timestamp": c.timestamp,
+            "timestamp_position": c.timestamp_position,
+            "timestamp_size": c.timestamp_size,
         },
         "cloud_connection": {
             "cert_path": _text(cc.cert_path),
@@ -91,6 +95,10 @@ SHADOW_KEYS: dict[str, dict[str, str]] = {
             "min_framerate",
             "focus",
             "tuning",
+            "privacy_masks",
+            "timestamp",
+            "timestamp_position",
+            "timestamp_size",
         )
     }
     | {"alert_cooldown": "alerts.cooldown"},

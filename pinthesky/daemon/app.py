@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import signal
@@ -34,6 +35,7 @@ from typing import Any
 
 from pinthesky.alerts.motion import MotionAlerts
 from pinthesky.camera import AnalysisPort, Camera, make_camera
+from pinthesky.camera.overlay import Overlay
 from pinthesky.cloud.credentials import (
     IotCredentialsProvider,
     IotIdentity,
@@ -63,7 +65,7 @@ from pinthesky.record.clips import ClipStore
 from pinthesky.record.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.record.recorder import Recorder
 from pinthesky.record.ring import PacketRing
-from pinthesky.settings import Resolution, Settings, flatten, live_size, merge
+from pinthesky.settings import MotionSettings, Resolution, Settings, flatten, live_size, merge
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +236,15 @@ class Daemon:
         interval_s = 1 / s.motion.analysis_fps
         retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 * interval_s + iperiod_s
         ring = PacketRing(round(retain * US), max_bytes=s.camera.buffer_size)
-        analyzer = MotionAnalyzer(s.camera.lores, s.camera.resolution, s.motion, info.rotation)
-        tracker = MotionTracker(s.camera.sensitivity, s.motion.min_time, quiet=rec.post_roll)
         clock = Clock.now(monotonic_us())
+        # Privacy masks and the timestamp are burnt into every frame the camera makes, and the
+        # analysis ignores both.
+        overlay = Overlay(s.camera, clock.epoch, info.rotation)
+        camera.set_overlay(overlay)
+        analyzer = MotionAnalyzer(
+            s.camera.lores, s.camera.resolution, _analysed(s, overlay), info.rotation
+        )
+        tracker = MotionTracker(s.camera.sensitivity, s.motion.min_time, quiet=rec.post_roll)
         port = AnalysisPort(
             loop,
             handler=lambda frame: self._on_frame(frame, analyzer, tracker),
@@ -651,10 +659,16 @@ class Daemon:
         self._tracker.sensitivity = s.camera.sensitivity
         self._tracker.min_time_us = round(s.motion.min_time * US)
         self._tracker.quiet_us = round(rec.post_roll * US)
-        if s.motion != self._analyzer.settings:
+        motion = s.motion
+        if self.camera is not None and self.clock is not None and self.info is not None:
+            # New privacy masks or timestamp settings: burnt from the next frame on.
+            overlay = Overlay(s.camera, self.clock.epoch, self.info.rotation)
+            self.camera.set_overlay(overlay)
+            motion = _analysed(s, overlay)
+        if motion != self._analyzer.settings:
             # A new mask (drawn on the local page) takes effect on the next analysed frame;
             # the analyzer keeps its reference picture and noise estimate.
-            self._analyzer.update_mask(s.motion)
+            self._analyzer.update_mask(motion)
         if self.ring is not None and self.info is not None:
             iperiod_s = s.camera.keyframe_seconds(float(self.info.framerate))
             retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 / s.motion.analysis_fps
@@ -708,6 +722,15 @@ class Daemon:
             self.recorder.clips_recorded,
             self.store.evicted,
         )
+
+
+def _analysed(s: Settings, overlay: Overlay) -> MotionSettings:
+    """The motion settings the analyzer runs with: the mask, plus what the overlay hides or
+    draws (privacy masks are black, the timestamp changes every second)."""
+    hidden = overlay.hidden()
+    if not hidden:
+        return s.motion
+    return dataclasses.replace(s.motion, mask_rects=(*s.motion.mask_rects, *hidden))
 
 
 def _uploader_totals(uploader: Uploader) -> dict[str, float]:

@@ -6,7 +6,8 @@ with its description and allowed values from the option table), sends only the c
 fields with ``PATCH``, starts a manual clip or takes a still, lists the clips by day with their
 pictures (a placeholder where there is none), plays, downloads and deletes them (delete asks
 for a second click), and turns rectangles dragged on the live picture into the motion mask
-(``motion.mask_rects``, in pixels of the main picture as the viewer sees it).
+(``motion.mask_rects``, drawn red) or the privacy mask (``camera.privacy_masks``, drawn blue
+over black), both in pixels of the main picture as the viewer sees it.
 """
 
 SCRIPT = rb"""'use strict';
@@ -20,7 +21,19 @@ SCRIPT = rb"""'use strict';
     for (const k of kids) if (k) e.append(k);
     return e;
   };
-  const state = { settings: null, control: false, rects: [], drawing: false };
+  const state = {
+    settings: null, control: false, drawing: false, kind: 'motion',
+    masks: { motion: [], privacy: [] },
+  };
+  // The rectangles of the kind being drawn.
+  Object.defineProperty(state, 'rects', {
+    get() { return state.masks[state.kind]; },
+    set(v) { state.masks[state.kind] = v; },
+  });
+  const LOOK = {
+    motion: { fill: 'rgba(255,40,40,0.35)', stroke: '#ff5050', key: ['motion', 'mask_rects'] },
+    privacy: { fill: 'rgba(0,0,0,0.75)', stroke: '#3d7bff', key: ['camera', 'privacy_masks'] },
+  };
   window.pinthesky = state;
 
   function say(text, bad) {
@@ -76,7 +89,10 @@ SCRIPT = rb"""'use strict';
     form.append(save);
     $('control-off').hidden = state.control;
     for (const b of document.querySelectorAll('.needs-control')) b.disabled = !state.control;
-    state.rects = (doc.settings.motion.mask_rects || []).map((r) => r.slice());
+    for (const [kind, look] of Object.entries(LOOK)) {
+      const [section, name] = look.key;
+      state.masks[kind] = ((doc.settings[section] || {})[name] || []).map((r) => r.slice());
+    }
     drawMask();
   }
 
@@ -186,11 +202,15 @@ SCRIPT = rb"""'use strict';
     const sx = canvas.width / pw, sy = canvas.height / ph;
     const g = canvas.getContext('2d');
     g.clearRect(0, 0, canvas.width, canvas.height);
-    g.fillStyle = 'rgba(255,40,40,0.35)';
-    g.strokeStyle = '#ff5050';
-    for (const [x, y, w, h] of state.rects.concat(state.drag ? [state.drag] : [])) {
-      g.fillRect(x * sx, y * sy, w * sx, h * sy);
-      g.strokeRect(x * sx, y * sy, w * sx, h * sy);
+    for (const [kind, look] of Object.entries(LOOK)) {
+      const drag = kind === state.kind && state.drag ? [state.drag] : [];
+      g.fillStyle = look.fill;
+      g.strokeStyle = look.stroke;
+      g.lineWidth = kind === state.kind ? 2 : 1;
+      for (const [x, y, w, h] of state.masks[kind].concat(drag)) {
+        g.fillRect(x * sx, y * sy, w * sx, h * sy);
+        g.strokeRect(x * sx, y * sy, w * sx, h * sy);
+      }
     }
     $('mask-count').textContent = state.rects.length + ' rectangle(s)';
   }
@@ -230,12 +250,18 @@ SCRIPT = rb"""'use strict';
       canvas.classList.toggle('drawing', state.drawing);
       $('draw').textContent = state.drawing ? 'stop drawing' : 'draw mask';
     });
+    $('mask-kind').addEventListener('change', () => {
+      state.kind = $('mask-kind').value;
+      drawMask();
+    });
     $('clear-mask').addEventListener('click', () => { state.rects = []; drawMask(); });
     $('save-mask').addEventListener('click', async () => {
+      const kind = state.kind, count = state.rects.length;
+      const [section, name] = LOOK[kind].key;
       try {
-        const doc = await api('PATCH', 'settings', { motion: { mask_rects: state.rects } });
+        const doc = await api('PATCH', 'settings', { [section]: { [name]: state.rects } });
         buildForm(doc);
-        say('mask saved: ' + state.rects.length + ' rectangle(s)');
+        say((kind === 'privacy' ? 'privacy mask' : 'mask') + ' saved: ' + count + ' rectangle(s)');
       } catch (e) { say(e.message, true); }
     });
     window.addEventListener('resize', drawMask);
