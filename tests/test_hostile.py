@@ -261,6 +261,23 @@ def test_the_upload_queue_holds_only_regular_files(tmp_path: Path) -> None:
     assert names == ["real.jpg", "1700000000.motion.mp4"]
 
 
+def test_links_named_like_a_picture_or_a_clips_facts_are_never_read(tmp_path: Path) -> None:
+    """W2 for what lies beside the clips: a link named like a motion picture is not queued
+    for upload, and one in place of a clip's facts is not read (the page lists its trigger)."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"trigger": "SECRET", "start_epoch": 1}')
+    clip = clips / "1700000000.motion.mp4"
+    clip.write_bytes(b"\x00")
+    (clips / ".1700000000.motion.mp4.json").symlink_to(secret)
+    (clips / "1690000000.motion.jpg").symlink_to(secret)
+    (clips / "1700000000.motion.jpg").write_bytes(b"\xff\xd8")
+    store = ClipStore(clips)
+    assert store.meta(clip) == {}
+    assert [p.name for p in store.pictures()] == ["1700000000.motion.jpg"]
+
+
 def get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
