@@ -118,9 +118,18 @@ MEMINFO = Path("/proc/meminfo")
 
 def cma_total() -> int | None:
     """The kernel's contiguous memory (CMA) in bytes, where the camera's buffers live."""
+    return _meminfo("CmaTotal:")
+
+
+def mem_total() -> int | None:
+    """The memory the kernel manages, in bytes (a 512 MB Pi Zero has about 430 MB)."""
+    return _meminfo("MemTotal:")
+
+
+def _meminfo(field: str) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         for line in MEMINFO.read_text().splitlines():
-            if line.startswith("CmaTotal:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     return None
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pinthesky.alerts.motion import MotionAlerts
-from pinthesky.camera import AnalysisPort, Camera, make_camera
+from pinthesky.camera import AnalysisPort, Camera, make_camera, pi
 from pinthesky.cloud.credentials import (
     IotCredentialsProvider,
     IotIdentity,
@@ -62,7 +62,7 @@ from pinthesky.record.bus import ClipReady, EventBus, ImageReady, MotionDetected
 from pinthesky.record.clips import ClipStore
 from pinthesky.record.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.record.recorder import Recorder
-from pinthesky.record.ring import PacketRing
+from pinthesky.record.ring import PacketRing, byte_caps
 from pinthesky.settings import Resolution, Settings, flatten, live_size, merge
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,8 @@ class Daemon:
         iperiod_s = s.camera.keyframe_seconds(float(info.framerate))
         interval_s = 1 / s.motion.analysis_fps
         retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 * interval_s + iperiod_s
-        ring = PacketRing(round(retain * US), max_bytes=s.camera.buffer_size)
+        max_bytes, hard_max_bytes = self._ring_caps()
+        ring = PacketRing(round(retain * US), max_bytes=max_bytes, hard_max_bytes=hard_max_bytes)
         analyzer = MotionAnalyzer(s.camera.lores, s.camera.resolution, s.motion, info.rotation)
         tracker = MotionTracker(s.camera.sensitivity, s.motion.min_time, quiet=rec.post_roll)
         clock = Clock.now(monotonic_us())
@@ -288,6 +289,20 @@ class Daemon:
             s.storage.combine_dir,
         )
         await asyncio.to_thread(camera.start, ring, port, self.live)
+
+    def _ring_caps(self) -> tuple[int, int]:
+        """The pre-event buffer's byte caps: ``camera.buffer_size`` where set, never beyond
+        what this Pi's memory can spare (``ring.byte_caps``)."""
+        soft, hard = byte_caps(pi.mem_total())
+        asked = self.settings.camera.buffer_size
+        if asked is not None and asked > hard:
+            log.warning(
+                "camera.buffer_size %d is more than the %d bytes this Pi can spare for the "
+                "buffer (an eighth of its memory): capped",
+                asked,
+                hard,
+            )
+        return (soft if asked is None else min(asked, hard)), hard
 
     async def _stop_pipeline(self) -> None:
         """Stop taking frames, stop the camera, finish the open clip, wait for the disk."""
