@@ -23,7 +23,7 @@ from test_web import CLIP, fetch, plant_clips, serve, web_settings
 
 from pinthesky.daemon.app import Daemon
 from pinthesky.local import guard
-from pinthesky.local.web import MAX_CONNECTIONS
+from pinthesky.local.web import MAX_CONNECTIONS, MAX_PER_ADDRESS
 from pinthesky.settings import Rect
 
 PASSWORD = "s3cr3t pw"
@@ -320,8 +320,9 @@ def test_idle_connections_do_not_lock_others_out(tmp_path):
     def check(daemon: Daemon, port: int) -> None:
         idle = []
         try:
-            for _ in range(MAX_CONNECTIONS + 16):
-                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            for n in range(MAX_CONNECTIONS + 16):  # from five machines, sixteen each
+                source = (f"127.0.0.{10 + n % 5}", 0)
+                s = socket.create_connection(("127.0.0.1", port), 10, source_address=source)
                 s.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")  # a head that never ends
                 idle.append(s)
             eventually(lambda: len(daemon.web._clients) >= MAX_CONNECTIONS, 20, "the idle ones")
@@ -329,6 +330,13 @@ def test_idle_connections_do_not_lock_others_out(tmp_path):
                 status, _, body = fetch(port, "/health.json")
                 assert status == 200, body
             assert daemon.web is not None and daemon.web.evicted >= 16
+            # One more machine past its share evicts its own, never the owner's (127.0.0.1).
+            flood = [
+                socket.create_connection(("127.0.0.1", port), 10, source_address=("127.0.0.10", 0))
+                for _ in range(MAX_PER_ADDRESS)
+            ]
+            idle += flood
+            assert fetch(port, "/health.json")[0] == 200
         finally:
             for s in idle:
                 s.close()

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import NotOurFile, open_ours
+from pinthesky.logs import Throttle
 from pinthesky.record.clips import ClipStore, picture_epoch
 from pinthesky.record.mp4 import to_annexb
 
@@ -205,6 +206,8 @@ class Uploader:
         """Set on the loop when the task is cancelled; read by the upload thread."""
         self._refused: set[str] = set()
         """Names in the queue that are not ours (hard links, special files): skipped."""
+        self._throttle = Throttle(log, burst=5, window=60.0)
+        """Lines about what was planted in the queue: a few a minute, however much is."""
         self.given_up = 0
         """Uploads given up because their file was deleted meanwhile."""
 
@@ -322,7 +325,9 @@ class Uploader:
             # Planted under one of our names (a link swapped in since the listing, a hard
             # link, a FIFO): never read, and skipped from now on.
             self._refused.add(path.name)
-            log.error("%s in the upload queue is %s: not uploaded", path, exc.strerror)
+            self._throttle(
+                logging.ERROR, "%s in the upload queue is %s: not uploaded", path, exc.strerror
+            )
             return None
         try:
             return self._upload_file(path, fd)

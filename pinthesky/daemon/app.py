@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import threading
@@ -748,7 +749,9 @@ async def _listening(server: Any, name: str, bind: str, port: int, without: str)
 def _write_still(directory: Path, name: str, data: bytes) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    if path.resolve().parent != directory.resolve():
+    # Its own name only, never through a link: a link planted under the name is replaced
+    # (write_atomically renames over it), not followed out of the directory.
+    if os.path.normpath(path.parent) != os.path.normpath(directory):
         raise PintheskyError(f"capture_image file_name {name!r}: outside {directory}")
     write_atomically(path, data, 0o644)
     return path

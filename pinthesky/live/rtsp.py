@@ -16,8 +16,9 @@ Hostile clients cannot shut the owner's player out. A request head must arrive w
 ``HEAD_TIMEOUT_S`` of its first byte, and bytes that cannot begin one (garbage, a TLS hello,
 interleaved data before a session) are answered 400 at once. A connection that has not given
 the password (or, without one, holds no session) may stay idle ``UNTRUSTED_IDLE_S`` between
-requests, and when every connection slot is taken the oldest such connection is closed to make
-room: only playing (or authenticated) clients keep their slots.
+requests. One address holds at most ``MAX_PER_ADDRESS`` connections; when its share or every
+slot is taken, the oldest such connection is closed to make room (one that never sent a whole
+request before one that did): only playing (or authenticated) clients keep their slots.
 
 Nothing here ever makes the camera, the recorder or the analysis wait: the source thread only
 wakes the loop (``PacketRing.on_packet``) while someone plays, and one callback on the loop
@@ -45,14 +46,14 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
 from pinthesky.live.rtp import RtpStream, nal_units, parameter_sets, sdp
-from pinthesky.local.guard import PasswordGuard
+from pinthesky.local.guard import PasswordGuard, client_key
 from pinthesky.logs import Throttle
 from pinthesky.media import Packet
 from pinthesky.record.ring import PacketRing
@@ -64,6 +65,9 @@ HEAD_LIMIT = 8 * 1024
 """Bytes of request line and headers accepted."""
 HEAD_TIMEOUT_S = 5.0
 """A request head must arrive whole within this of its first byte."""
+MAX_PER_ADDRESS = 8
+"""Connections from one address (an IPv6 /64) at once: one machine flooding the port uses up
+its own share (an NVR needs one or two), never the owner's."""
 UNTRUSTED_IDLE_S = 10.0
 """How long a connection that has not given the password (without one: that holds no
 session) may stay silent between requests."""
@@ -396,9 +400,14 @@ class Connection:
         peer = writer.get_extra_info("peername") or ("", 0)
         local = writer.get_extra_info("sockname") or ("0.0.0.0", 0)
         self.peer: str = peer[0]
+        self.address = client_key(self.peer)
+        """Who it counts as: the peer, or its IPv6 /64."""
         self.local: str = local[0]
         self.sessions: dict[str, Session] = {}
         self.last_seen = self.opened = time.monotonic()
+        self.requests = 0
+        self.closing = False
+        """Closed to make room, or refused: it holds no slot while its task ends."""
         self.authenticated = False
         """It gave the right password (never, without one: then it is trusted while it
         holds a session)."""
@@ -499,7 +508,13 @@ class RtspServer:
         conn = Connection(writer)
         self._connections[task] = conn
         try:
-            if len(self._connections) > self.settings.max_clients * 2 + 8 and not self._evict():
+            others = [c for c in self._connections.values() if not c.closing and c is not conn]
+            mine = [c for c in others if c.address == conn.address]
+            cap = self.settings.max_clients * 2 + 8
+            if (len(mine) >= MAX_PER_ADDRESS and not self._evict(mine)) or (
+                len(others) >= cap and not self._evict(others)
+            ):
+                conn.closing = True
                 await self._write(conn, "0", Response(503, body=b"too many connections\n"))
                 return
             await self._exchange(conn, reader)
@@ -522,13 +537,15 @@ class RtspServer:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
-    def _evict(self) -> bool:
-        """Close the oldest connection that is not trusted (no password given, no session)
-        to make room; False when every connection is trusted."""
-        idle = [c for c in self._connections.values() if not c.trusted]
+    def _evict(self, among: Iterable[Connection]) -> bool:
+        """Close a connection ``among`` these that is not trusted (no password given, no
+        session) to make room: one that never sent a whole request first (a player sends its
+        first at once), the oldest first; False when every one is trusted."""
+        idle = [c for c in among if not c.trusted and not c.closing]
         if not idle:
             return False
-        oldest = min(idle, key=lambda c: c.opened)
+        oldest = min(idle, key=lambda c: (c.requests > 0, c.opened))
+        oldest.closing = True
         oldest.writer.transport.abort()  # its read ends with a reset, like a client gone
         self.evicted += 1
         log.debug("rtsp: every connection slot taken; closed one from %s", oldest.peer)
@@ -565,6 +582,7 @@ class RtspServer:
                 raise BadRequest("body missing length or too large", 413)
             body = await self._within(reader.readexactly(int(length)))
             self.requests += 1
+            conn.requests += 1
             request = Request(method, url, _stream_path(url), cseq, headers, body)
             response = await self._respond(conn, request)
             await self._write(conn, cseq, response)

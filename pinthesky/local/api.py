@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pinthesky.control.controller import Host as ControlHost
-from pinthesky.eventfiles import read_ours, write_atomically
+from pinthesky.eventfiles import NotOurFile, read_ours, write_atomically
 from pinthesky.installer.onpi import merge_toml
 from pinthesky.settings import (
     MAX_LOCAL_BYTES,
@@ -312,11 +312,14 @@ def _first(errors: list[str]) -> list[str]:
 
 
 def _read_regular(path: Path) -> str:
-    """The file's text, or "" when there is none; refuses anything but a regular file of ours
-    (never through a link planted under its name)."""
+    """The file's text, or "" when there is none of ours: a link (or anything but a regular
+    file) planted under its name is not read, and the file written in its place replaces it."""
     try:
         data, size = read_ours(path, MAX_LOCAL_BYTES + 1)
     except FileNotFoundError:
+        return ""
+    except NotOurFile as exc:
+        log.warning("page: %s is %s: replaced by the page's own file", path, exc.strerror)
         return ""
     if size > MAX_LOCAL_BYTES:
         raise OSError(f"{path} is larger than {MAX_LOCAL_BYTES} bytes")

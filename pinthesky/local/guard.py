@@ -87,7 +87,7 @@ class PasswordGuard:
     def wait(self, address: str) -> float:
         """Seconds before ``address`` may try a password again; 0 when it may now. A try
         before then is counted and turned away unchecked."""
-        entry = self._addresses.get(_key(address))
+        entry = self._addresses.get(client_key(address))
         left = 0.0 if entry is None else entry.blocked_until - self._clock()
         if left <= 0:
             return 0.0
@@ -100,7 +100,7 @@ class PasswordGuard:
     def failed(self, address: str) -> float:
         """A wrong password from ``address``: the seconds to hold its answer back."""
         now = self._clock()
-        key = _key(address)
+        key = client_key(address)
         entry = self._addresses.get(key)
         if entry is None:
             self._forget_one()
@@ -126,7 +126,7 @@ class PasswordGuard:
 
     def passed(self, address: str) -> None:
         """The right password from ``address``: its count starts again."""
-        entry = self._addresses.get(_key(address))
+        entry = self._addresses.get(client_key(address))
         if entry is not None:
             entry.failures = 0
             entry.blocked_until = 0.0
@@ -182,7 +182,7 @@ class PasswordGuard:
             del self._addresses[key]
 
 
-def _key(address: str) -> str:
+def client_key(address: str) -> str:
     """What a guesser is counted under: the IPv4 address, or the IPv6 /64."""
     try:
         ip = ipaddress.ip_address(address.partition("%")[0])

@@ -25,10 +25,11 @@ to be set at all (without one the API is read-only), must come from this page (`
 
 The server never blocks the loop on the disk (files are read on a worker thread) or on a client
 (every read and write has a timeout). Hostile clients: a request head must arrive whole within
-``HEAD_TIMEOUT_S``; when every connection slot is taken, the connection that has waited longest
-for its head is closed to make room (idle and trickling connections cannot lock others out);
-an MJPEG viewer gets a picture only when the previous one has left, and is dropped once it has
-taken none for ``VIEWER_STALL_S``.
+``HEAD_TIMEOUT_S``; one address holds at most ``MAX_PER_ADDRESS`` connections, and when its
+share or every connection slot is taken, the connection (of that address) that has waited
+longest for its head is closed to make room (idle and trickling connections cannot lock others
+out); an MJPEG viewer gets a picture only when the previous one has left, and is dropped once it
+has taken none for ``VIEWER_STALL_S``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import math
 import os
 import re
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -53,7 +55,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pinthesky.eventfiles import open_ours
 from pinthesky.live.mjpeg import MjpegBroadcaster
 from pinthesky.local.api import LocalApi
-from pinthesky.local.guard import HostNames, PasswordGuard
+from pinthesky.local.guard import HostNames, PasswordGuard, client_key
 from pinthesky.local.page import ClipEntry, render
 from pinthesky.local.script import SCRIPT
 from pinthesky.logs import Throttle
@@ -69,6 +71,9 @@ HEAD_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 20.0
 MAX_CONNECTIONS = 64
+MAX_PER_ADDRESS = 16
+"""Connections from one address (an IPv6 /64) at once: a browser opens six at most, so one
+machine flooding the port uses up its own share, never the owner's."""
 MAX_BODY = 64 * 1024
 """Bytes of a request's JSON body accepted (a settings change is a few hundred)."""
 VIEWER_STALL_S = 10.0
@@ -202,8 +207,11 @@ class WebServer:
         self._live_size = live_size
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
-        self._waiting: dict[asyncio.StreamWriter, float] = {}
-        """Connections still sending their request head -> when they came."""
+        self._waiting: dict[asyncio.StreamWriter, tuple[float, str]] = {}
+        """Connections still sending their request head -> when they came, and from where."""
+        self._counted: dict[asyncio.StreamWriter, str] = {}
+        """Connections that hold a slot (not those closed to make room) -> their address."""
+        self._per_address: Counter[str] = Counter()
         self.api = api
         self.guard = PasswordGuard("http")
         self.hosts = HostNames(settings.host_names)
@@ -253,11 +261,19 @@ class WebServer:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
+        address = client_key((writer.get_extra_info("peername") or ("",))[0])
+        self._counted[writer] = address
+        self._per_address[address] += 1
         try:
-            if len(self._clients) > MAX_CONNECTIONS and not self._evict_oldest_waiting():
+            if self._per_address[address] > MAX_PER_ADDRESS and not self._evict_waiting(address):
+                self._uncount(writer)
+                await self._error(writer, 503, "too many connections from this address")
+                return
+            if len(self._counted) > MAX_CONNECTIONS and not self._evict_waiting():
+                self._uncount(writer)
                 await self._error(writer, 503, "too many connections")
                 return
-            self._waiting[writer] = asyncio.get_running_loop().time()
+            self._waiting[writer] = (asyncio.get_running_loop().time(), address)
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
             finally:
@@ -277,21 +293,32 @@ class WebServer:
         finally:
             self._clients.discard(task)
             self._waiting.pop(writer, None)
+            self._uncount(writer)
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
-    def _evict_oldest_waiting(self) -> bool:
-        """Close the connection that has waited longest for its request head; False when
-        every connection is busy with a request (those end on their own timeouts)."""
-        if not self._waiting:
+    def _evict_waiting(self, address: str | None = None) -> bool:
+        """Close the connection (from ``address``, or any) that has waited longest for its
+        request head; False when there is none (the others are busy with a request, and end
+        on their own timeouts)."""
+        waiting = [w for w, (_, a) in self._waiting.items() if address in (None, a)]
+        if not waiting:
             return False
-        oldest = min(self._waiting, key=self._waiting.__getitem__)
+        oldest = min(waiting, key=lambda w: self._waiting[w][0])
         del self._waiting[oldest]
+        self._uncount(oldest)  # its slot is free now, though its task ends a moment later
         oldest.transport.abort()  # its read ends with a reset, like a client that went away
         self.evicted += 1
         log.debug("http: every connection slot taken; closed one still sending its head")
         return True
+
+    def _uncount(self, writer: asyncio.StreamWriter) -> None:
+        address = self._counted.pop(writer, None)
+        if address is not None:
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
 
     async def _exchange(
         self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -560,7 +587,9 @@ class WebServer:
                     # that takes nothing for long go, so that it frees its slot.
                     if loop.time() - taken > VIEWER_STALL_S:
                         self.dropped_viewers += 1
-                        log.info("http: dropped an MJPEG viewer that stopped reading")
+                        self._throttle(
+                            logging.INFO, "http: dropped an MJPEG viewer that stopped reading"
+                        )
                         return
                     continue
                 taken = loop.time()
