@@ -12,13 +12,12 @@ import json
 import logging
 import os
 import socket
-import struct
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from conftest import eventually
+from intruder import FORGED_HOSTS, Attack, guessed, knock
 from test_web import CLIP, fetch, plant_clips, serve, web_settings
 
 from pinthesky.daemon.app import Daemon
@@ -406,24 +405,6 @@ def test_an_emptied_roll_keeps_the_camera_running_through_its_restarts(tmp_path)
     assert "pre_roll = 7.0" in (tmp_path / "local-settings.toml").read_text()
 
 
-def raw_status(port: int, head: bytes, source: str | None = None) -> int:
-    """The status of a request sent as these bytes (what http.client will not send). The
-    socket is reset, not closed, at the end: thousands of guesses would otherwise leave as
-    many ports in TIME_WAIT on the machine."""
-    with socket.create_connection(
-        ("127.0.0.1", port), timeout=20, source_address=(source, 0) if source else None
-    ) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.sendall(head)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ")[1])
-
-
 def test_huge_numbers_odd_digits_and_floods_of_keys_are_short_400s(tmp_path, caplog):
     plant_clips(tmp_path)
     caplog.set_level(logging.INFO)
@@ -461,29 +442,13 @@ def test_huge_numbers_odd_digits_and_floods_of_keys_are_short_400s(tmp_path, cap
                 + length
                 + b"\r\n\r\n{}"
             )
-            assert raw_status(port, head) == 400, length
+            assert knock(port, head) == 400, length
         status, _, body = fetch(port, "/clips/1700000000.motion.mp4", {**AUTH, "Range": "bytes=²-"})
         assert status == 200 and body == CLIP  # a range it cannot read: the whole file
 
     serve(control_settings(tmp_path), check)
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-
-
-FORGED_HOSTS = (
-    "evil.example",
-    "evil.example:8080",
-    "localhost.evil.example",
-    "127.0.0.1.evil.example",
-    "camera.local.evil.example",
-    "10.254.254.254",
-    "[2001:db8::1]:8080",
-    "0.0.0.0",
-    "localhost:80@evil.example",
-    "localhost:abc",
-    "::1",
-    "",
-)
 
 
 def test_only_the_names_of_the_camera_are_answered(tmp_path):
@@ -512,47 +477,27 @@ def test_only_the_names_of_the_camera_are_answered(tmp_path):
             assert fetch(port, "/health.json", {"Host": host})[0] == 200, host
         assert daemon.web is not None and daemon.web.wrong_host == len(FORGED_HOSTS) * 4
         two = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n"
-        assert raw_status(port, two) == 400
-        assert raw_status(port, b"GET /health.json HTTP/1.1\r\n\r\n") == 400
-        assert raw_status(port, b"GET /health.json HTTP/1.0\r\n\r\n") == 200
+        assert knock(port, two) == 400
+        assert knock(port, b"GET /health.json HTTP/1.1\r\n\r\n") == 400
+        assert knock(port, b"GET /health.json HTTP/1.0\r\n\r\n") == 200
 
     serve(web_settings(tmp_path, **{"http.host_names": "cam.example.net"}), check)
 
 
-def guess(port: int, source: str, password: str, until: float, out: list[int]) -> None:
-    """Try ``password`` from ``source`` again and again until ``until`` (monotonic)."""
-    token = base64.b64encode(f"x:{password}".encode())
-    head = b"GET /health.json HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic "
-    while time.monotonic() < until:
-        out.append(raw_status(port, head + token + b"\r\n\r\n", source))
-
-
 def test_password_guessing_is_slowed_per_address_and_the_owner_still_gets_in(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    seconds = 6.0
 
     def check(daemon: Daemon, port: int) -> None:
-        statuses: list[int] = []
-        until = time.monotonic() + seconds
-        guessers = [
-            threading.Thread(target=guess, args=(port, "127.0.0.2", f"guess{i}", until, statuses))
-            for i in range(4)
-        ]
-        for t in guessers:
-            t.start()
-        try:
-            # The owner, elsewhere on the network, is not slowed at all.
-            eventually(lambda: statuses.count(401) >= 3, 10, "the guessing under way")
+        attack = Attack(port, 0, PASSWORD, {})
+
+        def owner() -> None:  # elsewhere on the network: not slowed at all
             for _ in range(3):
                 started = time.monotonic()
                 assert fetch(port, "/health.json", AUTH)[0] == 200
                 assert time.monotonic() - started < 1.0
-        finally:
-            for t in guessers:
-                t.join(30)
-        checked = statuses.count(401)
-        # Four a second at first, then the wait doubles: 1 + 0.5 + 1 + 2 s for eight tries.
-        assert 4 <= checked <= 10, (checked, len(statuses))
+
+        statuses = guessed(attack.guess_page, attack, owner)
+        checked = statuses[401]
         assert set(statuses) == {401, 429}
         # The guesser stops; from the same address the right password works within the
         # longest wait.

@@ -22,6 +22,7 @@ from typing import Any
 import av
 import pytest
 from conftest import eventually, pinthesky, serve_daemon, settings_for
+from intruder import Attack, guessed
 from servers import free_port
 
 from pinthesky.daemon.app import Daemon
@@ -887,51 +888,20 @@ def test_a_captured_digest_login_cannot_be_replayed(tmp_path):
     serve(rtsp_settings(tmp_path), check)
 
 
-def knock(port: int, request: bytes, source: str) -> int:
-    """One RTSP request on a new connection from ``source``; its status. The socket is reset
-    at the end, so that thousands of tries leave no ports in TIME_WAIT."""
-    with socket.create_connection(("127.0.0.1", port), 20, source_address=(source, 0)) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.sendall(request)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ")[1])
-
-
 def test_password_guessing_is_slowed_per_address_and_logged_in_a_few_lines(tmp_path, caplog):
     caplog.set_level(logging.INFO)
 
     def check(daemon: Daemon, port: int) -> None:
         assert daemon.rtsp is not None
-        statuses: list[int] = []
-        until = time.monotonic() + 6
+        attack = Attack(0, port, PASSWORD, {})
 
-        def guesser(n: int) -> None:
-            token = base64.b64encode(f"x:guess{n}".encode()).decode()
-            request = (
-                f"DESCRIBE rtsp://127.0.0.1:{port}/live RTSP/1.0\r\nCSeq: 1\r\n"
-                f"Authorization: Basic {token}\r\n\r\n"
-            ).encode()
-            while time.monotonic() < until:
-                statuses.append(knock(port, request, "127.0.0.2"))
-
-        threads = [threading.Thread(target=guesser, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        try:
-            eventually(lambda: statuses.count(401) >= 3, 10, "the guessing under way")
+        def owner() -> None:  # elsewhere on the network
             started = time.monotonic()
-            assert read_frames(url(port), "tcp", 5) == [SIZE] * 5  # the owner, elsewhere
+            assert read_frames(url(port), "tcp", 5) == [SIZE] * 5
             assert time.monotonic() - started < 10
-        finally:
-            for t in threads:
-                t.join(30)
-        checked = statuses.count(401)
-        assert 4 <= checked <= 10, (checked, len(statuses))
+
+        statuses = guessed(attack.guess_rtsp, attack, owner)
+        checked = statuses[401]
         assert set(statuses) == {401, 503}
         assert daemon.rtsp.guard.wrong == checked
 

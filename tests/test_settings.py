@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import OLD_ENV
+from intruder import HOSTILE_VALUES
 
 from pinthesky import cmdline, settings
 from pinthesky.errors import ConfigError
@@ -940,39 +941,6 @@ def test_keyframe_seconds_follow_the_delivered_rate(
 
 
 # -- hostile values: what the page, the shadow or a file may send -------------------------------
-
-HOSTILE_VALUES: list[Any] = [
-    "",
-    "  ",
-    None,
-    True,
-    [],
-    {},
-    [[]],
-    {"a": 1},
-    "x" * 10_000,
-    10**400,
-    -(10**400),
-    "9" * 400,
-    2**63,
-    1e308,
-    -1e308,
-    "1e400",
-    "NaN",
-    "-Infinity",
-    "١٢",  # Arabic-Indic digits: int() and float() take them
-    "\uff11\uff12",  # full-width digits
-    "1_0",  # int() and float() take the underscore too
-    "²",  # str.isdigit() says yes, int() says no
-    "0x10",
-    "\x00",
-    -1,
-    0.5,
-    [[10**18, 0, 1, 1]],
-    "1" * 400 + ",0,1,1",
-]
-"""Wrong types and huge numbers: every one is refused with one line, or (``""`` and None for
-a setting that may be unset) means the default; none ever raises."""
 
 
 def usable(s: Settings) -> list[str]:

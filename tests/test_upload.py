@@ -11,17 +11,13 @@ import io
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import av
 import pytest
-from conftest import clip_facts, run_daemon, settings_for
+from conftest import DaemonProcess, clip_facts, run_daemon, settings_for
 from servers import CredentialsProvider, Pki, Relay, free_port, moto_server, stalled_endpoint
 from servers import s3_client as s3
 
@@ -546,22 +542,10 @@ def test_a_stop_during_a_slow_upload_gives_it_up_at_once_and_keeps_the_clip(reco
         args = ["--source", "synthetic", "--combine-dir", str(tmp_path / "clips")]
         args += ["--bucket-name", BUCKET, "--thing-name", "cam1"]
         args += ["--capture-dir", str(tmp_path / "images"), "--video-format", "mp4"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pinthesky", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        daemon = DaemonProcess(args, tmp_path, env)
         try:
             assert started.wait(60), "the upload never began"
-            stopped = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=10)
-            took = time.monotonic() - stopped
         finally:
-            proc.kill()
-            _, err = proc.communicate()
-    assert code == 0 and took < 5, (code, took, err[-2000:])
+            code, took = daemon.stop()
+    assert code == 0 and took < 5, (code, took, "".join(daemon.lines)[-2000:])
     assert [p.name for p in ClipStore(tmp_path / "clips").clips()] == [c.name for c in clips]
