@@ -149,15 +149,18 @@ def run_one(label: str, scratch: Path, warmup: float, seconds: float) -> dict[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     w = window_args(__doc__ or "", argv, warmup=10, rounds=1, quick=(5, 30, 1))
-    runs: dict[str, dict[str, Any]] = {}
 
-    def measure(scratch: Path) -> None:
+    def measure(scratch: Path) -> dict[str, dict[str, Any]]:
+        runs: dict[str, dict[str, Any]] = {}
+
         def one(label: str) -> None:
             runs[label] = run_one(label, scratch, w.warmup, w.seconds)
 
         side_by_side(["quiet", "attacked"], one)
+        return runs
 
-    if in_scratch(NAME, measure) is None or set(runs) != {"quiet", "attacked"}:
+    runs = in_scratch(NAME, measure)
+    if runs is None or set(runs) != {"quiet", "attacked"}:
         return 2
     quiet, attacked = runs["quiet"], runs["attacked"]
     figures = {f"{k}_{label}": v for label, run in runs.items() for k, v in run.items()}

@@ -80,18 +80,29 @@ FORGED_HOSTS = (
 def knock(port: int, data: bytes, source: str | None = None) -> int:
     """The status of one request (HTTP or RTSP) sent as these bytes on a new connection from
     ``source`` (what http.client will not send)."""
+    return _send(port, data, source, whole=False)[0]
+
+
+def exchange(port: int, data: bytes, source: str | None = None) -> tuple[int, bytes]:
+    """``knock``, with the whole answer (the page closes the connection after it)."""
+    return _send(port, data, source, whole=True)
+
+
+def _send(port: int, data: bytes, source: str | None, whole: bool) -> tuple[int, bytes]:
     with socket.create_connection(
         ("127.0.0.1", port), timeout=20, source_address=(source, 0) if source else None
     ) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.sendall(data)
         got = b""
-        while b"\r\n" not in got:
-            chunk = s.recv(4096)
+        while whole or b"\r\n" not in got:
+            chunk = s.recv(65536)
             if not chunk:
                 break
             got += chunk
-    return int(got.split(b" ")[1])
+    if not got:
+        raise ConnectionResetError("closed without an answer")
+    return int(got.split(b" ")[1]), got
 
 
 def basic(password: str) -> dict[str, str]:
@@ -132,7 +143,8 @@ class Attack:
         self.got: dict[str, Counter[Any]] = {}
         self._threads: list[threading.Thread] = []
 
-    def start(self, name: str, run: Callable[[Counter[Any]], None]) -> None:
+    def start(self, name: str, run: Callable[[Counter[Any]], None]) -> threading.Thread:
+        """``run(got)`` on a thread of its own until ``stop`` (or until it is done)."""
         got = self.got[name] = Counter()
 
         def guarded() -> None:
@@ -144,6 +156,7 @@ class Attack:
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
     def join(self) -> None:
         self.stop.set()
@@ -161,19 +174,26 @@ class Attack:
     # -- the attacks ---------------------------------------------------------------------------
 
     def fuzz_settings(self, got: Counter[Any]) -> None:
-        """Every key the page may change, with every hostile value (with the password: what
-        a page the owner opened, or anyone who knows it, may send)."""
-        same = {"Origin": f"http://127.0.0.1:{self.http}", "Sec-Fetch-Site": "same-origin"}
+        """Every key the page may change, with every hostile value, from 127.0.0.5 (with the
+        password: what a page the owner opened, or anyone who knows it, may send)."""
+        token = base64.b64encode(f"me:{self.password}".encode()).decode()
+        head = (
+            f"PATCH /api/settings HTTP/1.1\r\nHost: 127.0.0.1:{self.http}\r\n"
+            f"Authorization: Basic {token}\r\nOrigin: http://127.0.0.1:{self.http}\r\n"
+            "Sec-Fetch-Site: same-origin\r\nContent-Type: application/json\r\n"
+        )
         for key in PAGE_KEYS:
             section, name = key.split(".")
             for value in HOSTILE_VALUES:
-                if self.stop.is_set():
-                    return
-                change = {section: {name: value}}
-                status, _, _ = request(
-                    self.http, "PATCH", "/api/settings", change, same, self.password
-                )
-                got[status] += 1
+                body = json.dumps({section: {name: value}}).encode()
+                data = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+                while not self.stop.is_set():
+                    status = tried(knock, self.http, data, "127.0.0.5")
+                    if status != "reset":  # refused at once for opening too many: again
+                        got[status] += 1
+                        break
+                    got["reset"] += 1
+                    self.stop.wait(0.1)  # this client's pace after a refusal
 
     def guess_page(self, got: Counter[Any]) -> None:
         n = 0
@@ -241,14 +261,19 @@ class Attack:
             s.close()
 
     def forge_hosts(self, got: Counter[Any]) -> None:
+        """Requests with the password under names that are not the camera's, from 127.0.0.4
+        (what a page on another site makes the owner's browser send)."""
         paths = ("/", "/health.json", "/stream.mjpg", "/api/clips", "/clips/x.motion.mp4")
+        auth = basic(self.password)["Authorization"]
         while not self.stop.is_set():
             for host in FORGED_HOSTS:
                 for path in paths:
-                    host_header = {"Host": host}
-                    status, body, _ = request(
-                        self.http, "GET", path, None, host_header, self.password
-                    )
+                    data = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\n\r\n"
+                    try:
+                        status, body = exchange(self.http, data.encode(), "127.0.0.4")
+                    except OSError:
+                        got["reset"] += 1
+                        continue
                     got[status] += 1
                     got["leaked"] += b"uptime" in body or b"days" in body
 
@@ -277,11 +302,11 @@ class Attack:
 
 
 def tried(send: Callable[[int, bytes, str], int], port: int, data: bytes, source: str) -> Any:
-    """The status of one try, or "reset" when the server closed the connection first (a
-    connection slot it needed for someone it trusts more)."""
+    """The status of one try, or "reset" when the server closed the connection first (the
+    address opened too many, or its slot went to someone the server trusts more)."""
     try:
         return send(port, data, source)
-    except (OSError, IndexError):
+    except OSError:
         return "reset"
 
 

@@ -77,7 +77,7 @@ def test_a_hostile_home_network_does_not_get_in_flood_the_log_or_stop_the_camera
             assert status == 200 and json.loads(body)["settings"]["camera"]["sensitivity"] == 10
 
             attack = Attack(http_port, rtsp_port, PASSWORD, dirs)
-            attack.start("settings", attack.fuzz_settings)
+            fuzz = attack.start("settings", attack.fuzz_settings)
             for n in range(2):  # two at once: one waits for its answer, the other tries
                 attack.start(f"guess page {n}", attack.guess_page)
                 attack.start(f"guess rtsp {n}", attack.guess_rtsp)
@@ -90,9 +90,16 @@ def test_a_hostile_home_network_does_not_get_in_flood_the_log_or_stop_the_camera
             # and swapped for a link at once is never uploaded as the link's target.
             slowest = 0.0
             stills = 0
+            last_look = 0.0
 
             def owner_round() -> bool:
-                nonlocal slowest, stills
+                nonlocal slowest, stills, last_look
+                uploaded = daemon.logged(r"uploaded \d+(-\d+)?\.motion\.mp4 ")
+                if len(uploaded) >= CLIPS_WANTED:
+                    return True
+                if time.monotonic() - last_look < 0.5:
+                    return False  # an owner looks now and then, not twenty times a second
+                last_look = time.monotonic()
                 status, _, took = request(http_port, "GET", "/health.json", None, password=PASSWORD)
                 assert status == 200
                 slowest = max(slowest, took)
@@ -107,8 +114,7 @@ def test_a_hostile_home_network_does_not_get_in_flood_the_log_or_stop_the_camera
                     still.unlink(missing_ok=True)
                     still.symlink_to(dirs["secret"])
                     stills += 1
-                uploaded = daemon.logged(r"uploaded \d+(-\d+)?\.motion\.mp4 ")
-                return len(uploaded) >= CLIPS_WANTED
+                return False
 
             eventually(lambda: attack.tally("guess rtsp")[401] >= 2, 30, "the guessing")
             frames = read_frames(
@@ -116,6 +122,7 @@ def test_a_hostile_home_network_does_not_get_in_flood_the_log_or_stop_the_camera
             )
             assert len(frames) == 10
             eventually(owner_round, 180, f"{CLIPS_WANTED} motion clips recorded and uploaded")
+            fuzz.join(120)  # every value sent and answered
             attack.join()
             attacked = time.monotonic() - began
             status, body, _ = request(http_port, "GET", "/api/settings", None, password=PASSWORD)
@@ -149,10 +156,10 @@ def test_a_hostile_home_network_does_not_get_in_flood_the_log_or_stop_the_camera
     got = attack.got
     crashed = [(name, k) for name, c in got.items() for k in c if str(k).startswith("crashed")]
     assert not crashed, crashed
-    assert set(got["settings"]) <= {200, 400} and got["settings"].total() == len(PAGE_KEYS) * len(
-        HOSTILE_VALUES
-    ), got["settings"]
-    assert set(got["hosts"]) <= {403, "leaked"} and got["hosts"]["leaked"] == 0, got["hosts"]
+    fuzz, hosts = got["settings"], got["hosts"]
+    assert set(fuzz) <= {200, 400, "reset"}, fuzz  # reset: opened too many too fast, again
+    assert fuzz[200] + fuzz[400] == len(PAGE_KEYS) * len(HOSTILE_VALUES), fuzz
+    assert set(hosts) <= {403, "leaked", "reset"} and hosts["leaked"] == 0, hosts
     allowed = most_guesses(attacked)
     for name, refused in (("guess page", 429), ("guess rtsp", 503)):
         tries = attack.tally(name)

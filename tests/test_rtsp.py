@@ -902,7 +902,8 @@ def test_password_guessing_is_slowed_per_address_and_logged_in_a_few_lines(tmp_p
 
         statuses = guessed(attack.guess_rtsp, attack, owner)
         checked = statuses[401]
-        assert set(statuses) == {401, 503}
+        # The rest turned away unchecked (503), or closed unread for opening too many.
+        assert set(statuses) <= {401, 503, "reset"} and statuses[503] + statuses["reset"] > 0
         assert daemon.rtsp.guard.wrong == checked
 
     serve(rtsp_settings(tmp_path), check)

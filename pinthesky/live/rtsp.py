@@ -16,7 +16,8 @@ Hostile clients cannot shut the owner's player out. A request head must arrive w
 ``HEAD_TIMEOUT_S`` of its first byte, and bytes that cannot begin one (garbage, a TLS hello,
 interleaved data before a session) are answered 400 at once. A connection that has not given
 the password (or, without one, holds no session) may stay idle ``UNTRUSTED_IDLE_S`` between
-requests. One address holds at most ``MAX_PER_ADDRESS`` connections; when its share or every
+requests. An address opens at most ``NEW_PER_SECOND`` connections a second (beyond a burst),
+and holds at most ``MAX_PER_ADDRESS`` connections; when its share or every
 slot is taken, the oldest such connection is closed to make room (one that never sent a whole
 request before one that did): only playing (or authenticated) clients keep their slots.
 
@@ -53,7 +54,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pinthesky.live.rtp import RtpStream, nal_units, parameter_sets, sdp
-from pinthesky.local.guard import PasswordGuard, client_key
+from pinthesky.local.guard import ConnectionRate, PasswordGuard, client_key
 from pinthesky.logs import Throttle
 from pinthesky.media import Packet
 from pinthesky.record.ring import PacketRing
@@ -66,8 +67,11 @@ HEAD_LIMIT = 8 * 1024
 HEAD_TIMEOUT_S = 5.0
 """A request head must arrive whole within this of its first byte."""
 MAX_PER_ADDRESS = 8
-"""Connections from one address (an IPv6 /64) at once: one machine flooding the port uses up
-its own share (an NVR needs one or two), never the owner's."""
+"""Connections from one address at once: one machine flooding the port uses up its own share
+(an NVR needs one or two), never the owner's."""
+NEW_PER_SECOND, NEW_BURST = 10.0, 40
+"""New connections an address may open: 10 a second, 40 at once (a player opens one or two);
+beyond, a connection is closed before it is read."""
 UNTRUSTED_IDLE_S = 10.0
 """How long a connection that has not given the password (without one: that holds no
 session) may stay silent between requests."""
@@ -401,7 +405,7 @@ class Connection:
         local = writer.get_extra_info("sockname") or ("0.0.0.0", 0)
         self.peer: str = peer[0]
         self.address = client_key(self.peer)
-        """Who it counts as: the peer, or its IPv6 /64."""
+        """Who it counts as (``guard.client_key``)."""
         self.local: str = local[0]
         self.sessions: dict[str, Session] = {}
         self.last_seen = self.opened = time.monotonic()
@@ -437,6 +441,7 @@ class RtspServer:
         self.session_timeout_s = session_timeout_s
         self._auth = Digest()
         self.guard = PasswordGuard("rtsp")
+        self.rate = ConnectionRate(NEW_PER_SECOND, NEW_BURST)
         self._throttle = Throttle(log, burst=10, window=60.0)
         """Lines about clients: at most a few a minute, whatever they do."""
         self._server: asyncio.Server | None = None
@@ -503,9 +508,14 @@ class RtspServer:
     # -- one connection ------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(writer)
+        if not self.rate.allow(conn.address):
+            # A flood from one machine: closed before anything is read, at almost no cost.
+            writer.transport.abort()
+            self._throttle(logging.WARNING, "rtsp: %s opens connections too fast", conn.address)
+            return
         task = asyncio.current_task()
         assert task is not None
-        conn = Connection(writer)
         self._connections[task] = conn
         try:
             others = [c for c in self._connections.values() if not c.closing and c is not conn]

@@ -8,8 +8,14 @@ Until that time has passed, a password from the same address is not even checked
 is turned away at once (429 on the page, 503 on RTSP), so opening many connections does not
 buy more guesses, and nothing is held for the guesser. The owner is never locked out for
 longer than ``MAX_WAIT_S``: another address is not slowed at all, a right password clears the
-address's count, and the count is forgotten after ``FORGET_S`` without a wrong one. IPv6
-addresses count per /64, the block one household (or one attacker) holds.
+address's count, and the count is forgotten after ``FORGET_S`` without a wrong one. Addresses
+count one by one, IPv6 ones too: on a home network every device, the owner's phone as well as
+a compromised one, has an address in the same /64, so counting per /64 would let any device
+lock the owner out.
+
+Floods (``ConnectionRate``). An address may open connections at a steady rate with a burst
+above it; a connection beyond is closed at once, before anything of it is read, so that a
+machine flooding the port costs the camera almost nothing.
 
 The log gets one line for the first wrong password from an address in a window, and one line
 per window summing up the rest, so that a guesser cannot fill the SD card.
@@ -183,16 +189,53 @@ class PasswordGuard:
 
 
 def client_key(address: str) -> str:
-    """What a guesser is counted under: the IPv4 address, or the IPv6 /64."""
+    """What a client is counted under: its address (an IPv4-mapped IPv6 one as IPv4)."""
     try:
         ip = ipaddress.ip_address(address.partition("%")[0])
     except ValueError:
         return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
     return str(ip)
+
+
+class ConnectionRate:
+    """New connections per address: a bucket of ``burst`` that refills at ``per_second``.
+    Used on the event loop only."""
+
+    def __init__(
+        self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        """Address -> (connections it may still open, when that was counted)."""
+        self.refused = 0
+
+    def allow(self, address: str) -> bool:
+        """Whether ``address`` may open one more connection now (and count it)."""
+        now = self._clock()
+        key = client_key(address)
+        left, then = self._buckets.get(key, (float(self.burst), now))
+        left = min(float(self.burst), left + (now - then) * self.per_second)
+        if left < 1:
+            self._buckets[key] = (left, now)
+            self.refused += 1
+            return False
+        if len(self._buckets) >= MAX_ADDRESSES and key not in self._buckets:
+            self._forget_full(now)
+        self._buckets[key] = (left - 1, now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the addresses whose bucket has filled up again (as if never seen), or else
+        the one counted first."""
+        for key, (left, then) in list(self._buckets.items()):
+            if left + (now - then) * self.per_second >= self.burst:
+                del self._buckets[key]
+        if len(self._buckets) >= MAX_ADDRESSES:
+            del self._buckets[next(iter(self._buckets))]
 
 
 class HostNames:

@@ -25,11 +25,11 @@ to be set at all (without one the API is read-only), must come from this page (`
 
 The server never blocks the loop on the disk (files are read on a worker thread) or on a client
 (every read and write has a timeout). Hostile clients: a request head must arrive whole within
-``HEAD_TIMEOUT_S``; one address holds at most ``MAX_PER_ADDRESS`` connections, and when its
-share or every connection slot is taken, the connection (of that address) that has waited
-longest for its head is closed to make room (idle and trickling connections cannot lock others
-out); an MJPEG viewer gets a picture only when the previous one has left, and is dropped once it
-has taken none for ``VIEWER_STALL_S``.
+``HEAD_TIMEOUT_S``; an address opens at most ``NEW_PER_SECOND`` connections a second (beyond a
+burst) and holds at most ``MAX_PER_ADDRESS``; when its share or every connection slot is taken,
+the connection (of that address) that has waited longest for its head is closed to make room
+(idle and trickling connections cannot lock others out); an MJPEG viewer gets a picture only
+when the previous one has left, and is dropped once it has taken none for ``VIEWER_STALL_S``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pinthesky.eventfiles import open_ours
 from pinthesky.live.mjpeg import MjpegBroadcaster
 from pinthesky.local.api import LocalApi
-from pinthesky.local.guard import HostNames, PasswordGuard, client_key
+from pinthesky.local.guard import ConnectionRate, HostNames, PasswordGuard, client_key
 from pinthesky.local.page import ClipEntry, render
 from pinthesky.local.script import SCRIPT
 from pinthesky.logs import Throttle
@@ -72,8 +72,11 @@ READ_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 20.0
 MAX_CONNECTIONS = 64
 MAX_PER_ADDRESS = 16
-"""Connections from one address (an IPv6 /64) at once: a browser opens six at most, so one
-machine flooding the port uses up its own share, never the owner's."""
+"""Connections from one address at once: a browser opens six at most, so one machine flooding
+the port uses up its own share, never the owner's."""
+NEW_PER_SECOND, NEW_BURST = 20.0, 100
+"""New connections an address may open: 20 a second, 100 at once (the page with its script,
+pictures and live view is about 20); beyond, a connection is closed before it is read."""
 MAX_BODY = 64 * 1024
 """Bytes of a request's JSON body accepted (a settings change is a few hundred)."""
 VIEWER_STALL_S = 10.0
@@ -214,6 +217,7 @@ class WebServer:
         self._per_address: Counter[str] = Counter()
         self.api = api
         self.guard = PasswordGuard("http")
+        self.rate = ConnectionRate(NEW_PER_SECOND, NEW_BURST)
         self.hosts = HostNames(settings.host_names)
         self._throttle = Throttle(log, burst=5, window=60.0)
         """Lines about clients: at most a few a minute, whatever they send."""
@@ -258,10 +262,15 @@ class WebServer:
     # -- one connection ------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = client_key((writer.get_extra_info("peername") or ("",))[0])
+        if not self.rate.allow(address):
+            # A flood from one machine: closed before anything is read, at almost no cost.
+            writer.transport.abort()
+            self._throttle(logging.WARNING, "http: %s opens connections too fast", address)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
-        address = client_key((writer.get_extra_info("peername") or ("",))[0])
         self._counted[writer] = address
         self._per_address[address] += 1
         try:
