@@ -442,6 +442,8 @@ class RtspServer:
         self._auth = Digest()
         self.guard = PasswordGuard("rtsp")
         self.rate = ConnectionRate(NEW_PER_SECOND, NEW_BURST)
+        self._flood_log = Throttle(log, burst=1, window=60.0)
+        """One line a minute about connections closed unread, and their count."""
         self._throttle = Throttle(log, burst=10, window=60.0)
         """Lines about clients: at most a few a minute, whatever they do."""
         self._server: asyncio.Server | None = None
@@ -512,7 +514,7 @@ class RtspServer:
         if not self.rate.allow(conn.address):
             # A flood from one machine: closed before anything is read, at almost no cost.
             writer.transport.abort()
-            self._throttle(logging.WARNING, "rtsp: %s opens connections too fast", conn.address)
+            self._flood_log(logging.WARNING, "rtsp: %s opens connections too fast", conn.address)
             return
         task = asyncio.current_task()
         assert task is not None

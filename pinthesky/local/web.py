@@ -218,6 +218,8 @@ class WebServer:
         self.api = api
         self.guard = PasswordGuard("http")
         self.rate = ConnectionRate(NEW_PER_SECOND, NEW_BURST)
+        self._flood_log = Throttle(log, burst=1, window=60.0)
+        """One line a minute about connections closed unread, and their count."""
         self.hosts = HostNames(settings.host_names)
         self._throttle = Throttle(log, burst=5, window=60.0)
         """Lines about clients: at most a few a minute, whatever they send."""
@@ -266,7 +268,7 @@ class WebServer:
         if not self.rate.allow(address):
             # A flood from one machine: closed before anything is read, at almost no cost.
             writer.transport.abort()
-            self._throttle(logging.WARNING, "http: %s opens connections too fast", address)
+            self._flood_log(logging.WARNING, "http: %s opens connections too fast", address)
             return
         task = asyncio.current_task()
         assert task is not None
