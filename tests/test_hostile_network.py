@@ -39,7 +39,10 @@ def test_a_hostile_home_network_does_not_get_in_flood_the_log_or_stop_the_camera
         d.mkdir()
     dirs["secret"] = tmp_path / "secret"
     dirs["secret"].write_bytes(SECRET)
-    # The page's saved changes swapped for a link before the start: never read.
+    # The sidecar's files and the page's saved changes swapped for links before the start:
+    # never read, never written through.
+    for name in ("in.json", "cfg-out.json"):
+        (dirs["events"] / name).symlink_to(dirs["secret"])
     planted = tmp_path / "planted.toml"
     planted.write_text("[camera]\nsensitivity = 99\n")
     (dirs["state"] / "local-settings.toml").symlink_to(planted)
@@ -170,7 +173,7 @@ def test_a_hostile_home_network_does_not_get_in_flood_the_log_or_stop_the_camera
     assert slowest < 2.0, slowest  # the owner's page, under all of it
 
     # The log: a bounded number of lines a minute, no traceback.
-    assert "Traceback" not in log
+    assert "Traceback" not in log and "SECRET" not in log
     minutes = (time.monotonic() - daemon.started) / 60
     assert len(daemon.lines) <= LINES_PER_MINUTE * minutes + 30, (len(daemon.lines), log)
     assert re.search(r"local-settings.toml: not a regular file", log)
