@@ -15,7 +15,9 @@ lock the owner out.
 
 Floods (``ConnectionRate``). An address may open connections at a steady rate with a burst
 above it; a connection beyond is closed at once, before anything of it is read, so that a
-machine flooding the port costs the camera almost nothing.
+machine flooding the port costs the camera an accept and a reset per connection, not a
+request. Other addresses are not concerned, and the flooding one may open connections again a
+moment after it stops.
 
 The log gets one line for the first wrong password from an address in a window, and one line
 per window summing up the rest, so that a guesser cannot fill the SD card.
