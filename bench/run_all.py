@@ -32,12 +32,16 @@ Requirements measured (each by its own script, see their docstrings):
   a tenth of a frame's time on a Pi Zero W (projected), beside a frame left alone.
 * bench/flood.py: a flood of input (11 MB of commands, then 200 KB of ``{``) never holds up
   the event loop for 1 s, side by side with the same daemon left alone.
+* bench/hostile.py: a daemon attacked from the network (password guessing on the page and
+  RTSP, idle sockets, forged host names) beside a quiet one: at most 20 wrong passwords checked
+  a minute on each protocol, at most 60 log lines a minute, the owner's page within 1 s and
+  stream within 5 s, every walk-in confirmed.
 
 The scripts run sequentially (never side by side: they would disturb each other's figures),
 each printing its own ``key=value`` figures; a table of every check follows, read back from
 bench/out/<name>.json, and a final ``overall=PASS|FAIL``.
 
-Run (from the repository root; the full run takes about 7 minutes, 12 the first time, while
+Run (from the repository root; the full run takes about 9 minutes, 14 the first time, while
 detector_seeds encodes its footage)::
 
     .venv/bin/python bench/run_all.py            # or: make bench
@@ -78,6 +82,7 @@ BENCHMARKS = (
     "picamera2_import",
     "alerts",
     "flood",
+    "hostile",
     "pi_memory",
     "overlay",
 )

@@ -118,14 +118,14 @@ class Throttle:
         self._lines = 0
         self.suppressed = 0
 
-    def __call__(self, level: int, msg: str, *args: object) -> None:
+    def __call__(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
         now = self._clock()
         if now - self._start >= self._window:
             self._summarise(level)
             self._start, self._lines = now, 0
         if self._lines < self._burst:
             self._lines += 1
-            self._log.log(level, msg, *args, stacklevel=2)
+            self._log.log(level, msg, *args, stacklevel=2, exc_info=exc_info)
             return
         if not self.suppressed:
             left = self._window - (now - self._start)

@@ -20,12 +20,13 @@ import os
 import re
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pinthesky.errors import ConfigError
+from pinthesky.eventfiles import read_ours
 from pinthesky.hardware import board
 from pinthesky.hardware import camera as hardware
 
@@ -69,33 +70,58 @@ class Window(NamedTuple):
 # the typed value or raises ValueError with the "what is allowed" part of the message.
 
 
+_WHOLE = re.compile(r"[+-]?[0-9]{1,19}")
+_REAL = re.compile(r"[+-]?(?:[0-9]{1,19}(?:\.[0-9]{0,19})?|\.[0-9]{1,19})(?:[eE][+-]?[0-9]{1,3})?")
+
+
+def _number(v: Any, whole: bool) -> int | float:
+    """A TOML or JSON number, or its text in ASCII digits; ValueError for anything else.
+
+    Python's own ``int()`` and ``float()`` take what no later step expects: Unicode digits
+    (``"١٢"``), ``"1_000"``, ``"nan"``, booleans, and integers of hundreds of digits that
+    no float can hold (``OverflowError``, not ``ValueError``).
+    """
+    if isinstance(v, bool):
+        raise ValueError("a boolean is not a number")
+    if isinstance(v, str):
+        text = v.strip()
+        if _WHOLE.fullmatch(text):
+            return int(text)
+        if not whole and _REAL.fullmatch(text):
+            return float(text)
+        raise ValueError(f"not a number: {text[:20]!r}")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and (not whole or v.is_integer()):
+        return int(v) if whole else v
+    raise ValueError(f"not a {'whole ' if whole else ''}number: {type(v).__name__}")
+
+
 def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    allowed = f"must be a whole number from {lo} to {hi}"
+
     def parse(v: Any) -> int:
-        if isinstance(v, bool):
-            raise ValueError(f"must be a whole number from {lo} to {hi}")
         try:
-            n = int(v, 10) if isinstance(v, str) else int(v)
-            if isinstance(v, float) and v != n:
-                raise ValueError
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"must be a whole number from {lo} to {hi}") from None
+            n = int(_number(v, whole=True))
+        except (ValueError, OverflowError):  # OverflowError: int(inf)
+            raise ValueError(allowed) from None
         if not lo <= n <= hi:
-            raise ValueError(f"must be a whole number from {lo} to {hi}")
+            raise ValueError(allowed)
         return n
 
     return parse
 
 
 def _float(lo: float, hi: float) -> Callable[[Any], float]:
+    allowed = f"must be a number from {lo:g} to {hi:g}"
+
     def parse(v: Any) -> float:
-        if isinstance(v, bool):
-            raise ValueError(f"must be a number from {lo:g} to {hi:g}")
         try:
-            x = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"must be a number from {lo:g} to {hi:g}") from None
-        if not lo <= x <= hi:  # also rejects NaN
-            raise ValueError(f"must be a number from {lo:g} to {hi:g}")
+            x = float(_number(v, whole=False))
+        except (ValueError, OverflowError):  # OverflowError: float(10**400)
+            raise ValueError(allowed) from None
+        if not lo <= x <= hi:  # also rejects NaN and infinities
+            raise ValueError(allowed)
         return x
 
     return parse
@@ -113,9 +139,9 @@ def _optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _choice(*allowed: Any) -> Callable[[Any], Any]:
     def parse(v: Any) -> Any:
         for a in allowed:
-            if isinstance(a, int) and not isinstance(v, bool):
+            if isinstance(a, int):
                 try:
-                    if int(str(v), 10) == a:
+                    if _number(v, whole=True) == a:
                         return a
                 except ValueError:
                     continue
@@ -166,7 +192,7 @@ _namespace = _pattern(
 
 def _resolution(lo: int, hi: int) -> Callable[[Any], Resolution]:
     def parse(v: Any) -> Resolution:
-        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(v))
+        m = re.fullmatch(r"\s*([0-9]{1,5})\s*[xX]\s*([0-9]{1,5})\s*", str(v))
         allowed = f"must be WIDTHxHEIGHT with even numbers from {lo} to {hi}, e.g. 640x480"
         if not m:
             raise ValueError(allowed)
@@ -179,7 +205,7 @@ def _resolution(lo: int, hi: int) -> Callable[[Any], Resolution]:
 
 
 def _window(v: Any) -> Window:
-    m = re.fullmatch(r"\s*(\d{1,2})\s*-\s*(\d{1,2})\s*", str(v))
+    m = re.fullmatch(r"\s*([0-9]{1,2})\s*-\s*([0-9]{1,2})\s*", str(v))
     if not m or int(m.group(1)) > 23 or int(m.group(2)) > 23:
         raise ValueError("must be START-END in hours 0-23 (end inclusive), e.g. 8-18 or 22-6")
     return Window(int(m.group(1)), int(m.group(2)))
@@ -188,33 +214,57 @@ def _window(v: Any) -> Window:
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
+MAX_BYTES = 1024**5
+"""Largest size a setting takes (1024T): far beyond any disk or memory of a Pi."""
+
+
 def _bytes(v: Any) -> int:
-    allowed = "must be a size in bytes, optionally with K, M or G (e.g. 512M, 2G)"
+    allowed = "must be a size in bytes up to 1024T, optionally with K, M, G or T (e.g. 512M, 2G)"
     if isinstance(v, bool):
         raise ValueError(allowed)
     if isinstance(v, int):
         n = v
     else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", str(v))
+        m = re.fullmatch(r"\s*([0-9]{1,16}(?:\.[0-9]{1,9})?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", str(v))
         if not m:
             raise ValueError(allowed)
         n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    if n < 0:
+    if not 0 <= n <= MAX_BYTES:
         raise ValueError(allowed)
     return n
 
 
+RESOLUTION_MAX = 4096
+"""Longest side of a picture (``camera.resolution``), and so of a mask rectangle."""
+MAX_RECTS = 64
+
+
 def _rects(v: Any) -> tuple[Rect, ...]:
-    allowed = "must be rectangles X,Y,W,H in pixels of the picture, separated by ';'"
-    items = v if isinstance(v, list | tuple) else [p for p in str(v).split(";") if p.strip()]
+    allowed = (
+        f"must be up to {MAX_RECTS} rectangles X,Y,W,H in pixels of the picture, separated by ';'"
+    )
+    if isinstance(v, str):
+        items: list[Any] = [p for p in v.split(";") if p.strip()]
+    elif isinstance(v, list | tuple):
+        items = list(v)
+    else:
+        raise ValueError(allowed)
+    if len(items) > MAX_RECTS:
+        raise ValueError(allowed)
     out = []
     for item in items:
-        parts = item if isinstance(item, list | tuple) else str(item).split(",")
+        parts = item.split(",") if isinstance(item, str) else item
+        if not isinstance(parts, list | tuple) or len(parts) != 4:
+            raise ValueError(allowed)
         try:
-            x, y, w, h = (int(str(p).strip()) for p in parts)
+            x, y, w, h = (int(_number(p, whole=True)) for p in parts)
         except ValueError:
             raise ValueError(allowed) from None
-        if w <= 0 or h <= 0 or x < 0 or y < 0:
+        # Beyond the largest picture a rectangle means nothing: the picture check in
+        # _verify says where it went wrong, this one keeps absurd numbers out of it.
+        if not (0 <= x < RESOLUTION_MAX and 0 <= y < RESOLUTION_MAX):
+            raise ValueError(allowed)
+        if not (0 < w <= RESOLUTION_MAX and 0 < h <= RESOLUTION_MAX):
             raise ValueError(allowed)
         out.append(Rect(x, y, w, h))
     return tuple(out)
@@ -228,8 +278,8 @@ MAX_PRIVACY_MASKS = 16
 def _timestamp(v: Any) -> str | None:
     """Off (None), on (the default format), or a strftime format of printable ASCII."""
     allowed = (
-        "must be on, off, or a strftime format of at most 64 printable ASCII characters, "
-        "e.g. '%d/%m/%Y %H:%M:%S'"
+        "must be on, off, or a strftime format of at most 64 printable ASCII characters with "
+        "a date or time field in it, e.g. '%d/%m/%Y %H:%M:%S'"
     )
     if v is None or v is False:
         return None
@@ -243,6 +293,8 @@ def _timestamp(v: Any) -> str | None:
     if text.lower() in ("on", "yes", "true"):
         return TIMESTAMP_DEFAULT
     if len(text) > 64 or not all(32 <= ord(c) < 127 for c in text):
+        raise ValueError(allowed)
+    if not re.search(r"%[A-Za-z]", text):  # text without the time is no timestamp
         raise ValueError(allowed)
     try:
         shown = time.strftime(text, time.localtime(0))
@@ -394,6 +446,64 @@ def _bind(v: Any) -> str:
     return text
 
 
+_NO_PASSWORD = ("", "none", "null")
+
+
+def _password(v: Any) -> str | None:
+    """A real password or nothing: words that read as "no password" are refused, so that a
+    password setting never leaves the page and RTSP open without saying so."""
+    if v is None:
+        return None  # the default: the key is not set anywhere
+    allowed = (
+        "must be a password of 1 to 256 characters without control characters "
+        '(leave http.password out for none; "", "none" and "null" are not passwords)'
+    )
+    if not isinstance(v, str) or v.strip().lower() in _NO_PASSWORD:
+        raise ValueError(allowed)
+    if len(v) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(allowed)
+    return v
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+MAX_HOST_NAMES = 32
+
+
+def _host_names(v: Any) -> tuple[str, ...]:
+    """Host names (or addresses) the local page answers to, besides its own."""
+    import ipaddress
+
+    allowed = (
+        f"must be up to {MAX_HOST_NAMES} host names or IP addresses, separated by commas "
+        "(e.g. camera.example.net, 203.0.113.7)"
+    )
+    if isinstance(v, str):
+        items: list[Any] = re.split(r"[,;\s]+", v.strip())
+    elif isinstance(v, list | tuple):
+        items = list(v)
+    else:
+        raise ValueError(allowed)
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(allowed)
+        name = item.strip().lower().removesuffix(".")
+        if not name:
+            continue
+        try:
+            name = str(ipaddress.ip_address(name.removeprefix("[").removesuffix("]")))
+        except ValueError:
+            if not _HOST_NAME.fullmatch(name):
+                raise ValueError(allowed) from None
+        if name not in names:
+            names.append(name)
+    if len(names) > MAX_HOST_NAMES:
+        raise ValueError(allowed)
+    return tuple(names)
+
+
 PROFILES = ("baseline", "main", "extended", "high", "constrained")
 LEVELS = ("1", "1b", "1.1", "1.2", "1.3", "2", "2.1", "2.2", "3", "3.1", "3.2", "4", "4.1", "4.2")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "FATAL")
@@ -420,7 +530,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "camera.resolution",
         "--resolution",
-        _resolution(64, 4096),
+        _resolution(64, RESOLUTION_MAX),
         "640x480",
         "main stream resolution WIDTHxHEIGHT",
     ),
@@ -904,10 +1014,20 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "http.password",
         "--http-password",
-        _optional(_text),
+        _password,
         None,
-        "password of the local page (HTTP basic auth, any user name); better set in the "
-        "--config file than on the command line",
+        "password of the local page and RTSP (HTTP basic auth, any user name); better set in "
+        "the --config file than on the command line; leave it out for none",
+    ),
+    Option(
+        "http.host_names",
+        "--http-host-names",
+        _host_names,
+        (),
+        "other names the page answers to, separated by commas (a reverse proxy's, a port "
+        "forward's address); its addresses, localhost, its host name and HOSTNAME.local always "
+        "work, and a request for any other name is refused (DNS rebinding)",
+        metavar="NAMES",
     ),
     Option(
         "http.max_viewers",
@@ -1020,6 +1140,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 SIDECAR_SECTIONS = ("iot",)
+MAX_LOCAL_BYTES = 64 * 1024
+"""Largest ``--local-settings`` file read (the page writes a few hundred bytes)."""
 
 PAGE_KEYS = (
     "camera.resolution",
@@ -1236,6 +1358,8 @@ class HttpSettings:
     """Address it listens on."""
     password: str | None
     """Basic-auth password; ``None`` lets anyone who can reach the port in."""
+    host_names: tuple[str, ...]
+    """Names the page answers to besides its addresses, localhost and its own host name."""
     max_viewers: int
     """MJPEG viewers at once."""
     local_settings: Path
@@ -1302,9 +1426,21 @@ class Settings:
             lines.append(f"[{section.name}]")
             obj = getattr(self, section.name)
             for f in fields(obj):
-                lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+                value = getattr(obj, f.name)
+                if value is None and not _takes_none(f"{section.name}.{f.name}"):
+                    lines.append(f"# {f.name} is not set")  # "none" would be refused
+                    continue
+                lines.append(f"{f.name} = {_toml_value(value)}")
             lines.append("")
         return "\n".join(lines)
+
+
+def _takes_none(key: str) -> bool:
+    try:
+        OPTION_BY_KEY[key].parse("none")
+    except ValueError:
+        return False
+    return True
 
 
 def _toml_value(v: Any) -> str:
@@ -1386,16 +1522,22 @@ def read_toml(path: Path) -> tuple[dict[str, Any], list[str]]:
     Raises ConfigError with one line when the file cannot be read at all.
     """
     try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"--config {path}: cannot read: {exc.strerror}"]) from None
+    return parse_toml(data, path, "--config ")
+
+
+def parse_toml(data: bytes, path: Path, what: str = "") -> tuple[dict[str, Any], list[str]]:
+    """``read_toml`` for the bytes of ``path``, already read."""
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            [f"--config {path}: not valid UTF-8: {exc.reason} at byte {exc.start}"]
+            [f"{what}{path}: not valid UTF-8: {exc.reason} at byte {exc.start}"]
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"--config {path}: not valid TOML: {exc}"]) from None
+        raise ConfigError([f"{what}{path}: not valid TOML: {exc}"]) from None
     flat: dict[str, Any] = {}
     errors: list[str] = []
     for section, body in doc.items():
@@ -1444,27 +1586,49 @@ def load(
         errors.extend(unknown)
         for key, value in flat.items():
             raw[key] = (value, str(config_file))
-    local = cli.get("http.local_settings", raw["http.local_settings"][0])
-    for key, value in read_local(Path(str(local))).items():
-        raw[key] = (value, str(local))
     for key, value in cli.items():
         if key in OPTION_BY_KEY:
             joined = ";".join(value) if isinstance(value, list) else value
             raw[key] = (joined, OPTION_BY_KEY[key].flag or key)
+    local = Path(str(cli.get("http.local_settings", raw["http.local_settings"][0])))
+    # The page's saved changes come after the file and before the command line. One that does
+    # not pass (a hand edit, a rule tightened since it was saved) is left out with a warning:
+    # the operator's settings hold and the camera starts.
+    saved = {k: (v, str(local)) for k, v in read_local(local).items() if k not in cli}
+    while True:
+        values, problems = _resolve({**raw, **saved})
+        refused = {k for keys, _ in problems for k in keys if k in saved}
+        if not refused:
+            break
+        for keys, line in problems:
+            if refused & set(keys):
+                _log.warning("%s (a change saved by the page; left out)", line)
+        for key in refused:
+            del saved[key]
+    errors.extend(line for _, line in problems)
+    if errors:
+        raise ConfigError(errors)
+    return _freeze(values)
 
+
+Problem = tuple[tuple[str, ...], str]
+"""The keys a problem involves, and its one line."""
+
+
+def _resolve(raw: Mapping[str, tuple[Any, str]]) -> tuple[dict[str, Any], list[Problem]]:
+    """Every raw value (and its origin) parsed, derived and checked together."""
     values: dict[str, Any] = {}
+    problems: list[Problem] = []
     for key, (value, origin) in raw.items():
         try:
             values[key] = OPTION_BY_KEY[key].parse(value)
         except ValueError as exc:
             where = f"{origin} " if origin.startswith("-") else ""
-            errors.append(f"{where}{key} = {_show(value)}: {exc}")
+            problems.append(((key,), f"{where}{key} = {_show(value)}: {exc}"))
     if "camera.buffer" in values:
         _derive(values)
-    errors.extend(_verify(values))
-    if errors:
-        raise ConfigError(errors)
-    return _freeze(values)
+    problems += _verify(values, set(values))
+    return values, problems
 
 
 def read_local(path: Path) -> dict[str, Any]:
@@ -1473,9 +1637,18 @@ def read_local(path: Path) -> dict[str, Any]:
     A problem in this file never stops the camera: it is one warning line and the file's
     values are left out (the ``--config`` file's apply)."""
     try:
-        if not path.is_file():
-            return {}
-        flat, unknown = read_toml(path)
+        # Written by the daemon in its state directory: read without following a link
+        # planted under its name (the operator's --config file may well be a link).
+        data, size = read_ours(path, MAX_LOCAL_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        _log.warning("%s: %s; the page's saved changes are not applied", path, exc.strerror)
+        return {}
+    try:
+        if size > MAX_LOCAL_BYTES:
+            raise ConfigError([f"{path}: larger than {MAX_LOCAL_BYTES} bytes"])
+        flat, unknown = parse_toml(data, path)
     except ConfigError as exc:
         _log.warning("%s; the page's saved changes are not applied", exc.errors[0])
         return {}
@@ -1503,51 +1676,109 @@ def _derive(values: dict[str, Any]) -> None:
         values["recorder.post_roll"] = float(values["camera.buffer"])
 
 
-def _verify(values: Mapping[str, Any], camera: hardware.Attached | None = None) -> list[str]:
+MAX_MACROBLOCK_RATE = 522_240
+"""16x16 macroblocks a second at most: H.264 level 4.2, the highest the Pi's encoder takes
+(1920x1080 at 60 fps). Beyond it no Pi keeps up, and a camera asked for it stalls."""
+
+
+def _verify(
+    values: Mapping[str, Any],
+    changed: Collection[str],
+    camera: hardware.Attached | None = None,
+) -> list[Problem]:
     """Rules that involve more than one setting, or the Pi and the camera module attached
-    (``camera``, once the camera has opened)."""
-    errors = []
+    (``camera``, once the camera has opened). ``changed`` are the keys just set: a motion mask
+    is checked against the picture when it is drawn, not each time the picture changes."""
+    problems: list[Problem] = []
     main: Resolution | None = values.get("camera.resolution")
     lores: Resolution | None = values.get("camera.lores")
     fps: int | None = values.get("camera.framerate")
     if main and lores and (lores.width > main.width or lores.height > main.height):
-        errors.append(
-            f"camera.lores = '{lores}': must not be larger than camera.resolution ({main})"
+        problems.append(
+            (
+                ("camera.lores", "camera.resolution"),
+                f"camera.lores = '{lores}': must not be larger than camera.resolution ({main})",
+            )
         )
     slowest = values.get("camera.min_framerate")
     if slowest is not None and fps is not None and slowest > fps:
-        errors.append(
-            f"camera.min_framerate = {slowest:g}: must not be above camera.framerate ({fps})"
+        problems.append(
+            (
+                ("camera.min_framerate", "camera.framerate"),
+                f"camera.min_framerate = {slowest:g}: must not be above camera.framerate ({fps})",
+            )
         )
-    errors.extend(_verify_privacy(values))
+    problems.extend(_verify_privacy(values))
     source: str = values.get("source.source", "auto")
+    encoded_here = source in ("auto", "synthetic", "picamera2")
     if source in ("auto", "picamera2"):
-        errors.extend(_verify_camera(values, camera))
-    if source not in ("auto", "synthetic", "picamera2") and not Path(source).is_file():
-        errors.append(
-            f"source.source = {source!r}: no such video file; "
-            "use auto, picamera2, synthetic or the path of a video file"
+        problems.extend(_verify_camera(values, camera))
+    if main and fps and encoded_here:
+        rate = ((main.width + 15) // 16) * ((main.height + 15) // 16) * fps
+        if rate > MAX_MACROBLOCK_RATE:
+            problems.append(
+                (
+                    ("camera.resolution", "camera.framerate"),
+                    f"camera.resolution = '{main}' at camera.framerate = {fps}: {rate} "
+                    f"macroblocks a second, more than the {MAX_MACROBLOCK_RATE} of H.264 "
+                    "level 4.2 (1920x1080 at 60 fps)",
+                )
+            )
+    rects: tuple[Rect, ...] = values.get("motion.mask_rects", ())
+    if main and rects and "motion.mask_rects" in changed:
+        width, height = _as_seen(main, values)
+        for r in rects:
+            if r.x + r.w > width or r.y + r.h > height:
+                problems.append(
+                    (
+                        ("motion.mask_rects",),
+                        f"motion.mask_rects = '{r}': reaches outside the {width}x{height} "
+                        "picture (pixels of the picture as seen)",
+                    )
+                )
+                break
+    if not encoded_here and not Path(source).is_file():
+        problems.append(
+            (
+                ("source.source",),
+                f"source.source = {source!r}: no such video file; "
+                "use auto, picamera2, synthetic or the path of a video file",
+            )
         )
-    return errors
+    return problems
 
 
-def _verify_privacy(values: Mapping[str, Any]) -> list[str]:
-    """Privacy masks that hide part of the picture: inside it, not all of it."""
+def _as_seen(main: Resolution, values: Mapping[str, Any]) -> tuple[int, int]:
+    """The picture's width and height as the viewer sees it: a quarter turn swaps its sides."""
+    turned = values.get("camera.rotation") in (90, 270)
+    return (main.height, main.width) if turned else (main.width, main.height)
+
+
+_PRIVACY_KEYS = ("camera.privacy_masks", "camera.resolution", "camera.rotation")
+
+
+def _verify_privacy(values: Mapping[str, Any]) -> list[Problem]:
+    """Privacy masks that hide part of the picture: inside it, not all of it. Checked whenever
+    the picture changes too: a mask reaching out of a smaller picture would hide less."""
     masks: tuple[Rect, ...] = values.get("camera.privacy_masks", ())
     main: Resolution | None = values.get("camera.resolution")
     if not masks or main is None:
         return []
     shown = ";".join(str(r) for r in masks)
     where = f"camera.privacy_masks = '{_show(shown)[1:-1]}'"
-    # Pixels of the picture as the viewer sees it: a quarter turn swaps its sides.
-    w, h = (main.height, main.width) if values.get("camera.rotation") in (90, 270) else main
+    w, h = _as_seen(main, values)
     if len(masks) > MAX_PRIVACY_MASKS:
-        return [f"{where}: at most {MAX_PRIVACY_MASKS} rectangles"]
+        return [(("camera.privacy_masks",), f"{where}: at most {MAX_PRIVACY_MASKS} rectangles")]
     for r in masks:
         if r.x + r.w > w or r.y + r.h > h:
-            return [f"{where}: {r} reaches out of the {w}x{h} picture"]
+            return [(_PRIVACY_KEYS, f"{where}: {r} reaches out of the {w}x{h} picture")]
     if _covered(masks, w, h):
-        return [f"{where}: the rectangles hide the whole picture; nothing would be left to record"]
+        return [
+            (
+                _PRIVACY_KEYS,
+                f"{where}: the rectangles hide the whole picture; nothing would be left to record",
+            )
+        ]
     return []
 
 
@@ -1567,9 +1798,12 @@ def _covered(rects: tuple[Rect, ...], w: int, h: int) -> bool:
     return True
 
 
-def _verify_camera(values: Mapping[str, Any], camera: hardware.Attached | None) -> list[str]:
+_PICTURE_KEYS = ("camera.resolution", "camera.lores", "camera.framerate")
+
+
+def _verify_camera(values: Mapping[str, Any], camera: hardware.Attached | None) -> list[Problem]:
     """What this Pi's encoder, camera memory and camera module can take."""
-    errors = []
+    problems: list[Problem] = []
     model = board.pi_model()
     main: Resolution | None = values.get("camera.resolution")
     lores: Resolution | None = values.get("camera.lores")
@@ -1578,22 +1812,27 @@ def _verify_camera(values: Mapping[str, Any], camera: hardware.Attached | None) 
         size_limit = board.encoder_limit(model, main.width, main.height)
         rate_limit = board.encoder_limit(model, main.width, main.height, fps)
         if size_limit:
-            errors.append(f"camera.resolution = '{main}': {size_limit}")
+            problems.append((("camera.resolution",), f"camera.resolution = '{main}': {size_limit}"))
         elif rate_limit:
-            errors.append(f"camera.framerate = {fps}: {rate_limit}")
+            problems.append(
+                (
+                    ("camera.framerate", "camera.resolution"),
+                    f"camera.framerate = {fps}: {rate_limit}",
+                )
+            )
         elif camera is not None and lores and fps:
             found = hardware.setup(model, board.meminfo(), camera.modes, main, lores, fps)
             if isinstance(found, str):
-                errors.append(f"camera.resolution = '{main}': {found}")
+                problems.append((_PICTURE_KEYS, f"camera.resolution = '{main}': {found}"))
     focus = values.get("camera.focus", "default")
     problem = hardware.focus_problem(focus, camera)
     if problem:
-        errors.append(f"camera.focus = {focus}: {problem}")
+        problems.append((("camera.focus",), f"camera.focus = {focus}: {problem}"))
     tuning = values.get("camera.tuning", "default")
     problem = hardware.tuning_problem(tuning, model, camera)
     if problem:
-        errors.append(f"camera.tuning = {tuning!r}: {problem}")
-    return errors
+        problems.append((("camera.tuning",), f"camera.tuning = {tuning!r}: {problem}"))
+    return problems
 
 
 def _freeze(values: Mapping[str, Any]) -> Settings:
@@ -1626,10 +1865,11 @@ def merge(
     camera: hardware.Attached | None = None,
 ) -> tuple[Settings, list[str]]:
     """``s`` with ``changes`` (key path -> raw value) applied, each checked by the same rules
-    as on the command line, and against the camera module attached (``camera``, when the
+    as at start (``load``), and against the camera module attached (``camera``, when the
     camera has opened). A value that does not pass is left out with one line naming the
     key, the value and what is allowed; the others still apply."""
-    values = flatten(s)
+    before = flatten(s)
+    values = dict(before)
     errors: list[str] = []
     old_buffer = values["camera.buffer"]
     for key, raw in changes.items():
@@ -1643,15 +1883,22 @@ def merge(
             values["recorder.pre_roll"] = float(values["camera.buffer"] // 2)
         if "recorder.post_roll" not in changes and s.recorder.post_roll == old_buffer:
             values["recorder.post_roll"] = float(values["camera.buffer"])
-    standing = set(_verify(flatten(s), camera))  # said when they arose, not again
-    for problem in _verify(values, camera):
-        if problem in standing:
-            continue
-        errors.append(f"{origin} {problem}")
-        key = problem.split(" =")[0]
-        for k in (key, "camera.resolution", "camera.lores", "camera.framerate"):
-            if k in changes:
-                values[k] = flatten(s)[k]  # keep the last good value
+    _derive(values)  # a roll set to none follows buffer again, as at start
+    # A rule the changes break reverts the changed keys it involves to their last good
+    # values; reverting may break another rule, hence the loop (each turn reverts a key).
+    pending = {k for k in changes if k in values}
+    while True:
+        broken = [
+            (keys, line) for keys, line in _verify(values, pending, camera) if pending & set(keys)
+        ]
+        if not broken:
+            break
+        keys, line = broken[0]
+        errors.append(f"{origin} {line}")
+        for key in pending & set(keys):
+            values[key] = before[key]
+            pending.discard(key)
+        _derive(values)
     return _freeze(values), errors
 
 

@@ -6,6 +6,8 @@ import asyncio
 import gc
 import importlib.util
 import os
+import re
+import signal
 import struct
 import subprocess
 import sys
@@ -223,6 +225,45 @@ def pinthesky(
         timeout=timeout,
         check=False,
     )
+
+
+class DaemonProcess:
+    """``python -m pinthesky ARGS`` as a child process, its log collected line by line."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pinthesky", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.started = time.monotonic()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def logged(self, pattern: str) -> list[str]:
+        return [line for line in list(self.lines) if re.search(pattern, line)]
+
+    def stop(self) -> tuple[int, float]:
+        """SIGTERM; the exit code and the seconds it took."""
+        stopped = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=15)
+        finally:
+            self.proc.kill()
+        self._reader.join(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code, time.monotonic() - stopped
 
 
 @pytest.fixture(scope="session")

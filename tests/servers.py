@@ -5,6 +5,7 @@ API Gateway's WebSocket management API (TLS, SigV4 signatures checked).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -78,6 +79,106 @@ def black_hole() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         s.listen(1024)
         yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+class Relay:
+    """A TCP relay to ``127.0.0.1:target`` that passes the first ``hold_after`` bytes each
+    client sends, then holds the rest until ``release`` is set: a network that stalls in the
+    middle of an upload. ``holding`` is set once it holds something back."""
+
+    def __init__(self, target: int, hold_after: int) -> None:
+        self.target = target
+        self.hold_after = hold_after
+        self.release = threading.Event()
+        self.holding = threading.Event()
+        self._listener = socket.socket()
+        # A small receive buffer (not autotuned) on every accepted socket: the client's
+        # sends block soon after the relay stops reading, as they would on a slow link.
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets: list[socket.socket] = [self._listener]
+        self._closing = threading.Event()
+
+    def __enter__(self) -> Relay:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing.set()
+        self.release.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (close does not)
+        for s in self._sockets:
+            s.close()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def _forward(self, client: socket.socket, upstream: socket.socket) -> None:
+        passed = 0
+        try:
+            while data := client.recv(65536):
+                if passed + len(data) > self.hold_after and not self.release.is_set():
+                    self.holding.set()
+                    self.release.wait(120)
+                upstream.sendall(data)
+                passed += len(data)
+        except OSError:
+            pass
+        finally:
+            upstream.close()
+
+
+@contextmanager
+def stalled_endpoint() -> Iterator[tuple[str, threading.Event]]:
+    """An endpoint that takes connections, reads the start of a request and then neither reads
+    nor answers (a link that died mid-upload); the event is set at the first request."""
+    started = threading.Event()
+    held: list[socket.socket] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+            with contextlib.suppress(OSError):
+                if conn.recv(4096):
+                    started.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", started
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (close does not)
+        listener.close()
+        for conn in held:
+            conn.close()
 
 
 class Pki:

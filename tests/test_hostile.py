@@ -261,6 +261,23 @@ def test_the_upload_queue_holds_only_regular_files(tmp_path: Path) -> None:
     assert names == ["real.jpg", "1700000000.motion.mp4"]
 
 
+def test_links_named_like_a_picture_or_a_clips_facts_are_never_read(tmp_path: Path) -> None:
+    """W2 for what lies beside the clips: a link named like a motion picture is not queued
+    for upload, and one in place of a clip's facts is not read (the page lists its trigger)."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"trigger": "SECRET", "start_epoch": 1}')
+    clip = clips / "1700000000.motion.mp4"
+    clip.write_bytes(b"\x00")
+    (clips / ".1700000000.motion.mp4.json").symlink_to(secret)
+    (clips / "1690000000.motion.jpg").symlink_to(secret)
+    (clips / "1700000000.motion.jpg").write_bytes(b"\xff\xd8")
+    store = ClipStore(clips)
+    assert store.meta(clip) == {}
+    assert [p.name for p in store.pictures()] == ["1700000000.motion.jpg"]
+
+
 def get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -596,3 +613,46 @@ def test_a_flood_of_log_lines_is_summed_up_when_it_ends(caplog: pytest.LogCaptur
     assert messages[3].startswith("more lines like that are counted, not logged")
     assert messages[4].startswith("7 more lines like that in 0 s were not logged")
     assert len(messages) == 5
+
+
+# -- the pre-event buffer on a Pi Zero ----------------------------------------------------------
+
+PI_ZERO_MEMORY = 443_000 * 1024
+"""MemTotal of a 512 MB Pi Zero W (the rest is the GPU's)."""
+
+
+def test_the_pre_event_buffer_never_takes_more_than_an_eighth_of_the_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The longest pre-roll (300 s) and a 1 GB --buffer-size on a Pi Zero: the buffer keeps
+    what a sixteenth of the memory holds, and holds an eighth at most for a clip writer that
+    falls behind (it was 256 MiB: more than half of a Pi Zero's memory)."""
+    from pinthesky.hardware import board
+    from pinthesky.record.ring import byte_caps
+
+    soft, hard = byte_caps(PI_ZERO_MEMORY)
+    assert hard <= PI_ZERO_MEMORY // 8 and soft <= hard
+    ring = PacketRing(300 * US, soft, hard)
+    frame = bytes(512 * 1024)
+    for i in range(400):  # 40 s of 512 KB pictures at 10 a second: 200 MB
+        ring.push(Packet(frame, i % 10 == 0, i * US // 10))
+        assert ring.stats().bytes <= soft + 10 * len(frame)  # at most one GOP over
+    ring.pin(0)  # a clip is open and its writer stalls
+    for i in range(400, 800):
+        ring.push(Packet(frame, i % 10 == 0, i * US // 10))
+        assert ring.stats().bytes <= hard + 10 * len(frame)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal:       {PI_ZERO_MEMORY // 1024} kB\n")
+    monkeypatch.setattr(board, "MEMINFO", meminfo)
+    settings = settings_for(
+        tmp_path,
+        **{"source.source": "synthetic", "recorder.pre_roll": 300, "camera.buffer_size": "1G"},
+    )
+
+    async def check(daemon: Daemon) -> None:
+        assert daemon.ring is not None
+        assert (daemon.ring.max_bytes, daemon.ring.hard_max_bytes) == (hard, hard)
+
+    with caplog.at_level(logging.WARNING):
+        run_briefly(settings, check)
+    assert "this Pi can spare" in caplog.text

@@ -7,6 +7,7 @@ numbers, idle connections and viewers that stop reading (issue 14 W1, W4, W5).""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from conftest import eventually
+from intruder import FORGED_HOSTS, Attack, guessed, knock
 from test_web import CLIP, fetch, plant_clips, serve, web_settings
 
 from pinthesky.daemon.app import Daemon
-from pinthesky.local.web import MAX_CONNECTIONS
+from pinthesky.local import guard
+from pinthesky.local.web import MAX_CONNECTIONS, MAX_PER_ADDRESS, NEW_BURST
 from pinthesky.settings import Rect
 
 PASSWORD = "s3cr3t pw"
@@ -101,7 +104,7 @@ def test_bad_settings_are_refused_whole_with_one_line_each(tmp_path):
             ({"nope": {"x": 1}}, "nope.x: unknown setting"),
             ({"camera": "fast"}, "camera: must be an object"),
             ([1, 2], "send {"),
-            ({"motion": {"mask_rects": [[1, 2, -3, 4]]}}, "must be rectangles"),
+            ({"motion": {"mask_rects": [[1, 2, -3, 4]]}}, "rectangles X,Y,W,H"),
         ):
             status, doc = call(port, "PATCH", "/api/settings", body)
             assert status == 400 and words in doc["error"], (body, doc)
@@ -317,8 +320,9 @@ def test_idle_connections_do_not_lock_others_out(tmp_path):
     def check(daemon: Daemon, port: int) -> None:
         idle = []
         try:
-            for _ in range(MAX_CONNECTIONS + 16):
-                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            for n in range(MAX_CONNECTIONS + 16):  # from five machines, sixteen each
+                source = (f"127.0.0.{10 + n % 5}", 0)
+                s = socket.create_connection(("127.0.0.1", port), 10, source_address=source)
                 s.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")  # a head that never ends
                 idle.append(s)
             eventually(lambda: len(daemon.web._clients) >= MAX_CONNECTIONS, 20, "the idle ones")
@@ -326,6 +330,19 @@ def test_idle_connections_do_not_lock_others_out(tmp_path):
                 status, _, body = fetch(port, "/health.json")
                 assert status == 200, body
             assert daemon.web is not None and daemon.web.evicted >= 16
+            # One more machine past its share evicts its own, never the owner's (127.0.0.1).
+            flood = [
+                socket.create_connection(("127.0.0.1", port), 10, source_address=("127.0.0.10", 0))
+                for _ in range(MAX_PER_ADDRESS)
+            ]
+            idle += flood
+            assert fetch(port, "/health.json")[0] == 200
+            # A machine opening connections faster than anyone looks: closed unread.
+            for _ in range(NEW_BURST + 50):
+                with contextlib.suppress(OSError):
+                    knock(port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", "127.0.0.20")
+            assert daemon.web.rate.refused >= 40
+            assert fetch(port, "/health.json")[0] == 200
         finally:
             for s in idle:
                 s.close()
@@ -340,7 +357,7 @@ def test_a_viewer_that_stops_reading_is_dropped_and_frees_its_slot(tmp_path):
         slow.settimeout(10)
         slow.connect(("127.0.0.1", port))
         try:
-            slow.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+            slow.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert slow.recv(12).startswith(b"HTTP/1.1 200")
             eventually(lambda: daemon.web.mjpeg.viewers == 1, 10, "the slow viewer")
             assert fetch(port, "/stream.mjpg")[0] == 503  # the one slot is taken
@@ -364,3 +381,149 @@ def fetch_head(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
         return response.status, dict(response.getheaders()), b""
     finally:
         conn.close()
+
+
+# -- a hostile home network ---------------------------------------------------------------------
+
+
+def test_an_emptied_roll_keeps_the_camera_running_through_its_restarts(tmp_path):
+    """The page's form sends "" for a field the owner cleared: the roll follows buffer again,
+    and the camera reopens for this change and for the ones after it."""
+
+    def check(daemon: Daemon, port: int) -> None:
+        restarts = daemon.camera_restarts
+        body = {"recorder": {"pre_roll": ""}, "camera": {"resolution": "320x240"}}
+        status, doc = call(port, "PATCH", "/api/settings", body)
+        assert status == 200, doc
+        assert doc["settings"]["recorder"]["pre_roll"] == 7.0  # buffer // 2
+        for body in (
+            {"camera": {"framerate": 10}},
+            {"recorder": {"post_roll": ""}, "camera": {"resolution": "640x480"}},
+        ):
+            status, doc = call(port, "PATCH", "/api/settings", body)
+            assert status == 200, doc
+        assert daemon.camera_restarts == restarts + 3
+        assert daemon.settings.recorder.post_roll == 15.0
+        assert daemon.ring is not None
+        newest = daemon.ring.newest_ts()
+        eventually(lambda: daemon.ring is not None and daemon.ring.newest_ts() != newest, 20)
+
+    serve(control_settings(tmp_path), check)
+    assert "pre_roll = 7.0" in (tmp_path / "local-settings.toml").read_text()
+
+
+def test_huge_numbers_odd_digits_and_floods_of_keys_are_short_400s(tmp_path, caplog):
+    plant_clips(tmp_path)
+    caplog.set_level(logging.INFO)
+
+    def check(daemon: Daemon, port: int) -> None:
+        before = daemon.settings
+        huge = 10**400
+        for section, name in (
+            ("motion", "min_time"),
+            ("recorder", "pre_roll"),
+            ("recorder", "post_roll"),
+            ("recorder", "max_clip"),
+            ("camera", "framerate"),
+        ):
+            status, doc = call(port, "PATCH", "/api/settings", {section: {name: huge}})
+            assert status == 400 and f"{section}.{name}" in doc["error"], doc
+            assert len(json.dumps(doc)) < 1000
+        for rects in ([[10**18, 0, 1, 1]], [[0, 0, huge, 1]], [[600, 400, 41, 80]]):
+            status, doc = call(port, "PATCH", "/api/settings", {"motion": {"mask_rects": rects}})
+            assert status == 400 and "motion.mask_rects" in doc["error"], doc
+        # A 12 KB body of unknown keys: the answer names the changeable keys once.
+        body = {"camera": {f"k{i:04d}": 1 for i in range(1000)}}
+        status, _, raw = fetch_body(
+            port, "PATCH", "/api/settings", json.dumps(body).encode(),
+            {**AUTH, "Content-Type": "application/json"},
+        )  # fmt: skip
+        assert status == 400 and len(raw) < 4096, len(raw)
+        assert daemon.settings == before
+        token = base64.b64encode(f"me:{PASSWORD}".encode())
+        for length in (b"\xb2", b"\xb9\xb2", b"1\xb3"):  # digits to str.isdigit(), not to int()
+            head = (
+                b"PATCH /api/settings HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic "
+                + token
+                + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + length
+                + b"\r\n\r\n{}"
+            )
+            assert knock(port, head) == 400, length
+        status, _, body = fetch(port, "/clips/1700000000.motion.mp4", {**AUTH, "Range": "bytes=²-"})
+        assert status == 200 and body == CLIP  # a range it cannot read: the whole file
+
+    serve(control_settings(tmp_path), check)
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_only_the_names_of_the_camera_are_answered(tmp_path):
+    """DNS rebinding: a page on another site names the camera with a name of its own. Without
+    a password there is nothing else between it and the clips."""
+    plant_clips(tmp_path)
+    own = socket.gethostname()
+
+    def check(daemon: Daemon, port: int) -> None:
+        for host in FORGED_HOSTS:
+            for path in ("/", "/health.json", "/clips/1700000000.motion.mp4", "/stream.mjpg"):
+                status, _, body = fetch(port, path, {"Host": host})
+                assert status == 403, (host, path, status)
+                assert CLIP[:64] not in body and b"uptime" not in body
+        for host in (
+            "localhost",
+            f"LOCALHOST:{port}",
+            "127.0.0.1",
+            f"127.0.0.1:{port}",
+            "[::1]",
+            own,
+            f"{own}.local.",
+            "cam.example.net",
+            f"Cam.Example.Net:{port}",
+        ):
+            assert fetch(port, "/health.json", {"Host": host})[0] == 200, host
+        assert daemon.web is not None and daemon.web.wrong_host == len(FORGED_HOSTS) * 4
+        two = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n"
+        assert knock(port, two) == 400
+        assert knock(port, b"GET /health.json HTTP/1.1\r\n\r\n") == 400
+        assert knock(port, b"GET /health.json HTTP/1.0\r\n\r\n") == 200
+
+    serve(web_settings(tmp_path, **{"http.host_names": "cam.example.net"}), check)
+
+
+def test_password_guessing_is_slowed_per_address_and_the_owner_still_gets_in(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+
+    def check(daemon: Daemon, port: int) -> None:
+        attack = Attack(port, 0, PASSWORD, {})
+
+        def owner() -> None:  # elsewhere on the network: not slowed at all
+            for _ in range(3):
+                started = time.monotonic()
+                assert fetch(port, "/health.json", AUTH)[0] == 200
+                assert time.monotonic() - started < 1.0
+
+        statuses = guessed(attack.guess_page, attack, owner)
+        checked = statuses[401]
+        # The rest turned away unchecked (429), or closed unread for opening too many.
+        assert set(statuses) <= {401, 429, "reset"} and statuses[429] + statuses["reset"] > 0
+        # The guesser stops; from the same address the right password works within the
+        # longest wait (answered 429 with when to try again until then).
+        stopped = time.monotonic()
+
+        def owner_at_the_guessers_address() -> bool:
+            try:
+                status, headers, _ = fetch(port, "/health.json", AUTH, source="127.0.0.2")
+            except ConnectionError:  # closed unread: the guessers' connections still count
+                return False
+            assert status == 200 or int(headers["retry-after"]) <= guard.MAX_WAIT_S
+            return status == 200
+
+        eventually(owner_at_the_guessers_address, guard.MAX_WAIT_S + 5, "the owner gets in")
+        assert time.monotonic() - stopped <= guard.MAX_WAIT_S + 1
+        assert daemon.web is not None and daemon.web.guard.wrong == checked
+
+    serve(control_settings(tmp_path), check)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pinthesky.local.guard"]
+    assert len(lines) == 2, lines  # the first wrong password, then the summary at stop
+    assert "127.0.0.2" in lines[-1] and "turned away" in lines[-1]

@@ -209,7 +209,6 @@ def test_the_timestamp_is_legible_after_the_encoder_at_every_size(
         ("600,400,100,100", "600,400,100,100 reaches out of the 640x480 picture"),
         ("0,0,640,480", "the rectangles hide the whole picture"),
         ("0,0,320,480;320,0,320,480", "the rectangles hide the whole picture"),
-        ("1000000000000000000,0,10,10", "reaches out of the 640x480 picture"),
     ],
 )
 def test_a_mask_out_of_the_picture_or_hiding_it_all_is_one_line(masks: str, problem: str) -> None:
@@ -219,7 +218,9 @@ def test_a_mask_out_of_the_picture_or_hiding_it_all_is_one_line(masks: str, prob
     assert problem in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("masks", ["0,0,0,10", "10,10,-5,10", "a,b,c,d", "1,2,3"])
+@pytest.mark.parametrize(
+    "masks", ["0,0,0,10", "10,10,-5,10", "a,b,c,d", "1,2,3", "1000000000000000000,0,10,10"]
+)
 def test_an_empty_or_malformed_mask_is_one_line(masks: str) -> None:
     with pytest.raises(ConfigError, match=r"^--privacy-mask camera.privacy_masks = .*must be"):
         load({"camera.privacy_masks": masks}, environ={})
@@ -244,7 +245,7 @@ def test_timestamp_values(raw: Any, value: Any) -> None:
     assert load({"camera.timestamp": raw}, environ={}).camera.timestamp == value
 
 
-@pytest.mark.parametrize("raw", ["%H:%M \u00e9t\u00e9", "x" * 65, 5])
+@pytest.mark.parametrize("raw", ["%H:%M \u00e9t\u00e9", "x" * 65, 5, "Front door", "NaN"])
 def test_a_bad_timestamp_format_is_one_line(raw: Any) -> None:
     with pytest.raises(ConfigError, match=r"^--timestamp camera.timestamp = .*strftime format"):
         load({"camera.timestamp": raw}, environ={})

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import av
 import pytest
 from conftest import eventually, pinthesky, serve_daemon, settings_for
+from intruder import Attack, guessed
 from servers import free_port
 
 from pinthesky.daemon.app import Daemon
@@ -81,11 +84,14 @@ def read_frames(
 class Raw:
     """One RTSP connection on a plain socket."""
 
-    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
+    def __init__(self, port: int, rcvbuf: int | None = None, source: str | None = None) -> None:
+        """``source``: the loopback address to come from (127.0.0.2 is another client)."""
         self.port = port
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            self.sock.bind((source, 0))
         self.sock.settimeout(20)
         self.sock.connect(("127.0.0.1", port))
         self.buf = b""
@@ -251,7 +257,8 @@ def test_wrong_or_no_password_is_refused_and_digest_and_basic_both_work(tmp_path
                 av.open(address, options={"rtsp_transport": "tcp"}, timeout=20)
         assert daemon.rtsp.unauthorized >= 3 and not daemon.rtsp.sessions
 
-        raw = Raw(port)
+        # Another client: the wrong passwords above slowed 127.0.0.1 down a little.
+        raw = Raw(port, source="127.0.0.2")
         status, headers, _ = raw.request("OPTIONS")  # allowed without a password
         assert status == 200 and "DESCRIBE" in headers["public"]
         status, headers, body = raw.request("DESCRIBE")
@@ -783,3 +790,123 @@ def test_sdp_from_parameter_sets():
 )
 def test_transport_headers(value: str, expected: rtsp.Transport | None) -> None:
     assert rtsp.parse_transport(value) == expected
+
+
+# -- a hostile home network ---------------------------------------------------------------------
+
+
+def test_idle_and_half_open_sockets_never_shut_the_owners_player_out(tmp_path):
+    """Three times the connection slots held by sockets that send nothing, ``$``, half a
+    request, or a request without the password: the owner's player still gets in at once,
+    and the idle ones are let go after a few seconds."""
+
+    def check(daemon: Daemon, port: int) -> None:
+        assert daemon.rtsp is not None
+        idle: list[Raw] = []
+        try:
+            for n in range(36):
+                raw = Raw(port, source="127.0.0.3")
+                kind = n % 4
+                if kind == 1:
+                    raw.send(b"$")
+                elif kind == 2:
+                    raw.send(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n")
+                elif kind == 3:
+                    assert raw.request("DESCRIBE")[0] == 401  # then silence
+                idle.append(raw)
+            started = time.monotonic()
+            assert read_frames(url(port), "tcp", 10) == [SIZE] * 10
+            assert time.monotonic() - started < 10
+            assert daemon.rtsp.evicted > 0
+            for raw in idle:  # every one closed: evicted, refused, or timed out
+                assert raw.closed_by_server()
+            assert time.monotonic() - started < rtsp.UNTRUSTED_IDLE_S + 12
+        finally:
+            for raw in idle:
+                raw.close()
+
+    serve(rtsp_settings(tmp_path), check)
+
+
+def test_garbage_is_answered_at_once_and_half_a_request_within_seconds(tmp_path):
+    def check(daemon: Daemon, port: int) -> None:
+        for data in (b"\x00\x01\x02garbage", b"\x16\x03\x01", b"$\x00\x00\x10", b" OPTIONS"):
+            raw = Raw(port)
+            started = time.monotonic()
+            raw.send(data)
+            assert raw.response()[0] == 400, data
+            assert time.monotonic() - started < 1.0, data
+            raw.close()
+        raw = Raw(port)
+        started = time.monotonic()
+        raw.send(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n")  # and nothing more
+        assert raw.response()[0] == 408
+        assert time.monotonic() - started < rtsp.HEAD_TIMEOUT_S + 2
+        raw.close()
+
+    serve(rtsp_settings(tmp_path), check)
+
+
+def test_a_captured_digest_login_cannot_be_replayed(tmp_path):
+    def check(daemon: Daemon, port: int) -> None:
+        assert daemon.rtsp is not None
+        raw = Raw(port)
+        status, headers, _ = raw.request("DESCRIBE")
+        challenge = headers["www-authenticate"].split("\n")[0]
+        login = {"Authorization": digest(challenge, "DESCRIBE", raw.url)}
+        assert raw.request("DESCRIBE", headers=login)[0] == 200
+        # The same answer again, on this connection or another: refused, as stale.
+        status, headers, _ = raw.request("DESCRIBE", headers=login)
+        assert status == 401 and "stale=TRUE" in headers["www-authenticate"]
+        again = Raw(port)
+        assert again.request("DESCRIBE", headers=login)[0] == 401
+        again.close()
+        # An answer for one URL is no answer for another (both name the stream).
+        other = {"Authorization": digest(challenge, "DESCRIBE", raw.url + "/")}
+        assert raw.request("DESCRIBE", headers=other)[0] == 401
+        # A nonce given to one address does not work from another.
+        elsewhere = Raw(port, source="127.0.0.4")
+        login = {"Authorization": digest(challenge, "DESCRIBE", elsewhere.url)}
+        assert elsewhere.request("DESCRIBE", headers=login)[0] == 401
+        # A nonce expires; the client is told it is stale, and a fresh one works.
+        status, headers, _ = raw.request("DESCRIBE")
+        challenge = headers["www-authenticate"].split("\n")[0]
+        auth = daemon.rtsp._auth
+        now = auth._clock()
+        auth._clock = lambda: now + rtsp.NONCE_LIFETIME_S + 1
+        login = {"Authorization": digest(challenge, "DESCRIBE", raw.url)}
+        status, headers, _ = raw.request("DESCRIBE", headers=login)
+        assert status == 401 and "stale=TRUE" in headers["www-authenticate"]
+        fresh = headers["www-authenticate"].split("\n")[0]
+        login = {"Authorization": digest(fresh, "DESCRIBE", raw.url)}
+        assert raw.request("DESCRIBE", headers=login)[0] == 200
+        # None of that counts as a wrong password.
+        assert daemon.rtsp.guard.wrong == 2  # the other URL and the other address
+        raw.close()
+        elsewhere.close()
+
+    serve(rtsp_settings(tmp_path), check)
+
+
+def test_password_guessing_is_slowed_per_address_and_logged_in_a_few_lines(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+
+    def check(daemon: Daemon, port: int) -> None:
+        assert daemon.rtsp is not None
+        attack = Attack(0, port, PASSWORD, {})
+
+        def owner() -> None:  # elsewhere on the network
+            started = time.monotonic()
+            assert read_frames(url(port), "tcp", 5) == [SIZE] * 5
+            assert time.monotonic() - started < 10
+
+        statuses = guessed(attack.guess_rtsp, attack, owner)
+        checked = statuses[401]
+        # The rest turned away unchecked (503), or closed unread for opening too many.
+        assert set(statuses) <= {401, 503, "reset"} and statuses[503] + statuses["reset"] > 0
+        assert daemon.rtsp.guard.wrong == checked
+
+    serve(rtsp_settings(tmp_path), check)
+    lines = [r.getMessage() for r in caplog.records if "wrong password" in r.getMessage()]
+    assert len(lines) == 2, lines  # the first, then the summary when the server stopped
+    assert "127.0.0.2" in lines[-1]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import OLD_ENV
+from intruder import HOSTILE_VALUES
 
 from pinthesky import cmdline, settings
 from pinthesky.errors import ConfigError
@@ -903,6 +904,8 @@ def test_resolution_the_pis_encoder_cannot_take(
     if model is not None:
         model_file.write_bytes(model.encode() + b"\0")
     monkeypatch.setattr(board, "MODEL_FILE", model_file)
+    # At 5 fps: 4096x2160 at the default 20 is more than H.264 level 4.2 (see below), and
+    # more than the Pi's encoder's macroblock rate.
     raw = {"camera.resolution": size, "camera.framerate": 5}
     if not refused:
         assert str(settings.load(raw, environ={}).camera.resolution) == size
@@ -935,7 +938,7 @@ def test_resolution_the_pis_encoder_cannot_take(
         ("Raspberry Pi 5 Model B Rev 1.0", "1920x1080", 60, 40),
         ("Raspberry Pi 5 Model B Rev 1.0", "3840x2160", 15, 10),
         ("Raspberry Pi 5 Model B Rev 1.0", "1920x1080", 40, None),
-        (None, "3840x2160", 60, None),
+        (None, "3840x2160", 15, None),
     ],
 )
 def test_a_rate_the_pis_encoder_cannot_keep_up_with_is_refused(
@@ -1078,3 +1081,162 @@ def test_privacy_masks_and_the_timestamp_go_through_the_shadow_and_apply_live() 
     assert not {"camera.privacy_masks", "camera.timestamp"} & shadow.RESTART_KEYS
     _, errors = settings.merge(s, {"camera.privacy_masks": [[0, 0, 640, 480]]}, "shadow")
     assert len(errors) == 1 and "hide the whole picture" in errors[0]
+
+
+# -- hostile values: what the page, the shadow or a file may send -------------------------------
+
+
+def usable(s: Settings) -> list[str]:
+    """Where ``s`` holds something its own types do not allow (what a later step would trip
+    on: a None where a number belongs, a number that is not finite)."""
+    import math
+    import types
+    import typing
+
+    wrong = []
+    for section in dataclasses.fields(s):
+        obj = getattr(s, section.name)
+        hints = typing.get_type_hints(type(obj), vars(settings))
+        for f in dataclasses.fields(obj):
+            value, hint = getattr(obj, f.name), hints[f.name]
+            kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+            kinds = tuple(typing.get_origin(k) or k for k in kinds)
+            if not isinstance(value, kinds) or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                wrong.append(f"{section.name}.{f.name} = {value!r}")
+    return wrong
+
+
+@pytest.mark.parametrize("key", settings.PAGE_KEYS)
+def test_every_page_key_refuses_wrong_types_and_huge_numbers_in_one_line(key: str) -> None:
+    s = settings.defaults()
+    for value in HOSTILE_VALUES:
+        changed, errors = settings.merge(s, {key: value}, "page")  # never raises
+        assert usable(changed) == [], (key, value)
+        if errors:
+            assert len(errors) == 1 and errors[0].startswith(f"page {key} = "), errors
+            assert len(errors[0]) < 400, errors[0]
+            assert settings.flatten(changed)[key] == settings.flatten(s)[key]
+        elif key == "camera.timestamp":  # a switch: True turns it on
+            assert value in ("", "  ", None, True), f"{key} took {value!r}"
+        else:  # the empty ones mean the default (or no mask); 0.5 s is a fine roll
+            assert value in ("", "  ", None, [], 0.5), f"{key} took {value!r}"
+        if isinstance(value, str) and any(c.isdigit() and not c.isascii() for c in value):
+            assert errors, f"{key} took Unicode digits {value!r}"
+
+
+def test_an_emptied_roll_follows_buffer_again_as_at_start() -> None:
+    s = settings.defaults()
+    s2, errors = settings.merge(
+        s, {"recorder.pre_roll": "", "recorder.post_roll": None, "camera.buffer": 20}, "page"
+    )
+    assert errors == []
+    assert (s2.recorder.pre_roll, s2.recorder.post_roll) == (10.0, 20.0)
+    s3, errors = settings.merge(s2, {"camera.resolution": "320x240"}, "page")
+    assert errors == [] and s3.recorder.pre_roll == 10.0
+
+
+@pytest.mark.parametrize("value", ["", "none", "None", "NULL", " null ", "   "])
+def test_a_password_that_reads_as_no_password_is_refused(tmp_path: Path, value: str) -> None:
+    errors = errors_of("--http-password", value)
+    assert len(errors) == 1 and "http.password" in errors[0]
+    assert '"none" and "null" are not passwords' in errors[0]
+    errors = file_errors(write(tmp_path, f'[http]\npassword = "{value}"\n'))
+    assert len(errors) == 1 and "http.password" in errors[0]
+
+
+def test_a_password_is_text_without_control_characters(tmp_path: Path) -> None:
+    assert file_errors(write(tmp_path, "[http]\npassword = 1234\n"))
+    assert errors_of("--http-password", "a\nb")
+    assert parse("--http-password", " my pass ").http.password == " my pass "
+    assert parse().http.password is None  # left out: no password
+    # --validate-config's output is a config file that gives the same settings back.
+    assert "# password is not set" in parse().to_toml()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["5000,0,10,10", "0,0,9999999999,10", "1" * 400 + ",0,1,1", "0,0,1,1;" * 65],
+    ids=["x", "width", "digits", "count"],
+)
+def test_mask_rectangles_far_outside_any_picture_are_refused(value: str) -> None:
+    errors = errors_of("--mask-rect", value)
+    assert len(errors) == 1 and "motion.mask_rects" in errors[0] and len(errors[0]) < 300
+
+
+def test_a_mask_rectangle_must_lie_in_the_picture_as_seen() -> None:
+    s = settings.defaults()  # 640x480
+    for rect, rotation, ok in (
+        ([0, 0, 640, 480], 0, True),
+        ([600, 0, 41, 10], 0, False),
+        ([0, 400, 10, 81], 0, False),
+        ([0, 600, 480, 40], 90, True),  # turned: the picture is 480x640
+        ([600, 0, 40, 10], 90, False),
+    ):
+        s1, _ = settings.merge(s, {"camera.rotation": rotation}, "page")
+        s2, errors = settings.merge(s1, {"motion.mask_rects": [rect]}, "page")
+        assert (errors == []) == ok, (rect, rotation, errors)
+        assert s2.motion.mask_rects == ((Rect(*rect),) if ok else ())
+    # A mask drawn before stays when the picture changes under it (the analyzer clips it).
+    s1, _ = settings.merge(s, {"motion.mask_rects": [[600, 400, 40, 80]]}, "page")
+    s2, errors = settings.merge(s1, {"camera.resolution": "320x240"}, "page")
+    assert errors == [] and s2.camera.resolution == Resolution(320, 240)
+
+
+def test_a_picture_rate_no_pi_encodes_is_refused_and_the_camera_keeps_its_own() -> None:
+    s = settings.defaults()
+    s2, errors = settings.merge(
+        s, {"camera.resolution": "4096x4096", "camera.framerate": 120}, "page"
+    )
+    assert len(errors) == 1 and "H.264 level 4.2" in errors[0]
+    assert (s2.camera.resolution, s2.camera.framerate) == (Resolution(640, 480), 20)
+    s3, errors = settings.merge(s, {"camera.resolution": "1920x1080", "camera.framerate": 60}, "")
+    assert errors == [] and s3.camera.framerate == 60
+
+
+@pytest.mark.parametrize(
+    "value", ["9" * 400, 10**400, "1" * 30 + "T"], ids=["digits", "int", "terabytes"]
+)
+def test_a_size_of_hundreds_of_digits_is_one_line(tmp_path: Path, value: Any) -> None:
+    s, errors = settings.merge(settings.defaults(), {"camera.buffer_size": value}, "shadow")
+    assert len(errors) == 1 and "camera.buffer_size" in errors[0]
+    assert s.camera.buffer_size is None
+
+
+def test_saved_page_changes_that_no_longer_pass_are_left_out_and_the_camera_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    local = tmp_path / "local.toml"
+    local.write_text(
+        '[camera]\nsensitivity = 30\nresolution = "6400x480"\n'
+        '[recorder]\npre_roll = "١٢"\n[motion]\nmask_rects = "0,0,9999,10"\n'
+    )
+    with caplog.at_level("WARNING"):
+        s = parse("--local-settings", str(local))
+    assert s.camera.sensitivity == 30  # the good one applies
+    assert s.camera.resolution == Resolution(640, 480)
+    assert s.recorder.pre_roll == 7.0 and s.motion.mask_rects == ()
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(left_out) == 3, left_out
+
+
+def test_a_link_in_place_of_the_saved_page_changes_is_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text("[camera]\nsensitivity = 77\n")
+    local = tmp_path / "local.toml"
+    local.symlink_to(elsewhere)
+    with caplog.at_level("WARNING"):
+        s = parse("--local-settings", str(local))
+    assert s.camera.sensitivity == 10
+    assert "not a regular file" in caplog.text
+
+
+def test_host_names_are_names_or_addresses() -> None:
+    s = parse("--http-host-names", "Cam.Example.NET., 203.0.113.7,[2001:db8::1]")
+    assert s.http.host_names == ("cam.example.net", "203.0.113.7", "2001:db8::1")
+    assert parse().http.host_names == ()
+    for bad in ("evil.com/x", "a..b", "-a.com", "x" * 300):
+        assert errors_of(f"--http-host-names={bad}"), bad

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -15,12 +17,12 @@ from typing import Any
 
 import av
 import pytest
-from conftest import clip_facts, run_daemon, settings_for
-from servers import CredentialsProvider, Pki, free_port, moto_server
+from conftest import DaemonProcess, clip_facts, run_daemon, settings_for
+from servers import CredentialsProvider, Pki, Relay, free_port, moto_server, stalled_endpoint
 from servers import s3_client as s3
 
 from pinthesky.cloud import uploader as uploader_module
-from pinthesky.cloud.uploader import UploadEnded, backoff
+from pinthesky.cloud.uploader import Target, UploadEnded, Uploader, backoff, in_thread
 from pinthesky.daemon.app import Daemon
 from pinthesky.errors import PintheskyError
 from pinthesky.record.clips import ClipStore
@@ -317,16 +319,11 @@ def test_key_readable_by_others_refuses_to_start(tmp_path):
             daemon._make_uploader()
 
 
-def test_a_slow_upload_never_stalls_the_camera_loop(tmp_path):
-    release = threading.Event()
-    started = threading.Event()
+def test_a_slow_upload_never_stalls_the_camera_loop(tmp_path, aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
 
-    class SlowS3:
-        def upload_file(self, *args: Any, **kwargs: Any) -> None:
-            started.set()
-            release.wait(60)
-
-    async def main() -> None:
+    async def main(started: threading.Event) -> None:
         settings = settings_for(
             tmp_path,
             **{
@@ -351,19 +348,19 @@ def test_a_slow_upload_never_stalls_the_camera_loop(tmp_path):
         task = asyncio.create_task(daemon.run())
         await asyncio.wait_for(daemon.started.wait(), 15)
         await asyncio.wait_for(daemon.first_frame.wait(), 15)
-        assert daemon.uploader is not None
-        daemon.uploader._client = SlowS3()
         await daemon.capture_image("a.jpg")
-        await asyncio.to_thread(started.wait, 30)
+        assert await asyncio.to_thread(started.wait, 30)
         frames.clear()
         # While the upload hangs, frames keep flowing and being analysed.
         await asyncio.wait_for(analysed.wait(), 10)
         assert frames == sorted(frames) and frames[-1] - frames[0] >= 1_500_000
         daemon.request_stop()
         assert await asyncio.wait_for(task, 10) == 0  # and it still stops at once
-        release.set()
 
-    asyncio.run(main())
+    with stalled_endpoint() as (endpoint, started):  # a link that died mid-upload
+        aws_env(endpoint)
+        asyncio.run(main(started))
+    assert (tmp_path / "images" / "a.jpg").exists()  # kept for the next start
 
 
 def test_credentials_endpoint_down_then_up(recorded, tmp_path, aws_env, monkeypatch):
@@ -436,3 +433,119 @@ def test_a_damaged_clip_is_uploaded_as_mp4_and_never_blocks_the_queue(
         )
         ended = asyncio.run(drain(Daemon(settings), 2))
     assert ended[0].key.endswith(".motion.mp4") and ended[1].key.endswith(".motion.h264")
+
+
+# -- a hostile home network: links in the queue, deletes and stops mid-upload ----------------
+
+
+def stub_uploader(clips: Path, images: Path, ended: list[Any], fmt: str = "mp4") -> Any:
+    """An uploader of ``clips`` and ``images`` to BUCKET through the S3 of the environment."""
+    import boto3
+
+    target = Target(BUCKET, "cam1", "videos", "images", fmt)
+    client = lambda: boto3.client("s3", region_name="us-east-1")  # noqa: E731
+    return Uploader(target, ClipStore(clips), images, client, ended.append)
+
+
+def test_a_link_swapped_into_the_queue_is_never_uploaded(tmp_path, aws_env, monkeypatch, caplog):
+    """Links planted under our names after the queue was listed (and a hard link, a link
+    named like a motion picture): nothing of the secret reaches S3, the queue goes on."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    clips, images = tmp_path / "clips", tmp_path / "images"
+    clips.mkdir()
+    images.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:x:0:0:SECRET\n")
+    for name in ("1700000000.motion.mp4", "1700000000.motion.jpg"):
+        (clips / name).write_bytes(b"\xff\xd8ours")
+    (images / "still.jpg").write_bytes(b"\xff\xd8ours")
+    (images / "other.jpg").write_bytes(b"\xff\xd8ours")
+    (clips / "1690000000.motion.jpg").symlink_to(secret)  # named like a motion picture
+    ended: list[Any] = []
+
+    async def main() -> Any:
+        uploader = stub_uploader(clips, images, ended)
+        queue = uploader.pending()
+        assert "1690000000.motion.jpg" not in [p.name for p in queue]
+        for path in queue:  # swapped after the listing: a link, or a hard link
+            if path.name == "other.jpg":
+                path.unlink()
+                os.link(secret, path)
+            elif path.name != "still.jpg":
+                path.unlink()
+                path.symlink_to(secret)
+        for path in queue:
+            done = await in_thread(lambda p=path: uploader._upload(p))  # type: ignore[misc]
+            if done is not None:
+                ended.append(done)
+        return uploader
+
+    with moto_server() as endpoint, caplog.at_level(logging.ERROR):
+        aws_env(endpoint)
+        s3(endpoint).create_bucket(Bucket=BUCKET)
+        uploader = asyncio.run(main())
+        objects = s3(endpoint).list_objects_v2(Bucket=BUCKET).get("Contents", [])
+        bodies = [
+            s3(endpoint).get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in objects
+        ]
+    assert bodies == [b"\xff\xd8ours"]  # the still alone
+    assert [e.name for e in ended] == ["still.jpg"]
+    assert {"other.jpg", "1700000000.motion.mp4", "1700000000.motion.jpg"} <= uploader._refused
+    assert "SECRET" not in caplog.text
+    assert secret.read_bytes() == b"root:x:0:0:SECRET\n"
+
+
+def test_a_clip_deleted_while_it_uploads_never_reaches_the_bucket(tmp_path, aws_env, monkeypatch):
+    """The owner deletes a clip on the page while its upload is half way: the upload stops
+    and S3 never gets the object (the camera cannot delete from the bucket afterwards)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    clip = clips / "1700000000.motion.mp4"
+    clip.write_bytes(os.urandom(15 * 1024 * 1024))  # one PUT, beyond every socket buffer
+    ended: list[Any] = []
+
+    async def main(relay: Relay) -> Any:
+        uploader = stub_uploader(clips, tmp_path / "images", ended)
+        task = asyncio.create_task(uploader.run())
+        await asyncio.to_thread(relay.holding.wait, 30)
+        uploader.store.remove(clip)  # what DELETE /api/clips/NAME does
+        relay.release.set()
+        await asyncio.wait_for(uploader.idle.wait(), 60)  # the upload ended, one way or another
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return uploader
+
+    with moto_server() as endpoint:
+        s3(endpoint).create_bucket(Bucket=BUCKET)
+        with Relay(int(endpoint.rsplit(":", 1)[1]), hold_after=1024 * 1024) as relay:
+            aws_env(relay.url)
+            uploader = asyncio.run(main(relay))
+        assert s3(endpoint).list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+    assert ended == [] and uploader.given_up == 1
+
+
+def test_a_stop_during_a_slow_upload_gives_it_up_at_once_and_keeps_the_clip(recorded, tmp_path):
+    """SIGTERM while an upload hangs on a stalled link: the daemon exits within a second or
+    two (systemd kills it at 15), and the clip waits for the next start."""
+    clips = copy_clips(recorded, tmp_path / "clips")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with stalled_endpoint() as (endpoint, started):
+        env["AWS_ENDPOINT_URL_S3"] = endpoint
+        args = ["--source", "synthetic", "--combine-dir", str(tmp_path / "clips")]
+        args += ["--bucket-name", BUCKET, "--thing-name", "cam1"]
+        args += ["--capture-dir", str(tmp_path / "images"), "--video-format", "mp4"]
+        daemon = DaemonProcess(args, tmp_path, env)
+        try:
+            assert started.wait(60), "the upload never began"
+        finally:
+            code, took = daemon.stop()
+    assert code == 0 and took < 5, (code, took, "".join(daemon.lines)[-2000:])
+    assert [p.name for p in ClipStore(tmp_path / "clips").clips()] == [c.name for c in clips]

@@ -36,9 +36,17 @@ def web_settings(tmp_path: Path, **flags: Any) -> Settings:
 
 
 def fetch(
-    port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    source: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    """One request; ``source`` is the loopback address to come from (127.0.0.2 is a client
+    other than 127.0.0.1)."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=20, source_address=(source, 0) if source else None
+    )
     try:
         conn.request(method, path, headers=headers or {})
         response = conn.getresponse()
@@ -126,7 +134,7 @@ def test_clips_are_served_with_byte_ranges(tmp_path):
 def raw_get(port: int, target: bytes) -> bytes:
     """A request line sent as it is, whatever a client library would make of the path."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -179,13 +187,17 @@ def test_basic_auth_guards_every_route(tmp_path):
         return {"Authorization": f"Basic {token}"}
 
     def check(daemon: Daemon, port: int) -> None:
-        for path in ("/", "/stream.mjpg", "/clips/1700000000.motion.mp4", "/health.json"):
+        paths = ("/", "/stream.mjpg", "/clips/1700000000.motion.mp4", "/health.json")
+        for n, path in enumerate(paths):
             status, headers, body = fetch(port, path)
             assert status == 401 and headers["www-authenticate"].startswith("Basic realm=")
             assert b"SECRET" not in body and CLIP[:100] not in body
-            assert fetch(port, path, basic("admin", "wrong"))[0] == 401
-            assert fetch(port, path, {"Authorization": "Basic !!!"})[0] == 401
-            assert fetch(port, path, {"Authorization": "Bearer s3cr3t pw"})[0] == 401
+            # Each path from a client of its own: wrong passwords slow their address down.
+            source = f"127.0.0.{n + 2}"
+            assert fetch(port, path, basic("admin", "wrong"), source=source)[0] == 401
+            assert fetch(port, path, {"Authorization": "Basic !!!"}, source=source)[0] == 401
+            bearer = {"Authorization": "Bearer s3cr3t pw"}
+            assert fetch(port, path, bearer, source=source)[0] == 401
         assert fetch(port, "/", basic("anyone", "s3cr3t pw"))[0] == 200
         status, _, body = fetch(port, "/clips/1700000000.motion.mp4", basic("admin", "s3cr3t pw"))
         assert (status, body) == (200, CLIP)

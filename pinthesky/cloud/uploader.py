@@ -10,8 +10,13 @@ object; the key is derived from the file, so an upload interrupted by a crash is
 the same key, never duplicated. Failures retry without limit, with capped exponential backoff
 and jitter; a broken device identity (401/403, unknown CA) is logged loudly and retried slowly.
 
-The S3 calls block, so each runs on its own daemon thread: a stopping daemon does not wait
-for a large upload to finish (it is redone at the next start).
+Every file is opened without following links (``eventfiles.open_ours``) and uploaded from
+that descriptor, so a link planted in the queue, or swapped in after the listing, is never
+read. The S3 calls block, so each runs on its own daemon thread, and s3transfer runs the
+upload in that thread too (no worker threads, which Python would wait for at exit). Between
+chunks the upload checks whether to go on: a stopping daemon gives it up at once (the file
+stays queued and is redone at the next start), and so does a clip deleted meanwhile (from the
+page): a clip deleted before it reached the bucket never does.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pinthesky.errors import PintheskyError
+from pinthesky.eventfiles import NotOurFile, open_ours
+from pinthesky.logs import Throttle
 from pinthesky.record.clips import ClipStore, picture_epoch
 from pinthesky.record.mp4 import to_annexb
 
@@ -95,6 +102,23 @@ class UploadFailed:
 
     name: str
     reason: str
+
+
+class _Watch:
+    """An s3transfer subscriber that ends a transfer the daemon no longer wants. s3transfer
+    calls ``on_progress`` in the upload thread after each chunk it reads; cancelling the
+    transfer there makes its next read fail, and s3transfer cleans up (a multipart upload is
+    aborted, its files closed)."""
+
+    def __init__(self, reason: Callable[[], str | None]) -> None:
+        self._reason = reason
+        self.why: str | None = None
+
+    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+        if self.why is None:
+            self.why = self._reason()
+            if self.why is not None:
+                future.cancel()
 
 
 class UploadError(PintheskyError):
@@ -178,6 +202,14 @@ class Uploader:
         self.seconds = 0.0
         """Time spent uploading, failures included."""
         self.idle = asyncio.Event()
+        self._stopping = threading.Event()
+        """Set on the loop when the task is cancelled; read by the upload thread."""
+        self._refused: set[str] = set()
+        """Names in the queue that are not ours (hard links, special files): skipped."""
+        self._throttle = Throttle(log, burst=5, window=60.0)
+        """Lines about what was planted in the queue: a few a minute, however much is."""
+        self.given_up = 0
+        """Uploads given up because their file was deleted meanwhile."""
 
     def notify(self) -> None:
         """Something new is queued (called on the loop)."""
@@ -193,9 +225,10 @@ class Uploader:
                     for p in self.capture_dir.iterdir()
                     if _regular(p) and not p.name.startswith(".")
                 ),
-                key=lambda p: p.stat().st_mtime,
+                key=_mtime,
             )
-        return self.store.pictures() + stills + self.store.clips()
+        queue = self.store.pictures() + stills + self.store.clips()
+        return [p for p in queue if p.name not in self._refused]
 
     async def run(self) -> None:
         log.info(
@@ -211,6 +244,15 @@ class Uploader:
             await in_thread(self._warm_client)
         except Exception as exc:  # the first upload builds it again and says why
             log.debug("S3 client not ready yet: %s", exc)
+        try:
+            await self._drain()
+        except asyncio.CancelledError:
+            # The daemon stops, or uploads are set up anew: the upload under way gives up at
+            # its next chunk, and its file stays queued for the next start.
+            self._stopping.set()
+            raise
+
+    async def _drain(self) -> None:
         while True:
             self._wake.clear()
             queue = await asyncio.to_thread(self.pending)
@@ -275,66 +317,78 @@ class Uploader:
             raise UploadError(f"{path.name}: {type(exc).__name__}: {exc}") from None
 
     def _upload(self, path: Path) -> UploadEnded | None:
-        if not path.exists():
-            return None
-        if path.parent == self.capture_dir:
-            return self._put(
-                path,
-                path,
-                "image",
-                self.target.image_prefix,
-                path.name,
-                int(path.stat().st_mtime),
-                None,
+        try:
+            fd = open_ours(path)
+        except FileNotFoundError:
+            return None  # evicted or deleted since the listing
+        except NotOurFile as exc:
+            # Planted under one of our names (a link swapped in since the listing, a hard
+            # link, a FIFO): never read, and skipped from now on.
+            self._refused.add(path.name)
+            self._throttle(
+                logging.ERROR, "%s in the upload queue is %s: not uploaded", path, exc.strerror
             )
+            return None
+        try:
+            return self._upload_file(path, fd)
+        finally:
+            os.close(fd)
+
+    def _upload_file(self, path: Path, fd: int) -> UploadEnded | None:
+        if path.parent == self.capture_dir:
+            start = int(os.fstat(fd).st_mtime)
+            return self._put(path, fd, fd, "image", self.target.image_prefix, path.name, start)
         stem = path.name.split(".")[0]
         epoch = picture_epoch(path)
         if path.parent == self.store.directory and epoch is not None:
-            return self._put(
-                path, path, "image", self.target.image_prefix, path.name, epoch, "motion"
-            )
+            prefix = self.target.image_prefix
+            return self._put(path, fd, fd, "image", prefix, path.name, epoch, "motion")
         meta = self.store.meta(path)
         trigger = meta.get("trigger", "motion")
         start = int(meta.get("start_epoch", stem.split("-")[0]))
         facts = self._facts(meta)
         ext = self.target.video_format if path.suffix == ".mp4" else "h264"
-        body = path
+        body, remuxed = fd, None
         if ext == "h264" and path.suffix == ".mp4":
-            body = path.with_name(f".{path.name}.upload.h264")
+            remuxed = path.with_name(f".{path.name}.upload.h264")
             try:
-                _remux_to_annexb(path, body)
+                body = _remux_to_annexb(fd, remuxed)
             except (ValueError, IndexError, struct.error) as exc:
                 # Never let one damaged clip block the queue: send the MP4 itself.
                 log.error(
                     "%s cannot be remuxed to H.264 (%s): uploading the MP4 as it is", path.name, exc
                 )
-                body.unlink(missing_ok=True)
-                body, ext = path, "mp4"
+                remuxed.unlink(missing_ok=True)
+                body, remuxed, ext = fd, None, "mp4"
             except OSError as exc:
+                remuxed.unlink(missing_ok=True)
                 raise UploadError(f"{path.name}: cannot remux: {exc}") from None
         key_name = f"{stem}.motion.{ext}"
         try:
-            return self._put(
-                path, body, "video", self.target.video_prefix, key_name, start, trigger, facts
-            )
+            prefix = self.target.video_prefix
+            return self._put(path, fd, body, "video", prefix, key_name, start, trigger, facts)
         finally:
-            if body != path:
-                body.unlink(missing_ok=True)
+            if remuxed is not None:
+                os.close(body)
+                remuxed.unlink(missing_ok=True)
 
     def _put(
         self,
         path: Path,
-        body: Path,
+        fd: int,
+        body: int,
         kind: str,
         prefix: str,
         name: str,
         start: int,
-        trigger: str | None,
+        trigger: str | None = None,
         facts: dict[str, Any] | None = None,
-    ) -> UploadEnded:
+    ) -> UploadEnded | None:
+        """Upload ``body`` (a descriptor: the file ``fd`` of ``path``, or its remux)."""
         from boto3.exceptions import S3UploadFailedError
-        from boto3.s3.transfer import TransferConfig
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
         from botocore.exceptions import BotoCoreError, ClientError
+        from s3transfer.exceptions import CancelledError as TransferCancelled
 
         key = f"{prefix}/{self.target.thing}/{name}"
         extra: dict[str, Any] = {
@@ -355,13 +409,34 @@ class Uploader:
         config = TransferConfig(
             multipart_threshold=MULTIPART_BYTES,
             multipart_chunksize=8 * 1024 * 1024,
-            max_concurrency=2,
+            use_threads=False,  # in this daemon thread: a stop never waits for the upload
         )
-        size = body.stat().st_size
+
+        def unwanted() -> str | None:
+            # The upload thread, after each chunk: give up when the daemon stops or the
+            # file was deleted (from the page) since the upload began.
+            if self._stopping.is_set():
+                return "the daemon stops"
+            return "deleted" if os.fstat(fd).st_nlink == 0 else None
+
+        watch = _Watch(unwanted)
+        size = os.fstat(body).st_size
         try:
-            self._client_or_new().upload_file(
-                str(body), self.target.bucket, key, ExtraArgs=extra, Config=config
-            )
+            with create_transfer_manager(self._client_or_new(), config) as transfers:
+                # s3transfer opens the file by name for each part: /proc/self/fd/N names the
+                # file already opened (never a link swapped in under its name since).
+                transfers.upload(
+                    f"/proc/self/fd/{body}",
+                    self.target.bucket,
+                    key,
+                    extra_args=extra,
+                    subscribers=[watch],
+                ).result()
+        except TransferCancelled:
+            if watch.why == "deleted":
+                self.given_up += 1
+                log.info("%s was deleted: its upload stopped before it reached S3", path.name)
+            return None
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             raise UploadError(
@@ -377,8 +452,12 @@ class Uploader:
             raise UploadError(f"s3://{self.target.bucket}/{key}: {exc}") from None
         except PintheskyError as exc:  # credentials could not be refreshed
             raise UploadError(str(exc), identity=getattr(exc, "identity", False)) from None
-        # S3 has the object: only now may the local copy go.
-        self.store.remove(path, picture=False)
+        # S3 has the object: only now may the local copy go (unless it went already, or a
+        # new file took its name meanwhile).
+        if os.fstat(fd).st_nlink == 0:
+            log.info("%s was deleted as its upload ended: the copy in S3 stays", path.name)
+        elif _same_file(path, fd):
+            self.store.remove(path, picture=False)
         self.bytes_uploaded += size
         log.info("uploaded %s to s3://%s/%s (%d bytes)", path.name, self.target.bucket, key, size)
         return UploadEnded(
@@ -401,19 +480,41 @@ class Uploader:
         return facts
 
 
-def _remux_to_annexb(src: Path, dst: Path) -> None:
-    """Write the Annex-B stream of an MP4 clip next to it (no re-encoding, little memory)."""
-    with src.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        tmp = dst.with_name(dst.name + ".tmp")
-        units = 0
-        with tmp.open("wb") as out:
-            for unit in to_annexb(data):  # type: ignore[arg-type]
-                out.write(unit)
-                units += 1
+def _remux_to_annexb(src: int, dst: Path) -> int:
+    """Write the Annex-B stream of the MP4 clip open as ``src`` to the new file ``dst``
+    (no re-encoding, little memory); returns ``dst`` open for reading."""
+    dst.unlink(missing_ok=True)  # a leftover, or a link planted to be written through
+    out_fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with mmap.mmap(src, 0, access=mmap.ACCESS_READ) as data:
+            units = 0
+            with os.fdopen(os.dup(out_fd), "wb") as out:
+                for unit in to_annexb(data):  # type: ignore[arg-type]
+                    out.write(unit)
+                    units += 1
         if units == 0:
-            tmp.unlink()
             raise ValueError("no frame could be read")
-        os.replace(tmp, dst)
+    except BaseException:
+        os.close(out_fd)
+        raise
+    return out_fd
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:  # uploaded or deleted since the listing
+        return 0.0
 
 
 def _regular(path: Path) -> bool:

@@ -17,20 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from pinthesky import __version__
+from pinthesky.hardware.board import meminfo
 
 _SIOCGIFADDR = 0x8915
-
-
-def _meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("MemTotal", "MemFree", "MemAvailable"):
-                out[key] = int(rest.split()[0])
-    except (OSError, ValueError):
-        pass
-    return out
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -101,7 +90,7 @@ class Health:
         total, idle = _cpu_times()
         d_total, d_idle = total - self._cpu[0], idle - self._cpu[1]
         self._cpu = (total, idle)
-        mem = _meminfo()
+        mem = {k: v // 1024 for k, v in meminfo().items()}  # in kB, as the contract has it
         disk = os.statvfs("/")
         osr = _os_release()
         return {

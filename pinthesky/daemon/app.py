@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import signal
 import threading
@@ -51,6 +52,7 @@ from pinthesky.control.health import Health
 from pinthesky.control.shadow import RESTART_KEYS
 from pinthesky.errors import PintheskyError
 from pinthesky.eventfiles import Watcher, write_atomically
+from pinthesky.hardware.board import meminfo
 from pinthesky.live.mjpeg import MjpegBroadcaster
 from pinthesky.live.rtsp import RtspServer
 from pinthesky.live.session import LiveSessions
@@ -64,7 +66,7 @@ from pinthesky.record.bus import ClipReady, EventBus, ImageReady, MotionDetected
 from pinthesky.record.clips import ClipStore
 from pinthesky.record.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
 from pinthesky.record.recorder import Recorder
-from pinthesky.record.ring import PacketRing
+from pinthesky.record.ring import PacketRing, byte_caps
 from pinthesky.settings import MotionSettings, Resolution, Settings, flatten, live_size, merge
 
 log = logging.getLogger(__name__)
@@ -235,7 +237,8 @@ class Daemon:
         iperiod_s = s.camera.keyframe_seconds(float(info.framerate))
         interval_s = 1 / s.motion.analysis_fps
         retain = rec.pre_roll + s.motion.min_time + LOOKBACK_S + 2 * interval_s + iperiod_s
-        ring = PacketRing(round(retain * US), max_bytes=s.camera.buffer_size)
+        max_bytes, hard_max_bytes = self._ring_caps()
+        ring = PacketRing(round(retain * US), max_bytes=max_bytes, hard_max_bytes=hard_max_bytes)
         clock = Clock.now(monotonic_us())
         # Privacy masks and the timestamp are burnt into every frame the camera makes, and the
         # analysis ignores both.
@@ -296,6 +299,20 @@ class Daemon:
             s.storage.combine_dir,
         )
         await asyncio.to_thread(camera.start, ring, port, self.live)
+
+    def _ring_caps(self) -> tuple[int, int]:
+        """The pre-event buffer's byte caps: ``camera.buffer_size`` where set, never beyond
+        what this Pi's memory can spare (``ring.byte_caps``)."""
+        soft, hard = byte_caps(meminfo().get("MemTotal"))
+        asked = self.settings.camera.buffer_size
+        if asked is not None and asked > hard:
+            log.warning(
+                "camera.buffer_size %d is more than the %d bytes this Pi can spare for the "
+                "buffer (an eighth of its memory): capped",
+                asked,
+                hard,
+            )
+        return (soft if asked is None else min(asked, hard)), hard
 
     async def _stop_pipeline(self) -> None:
         """Stop taking frames, finish the open clip with what the ring holds, wait for the
@@ -759,7 +776,9 @@ async def _listening(server: Any, name: str, bind: str, port: int, without: str)
 def _write_still(directory: Path, name: str, data: bytes) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    if path.resolve().parent != directory.resolve():
+    # Its own name only, never through a link: a link planted under the name is replaced
+    # (write_atomically renames over it), not followed out of the directory.
+    if os.path.normpath(path.parent) != os.path.normpath(directory):
         raise PintheskyError(f"capture_image file_name {name!r}: outside {directory}")
     write_atomically(path, data, 0o644)
     return path

@@ -9,7 +9,17 @@ from: a ``destination`` elsewhere is refused, so the camera cannot be made to fl
 party), ``PLAY``, ``PAUSE``, ``TEARDOWN``, ``GET_PARAMETER`` and ``SET_PARAMETER`` as
 keep-alives. With ``http.password`` set every method but ``OPTIONS`` needs it, through
 Digest (preferred by FFmpeg and live555, the password never crosses the network) or Basic
-authentication, any user name.
+authentication, any user name; wrong passwords are slowed per address
+(``local/guard.PasswordGuard``, shared with the page).
+
+Hostile clients cannot shut the owner's player out. A request head must arrive whole within
+``HEAD_TIMEOUT_S`` of its first byte, and bytes that cannot begin one (garbage, a TLS hello,
+interleaved data before a session) are answered 400 at once. A connection that has not given
+the password (or, without one, holds no session) may stay idle ``UNTRUSTED_IDLE_S`` between
+requests. An address opens at most ``NEW_PER_SECOND`` connections a second (beyond a burst),
+and holds at most ``MAX_PER_ADDRESS`` connections; when its share or every
+slot is taken, the oldest such connection is closed to make room (one that never sent a whole
+request before one that did): only playing (or authenticated) clients keep their slots.
 
 Nothing here ever makes the camera, the recorder or the analysis wait: the source thread only
 wakes the loop (``PacketRing.on_packet``) while someone plays, and one callback on the loop
@@ -27,21 +37,25 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import enum
 import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import re
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
 from pinthesky.live.rtp import RtpStream, nal_units, parameter_sets, sdp
+from pinthesky.local.guard import ConnectionRate, PasswordGuard, client_key
+from pinthesky.logs import Throttle
 from pinthesky.media import Packet
 from pinthesky.record.ring import PacketRing
 from pinthesky.settings import RtspSettings
@@ -50,6 +64,20 @@ log = logging.getLogger(__name__)
 
 HEAD_LIMIT = 8 * 1024
 """Bytes of request line and headers accepted."""
+HEAD_TIMEOUT_S = 5.0
+"""A request head must arrive whole within this of its first byte."""
+MAX_PER_ADDRESS = 8
+"""Connections from one address at once: one machine flooding the port uses up its own share
+(an NVR needs one or two), never the owner's."""
+NEW_PER_SECOND, NEW_BURST = 10.0, 40
+"""New connections an address may open: 10 a second, 40 at once (a player opens one or two);
+beyond, a connection is closed before it is read."""
+UNTRUSTED_IDLE_S = 10.0
+"""How long a connection that has not given the password (without one: that holds no
+session) may stay silent between requests."""
+NONCE_LIFETIME_S = 120.0
+"""A Digest nonce is good for this long; then the client is told it is stale and takes a new
+one (FFmpeg and live555 do so without asking the user)."""
 MAX_HEADERS = 64
 BODY_LIMIT = 4096
 SESSION_TIMEOUT_S = 60.0
@@ -75,6 +103,8 @@ METHODS = (
 )
 _NOT_ALLOWED = ("ANNOUNCE", "RECORD", "REDIRECT")
 _TOKEN = re.compile(r"[A-Za-z_]{1,32}")
+_TOKEN_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_NONCE = re.compile(r"[0-9a-f]{56}")
 _NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() takes "²" too
 _AUTH_PARAM = re.compile(r'([A-Za-z]+)\s*=\s*(?:"([^"]*)"|([^\s,]*))')
 _REASONS = {
@@ -83,6 +113,7 @@ _REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Request Entity Too Large",
     451: "Parameter Not Understood",
     453: "Not Enough Bandwidth",
@@ -195,62 +226,110 @@ def _pair(text: str, low: int, high: int) -> tuple[int, int]:
     return a, b
 
 
-class Digest:
-    """Digest (RFC 2617, MD5, with or without ``qop=auth``) and Basic authentication.
+class Verdict(enum.Enum):
+    RIGHT = "right"
+    WRONG = "wrong"
+    STALE = "stale"
+    """The password was right, but for a nonce that expired or an answer already taken: the
+    client is asked to answer a new nonce, and it is no wrong password."""
 
-    Nonces are stateless: a random value and its HMAC under a key made at start, so a client
-    keeps using its nonce for as long as it plays and the server keeps nothing per nonce.
+
+class Digest:
+    """Digest (RFC 2617, MD5, ``qop=auth`` offered) and Basic authentication.
+
+    A nonce carries when it was made and the address it was given to, under an HMAC with a
+    key made at start, so the server keeps nothing per nonce. It works from that address only
+    and for ``NONCE_LIFETIME_S``; an answer must be for the URL of the request it comes with;
+    and each answer is taken once (clients using ``qop=auth`` count their requests, so every
+    answer differs; a captured one sent again is refused). Basic sends the password itself and
+    can always be replayed: it is for clients that know nothing else.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._key = secrets.token_bytes(32)
+        self._clock = clock
+        self._taken: dict[str, float] = {}
+        """Answers already accepted -> when their nonce expires (oldest first)."""
 
-    def challenge(self) -> list[str]:
+    def challenge(self, peer: str, stale: bool = False) -> list[str]:
+        issued = f"{int(self._clock()) & 0xFFFFFFFF:08x}"
         salt = secrets.token_hex(8)
-        mac = hmac.new(self._key, salt.encode(), hashlib.sha256).hexdigest()[:32]
+        nonce = f"{issued}{salt}{self._mac(issued + salt, peer)}"
         return [
-            f'Digest realm="{REALM}", nonce="{salt}{mac}", algorithm=MD5',
+            f'Digest realm="{REALM}", nonce="{nonce}", algorithm=MD5, qop="auth"'
+            + (", stale=TRUE" if stale else ""),
             f'Basic realm="{REALM}"',
         ]
 
-    def _nonce_ok(self, nonce: str) -> bool:
-        salt, mac = nonce[:16], nonce[16:]
-        want = hmac.new(self._key, salt.encode(), hashlib.sha256).hexdigest()[:32]
-        # Bytes, not str: compare_digest refuses non-ASCII text, and headers are any Latin-1.
-        return len(nonce) == 48 and hmac.compare_digest(mac.encode(), want.encode())
+    def _mac(self, text: str, peer: str) -> str:
+        return hmac.new(self._key, f"{text}|{peer}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def check(self, header: str, method: str, password: str) -> bool:
+    def _nonce(self, nonce: str, peer: str) -> Verdict:
+        """RIGHT for a nonce we gave ``peer`` that is still good, STALE for one that expired,
+        WRONG for any other."""
+        # Bytes, not str: compare_digest refuses non-ASCII text, and headers are any Latin-1.
+        if not _NONCE.fullmatch(nonce) or not hmac.compare_digest(
+            nonce[24:].encode(), self._mac(nonce[:24], peer).encode()
+        ):
+            return Verdict.WRONG
+        age = (int(self._clock()) - int(nonce[:8], 16)) & 0xFFFFFFFF
+        return Verdict.RIGHT if age <= NONCE_LIFETIME_S else Verdict.STALE
+
+    def check(self, header: str, method: str, url: str, password: str, peer: str) -> Verdict:
         scheme, _, rest = header.strip().partition(" ")
         if scheme.lower() == "basic":
             try:
                 decoded = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
-                return False
+                return Verdict.WRONG
             _, sep, given = decoded.partition(":")
-            return bool(sep) and hmac.compare_digest(given.encode(), password.encode())
+            right = bool(sep) and hmac.compare_digest(given.encode(), password.encode())
+            return Verdict.RIGHT if right else Verdict.WRONG
         if scheme.lower() != "digest":
-            return False
+            return Verdict.WRONG
         p: dict[str, str] = {}
         for m in _AUTH_PARAM.finditer(rest):
             p[m.group(1).lower()] = m.group(2) or m.group(3) or ""
         if not {"username", "nonce", "uri", "response"} <= p.keys():
-            return False
+            return Verdict.WRONG
         user, nonce, uri, given = p["username"], p["nonce"], p["uri"], p["response"]
-        if p.get("realm") != REALM or not self._nonce_ok(nonce):
-            return False
-        if p.get("algorithm", "MD5").upper() != "MD5":
-            return False
+        if p.get("realm") != REALM or p.get("algorithm", "MD5").upper() != "MD5":
+            return Verdict.WRONG
+        # The answer is for this request's URL (RFC 2617 3.2.2.5): one captured for another
+        # URL is no answer here.
+        if uri != url and uri != urlsplit(url).path:
+            return Verdict.WRONG
+        fresh = self._nonce(nonce, peer)
+        if fresh is Verdict.WRONG:
+            return Verdict.WRONG
         ha1 = _md5(f"{user}:{REALM}:{password}")
         ha2 = _md5(f"{method}:{uri}")
         qop = p.get("qop")
         if qop:
             if qop != "auth" or "nc" not in p or "cnonce" not in p:
-                return False
+                return Verdict.WRONG
             want = _md5(f"{ha1}:{nonce}:{p['nc']}:{p['cnonce']}:{qop}:{ha2}")
         else:
             want = _md5(f"{ha1}:{nonce}:{ha2}")
         # Compared in constant time: the answer must not tell how much of a guess was right.
-        return hmac.compare_digest(given.lower().encode(), want.encode())
+        if not hmac.compare_digest(given.lower().encode(), want.encode()):
+            return Verdict.WRONG
+        if fresh is Verdict.STALE or not self._take(want):
+            return Verdict.STALE
+        return Verdict.RIGHT
+
+    def _take(self, answer: str) -> bool:
+        """Record a right answer; False when it was taken before (a replay)."""
+        now = self._clock()
+        while self._taken:  # oldest first: drop what expired with its nonce
+            oldest = next(iter(self._taken))
+            if self._taken[oldest] > now:
+                break
+            del self._taken[oldest]
+        if answer in self._taken:
+            return False
+        self._taken[answer] = now + NONCE_LIFETIME_S
+        return True
 
 
 def _md5(text: str) -> str:
@@ -325,9 +404,22 @@ class Connection:
         peer = writer.get_extra_info("peername") or ("", 0)
         local = writer.get_extra_info("sockname") or ("0.0.0.0", 0)
         self.peer: str = peer[0]
+        self.address = client_key(self.peer)
+        """Who it counts as (``guard.client_key``)."""
         self.local: str = local[0]
         self.sessions: dict[str, Session] = {}
-        self.last_seen = time.monotonic()
+        self.last_seen = self.opened = time.monotonic()
+        self.requests = 0
+        self.closing = False
+        """Closed to make room, or refused: it holds no slot while its task ends."""
+        self.authenticated = False
+        """It gave the right password (never, without one: then it is trusted while it
+        holds a session)."""
+
+    @property
+    def trusted(self) -> bool:
+        """Whether it keeps its slot when every slot is taken."""
+        return self.authenticated or bool(self.sessions)
 
 
 class RtspServer:
@@ -348,6 +440,12 @@ class RtspServer:
         self._framerate = framerate
         self.session_timeout_s = session_timeout_s
         self._auth = Digest()
+        self.guard = PasswordGuard("rtsp")
+        self.rate = ConnectionRate(NEW_PER_SECOND, NEW_BURST)
+        self._flood_log = Throttle(log, burst=1, window=60.0)
+        """One line a minute about connections closed unread, and their count."""
+        self._throttle = Throttle(log, burst=10, window=60.0)
+        """Lines about clients: at most a few a minute, whatever they do."""
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[Any], Connection] = {}
         self.sessions: dict[str, Session] = {}
@@ -360,6 +458,7 @@ class RtspServer:
         self.requests = 0
         self.unauthorized = 0
         self.refused = 0
+        self.evicted = 0
         self.frames_sent = 0
         self.frames_dropped = 0
 
@@ -396,6 +495,7 @@ class RtspServer:
             self._tick.cancel()
             self._tick = None
         self._unhook()
+        self.guard.close()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
@@ -410,12 +510,23 @@ class RtspServer:
     # -- one connection ------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(writer)
+        if not self.rate.allow(conn.address):
+            # A flood from one machine: closed before anything is read, at almost no cost.
+            writer.transport.abort()
+            self._flood_log(logging.WARNING, "rtsp: %s opens connections too fast", conn.address)
+            return
         task = asyncio.current_task()
         assert task is not None
-        conn = Connection(writer)
         self._connections[task] = conn
         try:
-            if len(self._connections) > self.settings.max_clients * 2 + 8:
+            others = [c for c in self._connections.values() if not c.closing and c is not conn]
+            mine = [c for c in others if c.address == conn.address]
+            cap = self.settings.max_clients * 2 + 8
+            if (len(mine) >= MAX_PER_ADDRESS and not self._evict(mine)) or (
+                len(others) >= cap and not self._evict(others)
+            ):
+                conn.closing = True
                 await self._write(conn, "0", Response(503, body=b"too many connections\n"))
                 return
             await self._exchange(conn, reader)
@@ -429,7 +540,7 @@ class RtspServer:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await self._write(conn, "0", Response(exc.status, body=f"{exc}\n".encode()))
         except Exception:
-            log.exception("rtsp: a request failed")
+            self._throttle(logging.ERROR, "rtsp: a request failed", exc_info=True)
         finally:
             del self._connections[task]
             for sid in list(conn.sessions):
@@ -438,27 +549,41 @@ class RtspServer:
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
+    def _evict(self, among: Iterable[Connection]) -> bool:
+        """Close a connection ``among`` these that is not trusted (no password given, no
+        session) to make room: one that never sent a whole request first (a player sends its
+        first at once), the oldest first; False when every one is trusted."""
+        idle = [c for c in among if not c.trusted and not c.closing]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: (c.requests > 0, c.opened))
+        oldest.closing = True
+        oldest.writer.transport.abort()  # its read ends with a reset, like a client gone
+        self.evicted += 1
+        log.debug("rtsp: every connection slot taken; closed one from %s", oldest.peer)
+        return True
+
     async def _exchange(self, conn: Connection, reader: asyncio.StreamReader) -> None:
         while True:
+            idle = self.session_timeout_s if conn.trusted else UNTRUSTED_IDLE_S
             try:
-                first = await asyncio.wait_for(reader.readexactly(1), self.session_timeout_s)
+                first = await asyncio.wait_for(reader.readexactly(1), idle)
             except TimeoutError:
-                if time.monotonic() - conn.last_seen < self.session_timeout_s:
+                if conn.sessions and time.monotonic() - conn.last_seen < idle:
                     continue  # RTCP over UDP kept it alive
-                log.info(
-                    "rtsp: a client at %s sent nothing for %.0f s",
-                    conn.peer,
-                    self.session_timeout_s,
+                self._throttle(
+                    logging.INFO, "rtsp: a client at %s sent nothing for %.0f s", conn.peer, idle
                 )
                 return
             conn.last_seen = time.monotonic()
             if first == b"$":
                 # Interleaved data from the client (RTCP receiver reports): proof of life.
-                _, size = struct.unpack(">BH", await reader.readexactly(3))
-                await reader.readexactly(size)
+                if not conn.sessions:
+                    raise BadRequest("interleaved data before SETUP")
+                _, size = struct.unpack(">BH", await self._within(reader.readexactly(3)))
+                await self._within(reader.readexactly(size))
                 continue
-            rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WRITE_TIMEOUT_S)
-            method, url, version, headers = parse_head(first + rest)
+            method, url, version, headers = parse_head(await self._read_head(first, reader))
             cseq = headers.get("cseq", "")
             if not _NUMBER.fullmatch(cseq):
                 raise BadRequest("missing or malformed CSeq")
@@ -467,11 +592,37 @@ class RtspServer:
             length = headers.get("content-length", "0")
             if not _NUMBER.fullmatch(length) or int(length) > BODY_LIMIT:
                 raise BadRequest("body missing length or too large", 413)
-            body = await asyncio.wait_for(reader.readexactly(int(length)), WRITE_TIMEOUT_S)
+            body = await self._within(reader.readexactly(int(length)))
             self.requests += 1
+            conn.requests += 1
             request = Request(method, url, _stream_path(url), cseq, headers, body)
             response = await self._respond(conn, request)
             await self._write(conn, cseq, response)
+
+    async def _read_head(self, first: bytes, reader: asyncio.StreamReader) -> bytes:
+        """The request head that ``first`` begins, whole within ``HEAD_TIMEOUT_S``; bytes
+        that cannot begin a request line (a method token, then a space) are refused at once,
+        not after a time-out."""
+        deadline = asyncio.get_running_loop().time() + HEAD_TIMEOUT_S
+        head = first
+        while head[-1:] != b" ":
+            if head[-1] not in _TOKEN_BYTES or len(head) > 32:
+                raise BadRequest("not an RTSP request line")
+            head += await self._within(reader.readexactly(1), deadline)
+        if len(head) == 1:
+            raise BadRequest("not an RTSP request line")
+        return head + await self._within(reader.readuntil(b"\r\n\r\n"), deadline)
+
+    async def _within(self, read: Awaitable[bytes], deadline: float | None = None) -> bytes:
+        """``read``, if it completes by ``deadline`` (default: ``HEAD_TIMEOUT_S`` from now);
+        else the client is told (408) and the connection ends."""
+        loop = asyncio.get_running_loop()
+        left = HEAD_TIMEOUT_S if deadline is None else deadline - loop.time()
+        try:
+            return await asyncio.wait_for(read, max(0.0, left))
+        except TimeoutError:
+            why = f"the request did not arrive within {HEAD_TIMEOUT_S:.0f} s"
+            raise BadRequest(why, 408) from None
 
     async def _respond(self, conn: Connection, req: Request) -> Response:
         if req.method in _NOT_ALLOWED:
@@ -480,14 +631,9 @@ class RtspServer:
             return Response(501, {"Public": ", ".join(METHODS)})
         if req.method == "OPTIONS":
             return Response(200, {"Public": ", ".join(METHODS)})
-        password = self._password()
-        if password is not None and not self._auth.check(
-            req.headers.get("authorization", ""), req.method, password
-        ):
-            self.unauthorized += 1
-            if "authorization" in req.headers:
-                log.warning("rtsp: a wrong password from %s", conn.peer)
-            return Response(401, {"WWW-Authenticate": "\n".join(self._auth.challenge())})
+        refusal = await self._authenticate(conn, req)
+        if refusal is not None:
+            return refusal
         if req.method == "SETUP":
             return await self._setup(conn, req)
         handler = {
@@ -499,6 +645,32 @@ class RtspServer:
             "SET_PARAMETER": self._parameter,
         }[req.method]
         return handler(conn, req)
+
+    async def _authenticate(self, conn: Connection, req: Request) -> Response | None:
+        """None when the request may go on; else the answer: 401 (a wrong password's held
+        back by the guard), or 503 while the address is slowed down."""
+        password = self._password()
+        if password is None:
+            return None
+        header = req.headers.get("authorization")
+        stale = False
+        if header is not None:
+            wait = self.guard.wait(conn.peer)
+            if wait > 0:
+                # Not even checked: a right guess now would tell a guesser it was right.
+                text = f"too many wrong passwords: try again in {wait:.0f} s\n"
+                return Response(503, {"Retry-After": str(math.ceil(wait))}, text.encode())
+            verdict = self._auth.check(header, req.method, req.url, password, conn.peer)
+            if verdict is Verdict.RIGHT:
+                self.guard.passed(conn.peer)
+                conn.authenticated = True
+                return None
+            stale = verdict is Verdict.STALE
+            if not stale:
+                await asyncio.sleep(self.guard.failed(conn.peer))
+        self.unauthorized += 1
+        challenge = self._auth.challenge(conn.peer, stale)
+        return Response(401, {"WWW-Authenticate": "\n".join(challenge)})
 
     # -- methods -------------------------------------------------------------------------------
 
@@ -529,7 +701,8 @@ class RtspServer:
             return Response(461)
         if len(self.sessions) >= self.settings.max_clients:
             self.refused += 1
-            log.info(
+            self._throttle(
+                logging.INFO,
                 "rtsp: refused a client at %s: %d already watch",
                 conn.peer,
                 self.settings.max_clients,
@@ -543,7 +716,7 @@ class RtspServer:
             try:
                 session.udp = await self._open_udp(conn)
             except OSError as exc:
-                log.warning("rtsp: no UDP ports for a client: %s", exc)
+                self._throttle(logging.WARNING, "rtsp: no UDP ports for a client: %s", exc)
                 return Response(461)
             rtp_port = session.udp[0].get_extra_info("sockname")[1]
             a, b = transport.client_ports
@@ -579,7 +752,8 @@ class RtspServer:
         self.sessions[session.id] = session
         conn.sessions[session.id] = session
         self._start_ticking()
-        log.info(
+        self._throttle(
+            logging.INFO,
             "rtsp: %s set up a stream over %s (%d watching)",
             conn.peer,
             "TCP" if session.transport.tcp else "UDP",
@@ -649,7 +823,8 @@ class RtspServer:
             return
         session.conn.sessions.pop(sid, None)
         session.close()
-        log.info(
+        self._throttle(
+            logging.INFO,
             "rtsp: a stream to %s ended (%d frames sent, %d dropped; %d watching)",
             session.conn.peer,
             session.frames_sent,
@@ -725,7 +900,7 @@ class RtspServer:
         now = time.monotonic()
         for session in list(self.sessions.values()):
             if now - session.conn.last_seen > self.session_timeout_s:
-                log.info("rtsp: the stream to %s timed out", session.conn.peer)
+                self._throttle(logging.INFO, "rtsp: the stream to %s timed out", session.conn.peer)
                 self._end_session(session.id)
                 session.conn.writer.close()
         if not self.sessions:
@@ -766,7 +941,8 @@ class RtspServer:
             session.need_key = True
             session.stalled_since = session.stalled_since or now
             if now - session.stalled_since > STALL_TIMEOUT_S:
-                log.info(
+                self._throttle(
+                    logging.INFO,
                     "rtsp: %s took nothing for %.0f s: disconnected",
                     session.conn.peer,
                     STALL_TIMEOUT_S,

@@ -15,17 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pinthesky.control.controller import Host as ControlHost
-from pinthesky.eventfiles import write_atomically
+from pinthesky.eventfiles import NotOurFile, read_ours, write_atomically
 from pinthesky.installer.onpi import merge_toml
 from pinthesky.settings import (
+    MAX_LOCAL_BYTES,
     OPTION_BY_KEY,
     PAGE_KEYS,
     Rect,
@@ -181,6 +180,7 @@ class LocalApi:
             raise ApiError(400, 'send {"section": {"name": value}} with the settings to change')
         changes: dict[str, Any] = {}
         errors: list[str] = []
+        unknown = False
         for section, values in body.items():
             if not isinstance(values, dict):
                 errors.append(f"{str(section)[:40]}: must be an object of settings")
@@ -188,18 +188,19 @@ class LocalApi:
             for name, value in values.items():
                 key = f"{section}.{name}"
                 if key not in PAGE_KEYS:
+                    unknown = True
                     where = "unknown setting" if key not in OPTION_BY_KEY else "not changeable here"
-                    errors.append(
-                        f"{key[:80]}: {where} (the page may change {', '.join(PAGE_KEYS)})"
-                    )
+                    errors.append(f"{key[:80]}: {where}")
                 else:
                     changes[key] = value
+        if unknown:  # said once, not once per key: the answer stays small whatever is sent
+            errors.append(f"the page may change {', '.join(PAGE_KEYS)}")
         async with self._lock:  # one change at a time, in order, like shadow documents
             if not errors:
                 _, errors = merge(self.daemon.settings, changes, "page")
             if errors:
                 # All or nothing: a form is sent whole, and half of it applied would surprise.
-                return 400, {"error": errors[0], "errors": errors}
+                return 400, {"error": errors[0], "errors": _first(errors)}
             applied = await self.daemon.reconfigure(changes, "page")
             saved = await asyncio.to_thread(self._persist, changes) if applied else True
             if applied and self.daemon.control is not None:
@@ -275,7 +276,7 @@ class LocalApi:
             if m is None:
                 continue
             with contextlib.suppress(OSError):
-                st = path.stat()
+                st = path.lstat()
                 start = int(m.group(1))
                 thumb = store.picture(path)
                 entry = {
@@ -300,12 +301,26 @@ class LocalApi:
         return 200, {"deleted": path.name}
 
 
+MAX_ERRORS = 20
+"""Problems listed in one answer; the rest are counted."""
+
+
+def _first(errors: list[str]) -> list[str]:
+    if len(errors) <= MAX_ERRORS:
+        return errors
+    return [*errors[: MAX_ERRORS - 1], f"and {len(errors) - MAX_ERRORS + 1} more problems"]
+
+
 def _read_regular(path: Path) -> str:
-    """The file's text, or "" when there is none; refuses anything but a regular file."""
+    """The file's text, or "" when there is none of ours: a link (or anything but a regular
+    file) planted under its name is not read, and the file written in its place replaces it."""
     try:
-        st = os.lstat(path)
+        data, size = read_ours(path, MAX_LOCAL_BYTES + 1)
     except FileNotFoundError:
         return ""
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(f"{path} is not a regular file")
-    return path.read_text(encoding="utf-8", errors="replace")
+    except NotOurFile as exc:
+        log.warning("page: %s is %s: replaced by the page's own file", path, exc.strerror)
+        return ""
+    if size > MAX_LOCAL_BYTES:
+        raise OSError(f"{path} is larger than {MAX_LOCAL_BYTES} bytes")
+    return data.decode("utf-8", errors="replace")

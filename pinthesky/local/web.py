@@ -14,17 +14,22 @@ Plain HTTP/1.1 on asyncio streams, on the daemon's loop; one request per connect
 - ``GET /app.js``: the page's script (``local/script.py``);
 - ``/api/...``: the control API (``local/api.py``).
 
-With ``http.password`` set every request needs HTTP basic auth (any user name). A request that
+Every request must name the camera in its ``Host`` header (its addresses, ``localhost``, its
+host name, ``HOSTNAME.local`` or one of ``http.host_names``: ``guard.HostNames``), so that a
+page on another site cannot read the camera through a name of its own (DNS rebinding). With
+``http.password`` set every request needs HTTP basic auth (any user name); wrong passwords
+are slowed per address (``guard.PasswordGuard``). A request that
 changes something (``PATCH``, ``POST``, ``DELETE``, only under ``/api/``) also needs a password
 to be set at all (without one the API is read-only), must come from this page (``Origin`` and
 ``Sec-Fetch-Site``, when the browser sends them) and carries at most ``MAX_BODY`` bytes of JSON.
 
 The server never blocks the loop on the disk (files are read on a worker thread) or on a client
 (every read and write has a timeout). Hostile clients: a request head must arrive whole within
-``HEAD_TIMEOUT_S``; when every connection slot is taken, the connection that has waited longest
-for its head is closed to make room (idle and trickling connections cannot lock others out);
-an MJPEG viewer gets a picture only when the previous one has left, and is dropped once it has
-taken none for ``VIEWER_STALL_S``.
+``HEAD_TIMEOUT_S``; an address opens at most ``NEW_PER_SECOND`` connections a second (beyond a
+burst) and holds at most ``MAX_PER_ADDRESS``; when its share or every connection slot is taken,
+the connection (of that address) that has waited longest for its head is closed to make room
+(idle and trickling connections cannot lock others out); an MJPEG viewer gets a picture only
+when the previous one has left, and is dropped once it has taken none for ``VIEWER_STALL_S``.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -48,8 +55,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pinthesky.eventfiles import open_ours
 from pinthesky.live.mjpeg import MjpegBroadcaster
 from pinthesky.local.api import LocalApi
+from pinthesky.local.guard import ConnectionRate, HostNames, PasswordGuard, client_key
 from pinthesky.local.page import ClipEntry, render
 from pinthesky.local.script import SCRIPT
+from pinthesky.logs import Throttle
 from pinthesky.record.clips import ClipStore
 from pinthesky.settings import HttpSettings, Resolution
 
@@ -62,6 +71,12 @@ HEAD_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 20.0
 MAX_CONNECTIONS = 64
+MAX_PER_ADDRESS = 16
+"""Connections from one address at once: a browser opens six at most, so one machine flooding
+the port uses up its own share, never the owner's."""
+NEW_PER_SECOND, NEW_BURST = 20.0, 100
+"""New connections an address may open: 20 a second, 100 at once (the page with its script,
+pictures and live view is about 20); beyond, a connection is closed before it is read."""
 MAX_BODY = 64 * 1024
 """Bytes of a request's JSON body accepted (a settings change is a few hundred)."""
 VIEWER_STALL_S = 10.0
@@ -73,7 +88,8 @@ _DIGITS = 18
 PAGE_CLIPS = 12
 FILE_CHUNK = 256 * 1024
 BOUNDARY = "FRAME"
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # ASCII digits: \d takes "²" too
+_LENGTH = re.compile(r"[0-9]{1,9}")
 _REASONS = {
     200: "OK",
     206: "Partial Content",
@@ -87,6 +103,7 @@ _REASONS = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
+    429: "Too Many Requests",
     503: "Service Unavailable",
 }
 _SECURITY = {
@@ -105,6 +122,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]
+    version: str = "HTTP/1.1"
 
 
 class Unsatisfiable(ValueError):
@@ -139,6 +157,11 @@ def _position(digits: str) -> int:
     return int(digits) if len(digits.lstrip("0")) <= _DIGITS else 10**_DIGITS
 
 
+_SINGLE = ("host", "content-length", "authorization")
+"""Headers a request may carry once: two of them would let a proxy and this server read two
+different requests out of one."""
+
+
 def parse_head(head: bytes) -> Request | None:
     """The request line and headers; None if they are not HTTP/1.x."""
     try:
@@ -159,9 +182,11 @@ def parse_head(head: bytes) -> Request | None:
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip():
             return None
+        if name.lower() in _SINGLE and name.lower() in headers:
+            return None
         headers[name.lower()] = value.strip()
     url = urlsplit(target)
-    return Request(method, url.path, parse_qs(url.query), headers)
+    return Request(method, url.path, parse_qs(url.query), headers, parts[2])
 
 
 class WebServer:
@@ -185,12 +210,23 @@ class WebServer:
         self._live_size = live_size
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
-        self._waiting: dict[asyncio.StreamWriter, float] = {}
-        """Connections still sending their request head -> when they came."""
+        self._waiting: dict[asyncio.StreamWriter, tuple[float, str]] = {}
+        """Connections still sending their request head -> when they came, and from where."""
+        self._counted: dict[asyncio.StreamWriter, str] = {}
+        """Connections that hold a slot (not those closed to make room) -> their address."""
+        self._per_address: Counter[str] = Counter()
         self.api = api
+        self.guard = PasswordGuard("http")
+        self.rate = ConnectionRate(NEW_PER_SECOND, NEW_BURST)
+        self._flood_log = Throttle(log, burst=1, window=60.0)
+        """One line a minute about connections closed unread, and their count."""
+        self.hosts = HostNames(settings.host_names)
+        self._throttle = Throttle(log, burst=5, window=60.0)
+        """Lines about clients: at most a few a minute, whatever they send."""
         self.port: int | None = None
         self.requests = 0
         self.unauthorized = 0
+        self.wrong_host = 0
         self.evicted = 0
         self.dropped_viewers = 0
         self.cross_origin = 0
@@ -214,6 +250,7 @@ class WebServer:
         if self._server is not None:
             self._server.close()
         await self.mjpeg.close()
+        self.guard.close()
         for task in list(self._clients):
             task.cancel()
         if self._clients:
@@ -227,14 +264,27 @@ class WebServer:
     # -- one connection ------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = client_key((writer.get_extra_info("peername") or ("",))[0])
+        if not self.rate.allow(address):
+            # A flood from one machine: closed before anything is read, at almost no cost.
+            writer.transport.abort()
+            self._flood_log(logging.WARNING, "http: %s opens connections too fast", address)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
+        self._counted[writer] = address
+        self._per_address[address] += 1
         try:
-            if len(self._clients) > MAX_CONNECTIONS and not self._evict_oldest_waiting():
+            if self._per_address[address] > MAX_PER_ADDRESS and not self._evict_waiting(address):
+                self._uncount(writer)
+                await self._error(writer, 503, "too many connections from this address")
+                return
+            if len(self._counted) > MAX_CONNECTIONS and not self._evict_waiting():
+                self._uncount(writer)
                 await self._error(writer, 503, "too many connections")
                 return
-            self._waiting[writer] = asyncio.get_running_loop().time()
+            self._waiting[writer] = (asyncio.get_running_loop().time(), address)
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
             finally:
@@ -250,25 +300,36 @@ class WebServer:
             # cancellation of a connection's task as an error.
             pass
         except Exception:
-            log.exception("http: a request failed")
+            self._throttle(logging.ERROR, "http: a request failed", exc_info=True)
         finally:
             self._clients.discard(task)
             self._waiting.pop(writer, None)
+            self._uncount(writer)
             writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
-    def _evict_oldest_waiting(self) -> bool:
-        """Close the connection that has waited longest for its request head; False when
-        every connection is busy with a request (those end on their own timeouts)."""
-        if not self._waiting:
+    def _evict_waiting(self, address: str | None = None) -> bool:
+        """Close the connection (from ``address``, or any) that has waited longest for its
+        request head; False when there is none (the others are busy with a request, and end
+        on their own timeouts)."""
+        waiting = [w for w, (_, a) in self._waiting.items() if address in (None, a)]
+        if not waiting:
             return False
-        oldest = min(self._waiting, key=self._waiting.__getitem__)
+        oldest = min(waiting, key=lambda w: self._waiting[w][0])
         del self._waiting[oldest]
+        self._uncount(oldest)  # its slot is free now, though its task ends a moment later
         oldest.transport.abort()  # its read ends with a reset, like a client that went away
         self.evicted += 1
         log.debug("http: every connection slot taken; closed one still sending its head")
         return True
+
+    def _uncount(self, writer: asyncio.StreamWriter) -> None:
+        address = self._counted.pop(writer, None)
+        if address is not None:
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
 
     async def _exchange(
         self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -278,14 +339,21 @@ class WebServer:
         if request is None:
             await self._error(writer, 400, "not an HTTP/1.x request")
             return
-        if not self._authorized(request):
-            self.unauthorized += 1
-            await self._send(
-                writer,
-                401,
-                {"WWW-Authenticate": 'Basic realm="pinthesky", charset="UTF-8"'},
-                b"password required\n",
+        host = request.headers.get("host")
+        if host is None and request.version != "HTTP/1.0":
+            await self._error(writer, 400, "a Host header is required")
+            return
+        if host is not None and not self.hosts.allowed(host):
+            self.wrong_host += 1
+            self._throttle(
+                logging.WARNING,
+                "http: refused a request for %r: not a name of this camera (add it to "
+                "http.host_names if it is yours)",
+                host[:80],
             )
+            await self._error(writer, 403, f"this camera is not {host[:80]!r}")
+            return
+        if not await self._authorized(writer, request):
             return
         path = request.path
         if path.startswith("/api/"):
@@ -314,20 +382,34 @@ class WebServer:
         else:
             await self._error(writer, 404, "not found")
 
-    def _authorized(self, request: Request) -> bool:
+    async def _authorized(self, writer: asyncio.StreamWriter, request: Request) -> bool:
+        """Whether the request may go on; when not, it has been answered (401, or 429 while
+        its address is slowed down for wrong passwords)."""
         password = self.settings.password
         if password is None:
             return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        _, sep, given = decoded.partition(":")
-        # Compared in constant time: the answer must not tell how much of a guess was right.
-        return bool(sep) and hmac.compare_digest(given.encode(), password.encode())
+        header = request.headers.get("authorization")
+        if header is not None:
+            address = (writer.get_extra_info("peername") or ("",))[0]
+            wait = self.guard.wait(address)
+            if wait > 0:
+                # Not even checked: a right guess now would tell a guesser it was right.
+                text = f"too many wrong passwords from {address}: try again in {wait:.0f} s\n"
+                headers = {"Retry-After": str(math.ceil(wait)), "Content-Type": "text/plain"}
+                await self._send(writer, 429, headers, text.encode())
+                return False
+            if _basic_password_is(header, password):
+                self.guard.passed(address)
+                return True
+            await asyncio.sleep(self.guard.failed(address))
+        self.unauthorized += 1
+        await self._send(
+            writer,
+            401,
+            {"WWW-Authenticate": 'Basic realm="pinthesky", charset="UTF-8"'},
+            b"password required\n",
+        )
+        return False
 
     # -- routes --------------------------------------------------------------------------------
 
@@ -343,7 +425,7 @@ class WebServer:
         entries = []
         for path in reversed(self.store.clips()[-PAGE_CLIPS:]):
             with contextlib.suppress(OSError, ValueError):
-                size = path.stat().st_size
+                size = path.lstat().st_size
                 entries.append(
                     ClipEntry(path.name, int(path.name.split(".")[0].split("-")[0]), size)
                 )
@@ -400,7 +482,7 @@ class WebServer:
         if "transfer-encoding" in headers:
             raise _BodyError(411, "send the body with a Content-Length")
         raw = headers.get("content-length", "0")
-        if not raw.isdigit() or len(raw) > 9:
+        if not _LENGTH.fullmatch(raw):  # ASCII: str.isdigit() takes "²", which int() refuses
             raise _BodyError(400, "bad Content-Length")
         length = int(raw)
         if length > MAX_BODY:
@@ -516,7 +598,9 @@ class WebServer:
                     # that takes nothing for long go, so that it frees its slot.
                     if loop.time() - taken > VIEWER_STALL_S:
                         self.dropped_viewers += 1
-                        log.info("http: dropped an MJPEG viewer that stopped reading")
+                        self._throttle(
+                            logging.INFO, "http: dropped an MJPEG viewer that stopped reading"
+                        )
                         return
                     continue
                 taken = loop.time()
@@ -566,6 +650,20 @@ class WebServer:
     async def _error(self, writer: asyncio.StreamWriter, status: int, text: str) -> None:
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         await self._send(writer, status, headers, (text + "\n").encode())
+
+
+def _basic_password_is(header: str, password: str) -> bool:
+    """Whether a Basic ``Authorization`` header carries ``password`` (any user name)."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    _, sep, given = decoded.partition(":")
+    # Compared in constant time: the answer must not tell how much of a guess was right.
+    return bool(sep) and hmac.compare_digest(given.encode(), password.encode())
 
 
 class _BodyError(Exception):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pinthesky.errors import ClipStoreError
+from pinthesky.eventfiles import read_ours
 from pinthesky.media import US, Packet, StreamInfo, has_parameter_sets
 from pinthesky.record.mp4 import TIMESCALE, FragmentedMp4Writer
 
@@ -337,6 +338,8 @@ class ClipWriter:
 
 
 META = ".json"
+META_LIMIT = 64 * 1024
+"""Largest clip metadata read (the recorder writes a few hundred bytes)."""
 
 
 def picture_path(clip: Path) -> Path:
@@ -511,12 +514,14 @@ class ClipStore:
         return saved
 
     def meta(self, clip: Path) -> dict[str, Any]:
-        """What the recorder knew about a clip (its trigger); empty if nothing was kept."""
+        """What the recorder knew about a clip (its trigger); empty if nothing was kept, or
+        if a link or anything but a small file of ours sits under its name."""
         try:
-            data = json.loads(_meta_path(clip).read_text())
-        except (OSError, ValueError):
+            data, size = read_ours(_meta_path(clip), META_LIMIT + 1)
+            doc = json.loads(data) if size <= META_LIMIT else None
+        except (OSError, ValueError, RecursionError):
             return {}
-        return data if isinstance(data, dict) else {}
+        return doc if isinstance(doc, dict) else {}
 
     def remove(self, clip: Path, picture: bool = True) -> None:
         """Delete a clip and what is kept beside it (after upload, or on eviction).
@@ -552,7 +557,8 @@ class ClipStore:
         found = []
         for entry in os.scandir(self.directory):
             m = _PICTURE.match(entry.name)
-            if m and entry.is_file():
+            # Not through a link: one planted under a picture's name would be uploaded.
+            if m and int(m.group(1)) <= MAX_EPOCH and entry.is_file(follow_symlinks=False):
                 found.append((int(m.group(1)), int(m.group(2) or 0), Path(entry.path)))
         return [p for *_, p in sorted(found)]
 

@@ -27,6 +27,19 @@ from pinthesky.media import US, Packet
 log = logging.getLogger(__name__)
 
 
+HARD_MAX_BYTES = 256 * 1024 * 1024
+"""The most the ring ever holds, on a Pi with memory to spare."""
+
+
+def byte_caps(mem_total: int | None) -> tuple[int, int]:
+    """The ring's byte caps on a machine with ``mem_total`` bytes of memory: what it keeps of
+    pre-roll (``max_bytes``), and what it holds at most while a clip writer falls behind
+    (``hard_max_bytes``). An eighth of the memory at most: 54 MB on a Pi Zero (about 430 MB
+    for Linux), where 256 MB would be more than half of it."""
+    hard = HARD_MAX_BYTES if mem_total is None else min(HARD_MAX_BYTES, mem_total // 8)
+    return hard // 2, hard
+
+
 @dataclass(frozen=True, slots=True)
 class RingStats:
     packets: int
@@ -50,7 +63,7 @@ class PacketRing:
         self,
         retain_us: int,
         max_bytes: int | None = None,
-        hard_max_bytes: int = 256 * 1024 * 1024,
+        hard_max_bytes: int = HARD_MAX_BYTES,
     ) -> None:
         self.retain_us = retain_us
         self.max_bytes = max_bytes
@@ -121,7 +134,8 @@ class PacketRing:
             if over_bytes and not over_time and not self._shortened_logged:
                 self._shortened_logged = True
                 log.warning(
-                    "buffer-size %d bytes holds less than the %.1f s pre-roll: clips start later",
+                    "the buffer's %d bytes (--buffer-size, or the memory this Pi can spare) "
+                    "hold less than the %.1f s pre-roll: clips start later",
                     self.max_bytes,
                     self.retain_us / US,
                 )
