@@ -649,7 +649,7 @@ OPTIONS: tuple[Option, ...] = (
         "camera.timestamp_size",
         "--timestamp-size",
         _text_size,
-        None,
+        "auto",
         "height of the timestamp in pixels of the picture; auto is a 24th of its height",
     ),
     Option(
@@ -1490,6 +1490,7 @@ def add_arguments(
     for opt in OPTIONS:
         if opt.flag is None or not keys(opt.key):
             continue
+        text = opt.help.replace("%", "%%")  # argparse formats help with %: a strftime example
         section = opt.key.split(".")[0]
         group = groups.get(section) or parser.add_argument_group(section)
         groups[section] = group
@@ -1497,21 +1498,21 @@ def add_arguments(
         kwargs: dict[str, Any] = {"dest": opt.key, "default": argparse.SUPPRESS}
         if opt.switch:
             group.add_argument(
-                opt.flag, action="store_const", const=not opt.invert, help=opt.help, **kwargs
+                opt.flag, action="store_const", const=not opt.invert, help=text, **kwargs
             )
         elif opt.key in ("motion.mask_rects", "camera.privacy_masks"):
             group.add_argument(
-                opt.flag, action="append", metavar="X,Y,W,H", help=opt.help, **kwargs
+                opt.flag, action="append", metavar="X,Y,W,H", help=text, **kwargs
             )
         elif opt.key == "camera.timestamp":
             group.add_argument(
-                opt.flag, nargs="?", const="on", metavar="FORMAT", help=opt.help, **kwargs
+                opt.flag, nargs="?", const="on", metavar="FORMAT", help=text, **kwargs
             )
         else:
             group.add_argument(
                 opt.flag,
                 metavar=opt.metavar or opt.flag.lstrip("-").upper(),
-                help=opt.help + default,
+                help=text + default.replace("%", "%%"),
                 **kwargs,
             )
 
