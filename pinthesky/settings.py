@@ -1501,9 +1501,7 @@ def add_arguments(
                 opt.flag, action="store_const", const=not opt.invert, help=text, **kwargs
             )
         elif opt.key in ("motion.mask_rects", "camera.privacy_masks"):
-            group.add_argument(
-                opt.flag, action="append", metavar="X,Y,W,H", help=text, **kwargs
-            )
+            group.add_argument(opt.flag, action="append", metavar="X,Y,W,H", help=text, **kwargs)
         elif opt.key == "camera.timestamp":
             group.add_argument(
                 opt.flag, nargs="?", const="on", metavar="FORMAT", help=text, **kwargs
