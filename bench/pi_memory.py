@@ -14,7 +14,8 @@ sidecar stays at or under 40 MB on either MQTT transport.
   through it, then VmRSS and VmHWM after 10 s. ``paho`` is what every 32-bit Pi runs.
 
 ``zero_w_left_mb`` is 512 MB less the camera's CMA reserve (64 MB on a Pi Zero, see
-README) less the daemon's peak and the paho sidecar's: what the OS and everything else share.
+docs/cameras.md) less the daemon's peak and the paho sidecar's: what the OS and everything
+else share.
 These are x86-64 figures: on 32-bit Raspberry Pi OS pointers and Python objects are smaller,
 so a Pi Zero W's own figures should be lower (not measured here: no hardware).
 

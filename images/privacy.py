@@ -1,5 +1,5 @@
 """Draw a frame of real footage with a privacy mask and the timestamp burnt in, as the camera
-records it, to ``images/privacy.jpg`` (the README shows it).
+records it, to ``images/privacy.jpg`` (the README opens with it).
 
 The footage is the walkers of Debian's ``opencv-doc`` ``vtest.avi`` (fetched once by
 ``tests/footage.py``), scaled to 640x480; the mask hides the shop window at the top right, as

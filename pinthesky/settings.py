@@ -548,7 +548,7 @@ OPTIONS: tuple[Option, ...] = (
         _bitrate,
         "auto",
         "H.264 bitrate in bits per second, or auto: chosen from the resolution and framerate "
-        "(see the README's table)",
+        "(see docs/bitrate.md)",
     ),
     Option(
         "camera.encoding_profile", "--encoding-profile", _choice(*PROFILES), "high", "H.264 profile"
@@ -1924,7 +1924,7 @@ def live_size(live: LiveSettings, camera: Resolution) -> Resolution:
 
 
 # -- auto bitrate ----------------------------------------------------------------------------
-# Measured with bench/bitrate.py --curves (the README's "Bitrate" section has the curves): real
+# Measured with bench/bitrate.py --curves (docs/bitrate.md has the curves): real
 # footage encoded as the Pi encodes (libx264 superfast, High profile, no B-frames, a keyframe a
 # second, the bitrate held by the VBV) reaches SSIM 0.98 against its source, the knee of every
 # curve, at about 2 Mb/s for the hardest scene (a tree in wind) at 640x480 and 15 fps. Beyond

@@ -227,7 +227,7 @@ def test_a_refused_call_is_one_line_naming_it(aws, monkeypatch):
         Alerts(session, REGION, BUCKET).apply(AlertOptions(emails=("me@example.com",)))
     text = str(refused.value)
     assert text.startswith("GetTopicAttributes failed: AccessDenied") and "\n" not in text
-    assert "README" in text
+    assert "docs/alerts.md" in text
     # The lifecycle came first (S3 rights were there); an install that asks nothing of the
     # alerts is not stopped by the missing SNS rights.
     quiet = Alerts(session, REGION, BUCKET).apply(AlertOptions())

@@ -157,3 +157,43 @@ def test_every_setting_the_documents_name_exists() -> None:
                         wrong.append(f"{doc.name}: [{section}] {pair.group(1)}")
     assert not wrong, "\n".join(wrong)
     assert seen > 20  # the documents were read
+
+
+def test_the_documents_say_what_is_true_now_without_commit_ids_or_our_issue_numbers() -> None:
+    """Commit ids and our issue numbers go stale; another project's issue is named with it."""
+    found = []
+    for doc in DOCUMENTS:
+        text = doc.read_text()
+        for word in re.findall(r"(?<![\w/.-])[0-9a-f]{7,40}(?![\w/.-])", text):
+            if re.search(r"[a-f]", word) and re.search(r"[0-9]", word):
+                found.append(f"{doc.name}: {word}")
+        for before, number in re.findall(r"(\S+)\s+issues?\s+#?(\d+)", text, re.I):
+            if before.lower() not in ("picamera2", "libcamera", "frigate", "motioneye"):
+                found.append(f"{doc.name}: {before} issue {number}")
+        found += [f"{doc.name}: #{n}" for n in re.findall(r"(?<![\w&])#(\d+)\b", text)]
+    assert not found, "\n".join(found)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_in_the_documents_leads_somewhere() -> None:
+    broken, seen = [], 0
+    for doc in DOCUMENTS:
+        text = doc.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            seen += 1
+            path, _, anchor = target.partition("#")
+            where = (doc.parent / path) if path else doc
+            if not where.exists():
+                broken.append(f"{doc.name}: {target}")
+            elif anchor and where.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", where.read_text(), re.M)
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{doc.name}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+    assert seen > 20

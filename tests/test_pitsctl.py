@@ -242,7 +242,7 @@ def test_missing_aws_permissions_are_one_line_and_a_rerun_repairs(
                                "--bucket", "cams")  # fmt: skip
     assert code == 1
     line = err.strip().splitlines()[-1]
-    assert line.startswith("pitsctl: GetRole failed: AccessDenied") and "README" in line
+    assert line.startswith("pitsctl: GetRole failed: AccessDenied") and "docs/cloud.md" in line
     assert not (target / "etc/pinthesky/pinthesky.toml").exists()  # stopped before the Pi
     assert (target / "etc/pinthesky/certs/thing.key").exists()  # kept for the re-run
     key_before = (target / "etc/pinthesky/certs/thing.key").read_bytes()

@@ -309,7 +309,7 @@ def test_missing_permissions_are_one_message_and_a_rerun_repairs(aws, monkeypatc
     with pytest.raises(ProvisionError) as refused:
         Provisioner(session, names).install(csr_pem("cam-a"))
     text = str(refused.value)
-    assert "\n" not in text and "README" in text
+    assert "\n" not in text and "docs/cloud.md" in text
     assert text.startswith("GetRole failed: AccessDenied") and "iam:GetRole" in text
     # Permissions granted (moto checks no signatures on IoT once auth is off): the same
     # command finishes the job, keeping what the first run made.

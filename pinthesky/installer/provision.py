@@ -221,7 +221,7 @@ class Provisioner:
             if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
                 raise ProvisionError(
                     f"{what}: the workstation's AWS credentials may not do this ({code}); "
-                    "grant the permissions listed in the README's cloud resources section"
+                    "grant the permissions docs/cloud.md lists (docs/alerts.md for alerts)"
                 ) from None
             raise
 
@@ -606,7 +606,7 @@ def _explained() -> Iterator[None]:
             str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")).split()
         )
         hint = (
-            "; grant the permissions listed in the README's cloud resources section"
+            "; grant the permissions docs/cloud.md lists (docs/alerts.md for alerts)"
             if "denied" in _code(exc).lower() or "denied" in message.lower()
             else "; run the same command again: finished steps are kept"
         )

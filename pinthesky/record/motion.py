@@ -18,7 +18,7 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
    never add up to motion. Masked cells are ignored.
 4. Score the frame in moving 16x16 macroblocks *of the main resolution*, which is what
    ``sensitivity`` has always meant; motion is a score above ``sensitivity``.
-5. Frames with change only go further, on the changed cells alone (see README "Motion"):
+5. Frames with change only go further, on the changed cells alone (see docs/motion.md):
    thin or speckled change (rain, snow, noise) is set aside (``_solid``); when solid change
    is seen and the change spans the view, camera shake is lined up and forgiven to a pixel
    (``_unshaken``, ``_tolerant_diff``); cells whose texture is the old texture under other
