@@ -237,6 +237,18 @@ def wait_js(browser: Any, page: str, condition: str, timeout_ms: int = 30000) ->
     )
 
 
+def drag(browser: Any, page: str, box: list[float], steps: tuple[float, ...]) -> None:
+    """Press the mouse at the first of ``steps`` (fractions along the diagonal of ``box``:
+    left, top, width, height), move through the others, release at the last."""
+    left, top, width, height = box
+    kinds = ["mousePressed"] + ["mouseMoved"] * (len(steps) - 1) + ["mouseReleased"]
+    for kind, f in zip(kinds, [*steps, steps[-1]], strict=True):
+        browser.call("Input.dispatchMouseEvent", {
+            "type": kind, "x": left + f * width, "y": top + f * height, "button": "left",
+            "buttons": 0 if kind == "mouseReleased" else 1, "clickCount": 1,
+        }, session=page)  # fmt: skip
+
+
 def test_the_control_page_in_chromium(tmp_path):
     """The page as a user drives it: a setting changed in the form, a clip recorded with the
     button, a clip deleted (two clicks), and a mask dragged on the live picture, each checked in
@@ -302,16 +314,7 @@ def test_the_control_page_in_chromium(tmp_path):
                 document.getElementById('draw').click();
                 const b = c.getBoundingClientRect();
                 return [b.left, b.top, b.width, b.height]; })()""")  # fmt: skip
-            left, top, width, height = box
-            points = [(0.1, 0.1), (0.3, 0.3), (0.5, 0.5)]
-            for i, (fx, fy) in enumerate(points):
-                kind = "mousePressed" if i == 0 else "mouseMoved"
-                browser.call("Input.dispatchMouseEvent", {
-                    "type": kind, "x": left + fx * width, "y": top + fy * height,
-                    "button": "left", "buttons": 1, "clickCount": 1}, session=page)  # fmt: skip
-            browser.call("Input.dispatchMouseEvent", {
-                "type": "mouseReleased", "x": left + 0.5 * width, "y": top + 0.5 * height,
-                "button": "left", "buttons": 0, "clickCount": 1}, session=page)  # fmt: skip
+            drag(browser, page, box, (0.1, 0.3, 0.5))
             seen["drawn"] = browser.evaluate(page, "window.pinthesky.rects")
             browser.evaluate(page, "document.getElementById('save-mask').click()")
             assert wait_js(browser, page, "document.getElementById('status').textContent"
@@ -321,14 +324,7 @@ def test_the_control_page_in_chromium(tmp_path):
             # A privacy mask: the other kind, from 60 % to 80 %, drawn in its own colour.
             browser.evaluate(page, """(() => { const k = document.getElementById('mask-kind');
                 k.value = 'privacy'; k.dispatchEvent(new Event('change')); })()""")  # fmt: skip
-            for i, f in enumerate((0.6, 0.7, 0.8)):
-                kind = "mousePressed" if i == 0 else "mouseMoved"
-                browser.call("Input.dispatchMouseEvent", {
-                    "type": kind, "x": left + f * width, "y": top + f * height,
-                    "button": "left", "buttons": 1, "clickCount": 1}, session=page)  # fmt: skip
-            browser.call("Input.dispatchMouseEvent", {
-                "type": "mouseReleased", "x": left + 0.8 * width, "y": top + 0.8 * height,
-                "button": "left", "buttons": 0, "clickCount": 1}, session=page)  # fmt: skip
+            drag(browser, page, box, (0.6, 0.7, 0.8))
             seen["colour"] = browser.evaluate(page, """(() => {
                 const c = document.getElementById('mask');
                 const p = c.getContext('2d').getImageData(c.width * 0.7, c.height * 0.7, 1, 1);
