@@ -289,6 +289,27 @@ def test_the_wheel_pitsctl_ships_holds_this_version_and_the_units() -> None:
     assert os.path.basename(name) == name
 
 
+def test_the_wheel_carries_the_metadata_of_an_in_tree_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkout installed with setuptools' in-tree build leaves ``pinthesky.egg-info``
+    beside the package: its metadata is PKG-INFO, not METADATA, and the wheel still has it."""
+    import io
+    import zipfile
+    from importlib import metadata
+
+    info = tmp_path / "pinthesky.egg-info"
+    info.mkdir()
+    (info / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: pinthesky\nVersion: 0.0.0\n")
+    (info / "entry_points.txt").write_text("[console_scripts]\npitsctl = x:y\n")
+    monkeypatch.setattr(metadata, "distribution", lambda name: metadata.PathDistribution(info))
+    _, data = pitsctl.build_wheel()
+    with zipfile.ZipFile(io.BytesIO(data)) as wheel:
+        meta = wheel.read(f"pinthesky-{__version__}.dist-info/METADATA").decode()
+    assert meta.startswith("Metadata-Version: 2.1\nName: pinthesky\n")
+    assert f"Version: {__version__}" in meta
+
+
 def test_view_says_what_is_installed_in_a_few_lines() -> None:
     pi = {
         "model": "Raspberry Pi Zero 2 W Rev 1.0",

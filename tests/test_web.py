@@ -381,3 +381,54 @@ def test_live_pictures_are_turned_like_the_clips(tmp_path):
         assert window > 180 > elsewhere + 10, (window, elsewhere)
 
     serve(web_settings(tmp_path, **{"camera.rotation": 90}), check)
+
+
+def test_a_clip_opened_for_a_request_that_goes_away_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request cancelled (its connection closed, the server stopping) while its clip is
+    being opened on a thread: the file the thread opens is closed, not left to the collector
+    (whose ResourceWarning once surfaced in whichever test ran next)."""
+    import os
+
+    from pinthesky.local import web
+
+    clip = tmp_path / "1700000000.motion.mp4"
+    clip.write_bytes(b"\0" * 100)
+    entered, release = threading.Event(), threading.Event()
+    fds: list[int] = []
+    real = web.open_ours
+
+    def slow(path: Path) -> int:
+        entered.set()
+        assert release.wait(10)
+        fds.append(real(path))
+        return fds[-1]
+
+    monkeypatch.setattr(web, "open_ours", slow)
+
+    def closed(fd: int) -> bool:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return True
+        return False
+
+    async def main() -> None:
+        request = asyncio.create_task(web._opened(clip))
+        assert await asyncio.to_thread(entered.wait, 10)
+        request.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        deadline = time.monotonic() + 10
+        while not (fds and closed(fds[0])):
+            assert time.monotonic() < deadline, "the clip opened for a cancelled request stays open"
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    # Without the cancellation the caller gets the file and its size.
+    monkeypatch.setattr(web, "open_ours", real)
+    fh, size = asyncio.run(web._opened(clip))
+    with fh:
+        assert size == 100 and fh.read() == b"\0" * 100

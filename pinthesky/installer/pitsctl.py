@@ -103,10 +103,9 @@ def build_wheel() -> tuple[str, bytes]:
             if not name.endswith(".pyc"):
                 path = Path(directory) / name
                 files[path.relative_to(package.parent).as_posix()] = path.read_bytes()
-    meta = re.sub(
-        r"^Version: .*$", f"Version: {__version__}", dist.read_text("METADATA") or "", count=1,
-        flags=re.M,
-    )  # fmt: skip
+    # An installed wheel has METADATA; an egg-info (setuptools' in-tree build) has PKG-INFO.
+    known = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    meta = re.sub(r"^Version: .*$", f"Version: {__version__}", known, count=1, flags=re.M)
     files[f"{info}/METADATA"] = meta.encode()
     files[f"{info}/entry_points.txt"] = (dist.read_text("entry_points.txt") or "").encode()
     files[f"{info}/WHEEL"] = (

@@ -49,6 +49,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -526,13 +527,11 @@ class WebServer:
             await self._error(writer, 404, "no such clip")
             return
         try:
-            # Never through a link swapped in since the listing, never blocking on a FIFO.
-            fh = await asyncio.to_thread(lambda: os.fdopen(open_ours(path), "rb"))
+            fh, size = await _opened(path)
         except OSError:  # evicted or uploaded and removed since the listing
             await self._error(writer, 404, "no such clip")
             return
         try:
-            size = (await asyncio.to_thread(os.fstat, fh.fileno())).st_size
             headers = {
                 "Content-Type": "video/mp4" if name.endswith(".mp4") else "video/h264",
                 "Accept-Ranges": "bytes",
@@ -678,3 +677,24 @@ def _error_json(text: str) -> bytes:
 
 def _json() -> dict[str, str]:
     return {"Content-Type": "application/json", "Cache-Control": "no-store"}
+
+
+async def _opened(path: Path) -> tuple[BinaryIO, int]:
+    """A clip opened for reading, and its size: never through a link swapped in since the
+    listing, never blocking on a FIFO. The open runs on a thread; if the request is cancelled
+    meanwhile (its connection closed), the file is closed once the thread has opened it."""
+
+    def work() -> tuple[BinaryIO, int]:
+        fh = os.fdopen(open_ours(path), "rb")
+        return fh, os.fstat(fh.fileno()).st_size
+
+    def close_late(done: asyncio.Future[tuple[BinaryIO, int]]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            done.result()[0].close()
+
+    opening = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(close_late)
+        raise
