@@ -35,6 +35,7 @@ def reported_document(s: Settings) -> dict[str, Any]:
             # Not in Pi In The Sky's document: the console keeps keys it loaded, so these
             # survive its edits.
             "alert_cooldown": s.alerts.cooldown,
+            "armed": c.armed,
             "min_framerate": c.min_framerate,
             "focus": c.focus,
             "tuning": c.tuning,
@@ -91,6 +92,7 @@ SHADOW_KEYS: dict[str, dict[str, str]] = {
             "min_framerate",
             "focus",
             "tuning",
+            "armed",
         )
     }
     | {"alert_cooldown": "alerts.cooldown"},

@@ -10,6 +10,9 @@ Plain HTTP/1.1 on asyncio streams, on the daemon's loop; one request per connect
   ``?download=1`` to save it; NAME must be one of the names the clip directory lists: no path
   from the URL is ever joined to a directory;
 - ``GET /health.json``: the health report (``health.py``);
+- ``GET /snapshot.jpg``: the camera's current picture (Home Assistant's Generic Camera, scripts);
+  requests within ``SNAPSHOT_MAX_AGE_S`` of a picture share it, so a dashboard of viewers costs
+  the camera at most one still a second;
 - ``GET /thumbs/NAME``: a clip's picture, when one was made beside it;
 - ``GET /app.js``: the page's script (``local/script.py``);
 - ``/api/...``: the control API (``local/api.py``).
@@ -71,6 +74,7 @@ STREAM_SNDBUF = 128 * 1024
 _DIGITS = 18
 """Longest byte position taken at its value; a longer one is beyond any file."""
 PAGE_CLIPS = 12
+SNAPSHOT_MAX_AGE_S = 1.0
 FILE_CHUNK = 256 * 1024
 BOUNDARY = "FRAME"
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -176,6 +180,7 @@ class WebServer:
         title: Callable[[], str],
         live_size: Callable[[], Resolution],
         api: LocalApi | None = None,
+        snapshot: Callable[[], bytes] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -188,6 +193,7 @@ class WebServer:
         self._waiting: dict[asyncio.StreamWriter, float] = {}
         """Connections still sending their request head -> when they came."""
         self.api = api
+        self._snapshots = Snapshots(snapshot) if snapshot is not None else None
         self.port: int | None = None
         self.requests = 0
         self.unauthorized = 0
@@ -298,6 +304,8 @@ class WebServer:
             await self._page(writer, request)
         elif path == "/stream.mjpg":
             await self._stream(writer, request)
+        elif path == "/snapshot.jpg":
+            await self._snapshot(writer, request)
         elif path == "/health.json":
             body = json.dumps(await asyncio.to_thread(self._health)).encode()
             await self._send(writer, 200, _json(), body, head_only=request.method == "HEAD")
@@ -416,6 +424,18 @@ class WebServer:
             return json.loads(data)
         except (ValueError, RecursionError):
             raise _BodyError(400, "the body is not valid JSON") from None
+
+    async def _snapshot(self, writer: asyncio.StreamWriter, request: Request) -> None:
+        if self._snapshots is None:
+            await self._error(writer, 404, "not found")
+            return
+        try:
+            jpeg = await self._snapshots.get()
+        except Exception as exc:  # the camera's own error, as one line
+            await self._error(writer, 503, f"no picture: {exc}")
+            return
+        headers = {"Content-Type": "image/jpeg", "Cache-Control": "no-store"}
+        await self._send(writer, 200, headers, jpeg, head_only=request.method == "HEAD")
 
     async def _thumb(self, writer: asyncio.StreamWriter, request: Request, name: str) -> None:
         def read() -> bytes | None:
@@ -566,6 +586,34 @@ class WebServer:
     async def _error(self, writer: asyncio.StreamWriter, status: int, text: str) -> None:
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         await self._send(writer, status, headers, (text + "\n").encode())
+
+
+class Snapshots:
+    """The camera's current picture, taken on a worker thread; requests within
+    ``SNAPSHOT_MAX_AGE_S`` of one, or while one is being taken, share it."""
+
+    def __init__(self, capture: Callable[[], bytes]) -> None:
+        self._capture = capture
+        self._jpeg: bytes | None = None
+        self._at = 0.0
+        self._taking: asyncio.Future[bytes] | None = None
+        self.taken = 0
+
+    async def get(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        if self._jpeg is not None and loop.time() - self._at < SNAPSHOT_MAX_AGE_S:
+            return self._jpeg
+        if self._taking is None:
+            self._taking = asyncio.ensure_future(asyncio.to_thread(self._capture))
+            self._taking.add_done_callback(self._taken)
+        # Shielded: a client that goes away does not cancel the picture others wait for.
+        return await asyncio.shield(self._taking)
+
+    def _taken(self, done: asyncio.Future[bytes]) -> None:
+        self._taking = None
+        if not done.cancelled() and done.exception() is None:
+            self._jpeg, self._at = done.result(), asyncio.get_running_loop().time()
+            self.taken += 1
 
 
 class _BodyError(Exception):
