@@ -110,7 +110,8 @@ class HomeAssistant:
         self._last_still = -STILL_GAP_S
         self.commands = 0
         self.refused = 0
-        self._warn = Throttle(log)
+        # Refusals one line each, up to a burst; a flood is summed up.
+        self._warn = Throttle(log, burst=20)
         bus = daemon.bus
         bus.subscribe(MotionDetected, lambda _: self._motion_now(True))
         bus.subscribe(MotionStopped, lambda _: self._motion_now(False))
@@ -133,7 +134,11 @@ class HomeAssistant:
                 password = await asyncio.to_thread(read_password, s.password_file)
             except (OSError, ValueError) as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                log.error("mqtt.password_file %s: %s; Home Assistant is off", s.password_file, why)
+                log.error(
+                    "mqtt.password_file %s cannot be used (%s); Home Assistant is off",
+                    s.password_file,
+                    why,
+                )
                 return False
         broker = Broker(
             host=s.host,
