@@ -68,6 +68,8 @@ lint: $(VENV)/.test-stamp
 
 test: lint
 	$(MAKE) -C tests picamera2-envs
+	@# Home Assistant Core, which tests/test_homeassistant_core.py runs, in its own venv.
+	$(MAKE) -C tests homeassistant
 	$(BIN)/pytest -q
 	@# The camera tests, on picamera2's own code, against the oldest supported picamera2 and
 	@# the newest, each in its own venv under .cache/ (tests/Makefile).

@@ -172,8 +172,8 @@ def test_home_assistant_sees_the_camera_and_drives_it(tmp_path: Path, broker: Ho
         assert len(picture) > 2000
         ha.wait_value(T.motion, b"OFF", timeout=20)
         clip = json.loads(ha.wait_value(T.last_clip, lambda v: b'"motion"' in v))
-        assert clip["trigger"] == "motion" and clip["name"].endswith(".motion.mp4")
-        assert (camera.dir / "motion_videos" / clip["name"]).exists()
+        assert clip["trigger"] == "motion" and clip["clip"].endswith(".motion.mp4")
+        assert (camera.dir / "motion_videos" / clip["clip"]).exists()
 
         # The number and the switch act on the daemon, are kept like the page's changes and
         # reported to the shadow.
@@ -277,7 +277,7 @@ def test_a_broker_that_hangs_then_goes_away_costs_the_camera_nothing(
         back.wait_value(T.availability, b"online")
         assert back.wait_value(T.motion_picture, lambda v: v.startswith(JPEG))
         clip = json.loads(back.wait_value(T.last_clip, lambda v: b"motion" in v))
-        assert (camera.dir / "motion_videos" / clip["name"]).exists()
+        assert (camera.dir / "motion_videos" / clip["clip"]).exists()
         back.close()
     finally:
         assert camera.stop() == 0

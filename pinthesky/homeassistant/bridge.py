@@ -100,7 +100,9 @@ class HomeAssistant:
         self._motion = False
         self._pictures: dict[str, bytes] = {}
         """Topic -> the last picture published there, sent again after a reconnection."""
-        self._last_clip: dict[str, Any] = {"start": None}
+        self._last_clip: dict[str, Any] | None = None
+        """The Last clip sensor's state and attributes; not published before there is one (a
+        timestamp sensor takes no "None")."""
         self._sensors: dict[str, Any] | None = None
         self._pending: dict[str, bytes] = {}
         self._wake = asyncio.Event()
@@ -236,7 +238,8 @@ class HomeAssistant:
         self._publish_settings()
         for topic, jpeg in self._pictures.items():
             self._publish(topic, jpeg)
-        self._publish(self.topics.last_clip, self._last_clip)
+        if self._last_clip is not None:
+            self._publish(self.topics.last_clip, self._last_clip)
         if self._sensors is not None:
             self._publish(self.topics.state, self._sensors)
         self._publish(self.topics.availability, ONLINE)
@@ -281,9 +284,10 @@ class HomeAssistant:
 
     def _on_clip(self, ready: ClipReady) -> None:
         clip = ready.clip
-        self._last_clip = clip_facts(clip.path.name, clip.start_epoch, clip.trigger)
-        self._last_clip.update(duration=round(clip.duration, 1), size_mb=round(clip.size / 1e6, 1))
-        self._publish(self.topics.last_clip, self._last_clip)
+        facts = clip_facts(clip.path.name, clip.start_epoch, clip.trigger)
+        facts.update(duration=round(clip.duration, 1), size_mb=round(clip.size / 1e6, 1))
+        self._last_clip = facts
+        self._publish(self.topics.last_clip, facts)
         self._sensors_due.set()
 
     def _on_settings(self, changed: SettingsChanged) -> None:
@@ -382,9 +386,10 @@ class HomeAssistant:
 
 
 def clip_facts(name: str, start_epoch: int, trigger: Any) -> dict[str, Any]:
-    """The Last clip sensor's state (its ``start``, a timestamp) and attributes."""
+    """The Last clip sensor's state (its ``start``, a timestamp) and attributes (not ``name``:
+    Home Assistant keeps that word for the entity's own)."""
     start = datetime.fromtimestamp(start_epoch, UTC).isoformat()
-    return {"start": start, "name": name, "trigger": trigger}
+    return {"start": start, "clip": name, "trigger": trigger}
 
 
 def page_url(s: Settings) -> str | None:
