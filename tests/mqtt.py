@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import trustme
 from servers import Pki, free_port
@@ -23,16 +23,8 @@ class Mosquitto:
     """mosquitto on 127.0.0.1 with mutual TLS; persistent sessions survive ``restart``."""
 
     def __init__(self, pki: Pki, directory: Path) -> None:
-        if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-            raise RuntimeError("mosquitto is not installed (make test installs it)")
-        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        server_cert = directory / "server.pem"
-        server_key = directory / "server.key"
-        pki.server.cert_chain_pems[0].write_to_path(str(server_cert))
-        pki.server.private_key_pem.write_to_path(str(server_key))
+        self._prepare(directory)
+        server_cert, server_key = self._server_files(pki)
         self.config = directory / "mosquitto.conf"
         self.config.write_text(
             f"""user root
@@ -53,6 +45,21 @@ log_type warning
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _prepare(self, directory: Path) -> None:
+        if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+            raise RuntimeError("mosquitto is not installed (make test installs it)")
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+
+    def _server_files(self, pki: Pki) -> tuple[Path, Path]:
+        """The broker's certificate (for 127.0.0.1, by the test CA) and key, as files."""
+        server_cert, server_key = self.directory / "server.pem", self.directory / "server.key"
+        pki.server.cert_chain_pems[0].write_to_path(str(server_cert))
+        pki.server.private_key_pem.write_to_path(str(server_key))
+        return server_cert, server_key
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.config)],
@@ -61,17 +68,31 @@ log_type warning
         )
         deadline = time.monotonic() + 10
         while not _port_open(self.port):
-            assert self.proc.poll() is None, (self.directory / "mosquitto.log").read_text()
+            assert self.proc.poll() is None, self.log()
             assert time.monotonic() < deadline, "mosquitto did not listen within 10 s"
             threading.Event().wait(0.05)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused broker must hear the SIGTERM
             self.proc.send_signal(signal.SIGTERM)  # saves the sessions and their messages
             self.proc.wait(10)
         self.proc = None
 
-    def __enter__(self) -> Mosquitto:
+    def log(self) -> str:
+        path = self.directory / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def pause(self) -> None:
+        """A broker that hangs: connections stay open and nothing is read from them."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -105,20 +126,22 @@ class Peer:
         import paho.mqtt.client as mqtt
 
         cert, key = client_files(pki, name)
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=False
-        )
-        self.client.tls_set(ca_certs=str(pki.ca_file), certfile=str(cert), keyfile=str(key))
-        self.client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=False)
+        client.tls_set(ca_certs=str(pki.ca_file), certfile=str(cert), keyfile=str(key))
+        client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload)
+        self._connect(client, broker.port)
+
+    def _connect(self, client: Any, port: int) -> None:
+        self.client = client
         self.received: list[tuple[str, bytes]] = []
         self.changed = threading.Condition()
         self.topics: list[str] = []
-        self.client.on_connect = self._subscribe_all
-        self.client.on_subscribe = self._on_subscribe
+        client.on_connect = self._subscribe_all
+        client.on_subscribe = self._on_subscribe
         self._subscribed: set[int] = set()
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
+        client.reconnect_delay_set(0.2, 1)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
 
     def _subscribe_all(self, *args: Any) -> None:
         for topic in self.topics:
@@ -305,7 +328,7 @@ class JobsService(Peer):
         return []
 
 
-class HomeBroker:
+class HomeBroker(Mosquitto):
     """Debian's mosquitto as a home network runs it for Home Assistant: no anonymous clients,
     users from a password file (made with ``mosquitto_passwd``), optionally TLS with a server
     certificate from ``pki`` (clients check it; they bring no certificate of their own)."""
@@ -313,12 +336,7 @@ class HomeBroker:
     USERS: ClassVar[dict[str, str]] = {"camera": "cam-secret", "homeassistant": "ha-secret"}
 
     def __init__(self, directory: Path, pki: Pki | None = None) -> None:
-        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(self.binary).exists():
-            raise RuntimeError("mosquitto is not installed (make test installs it)")
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self._prepare(directory)
         self.tls = pki is not None
         passwords = directory / "passwords"
         passwords.write_text("")
@@ -341,52 +359,11 @@ class HomeBroker:
             "connection_messages true",
         ]
         if pki is not None:
-            server_cert, server_key = directory / "server.pem", directory / "server.key"
-            pki.server.cert_chain_pems[0].write_to_path(str(server_cert))
-            pki.server.private_key_pem.write_to_path(str(server_key))
+            server_cert, server_key = self._server_files(pki)
             lines += [f"certfile {server_cert}", f"keyfile {server_key}"]
         self.config = directory / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not _port_open(self.port):
-            assert self.proc.poll() is None, self.log()
-            assert time.monotonic() < deadline, "mosquitto did not listen within 10 s"
-            threading.Event().wait(0.05)
-
-    def log(self) -> str:
-        path = self.directory / "mosquitto.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a paused broker must hear the SIGTERM
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-        self.proc = None
-
-    def pause(self) -> None:
-        """A broker that hangs: connections stay open and nothing is read from them."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def __enter__(self) -> HomeBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class HomePeer(Peer):
@@ -402,22 +379,14 @@ class HomePeer(Peer):
     ) -> None:
         import paho.mqtt.client as mqtt
 
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
-        self.client.username_pw_set(user, HomeBroker.USERS[user])
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
+        client.username_pw_set(user, HomeBroker.USERS[user])
         if broker.tls:
-            self.client.tls_set(ca_certs=str(ca_file) if ca_file else None)
-        self.client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload, m.retain)
-        self.received: list[tuple[str, bytes]] = []
+            client.tls_set(ca_certs=str(ca_file) if ca_file else None)
+        client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload, m.retain)
         self.retained: dict[str, bytes] = {}
         self.latest: dict[str, bytes] = {}
-        self.changed = threading.Condition()
-        self.topics: list[str] = []
-        self.client.on_connect = self._subscribe_all
-        self.client.on_subscribe = self._on_subscribe
-        self._subscribed: set[int] = set()
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
+        self._connect(client, broker.port)
 
     def on_message(self, topic: str, payload: bytes, retain: bool = False) -> None:  # type: ignore[override]
         with self.changed:

@@ -45,15 +45,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         yield running
 
 
+def point_aws_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Every AWS endpoint at ``endpoint``, with credentials a client sends."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     sign_requests_like_aws(monkeypatch)
     with moto_server() as endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        point_aws_at(monkeypatch, endpoint)
         yield endpoint
 
 
@@ -360,10 +365,7 @@ def aws_that_fails_every_request(monkeypatch: pytest.MonkeyPatch) -> Iterator[li
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
     with monkeypatch.context() as env:
-        env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{http.server_address[1]}")
-        env.setenv("AWS_ACCESS_KEY_ID", "test")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        env.setenv("AWS_DEFAULT_REGION", REGION)
+        point_aws_at(env, f"http://127.0.0.1:{http.server_address[1]}")
         try:
             yield seen
         finally:
@@ -488,10 +490,7 @@ def test_a_camera_without_aws_then_in_the_cloud_keeping_its_settings_and_clips(
     # The same camera into the cloud: its settings, password and clips stay.
     sign_requests_like_aws(monkeypatch)
     with moto_server() as endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+        point_aws_at(monkeypatch, endpoint)
         code, cloud, err = pitsctl_run(
             capsys, server, target, "install", "--thing", "cam-a", "--bucket", "cams"
         )

@@ -114,14 +114,6 @@ class HomeAssistant:
         self.refused = 0
         # Refusals one line each, up to a burst; a flood is summed up.
         self._warn = Throttle(log, burst=20)
-        bus = daemon.bus
-        bus.subscribe(MotionDetected, lambda _: self._motion_now(True))
-        bus.subscribe(MotionStopped, lambda _: self._motion_now(False))
-        bus.subscribe(PictureTaken, lambda ev: self._spawn(self._picture(ev.path, False)))
-        bus.subscribe(ImageReady, lambda ev: self._spawn(self._picture(ev.path, True)))
-        bus.subscribe(ClipReady, self._on_clip)
-        bus.subscribe(UploadEnded, lambda _: self._sensors_due.set())
-        bus.subscribe(SettingsChanged, self._on_settings)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -155,6 +147,14 @@ class HomeAssistant:
         newest = await asyncio.to_thread(self._newest_clip)
         if newest is not None:
             self._last_clip = newest
+        bus = self.daemon.bus
+        bus.subscribe(MotionDetected, lambda _: self._motion_now(True))
+        bus.subscribe(MotionStopped, lambda _: self._motion_now(False))
+        bus.subscribe(PictureTaken, lambda ev: self._spawn(self._picture(ev.path, False)))
+        bus.subscribe(ImageReady, lambda ev: self._spawn(self._picture(ev.path, True)))
+        bus.subscribe(ClipReady, self._on_clip)
+        bus.subscribe(UploadEnded, lambda _: self._sensors_due.set())
+        bus.subscribe(SettingsChanged, self._on_settings)
         self.client = BrokerClient(broker, self._on_connected, self._on_messages)
         self.client.start()
         self._spawn(self._run_commands(), "home assistant commands")

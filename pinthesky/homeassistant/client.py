@@ -20,6 +20,7 @@ grows. A connection problem is one log line when it starts or changes, not one p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
@@ -133,8 +134,10 @@ class BrokerClient:
         if self.connected:
             info = self._client.publish(self.broker.will_topic, OFFLINE, qos=1, retain=True)
             # paho sends the DISCONNECT after what is queued: waiting for the PUBACK only
-            # makes sure Home Assistant heard it before the connection goes.
-            await asyncio.to_thread(info.wait_for_publish, within_s / 2)
+            # makes sure Home Assistant heard it before the connection goes. A connection
+            # lost meanwhile makes paho refuse to wait (2.x raises): the will says it then.
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.to_thread(info.wait_for_publish, within_s / 2)
         self._client.disconnect()
         try:
             await asyncio.wait_for(asyncio.to_thread(self._client.loop_stop), within_s)
