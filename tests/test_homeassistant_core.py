@@ -9,6 +9,9 @@ the camera, and every entity unavailable after ``kill -9``.
 Home Assistant starts with ``--skip-pip`` (what its integrations need is installed with it) on
 127.0.0.1 only; onboarding and the MQTT set-up go through the same REST calls its own
 frontend makes.
+
+The same virtualenv holds paho-mqtt 1.6.1 (Home Assistant 2024.3 pins it), the version
+Raspberry Pi OS 12 ships: the camera's MQTT connection runs on it too.
 """
 
 from __future__ import annotations
@@ -259,3 +262,77 @@ def _number(state: str) -> float:
         return float(state)
     except ValueError:
         return float("nan")
+
+
+PAHO_16 = """
+import asyncio, json, logging, sys
+sys.path.insert(0, sys.argv[1])
+import paho.mqtt
+from pinthesky.homeassistant.client import Broker, BrokerClient
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+
+async def main(port: int, password: str) -> None:
+    connected = asyncio.Event()
+    got: asyncio.Queue = asyncio.Queue()
+    broker = Broker("127.0.0.1", port, "paho16", "paho16/availability", "camera", password,
+                    max_reconnect_s=2)
+    client = BrokerClient(broker, connected.set, got.put_nowait)
+    client.start()
+    result = {"version": paho.mqtt.__version__, "connected": False}
+    try:
+        await asyncio.wait_for(connected.wait(), 8)
+    except TimeoutError:
+        pass
+    else:
+        result["connected"] = True
+        client.publish("paho16/state", b"hello")
+        client.subscribe(["paho16/state"])
+        batch = await asyncio.wait_for(got.get(), 10)
+        result["received"] = {k: v.decode() for k, v in batch.items()}
+    await client.stop()
+    print(json.dumps(result))
+
+
+asyncio.run(main(int(sys.argv[2]), sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["password", "wrong-password"])
+def test_the_connection_speaks_paho_1_6_as_raspberry_pi_os_ships_it(
+    tmp_path: Path, home_assistant_env: Path, right: bool
+) -> None:
+    """Raspberry Pi OS 12's python3-paho-mqtt is 1.6.1, and so is Home Assistant 2024.3's: the
+    camera's MQTT connection, run on that virtualenv's paho."""
+    from mqtt import HomePeer
+
+    with HomeBroker(tmp_path / "broker") as broker:
+        ha = HomePeer(broker)
+        ha.subscribe("paho16/#")
+        password = HomeBroker.USERS["camera"] if right else "not-it"
+        done = subprocess.run(
+            [str(home_assistant_env), "-c", PAHO_16, str(REPO), str(broker.port), password],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["version"] == "1.6.1"
+        if right:
+            assert result["connected"] is True
+            assert result["received"] == {"paho16/state": "hello"}
+            assert ha.wait_value("paho16/availability", b"offline")  # said at stop
+            assert "INFO mqtt: connected to 127.0.0.1" in done.stderr
+        else:
+            assert result["connected"] is False
+            assert broker.log().count("not authorised") >= 2  # refused again and again
+            refused = [line for line in done.stderr.splitlines() if "refused" in line]
+            assert refused == [
+                f"ERROR mqtt: the broker 127.0.0.1:{broker.port} refused the login: Connection "
+                "Refused: not authorised. (check mqtt.username and the password); retrying "
+                "(at most every 2 s)"
+            ]
+        ha.close()
