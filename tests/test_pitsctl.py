@@ -339,6 +339,20 @@ def test_view_says_what_is_installed_in_a_few_lines() -> None:
     ]
     pi["picamera2"] = "0.3.38"
     assert "camera stack: picamera2 0.3.38" in pitsctl._describe("pi@cam", pi, {}).splitlines()
+    # A camera without AWS, on the home network.
+    pi["installed"] = {"thing": None, "region": None, "bucket": None, "log_group": None}
+    pi["access"] = {"hostname": "cam", "page": 8080, "rtsp": 8554, "mqtt": "ha.lan",
+                    "mqtt_port": None}  # fmt: skip
+    lines = pitsctl._describe("pi@cam", pi, {}).splitlines()
+    assert f"installed: pinthesky {__version__}, without AWS" in lines
+    assert (
+        "on the network: page http://cam.local:8080/, RTSP rtsp://cam.local:8554/live, "
+        "Home Assistant through ha.lan"
+    ) in lines
+    pi["access"] = {**pi["access"], "page": None, "mqtt": None}
+    assert "on the network: no page, RTSP rtsp://192.0.2.9:8554/live, no MQTT" in (
+        pitsctl._describe("pi@192.0.2.9", pi, {}).splitlines()
+    )
     pi["installed"] = None
     assert pitsctl._describe("pi@cam", pi, {}).splitlines()[-1] == "pinthesky is not installed"
 
