@@ -544,3 +544,27 @@ def test_switches_are_checked_before_the_pi_is_touched(
         code, _, err = pitsctl_run(capsys, nobody, target, *args)
         assert code == 1
         assert line in err.strip().splitlines()[-1], err
+
+
+def test_the_owner_is_told_how_to_reach_the_camera_and_the_password_once() -> None:
+    import io
+
+    ways = {"hostname": "cam", "page": 8080, "rtsp": 8554, "mqtt": None, "mqtt_port": None}
+    out = io.StringIO()
+    pitsctl._tell_access(out, "pi@cam", {"access": ways, "password": "s3cr3t", "announced": True})
+    assert out.getvalue().splitlines() == [
+        "page: http://cam.local:8080/",
+        "RTSP: rtsp://cam.local:8554/live",
+        "password (any user name): s3cr3t",
+        "  shown this once; `pitsctl set --host pi@cam --new-password` makes a new one",
+    ]
+    out = io.StringIO()
+    ways = {**ways, "page": None, "mqtt": "ha.lan", "mqtt_port": 8883}
+    pitsctl._tell_access(out, "pi@10.0.0.7", {"access": ways, "password": None})
+    assert out.getvalue().splitlines() == [
+        "RTSP: rtsp://10.0.0.7:8554/live",
+        "password: the one you have (`pitsctl set --host pi@10.0.0.7 --new-password` makes a "
+        "new one)",
+        "Home Assistant: MQTT discovery through ha.lan:8883",
+        "note: no Avahi on the Pi: the page and RTSP are not announced by mDNS",
+    ]

@@ -359,6 +359,11 @@ def _tell_access(out: TextIO, host: str, done: dict[str, Any]) -> None:
             f"password (any user name): {password}\n"
             f"  shown this once; `pitsctl set --host {host} --new-password` makes a new one\n"
         )
+    elif ways["page"] or ways["rtsp"]:
+        out.write(
+            f"password: the one you have (`pitsctl set --host {host} --new-password` makes "
+            "a new one)\n"
+        )
     if ways["mqtt"]:
         port = f":{ways['mqtt_port']}" if ways.get("mqtt_port") else ""
         out.write(f"Home Assistant: MQTT discovery through {ways['mqtt']}{port}\n")
