@@ -34,6 +34,7 @@ $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 	@# Debian's Chromium: the tests play clips in a real browser. Debian's mosquitto: the
 	@# sidecar's tests run an MQTT broker with mutual TLS. systemd-analyze checks the units.
 	@# OpenSSH's server: pitsctl's tests install a camera over ssh on 127.0.0.1.
+	@# Avahi: the mDNS test runs avahi-daemon in a network namespace of its own.
 	@# debootstrap and qemu-user-static: the emulated-Pi tests (armhf/arm64/armel chroots).
 	@# libcap headers: python-prctl, which picamera2 imports, compiles against them.
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -43,6 +44,8 @@ $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 	[ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	[ -x /usr/sbin/avahi-daemon ] || missing="$$missing avahi-daemon"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || \
@@ -68,6 +71,8 @@ lint: $(VENV)/.test-stamp
 
 test: lint
 	$(MAKE) -C tests picamera2-envs
+	@# Home Assistant Core, which tests/test_homeassistant_core.py runs, in its own venv.
+	$(MAKE) -C tests homeassistant
 	$(BIN)/pytest -q
 	@# The camera tests, on picamera2's own code, against the oldest supported picamera2 and
 	@# the newest, each in its own venv under .cache/ (tests/Makefile).

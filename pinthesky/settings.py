@@ -504,6 +504,35 @@ def _host_names(v: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+_HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.:-]*[A-Za-z0-9_])?")
+
+
+def _host(v: Any) -> str:
+    """A host name or an IP address (no scheme, port or path)."""
+    text = _text(v)
+    if not _HOST.fullmatch(text):
+        raise ValueError("must be a host name or an IP address, e.g. homeassistant.local")
+    return text
+
+
+def _topic(v: Any) -> str:
+    """An MQTT topic to publish under: no wildcards, no empty level at either end."""
+    text = _text(v)
+    if (
+        len(text) > 128
+        or not re.fullmatch(r"[A-Za-z0-9_./-]+", text)
+        or text.startswith("/")
+        or text.endswith("/")
+        or "//" in text
+    ):
+        raise ValueError(
+            "must be 1 to 128 of A-Z a-z 0-9 _ . - and / between levels (no wildcards)"
+        )
+    return text
+
+
+SENSITIVITY_RANGE = (1, 100_000)
+"""Moving macroblocks that make motion: the least and the most ``camera.sensitivity`` takes."""
 PROFILES = ("baseline", "main", "extended", "high", "constrained")
 LEVELS = ("1", "1b", "1.1", "1.2", "1.3", "2", "2.1", "2.2", "3", "3.1", "3.2", "4", "4.1", "4.2")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "FATAL")
@@ -578,7 +607,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "camera.sensitivity",
         "--sensitivity",
-        _int(1, 100_000),
+        _int(*SENSITIVITY_RANGE),
         10,
         "moving 16x16 macroblocks (at the main resolution) that make motion; lower is "
         "more sensitive",
@@ -589,6 +618,14 @@ OPTIONS: tuple[Option, ...] = (
         _optional(_window),
         None,
         "record motion only between these local hours, e.g. 8-18 or 22-6 (end inclusive)",
+    ),
+    Option(
+        "camera.armed",
+        "--armed",
+        _bool,
+        True,
+        "record motion clips and send motion alerts; false (disarmed) records only what is "
+        "asked for (a manual clip, a still)",
     ),
     Option(
         "camera.lores",
@@ -1067,6 +1104,71 @@ OPTIONS: tuple[Option, ...] = (
         2,
         "RTSP streams at once; one more SETUP is answered 453",
     ),
+    # Home Assistant: MQTT discovery to a broker on the home network
+    Option(
+        "mqtt.host",
+        "--mqtt-host",
+        _optional(_host),
+        None,
+        "MQTT broker on the home network (Home Assistant's): its name or address; off when not set",
+    ),
+    Option(
+        "mqtt.port",
+        "--mqtt-port",
+        _optional(_int(1, 65535)),
+        None,
+        "port of the MQTT broker (default 1883, or 8883 with mqtt.tls)",
+    ),
+    Option(
+        "mqtt.username",
+        None,
+        _optional(_text),
+        None,
+        "user name on the MQTT broker",
+    ),
+    Option(
+        "mqtt.password",
+        None,
+        _optional(_text),
+        None,
+        "password on the MQTT broker (in the --config file only, or use mqtt.password_file)",
+    ),
+    Option(
+        "mqtt.password_file",
+        None,
+        _optional(_path),
+        None,
+        "file whose first line is the password on the MQTT broker",
+    ),
+    Option(
+        "mqtt.tls",
+        None,
+        _bool,
+        False,
+        "connect to the broker over TLS (the broker's certificate is checked)",
+    ),
+    Option(
+        "mqtt.ca_file",
+        None,
+        _optional(_path),
+        None,
+        "CA certificate that signs the broker's certificate (default: the system's CAs)",
+    ),
+    Option(
+        "mqtt.discovery_prefix",
+        None,
+        _topic,
+        "homeassistant",
+        "Home Assistant's MQTT discovery prefix",
+    ),
+    Option(
+        "mqtt.topic_prefix",
+        None,
+        _optional(_topic),
+        None,
+        "where this camera's MQTT topics start, unique per camera (default: "
+        "pinthesky/<camera name>)",
+    ),
     # events: the files shared with the IoT sidecar
     Option(
         "events.event_input",
@@ -1149,6 +1251,7 @@ PAGE_KEYS = (
     "camera.rotation",
     "camera.sensitivity",
     "camera.recording_window",
+    "camera.armed",
     "camera.buffer",
     "camera.encoding_bitrate",
     "camera.encoding_profile",
@@ -1201,6 +1304,8 @@ class CameraSettings:
     """Moving macroblocks (16x16 at the main resolution) that count as motion."""
     recording_window: Window | None
     """Local hours in which motion is recorded; ``None`` is always."""
+    armed: bool
+    """Motion makes clips and alerts; disarmed, only manual clips and stills are made."""
     lores: Resolution
     """Analysis stream size."""
     keyframe_interval: int
@@ -1377,6 +1482,29 @@ class RtspSettings:
 
 
 @dataclass(frozen=True)
+class MqttSettings:
+    host: str | None
+    """The broker on the home network; ``None`` is off."""
+    port: int | None
+    """Its port; ``None`` is MQTT's (1883, or 8883 over TLS): see ``broker_port``."""
+    username: str | None
+    password: str | None
+    """Given in the TOML file; or read from ``password_file`` when the client starts."""
+    password_file: Path | None
+    tls: bool
+    """TLS to the broker, whose certificate is checked against ``ca_file`` or the system's."""
+    ca_file: Path | None
+    discovery_prefix: str
+    """Where Home Assistant listens for discovery (its MQTT integration's setting)."""
+    topic_prefix: str | None
+    """Where this camera's topics start; ``None``: ``pinthesky/<camera name>``."""
+
+    @property
+    def broker_port(self) -> int:
+        return self.port or (8883 if self.tls else 1883)
+
+
+@dataclass(frozen=True)
 class EventSettings:
     event_input: Path
     event_output: Path
@@ -1415,6 +1543,7 @@ class Settings:
     alerts: AlertSettings
     http: HttpSettings
     rtsp: RtspSettings
+    mqtt: MqttSettings
     events: EventSettings
     daemon: DaemonSettings
     iot: IotSettings
@@ -1470,6 +1599,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "alerts": AlertSettings,
     "http": HttpSettings,
     "rtsp": RtspSettings,
+    "mqtt": MqttSettings,
     "events": EventSettings,
     "daemon": DaemonSettings,
     "iot": IotSettings,
@@ -1743,6 +1873,32 @@ def _verify(
                 f"source.source = {source!r}: no such video file; "
                 "use auto, picamera2, synthetic or the path of a video file",
             )
+        )
+    problems.extend(_verify_mqtt(values))
+    return problems
+
+
+def _verify_mqtt(values: Mapping[str, Any]) -> list[Problem]:
+    """The broker's login and TLS settings fit together."""
+    problems: list[Problem] = []
+    if values.get("mqtt.password") and values.get("mqtt.password_file"):
+        problems.append(
+            (
+                ("mqtt.password", "mqtt.password_file"),
+                "mqtt.password_file: set either mqtt.password or mqtt.password_file",
+            )
+        )
+    has_password = values.get("mqtt.password") or values.get("mqtt.password_file")
+    if has_password and not values.get("mqtt.username"):
+        problems.append(
+            (
+                ("mqtt.username", "mqtt.password", "mqtt.password_file"),
+                "mqtt.username: must be set with a password (MQTT sends both or neither)",
+            )
+        )
+    if values.get("mqtt.ca_file") and not values.get("mqtt.tls"):
+        problems.append(
+            (("mqtt.ca_file", "mqtt.tls"), "mqtt.ca_file: is only used with mqtt.tls = true")
         )
     return problems
 

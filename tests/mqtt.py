@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import trustme
 from servers import Pki, free_port
@@ -24,16 +24,8 @@ class Mosquitto:
     """mosquitto on 127.0.0.1 with mutual TLS; persistent sessions survive ``restart``."""
 
     def __init__(self, pki: Pki, directory: Path) -> None:
-        if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-            raise RuntimeError("mosquitto is not installed (make test installs it)")
-        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        server_cert = directory / "server.pem"
-        server_key = directory / "server.key"
-        pki.server.cert_chain_pems[0].write_to_path(str(server_cert))
-        pki.server.private_key_pem.write_to_path(str(server_key))
+        self._prepare(directory)
+        server_cert, server_key = self._server_files(pki)
         self.config = directory / "mosquitto.conf"
         self.config.write_text(
             f"""user root
@@ -54,6 +46,21 @@ log_type warning
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _prepare(self, directory: Path) -> None:
+        if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+            raise RuntimeError("mosquitto is not installed (make test installs it)")
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+
+    def _server_files(self, pki: Pki) -> tuple[Path, Path]:
+        """The broker's certificate (for 127.0.0.1, by the test CA) and key, as files."""
+        server_cert, server_key = self.directory / "server.pem", self.directory / "server.key"
+        pki.server.cert_chain_pems[0].write_to_path(str(server_cert))
+        pki.server.private_key_pem.write_to_path(str(server_key))
+        return server_cert, server_key
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.config)],
@@ -62,17 +69,31 @@ log_type warning
         )
         deadline = time.monotonic() + 10
         while not _port_open(self.port):
-            assert self.proc.poll() is None, (self.directory / "mosquitto.log").read_text()
+            assert self.proc.poll() is None, self.log()
             assert time.monotonic() < deadline, "mosquitto did not listen within 10 s"
             threading.Event().wait(0.05)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused broker must hear the SIGTERM
             self.proc.send_signal(signal.SIGTERM)  # saves the sessions and their messages
             self.proc.wait(10)
         self.proc = None
 
-    def __enter__(self) -> Mosquitto:
+    def log(self) -> str:
+        path = self.directory / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def pause(self) -> None:
+        """A broker that hangs: connections stay open and nothing is read from them."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -111,6 +132,17 @@ class _ClosedOnFailure(ssl.SSLSocket):
             raise
 
 
+def closing_context(
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A client TLS context whose sockets close themselves when the handshake fails."""
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    context.sslsocket_class = _ClosedOnFailure
+    return context
+
+
 class Peer:
     """A paho MQTT client on the broker (persistent session): the console, the cloud side."""
 
@@ -118,23 +150,22 @@ class Peer:
         import paho.mqtt.client as mqtt
 
         cert, key = client_files(pki, name)
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=False
-        )
-        context = ssl.create_default_context(cafile=str(pki.ca_file))
-        context.load_cert_chain(str(cert), str(key))
-        context.sslsocket_class = _ClosedOnFailure
-        self.client.tls_set_context(context)
-        self.client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=False)
+        client.tls_set_context(closing_context(pki.ca_file, cert, key))
+        client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload)
+        self._connect(client, broker.port)
+
+    def _connect(self, client: Any, port: int) -> None:
+        self.client = client
         self.received: list[tuple[str, bytes]] = []
         self.changed = threading.Condition()
         self.topics: list[str] = []
-        self.client.on_connect = self._subscribe_all
-        self.client.on_subscribe = self._on_subscribe
+        client.on_connect = self._subscribe_all
+        client.on_subscribe = self._on_subscribe
         self._subscribed: set[int] = set()
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
+        client.reconnect_delay_set(0.2, 1)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
 
     def _subscribe_all(self, *args: Any) -> None:
         for topic in self.topics:
@@ -319,3 +350,90 @@ class JobsService(Peer):
         with self.lock:
             assert self.lock.wait_for(lambda: predicate(self.updates), timeout), self.updates
         return []
+
+
+class HomeBroker(Mosquitto):
+    """Debian's mosquitto as a home network runs it for Home Assistant: no anonymous clients,
+    users from a password file (made with ``mosquitto_passwd``), optionally TLS with a server
+    certificate from ``pki`` (clients check it; they bring no certificate of their own)."""
+
+    USERS: ClassVar[dict[str, str]] = {"camera": "cam-secret", "homeassistant": "ha-secret"}
+
+    def __init__(self, directory: Path, pki: Pki | None = None) -> None:
+        self._prepare(directory)
+        self.tls = pki is not None
+        passwords = directory / "passwords"
+        passwords.write_text("")
+        for user, password in self.USERS.items():
+            subprocess.run(
+                [shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b",
+                 str(passwords), user, password],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        lines = [
+            "user root",
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous false",
+            f"password_file {passwords}",
+            "persistence false",
+            f"log_dest file {directory}/mosquitto.log",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages true",
+        ]
+        if pki is not None:
+            server_cert, server_key = self._server_files(pki)
+            lines += [f"certfile {server_cert}", f"keyfile {server_key}"]
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+
+class HomePeer(Peer):
+    """A client of the home broker with a user name and password, as Home Assistant's MQTT
+    integration is: it records every message with its retain flag."""
+
+    def __init__(
+        self,
+        broker: HomeBroker,
+        name: str = "homeassistant",
+        ca_file: Path | None = None,
+        user: str = "homeassistant",
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
+        client.username_pw_set(user, HomeBroker.USERS[user])
+        if broker.tls:
+            client.tls_set_context(closing_context(ca_file))
+        client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload, m.retain)
+        self.retained: dict[str, bytes] = {}
+        self.latest: dict[str, bytes] = {}
+        self._connect(client, broker.port)
+
+    def on_message(self, topic: str, payload: bytes, retain: bool = False) -> None:  # type: ignore[override]
+        with self.changed:
+            self.received.append((topic, payload))
+            self.latest[topic] = payload
+            if retain:
+                self.retained[topic] = payload
+            self.changed.notify_all()
+
+    def value(self, topic: str) -> bytes | None:
+        with self.changed:
+            return self.latest.get(topic)
+
+    def wait_value(self, topic: str, wanted: Any, timeout: float = 30) -> bytes:
+        """Until the newest message on ``topic`` is ``wanted`` (bytes, or a predicate)."""
+        test = wanted if callable(wanted) else (lambda v: v == wanted)
+        with self.changed:
+            ok = self.changed.wait_for(
+                lambda: topic in self.latest and test(self.latest[topic]), timeout
+            )
+            assert ok, f"{topic}: {self.latest.get(topic)!r} after {timeout} s"
+            return self.latest[topic]
+
+    def count(self, topic: str, payload: bytes | None = None) -> int:
+        with self.changed:
+            return sum(1 for t, p in self.received if t == topic and payload in (None, p))

@@ -9,15 +9,25 @@ health report; ``remove --cloud`` must then leave the target root and moto as th
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import socket
 import stat
 import subprocess
+import threading
+import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
+from conftest import eventually
 from pitarget import account, snapshot
 from servers import Sshd, aws_client, free_port, moto_server, sshd
 from test_provision import assert_nothing_left, csr_pem, enforce_iam, sign_requests_like_aws
@@ -35,15 +45,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         yield running
 
 
+def point_aws_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Every AWS endpoint at ``endpoint``, with credentials a client sends."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     sign_requests_like_aws(monkeypatch)
     with moto_server() as endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        point_aws_at(monkeypatch, endpoint)
         yield endpoint
 
 
@@ -345,5 +360,232 @@ def test_view_says_what_is_installed_in_a_few_lines() -> None:
     ]
     pi["picamera2"] = "0.3.38"
     assert "camera stack: picamera2 0.3.38" in pitsctl._describe("pi@cam", pi, {}).splitlines()
+    # A camera without AWS, on the home network.
+    pi["installed"] = {"thing": None, "region": None, "bucket": None, "log_group": None}
+    pi["access"] = {"hostname": "cam", "page": 8080, "rtsp": 8554, "mqtt": "ha.lan",
+                    "mqtt_port": None}  # fmt: skip
+    lines = pitsctl._describe("pi@cam", pi, {}).splitlines()
+    assert f"installed: pinthesky {__version__}, without AWS" in lines
+    assert (
+        "on the network: page http://cam.local:8080/, RTSP rtsp://cam.local:8554/live, "
+        "Home Assistant through ha.lan"
+    ) in lines
+    pi["access"] = {**pi["access"], "page": None, "mqtt": None}
+    assert "on the network: no page, RTSP rtsp://192.0.2.9:8554/live, no MQTT" in (
+        pitsctl._describe("pi@192.0.2.9", pi, {}).splitlines()
+    )
     pi["installed"] = None
     assert pitsctl._describe("pi@cam", pi, {}).splitlines()[-1] == "pinthesky is not installed"
+
+
+@contextmanager
+def aws_that_fails_every_request(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every AWS endpoint pointed at a server that answers 500 and writes down each request
+    (credentials set, so a client would really send them)."""
+    seen: list[str] = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            seen.append(f"{self.command} {self.headers.get('Host')}{self.path}")
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _refuse
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    with monkeypatch.context() as env:
+        point_aws_at(env, f"http://127.0.0.1:{http.server_address[1]}")
+        try:
+            yield seen
+        finally:
+            http.shutdown()
+            http.server_close()
+
+
+def page(port: int, path: str, password: str, method: str = "GET", body: Any = None) -> Any:
+    """A request to the camera's page as its owner's browser makes it."""
+    token = base64.b64encode(f"owner:{password}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}", "Origin": f"http://127.0.0.1:{port}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers=headers, method=method
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return response.status, response.headers.get("Content-Type"), response.read()
+
+
+def rtsp_status(port: int, request: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"{request} rtsp://127.0.0.1:{port}/live RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+        return s.recv(4096).decode("latin-1").splitlines()[0]
+
+
+def test_a_camera_without_aws_then_in_the_cloud_keeping_its_settings_and_clips(
+    server: Sshd, target: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    from mqtt import HomeBroker, HomePeer
+
+    (target / "etc/avahi/services").mkdir(parents=True)  # the Pi runs Avahi
+    before = snapshot(target)
+    # Servers in these tests listen on 127.0.0.1 only: the owner's own settings, which every
+    # install keeps.
+    (target / "etc/pinthesky").mkdir()
+    (target / "etc/pinthesky/pinthesky.toml").write_text(
+        '[http]\nbind = "127.0.0.1"\n\n[rtsp]\nbind = "127.0.0.1"\n'
+    )
+    page_port, rtsp_port = free_port(), free_port()
+    etc = target / "etc/pinthesky"
+    state = target / "var/lib/pinthesky"
+
+    with aws_that_fails_every_request(monkeypatch) as aws_requests:
+        code, local, err = pitsctl_run(
+            capsys, server, target, "install", "--local",
+            "--page", str(page_port), "--rtsp", str(rtsp_port),
+        )  # fmt: skip
+        assert code == 0, err
+        assert local["local"] is True and local["health"]["recording_status"] is True
+        assert local["access"]["page"] == page_port and local["access"]["rtsp"] == rtsp_port
+        password = local["password"]
+        assert len(password) >= 16
+        # Only the daemon: no sidecar, no certificate, no key, no AWS region.
+        assert set(service_pids(target)) == {"pinthesky"}
+        wants = target / "etc/systemd/system/multi-user.target.wants"
+        assert sorted(p.name for p in wants.iterdir()) == ["pinthesky.service", "ssh.service"]
+        assert not (etc / "certs").exists() and not (etc / "pinthesky.env").exists()
+        config = tomllib.loads((etc / "pinthesky.toml").read_text())
+        assert "cloud_connection" not in config and "iot" not in config
+        assert config["http"] == {"bind": "127.0.0.1", "port": page_port, "password": password}
+        # The page, its snapshot and RTSP answer, with the password.
+        status, kind, body = page(page_port, "/snapshot.jpg", password)
+        assert (status, kind) == (200, "image/jpeg") and body.startswith(b"\xff\xd8")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            page(page_port, "/snapshot.jpg", "wrong")
+        assert refused.value.code == 401
+        assert rtsp_status(rtsp_port, "OPTIONS") == "RTSP/1.0 200 OK"
+        assert rtsp_status(rtsp_port, "DESCRIBE") == "RTSP/1.0 401 Unauthorized"
+        # Announced by the Pi's mDNS responder.
+        announced = ElementTree.parse(target / "etc/avahi/services/pinthesky.service")
+        services = {
+            s.findtext("type"): int(s.findtext("port") or 0) for s in announced.iter("service")
+        }
+        assert services == {"_http._tcp": page_port, "_rtsp._tcp": rtsp_port}
+        assert announced.findtext("name") == "%h"
+        # The owner changes a setting on the page and records a clip.
+        page(page_port, "/api/settings", password, "PATCH", {"camera": {"sensitivity": 25}})
+        page(page_port, "/api/record", password, "POST", {"duration": 1})
+        clip = eventually(
+            lambda: next(iter((state / "motion_videos").glob("*.motion.mp4")), None), 60
+        )
+
+        # Home Assistant's broker, switched on without a hand edit; a new password too.
+        secret = tmp_path / "mqtt-password"
+        secret.write_text(HomeBroker.USERS["camera"] + "\n")
+        with HomeBroker(tmp_path / "broker") as broker:
+            ha = HomePeer(broker)
+            ha.subscribe("homeassistant/#")
+            ha.subscribe("pinthesky/#")
+            code, switched, err = pitsctl_run(
+                capsys, server, target, "set", "--mqtt-host", "127.0.0.1",
+                "--mqtt-port", str(broker.port), "--mqtt-username", "camera",
+                "--mqtt-password-file", str(secret), "--new-password",
+            )  # fmt: skip
+            assert code == 0, err
+            assert switched["access"]["mqtt"] == "127.0.0.1"
+            eventually(
+                lambda: any(t.endswith("/availability") and p == b"online"
+                            for t, p in list(ha.latest.items())),
+                30, "the camera online in Home Assistant",
+            )  # fmt: skip
+            assert any(t.endswith("/motion/config") for t in ha.latest)
+            ha.close()
+        new_password = switched["password"]
+        assert new_password and new_password != password
+        assert page(page_port, "/snapshot.jpg", new_password)[0] == 200
+        mqtt_secret = etc / "mqtt-password"
+        assert stat.S_IMODE(mqtt_secret.stat().st_mode) == 0o640
+        assert mqtt_secret.read_text() == "cam-secret\n"
+        assert "cam-secret" not in (etc / "pinthesky.toml").read_text()
+
+        code, seen, err = pitsctl_run(capsys, server, target, "view")
+        assert code == 0, err
+        assert seen["pi"]["installed"]["thing"] is None and seen["cloud"] == {}
+        assert seen["pi"]["access"]["page"] == page_port
+        assert seen["pi"]["services"] == {"pinthesky": "active"}
+    assert aws_requests == []  # not one AWS request, from pitsctl or from the camera
+
+    # The same camera into the cloud: its settings, password and clips stay.
+    sign_requests_like_aws(monkeypatch)
+    with moto_server() as endpoint:
+        point_aws_at(monkeypatch, endpoint)
+        code, cloud, err = pitsctl_run(
+            capsys, server, target, "install", "--thing", "cam-a", "--bucket", "cams"
+        )
+        assert code == 0, err
+        assert cloud["password"] is None  # kept: nothing new to show
+        assert set(service_pids(target)) == {"pinthesky", "pinthesky-iot"}
+        config = tomllib.loads((etc / "pinthesky.toml").read_text())
+        assert config["cloud_connection"]["thing_name"] == "cam-a"
+        assert config["iot"]["seed_desired"] is True
+        assert config["http"]["port"] == page_port and config["rtsp"]["port"] == rtsp_port
+        assert config["mqtt"]["host"] == "127.0.0.1"
+        assert clip.exists()  # queued for the bucket now
+        _, _, body = page(page_port, "/api/settings", new_password)
+        assert json.loads(body)["settings"]["camera"]["sensitivity"] == 25
+        announced = ElementTree.parse(target / "etc/avahi/services/pinthesky.service")
+        assert announced.findtext("name") == "cam-a"
+
+        code, removed, err = pitsctl_run(capsys, server, target, "remove", "--cloud")
+        assert code == 0, err
+        assert "/etc/avahi/services/pinthesky.service" in removed["pi"]["removed"]
+        assert snapshot(target) == before
+        assert_nothing_left(endpoint, REGION)
+
+
+def test_switches_are_checked_before_the_pi_is_touched(
+    target: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nobody = Sshd(free_port(), [f"Port={free_port()}"], Path("/nonexistent"))
+    for args, line in (
+        (["install", "--local", "--page", "80"], "--page '80': on, off or a port from 1024"),
+        (["set", "--mqtt-host", "mqtt://ha"], "--mqtt-host 'mqtt://ha': must be a host name"),
+        (["set", "--mqtt-port", "0"], "--mqtt-port '0': must be a whole number from 1 to"),
+        (["set", "--mqtt-password-file", "/nonexistent"], "No such file or directory"),
+        (["set"], "nothing to set: give --page, --rtsp, --mqtt-host"),
+        (["install", "--local", "--thing", "cam-a"], "--thing is for a cloud camera"),
+    ):
+        code, _, err = pitsctl_run(capsys, nobody, target, *args)
+        assert code == 1
+        assert line in err.strip().splitlines()[-1], err
+
+
+def test_the_owner_is_told_how_to_reach_the_camera_and_the_password_once() -> None:
+    import io
+
+    ways = {"hostname": "cam", "page": 8080, "rtsp": 8554, "mqtt": None, "mqtt_port": None}
+    out = io.StringIO()
+    pitsctl._tell_access(out, "pi@cam", {"access": ways, "password": "s3cr3t", "announced": True})
+    assert out.getvalue().splitlines() == [
+        "page: http://cam.local:8080/",
+        "RTSP: rtsp://cam.local:8554/live",
+        "password (any user name): s3cr3t",
+        "  shown this once; `pitsctl set --host pi@cam --new-password` makes a new one",
+    ]
+    out = io.StringIO()
+    ways = {**ways, "page": None, "mqtt": "ha.lan", "mqtt_port": 8883}
+    pitsctl._tell_access(out, "pi@10.0.0.7", {"access": ways, "password": None})
+    assert out.getvalue().splitlines() == [
+        "RTSP: rtsp://10.0.0.7:8554/live",
+        "password: the one you have (`pitsctl set --host pi@10.0.0.7 --new-password` makes a "
+        "new one)",
+        "Home Assistant: MQTT discovery through ha.lan:8883",
+        "note: no Avahi on the Pi: the page and RTSP are not announced by mDNS",
+    ]

@@ -16,7 +16,7 @@ from conftest import clip_facts, settings_for
 
 from pinthesky.camera.x264 import X264Encoder
 from pinthesky.media import US, Clock, Packet, RateGate, StreamInfo, has_parameter_sets
-from pinthesky.record.bus import ClipReady, EventBus
+from pinthesky.record.bus import ClipReady, EventBus, MotionClip
 from pinthesky.record.clips import ClipStore
 from pinthesky.record.motion import (
     NOISE_WEIGHT,
@@ -247,13 +247,17 @@ def test_onset_looks_back_at_the_frames_that_led_to_motion():
 class Harness:
     """A recorder on a real ring and clip store, fed hand-made packets and motion."""
 
-    def __init__(self, tmp: Path, hour: int = 12, window: Window | None = None) -> None:
+    def __init__(
+        self, tmp: Path, hour: int = 12, window: Window | None = None, armed: bool = True
+    ) -> None:
         self.ring = PacketRing(retain_us=10 * S)
         self.store = ClipStore(tmp, "h264")
         self.store.prepare()
         self.clips: list[Any] = []
+        self.motion_clips: list[MotionClip] = []
         bus = EventBus()
         bus.subscribe(ClipReady, lambda e: self.clips.append(e.clip))
+        bus.subscribe(MotionClip, self.motion_clips.append)
         self.rec = Recorder(
             RecorderSettings(pre_roll=2, post_roll=3, max_clip=120),
             self.ring,
@@ -263,6 +267,7 @@ class Harness:
             bus,
             window,
             hour=lambda: hour,
+            armed=armed,
         )
         self.t = 0
 
@@ -306,6 +311,28 @@ def test_recording_window_gates_motion_but_not_manual_captures(tmp_path):
     asyncio.run(main())
     assert Window(22, 6).contains(23) and Window(22, 6).contains(6)
     assert not Window(22, 6).contains(7) and Window(8, 18).contains(18)
+
+
+def test_disarmed_motion_makes_no_clip_nor_alert_but_a_manual_clip_records(tmp_path):
+    async def main() -> None:
+        h = Harness(tmp_path, armed=False)
+        h.run_until(15, motion=(6.0, 9.0))
+        assert h.clips == [] and h.motion_clips == [] and not h.rec.recording
+        # A manual clip while something moves: recorded as asked, not stretched by the
+        # motion, and no motion picture or alert is asked for.
+        fut = h.rec.capture(2.0)  # from 15.0 - 2 s pre-roll to 17.0
+        h.run_until(30, motion=(15.0, 25.0))
+        clip = await asyncio.wait_for(fut, 5)
+        assert clip is not None and clip.trigger == "manual" and h.motion_clips == []
+        assert clip.end_ts <= round(17.2 * S)
+        # Armed again (as reconfigure does), the next motion is a clip with its alert.
+        h.rec.update(h.rec.settings, None, armed=True)
+        h.run_until(45, motion=(35.0, 37.0))
+        await h.rec.close()
+        assert [c.trigger for c in h.clips] == ["manual", "motion"]
+        assert [m.trigger for m in h.motion_clips] == ["motion"]
+
+    asyncio.run(main())
 
 
 def test_manual_capture_during_motion_extends_the_clip(tmp_path):

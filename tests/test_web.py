@@ -19,7 +19,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from conftest import eventually, pinthesky, serve_daemon, settings_for
+from conftest import eventually, pinthesky, serve_daemon, settings_for, until
 from servers import free_port
 
 from pinthesky.daemon.app import Daemon
@@ -432,3 +432,54 @@ def test_a_clip_opened_for_a_request_that_goes_away_is_closed(
     fh, size = asyncio.run(web._opened(clip))
     with fh:
         assert size == 100 and fh.read() == b"\0" * 100
+
+
+def test_the_snapshot_is_the_cameras_picture_behind_the_pages_password(tmp_path):
+    from PIL import Image
+
+    token = base64.b64encode(b"anyone:s3cr3t pw").decode()
+
+    def check(daemon: Daemon, port: int) -> None:
+        assert fetch(port, "/snapshot.jpg")[0] == 401
+        status, headers, body = fetch(port, "/snapshot.jpg", {"Authorization": f"Basic {token}"})
+        assert status == 200 and headers["content-type"] == "image/jpeg"
+        assert headers["cache-control"] == "no-store"
+        assert Image.open(io.BytesIO(body)).size == (640, 480)
+        status, headers, body = fetch(
+            port, "/snapshot.jpg", {"Authorization": f"Basic {token}"}, method="HEAD"
+        )
+        assert status == 200 and body == b"" and int(headers["content-length"]) > 1000
+
+    serve(web_settings(tmp_path, **{"http.password": "s3cr3t pw"}), check)
+
+
+def test_snapshot_requests_share_one_picture_and_a_failing_camera_is_one_line(monkeypatch):
+    from pinthesky.local import web
+
+    async def main() -> None:
+        calls = 0
+        gate = threading.Event()
+
+        def capture() -> bytes:
+            nonlocal calls
+            calls += 1
+            if not gate.wait(5):
+                raise RuntimeError("no frame")
+            return b"\xff\xd8" + bytes([calls])
+
+        snaps = web.Snapshots(capture)
+        waiting = [asyncio.create_task(snaps.get()) for _ in range(6)]
+        await until(lambda: calls == 1)
+        gate.set()
+        assert await asyncio.gather(*waiting) == [b"\xff\xd8\x01"] * 6
+        assert await snaps.get() == b"\xff\xd8\x01" and calls == 1  # within a second
+        monkeypatch.setattr(web, "SNAPSHOT_MAX_AGE_S", 0.0)
+        assert await snaps.get() == b"\xff\xd8\x02" and snaps.taken == 2
+
+        def broken() -> bytes:
+            raise RuntimeError("camera stalled")
+
+        with pytest.raises(RuntimeError, match="camera stalled"):
+            await web.Snapshots(broken).get()
+
+    asyncio.run(main())

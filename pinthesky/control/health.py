@@ -58,6 +58,27 @@ def ip_address() -> str | None:
     return None
 
 
+THERMAL = Path("/sys/class/thermal")
+_CPU_ZONES = ("cpu-thermal", "cpu_thermal", "soc_thermal", "x86_pkg_temp")
+"""Thermal zone types of the CPU: a Raspberry Pi's, then other boards' and PCs'."""
+
+
+def cpu_temperature(root: Path = THERMAL) -> float | None:
+    """Degrees Celsius of the CPU (a Pi's ``cpu-thermal`` zone, else the first zone); None
+    where the kernel reports none (a virtual machine, a container)."""
+    readings: dict[str, float] = {}
+    for zone in sorted(root.glob("thermal_zone*")):
+        try:
+            kind = (zone / "type").read_text().strip()
+            readings.setdefault(kind, int((zone / "temp").read_text().strip()) / 1000)
+        except (OSError, ValueError):
+            continue
+    for kind in _CPU_ZONES:
+        if kind in readings:
+            return round(readings[kind], 1)
+    return round(next(iter(readings.values())), 1) if readings else None
+
+
 class Health:
     """Builds health reports; keeps the CPU sample of the previous one."""
 

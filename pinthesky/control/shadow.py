@@ -35,6 +35,7 @@ def reported_document(s: Settings) -> dict[str, Any]:
             # Not in Pi In The Sky's document: the console keeps keys it loaded, so these
             # survive its edits.
             "alert_cooldown": s.alerts.cooldown,
+            "armed": c.armed,
             "min_framerate": c.min_framerate,
             "focus": c.focus,
             "tuning": c.tuning,
@@ -99,6 +100,7 @@ SHADOW_KEYS: dict[str, dict[str, str]] = {
             "timestamp",
             "timestamp_position",
             "timestamp_size",
+            "armed",
         )
     }
     | {"alert_cooldown": "alerts.cooldown"},

@@ -9,12 +9,14 @@ and hand analysis frames over through the ``AnalysisPort``):
     Recorder --MotionClip--> MotionAlerts --picture--> Uploader (first) --> motion_start
     camera thread --live pictures, while watched--> LiveTap --> MJPEG viewers, LiveSessions
     PacketRing --the same H.264, while played--> RtspServer --RTP--> RTSP clients
+    EventBus (motion, pictures, clips, settings) --> HomeAssistant --MQTT--> a home broker
 
 Start order: clip directory checked, camera opened, crash leftovers salvaged, camera started,
-then the control files, the local web server and the RTSP server. Stop order (SIGTERM/SIGINT,
-end of a replayed file, or a failure): end the live sessions (``record_end``), the web server
-and the RTSP clients, stop taking frames, stop the camera, finish the open clip, wait for the
-disk. A failure exits non-zero so systemd restarts the service.
+then the control files, the local web server, the RTSP server and Home Assistant's MQTT. Stop
+order (SIGTERM/SIGINT, end of a replayed file, or a failure): end the live sessions
+(``record_end``), the web server, the RTSP clients and MQTT (``offline``), stop taking
+frames, stop the camera, finish the open clip, wait for the disk. A failure exits non-zero
+so systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pinthesky.alerts.motion import MotionAlerts
 from pinthesky.camera import AnalysisPort, Camera, make_camera
@@ -58,16 +60,35 @@ from pinthesky.live.rtsp import RtspServer
 from pinthesky.live.session import LiveSessions
 from pinthesky.live.tap import LiveTap
 from pinthesky.local.api import LocalApi
+from pinthesky.local.changes import LocalChanges
 from pinthesky.local.web import WebServer
 from pinthesky.logs import set_level
 from pinthesky.media import US, AnalysisFrame, Clock, StreamInfo, monotonic_us, release_memory
 from pinthesky.notify import Notifier
-from pinthesky.record.bus import ClipReady, EventBus, ImageReady, MotionDetected, PictureTaken
+from pinthesky.record.bus import (
+    ClipReady,
+    EventBus,
+    ImageReady,
+    MotionDetected,
+    MotionStopped,
+    PictureTaken,
+    SettingsChanged,
+)
 from pinthesky.record.clips import ClipStore
-from pinthesky.record.motion import LOOKBACK_S, MotionAnalyzer, MotionStarted, MotionTracker
+from pinthesky.record.motion import (
+    LOOKBACK_S,
+    MotionAnalyzer,
+    MotionEnded,
+    MotionEvent,
+    MotionStarted,
+    MotionTracker,
+)
 from pinthesky.record.recorder import Recorder
 from pinthesky.record.ring import PacketRing, byte_caps
 from pinthesky.settings import MotionSettings, Resolution, Settings, flatten, live_size, merge
+
+if TYPE_CHECKING:
+    from pinthesky.homeassistant.bridge import HomeAssistant
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +174,8 @@ class Daemon:
         self.rtsp: RtspServer | None = None
         self._page_health = Health()
         self._reconfiguring = asyncio.Lock()
+        self.changes = LocalChanges(self)
+        self.homeassistant: HomeAssistant | None = None
 
     def request_stop(self, code: int = 0, why: str = "") -> None:
         if not self._stop.is_set():
@@ -185,6 +208,7 @@ class Daemon:
         tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
         await self._start_web()
         await self._start_rtsp()
+        await self._start_homeassistant()
         self.started.set()
         try:
             await self._stop.wait()
@@ -197,6 +221,8 @@ class Daemon:
                 await self.web.close()
             if self.rtsp is not None:
                 await self.rtsp.close()
+            if self.homeassistant is not None:
+                await self.homeassistant.close()
             self.dataplane.close()
             if self._uploader_task is not None:
                 tasks.append(self._uploader_task)
@@ -265,6 +291,7 @@ class Daemon:
             self.bus,
             s.camera.recording_window,
             analysis_interval_us=port.interval_us,
+            armed=s.camera.armed,
         )
         if self.recorder is not None:
             # The stopped recorder's counts are kept once, here, as it is replaced (counting
@@ -321,7 +348,9 @@ class Daemon:
         assert self.camera is not None and self.recorder is not None and self.ring is not None
         self._port.close()
         if self._last_frame_ts is not None:
-            self.recorder.on_motion(self._tracker.finish(), self._last_frame_ts)
+            events = self._tracker.finish()
+            self._tell(events)
+            self.recorder.on_motion(events, self._last_frame_ts)
         await self.recorder.close()
         await asyncio.to_thread(self.camera.stop)
         dropped = self.ring.stats().dropped_unread
@@ -386,6 +415,7 @@ class Daemon:
             lambda: self.settings.cloud_connection.thing_name or "pinthesky",
             lambda: live.view_size,
             LocalApi(self),
+            self._capture_jpeg,
         )
         if await _listening(web, "http", s.bind, s.port, "no local page"):
             self.web = web
@@ -404,6 +434,18 @@ class Daemon:
         )
         if await _listening(rtsp, "rtsp", s.bind, s.port, "no RTSP"):
             self.rtsp = rtsp
+
+    async def _start_homeassistant(self) -> None:
+        """Home Assistant through MQTT discovery, when ``mqtt.host`` is set. paho-mqtt is
+        imported only then. The camera never waits for the broker: it may be down, refuse
+        the login or come and go, and recording goes on."""
+        if self.settings.mqtt.host is None:
+            return
+        from pinthesky.homeassistant.bridge import HomeAssistant
+
+        bridge = HomeAssistant(self)
+        if await bridge.start():
+            self.homeassistant = bridge
 
     def _health_report(self) -> dict[str, Any]:
         """The health figures for the local page (reads /proc: call on a worker thread)."""
@@ -576,17 +618,23 @@ class Daemon:
             self.stats.lighting_frames += score.lighting
             self._last_frame_ts = frame.ts
             events = tracker.update(score)
-            for ev in events:
-                if isinstance(ev, MotionStarted):
-                    self.stats.motion_events += 1
-                    self.bus.publish(
-                        MotionDetected(self.clock.epoch(ev.onset), self.clock.epoch(ev.declared))
-                    )
+            self._tell(events)
             assert self.recorder is not None
             self.recorder.on_motion(events, frame.ts, score.blocks)
         except Exception:
             log.exception("analysing a frame failed")
             self.request_stop(1, "the analysis pipeline failed")
+
+    def _tell(self, events: list[MotionEvent]) -> None:
+        """The tracker's events that others hear of, on the bus."""
+        for ev in events:
+            if isinstance(ev, MotionStarted):
+                self.stats.motion_events += 1
+                self.bus.publish(
+                    MotionDetected(self.clock.epoch(ev.onset), self.clock.epoch(ev.declared))
+                )
+            elif isinstance(ev, MotionEnded):
+                self.bus.publish(MotionStopped(self.clock.epoch(ev.last_seen)))
 
     def _on_source_end(self, exc: BaseException | None) -> None:
         if exc is None:
@@ -667,12 +715,13 @@ class Daemon:
             await self._restart_uploader()
         if any(k.startswith(("cloudwatch.", "cloud_connection.")) for k in diff):
             await self._apply_telemetry(new)
+        self.bus.publish(SettingsChanged(frozenset(diff), origin))
         return diff
 
     def _apply_live(self, s: Settings) -> None:
         rec = s.recorder
         if self.recorder is not None:
-            self.recorder.update(rec, s.camera.recording_window)
+            self.recorder.update(rec, s.camera.recording_window, s.camera.armed)
         self._tracker.sensitivity = s.camera.sensitivity
         self._tracker.min_time_us = round(s.motion.min_time * US)
         self._tracker.quiet_us = round(rec.post_roll * US)

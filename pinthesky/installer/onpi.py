@@ -10,6 +10,13 @@ works (pip can take minutes on a Pi Zero), then one ``{"result": ...}`` or ``{"e
 Every action can be repeated: each step looks at what is there and does only what is
 missing, so a run cut short by a lost connection is finished by running it again.
 
+A camera is a cloud one (AWS IoT, both services) or, installed with ``local``, one that
+touches no AWS service: the daemon alone, with its page and RTSP on, a password made here. The
+same settings file serves both, so a later cloud install keeps the local camera's settings.
+``switches`` (either install, or ``configure`` on an installed camera) turn the page, RTSP and
+Home Assistant's MQTT on or off; the page and RTSP are announced on the network through the
+Pi's own mDNS responder (Avahi, where it is installed).
+
 ``root`` relocates every file into a directory: the installer's tests install into a target
 root on a machine where systemd does not run. There, units are enabled with
 ``systemctl --root`` and the services are started by ``Direct``, which runs each unit's
@@ -23,6 +30,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -57,6 +65,13 @@ EVENT_FILES = {
     "configure_input": f"{STATE}/configuration/input.json",
     "configure_output": f"{STATE}/configuration/output.json",
 }
+MQTT_PASSWORD = f"{ETC}/mqtt-password"
+MQTT_CA = f"{ETC}/mqtt-ca.pem"
+PAGE_PORT, RTSP_PORT = 8080, 8554
+"""Where ``--page on`` and ``--rtsp on`` put them (above 1023: the service has no capability to
+bind lower ports)."""
+AVAHI_DIR = "/etc/avahi/services"
+AVAHI_SERVICE = f"{AVAHI_DIR}/pinthesky.service"
 UNIT_DIR = "/etc/systemd/system"
 POLKIT_RULE = "/etc/polkit-1/rules.d/50-pinthesky.rules"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -297,6 +312,9 @@ class Systemd:
     def remove(self, units: list[str]) -> None:
         run("systemctl", "disable", "--now", *(f"{u}.service" for u in units), check=False)
 
+    def restart(self, unit: str) -> None:
+        run("systemctl", "restart", f"{unit}.service")
+
     def reload(self) -> None:
         run("systemctl", "daemon-reload", check=False)
 
@@ -391,6 +409,10 @@ class Direct:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self._pidfile(unit).unlink(missing_ok=True)
+
+    def restart(self, unit: str) -> None:
+        self._stop(unit)
+        self._start(unit)
 
     def remove(self, units: list[str]) -> None:
         for unit in units:
@@ -649,40 +671,72 @@ def _virtualenv(host: Host, wheel: Path, owner: tuple[int, int]) -> None:
             os.lchown(os.path.join(directory, name), *owner)
 
 
-def _config(host: Host, args: dict[str, Any]) -> bool:
-    """The settings file: pitsctl's keys set, everything else the owner wrote kept."""
+HEADER = (
+    "# pinthesky settings (pinthesky --help lists them). Written by pitsctl, which\n"
+    "# sets only the keys it manages when it runs again: your own settings stay.\n"
+)
+
+
+def _config(host: Host, args: dict[str, Any]) -> str | None:
+    """The settings file: pitsctl's keys set, everything else the owner wrote kept. Returns
+    the page's password when one was made."""
     p = host.path
+    local = bool(args.get("local"))
     values: dict[str, dict[str, Any]] = {
-        "cloud_connection": {
+        "storage": {"combine_dir": str(p(CLIPS)), "capture_dir": str(p(STILLS))},
+        "events": {name: str(p(path)) for name, path in EVENT_FILES.items()},
+        "health": {"file": str(p(HEALTH_FILE))},
+    }
+    before, current = _read_settings(host)
+    switches = dict(args.get("switches") or {})
+    if local:
+        # The page and RTSP are how a camera without the cloud is used: on, unless the owner
+        # turned them off before.
+        for name, section in (("page", "http"), ("rtsp", "rtsp")):
+            if "port" not in current.get(section, {}):
+                switches.setdefault(name, "on")
+    else:
+        values["cloud_connection"] = {
             "thing_name": args["thing"],
             "cert_path": str(p(CERT)),
             "key_path": str(p(KEY)),
             "cacert_path": str(p(CA)),
             "credentials_endpoint": args["credentials_endpoint"],
             "role_alias": args["role_alias"],
-        },
-        "storage": {
-            "bucket_name": args["bucket"],
-            "combine_dir": str(p(CLIPS)),
-            "capture_dir": str(p(STILLS)),
-        },
-        "events": {name: str(p(path)) for name, path in EVENT_FILES.items()},
-        "health": {"file": str(p(HEALTH_FILE))},
-        "iot": {"endpoint": args["data_endpoint"]},
-    }
-    if args.get("log_group"):
-        values["cloudwatch"] = {
-            "enabled": True,
-            "log_group_name": args["log_group"],
-            "region_name": args["region"],
         }
-    config = host.path(CONFIG)
+        values["storage"]["bucket_name"] = args["bucket"]
+        values["iot"] = {"endpoint": args["data_endpoint"]}
+        if not current.get("iot", {}).get("endpoint"):
+            # New in the cloud (a new camera, or a local one): the console needs a desired
+            # state to edit.
+            values["iot"]["seed_desired"] = True
+        if args.get("log_group"):
+            values["cloudwatch"] = {
+                "enabled": True,
+                "log_group_name": args["log_group"],
+                "region_name": args["region"],
+            }
+    password = _switch(host, current, switches, values)
+    _write_settings(host, before, values)
+    if not local:
+        env = f"# Written by pitsctl.\nAWS_DEFAULT_REGION={args['region']}\n"
+        write_file(host.path(ENV_FILE), env.encode(), 0o644)
+    return password
+
+
+def _read_settings(host: Host) -> tuple[str, dict[str, Any]]:
+    """The settings file's text (a header for a new one) and what it holds."""
     try:
-        before = config.read_text()
+        before = host.path(CONFIG).read_text()
     except FileNotFoundError:
-        before = "# pinthesky settings (pinthesky --help lists them). Written by pitsctl, which\n"
-        before += "# sets only the keys it manages when it runs again: your own settings stay.\n"
-        values["iot"]["seed_desired"] = True  # the console needs a desired state to edit
+        return HEADER, {}
+    try:
+        return before, tomllib.loads(before)
+    except tomllib.TOMLDecodeError as exc:
+        raise Refusal(f"{CONFIG}: {exc}; fix it or remove it and run pitsctl again") from None
+
+
+def _write_settings(host: Host, before: str, values: dict[str, dict[str, Any]]) -> None:
     text = merge_toml(before, values)
     parsed = tomllib.loads(text)  # what we write must read back as what we meant
     for section, keys in values.items():
@@ -692,29 +746,156 @@ def _config(host: Host, args: dict[str, Any]) -> bool:
     owner = host.account()
     assert owner is not None
     group_readable = (0, owner[1])  # root writes it, the service's group reads it
-    changed = write_file(config, text.encode(), 0o640, group_readable)
-    env = f"# Written by pitsctl.\nAWS_DEFAULT_REGION={args['region']}\n"
-    return write_file(host.path(ENV_FILE), env.encode(), 0o644) or changed
+    write_file(host.path(CONFIG), text.encode(), 0o640, group_readable)
+
+
+def _port(value: Any, current: Any, default: int) -> int:
+    """``on`` (the port it has, else ``default``), ``off`` (0) or a port number."""
+    if value == "off":
+        return 0
+    if value == "on":
+        return current if isinstance(current, int) and current > 0 else default
+    return int(value)
+
+
+def _switch(
+    host: Host,
+    current: dict[str, Any],
+    switches: dict[str, Any],
+    values: dict[str, dict[str, Any]],
+) -> str | None:
+    """The page, RTSP and MQTT as ``switches`` asks, into ``values``; returns the page's
+    password when one was made (the page and RTSP never run without one)."""
+    http, rtsp = current.get("http", {}), current.get("rtsp", {})
+    if "page" in switches:
+        values.setdefault("http", {})["port"] = _port(switches["page"], http.get("port"), PAGE_PORT)
+    if "rtsp" in switches:
+        values.setdefault("rtsp", {})["port"] = _port(switches["rtsp"], rtsp.get("port"), RTSP_PORT)
+    page_on = values.get("http", {}).get("port", http.get("port"))
+    rtsp_on = values.get("rtsp", {}).get("port", rtsp.get("port"))
+    password = None
+    has_one = http.get("password") not in (None, "", "none")
+    if switches.get("new_password") or ((page_on or rtsp_on) and not has_one):
+        password = secrets.token_urlsafe(12)
+        values.setdefault("http", {})["password"] = password
+    mqtt = switches.get("mqtt") or {}
+    if mqtt:
+        owner = host.account()
+        assert owner is not None
+        section = values.setdefault("mqtt", {})
+        for key in ("host", "port", "username", "tls"):
+            if key in mqtt:
+                section[key] = "none" if mqtt[key] is None else mqtt[key]
+        if "password" in mqtt:
+            secret = host.path(MQTT_PASSWORD)
+            write_file(secret, (mqtt["password"] + "\n").encode(), 0o640, (0, owner[1]))
+            section["password_file"] = str(secret)
+            if current.get("mqtt", {}).get("password") not in (None, "none"):
+                section["password"] = "none"  # one or the other: the file wins
+        if "ca_pem" in mqtt:
+            write_file(host.path(MQTT_CA), mqtt["ca_pem"].encode(), 0o644)
+            section["ca_file"] = str(host.path(MQTT_CA))
+    return password
+
+
+def _check_settings(host: Host) -> None:
+    """The installed daemon reads the settings as meant, or one line says what is wrong."""
+    exe = host.path(f"{VENV}/bin/pinthesky")
+    done = run(
+        str(exe), "--config", str(host.path(CONFIG)), "--validate-config",
+        check=False, cwd=host.path(STATE), timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise Refusal(f"{CONFIG}: {lines[0] if lines else 'not valid'}; fix it by hand")
+
+
+def access(host: Host) -> dict[str, Any]:
+    """How the camera is reached on the home network, from its settings."""
+    config = read_config(host) or {}
+    http, rtsp, mqtt = (config.get(k, {}) for k in ("http", "rtsp", "mqtt"))
+    return {
+        "hostname": os.uname().nodename,
+        "page": _on(http.get("port")),
+        "rtsp": _on(rtsp.get("port")),
+        "mqtt": None if mqtt.get("host") in (None, "none") else mqtt.get("host"),
+        "mqtt_port": mqtt.get("port"),
+    }
+
+
+def _on(port: Any) -> int | None:
+    return port if isinstance(port, int) and port > 0 else None
+
+
+def announce(host: Host) -> bool:
+    """The page and RTSP as mDNS services (``_http._tcp``, ``_rtsp._tcp``) through Avahi, the
+    mDNS responder Raspberry Pi OS runs (it answers for ``<hostname>.local`` already); it
+    reads its service directory by itself. False where Avahi is not installed."""
+    directory = host.path(AVAHI_DIR)
+    path = host.path(AVAHI_SERVICE)
+    if not directory.is_dir():
+        return False
+    ways = access(host)
+    services = []
+    if ways["page"]:
+        services.append(("_http._tcp", ways["page"], "path=/"))
+    if ways["rtsp"]:
+        services.append(("_rtsp._tcp", ways["rtsp"], "path=/live"))
+    if not services:
+        remove_path(path)
+        return False
+    thing = (read_config(host) or {}).get("cloud_connection", {}).get("thing_name")
+    # %h is the host name, kept current by Avahi itself; a cloud camera goes by its thing.
+    name = _xml(thing) if thing else "%h"
+    lines = [
+        '<?xml version="1.0" standalone="no"?>',
+        '<!DOCTYPE service-group SYSTEM "avahi-service.dtd">',
+        "<!-- Written by pitsctl: the pinthesky camera's page and RTSP stream. -->",
+        "<service-group>",
+        f'  <name replace-wildcards="yes">{name}</name>',
+    ]
+    for kind, port, txt in services:
+        lines += [
+            "  <service>",
+            f"    <type>{kind}</type>",
+            f"    <port>{port}</port>",
+            f"    <txt-record>{txt}</txt-record>",
+            "  </service>",
+        ]
+    lines.append("</service-group>")
+    write_file(path, ("\n".join(lines) + "\n").encode(), 0o644)
+    return True
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def install(host: Host, args: dict[str, Any]) -> dict[str, Any]:
-    """Everything on the Pi, given the cloud's answer; then (re)start both services."""
+    """Everything on the Pi, given the cloud's answer (none for a local camera); then (re)start
+    the services."""
+    local = bool(args.get("local"))
     owner = host.ensure_account()
+    for directory, mode in ((STATE, 0o700), (ETC, 0o755)):
+        owned_dir(host.path(directory), mode, owner if directory == STATE else None)
     _system_packages(host)
     with tempfile.TemporaryDirectory() as tmp:
         wheel = Path(tmp) / args["wheel_name"]
         wheel.write_bytes(base64.b64decode(args["wheel"]))
         _virtualenv(host, wheel, owner)
-    emit(step="certificates, settings, the four files")
-    write_file(host.path(CERT), args["certificate"].encode(), 0o644, owner)
-    try:
-        ca_pem = args.get("ca_pem") or Path(SYSTEM_CA).read_text()
-    except OSError as exc:
-        raise Refusal(
-            f"{SYSTEM_CA}: {exc.strerror}; install the ca-certificates package or pass --ca-cert"
-        ) from None
-    write_file(host.path(CA), ca_pem.encode(), 0o644, owner)
-    _config(host, args)
+    emit(step="settings and the four files" if local else "certificates, settings, the four files")
+    if not local:
+        write_file(host.path(CERT), args["certificate"].encode(), 0o644, owner)
+        try:
+            ca_pem = args.get("ca_pem") or Path(SYSTEM_CA).read_text()
+        except OSError as exc:
+            raise Refusal(
+                f"{SYSTEM_CA}: {exc.strerror}; install the ca-certificates package or pass "
+                "--ca-cert"
+            ) from None
+        write_file(host.path(CA), ca_pem.encode(), 0o644, owner)
+    password = _config(host, args)
+    _check_settings(host)
     for directory in (CLIPS, STILLS, f"{STATE}/events", f"{STATE}/configuration"):
         owned_dir(host.path(directory), 0o700, owner)
     for path in EVENT_FILES.values():
@@ -726,11 +907,32 @@ def install(host: Host, args: dict[str, Any]) -> dict[str, Any]:
     emit(step="systemd units")
     for unit, text in args["units"].items():
         write_file(host.path(f"{UNIT_DIR}/{unit}.service"), text.encode(), 0o644)
-    if host.path("/etc/polkit-1").is_dir():
+    if not local and host.path("/etc/polkit-1").is_dir():
         write_file(host.path(POLKIT_RULE), POLKIT_TEXT.encode(), 0o644)
-    emit(step="starting pinthesky and pinthesky-iot")
-    host.services.install(list(UNITS))
-    return {"version": installed_version(host)}
+    announced = announce(host)
+    emit(step=f"starting {' and '.join(args['units'])}")
+    host.services.install(list(args["units"]))
+    return {
+        "version": installed_version(host),
+        "password": password,
+        "access": access(host),
+        "announced": announced,
+    }
+
+
+def configure(host: Host, args: dict[str, Any]) -> dict[str, Any]:
+    """Turn the page, RTSP and MQTT on or off on an installed camera, then restart the daemon."""
+    if read_config(host) is None or installed_version(host) is None:
+        raise Refusal("pinthesky is not installed there: run pitsctl install first")
+    before, current = _read_settings(host)
+    values: dict[str, dict[str, Any]] = {}
+    password = _switch(host, current, dict(args.get("switches") or {}), values)
+    _write_settings(host, before, values)
+    _check_settings(host)
+    announced = announce(host)
+    emit(step="restarting pinthesky")
+    host.services.restart("pinthesky")
+    return {"password": password, "access": access(host), "announced": announced}
 
 
 def health(host: Host, args: dict[str, Any]) -> dict[str, Any]:
@@ -770,7 +972,9 @@ def health(host: Host, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _states(host: Host) -> dict[str, str]:
-    return {unit: host.services.state(unit) for unit in UNITS}
+    """The installed services' states (a local camera has no sidecar)."""
+    units = [u for u in UNITS if host.path(f"{UNIT_DIR}/{u}.service").exists()]
+    return {unit: host.services.state(unit) for unit in units}
 
 
 def view(host: Host, args: dict[str, Any]) -> dict[str, Any]:
@@ -786,6 +990,7 @@ def view(host: Host, args: dict[str, Any]) -> dict[str, Any]:
         health=report,
         config=str(host.path(CONFIG)) if config else None,
         units=[u for u in UNITS if host.path(f"{UNIT_DIR}/{u}.service").exists()],
+        access=access(host) if config else None,
     )
     return info
 
@@ -798,7 +1003,7 @@ def remove(host: Host, args: dict[str, Any]) -> dict[str, Any]:
     if units:
         host.services.remove(units)
     emit(step="removing files")
-    for name in [f"{UNIT_DIR}/{u}.service" for u in UNITS] + [POLKIT_RULE, OPT, ETC]:
+    for name in [f"{UNIT_DIR}/{u}.service" for u in UNITS] + [POLKIT_RULE, AVAHI_SERVICE, OPT, ETC]:
         if remove_path(host.path(name)):
             removed.append(name)
     host.services.reload()
@@ -822,6 +1027,7 @@ ACTIONS = {
     "probe": probe,
     "prepare": prepare,
     "install": install,
+    "configure": configure,
     "health": health,
     "view": view,
     "remove": remove,

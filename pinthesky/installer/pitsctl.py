@@ -1,6 +1,10 @@
 """``pitsctl``: install, inspect and remove a pinthesky camera from a workstation.
 
     pitsctl install --host pi@camera.local [--thing NAME] [--bucket NAME] [--region R]
+    pitsctl install --host pi@camera.local --local
+    pitsctl set --host pi@camera.local [--page on|off|PORT] [--rtsp on|off|PORT]
+                [--mqtt-host HOST|off] [--mqtt-port P] [--mqtt-username U]
+                [--mqtt-password-file FILE] [--mqtt-tls] [--mqtt-ca-file FILE] [--new-password]
     pitsctl view --host pi@camera.local
     pitsctl remove --host pi@camera.local [--keep-clips] [--cloud]
     pitsctl alerts [--region R] [--bucket NAME] [--email ADDR]... [--sms NUMBER] [--https URL]
@@ -12,8 +16,12 @@ its key and a signing request there, create or reuse the AWS resources, install 
 this pitsctl belongs to (built here as a wheel, so the Pi runs the same version) with the
 settings, certificates and units, start both services, and wait for the daemon's health
 report before saying done. Every step can be run again: a failed install is finished by the
-same command. ``alerts`` (and ``install`` with the same options) sets up who is told of motion
-and of a camera gone offline, and how long the bucket keeps clips (``alerts.cloud``).
+same command. ``--local`` installs a camera that touches no AWS service (no AWS call is made
+from here either): the daemon alone, its page and RTSP on with a password made on the Pi; a
+later install without it makes the same camera a cloud one, keeping its settings and clips.
+``set`` turns the page, RTSP and Home Assistant's MQTT on and off on an installed camera.
+``alerts`` (and ``install`` with the same options) sets up who is told of motion and of a
+camera gone offline, and how long the bucket keeps clips (``alerts.cloud``).
 """
 
 from __future__ import annotations
@@ -160,6 +168,9 @@ def _default_thing(hostname: str) -> str:
 def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
     from pinthesky.installer.provision import Names
 
+    switches = read_switches(ns)
+    if ns.local:
+        return install_local(ns, switches, out, progress)
     remote = _remote(ns)
     progress.step(f"connecting to {ns.host}")
     pi = remote.call("probe")
@@ -215,8 +226,100 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
         "wheel": base64.b64encode(wheel).decode(),
         "units": unit_texts(),
         "ca_pem": ca_pem,
+        "switches": switches,
     }
     installed = remote.call("install", args, progress.on_event)
+    report = _healthy(ns, remote, progress)
+    if ns.json:
+        out.write(
+            json.dumps(
+                {
+                    "thing": thing,
+                    "names": vars(names),
+                    "health": report,
+                    "alerts": vars(alerts),
+                    "password": installed["password"],
+                    "access": installed["access"],
+                }
+            )
+            + "\n"
+        )
+        return 0
+    made = ", ".join(cloud.created + alerts.done) or "nothing new"
+    out.write(
+        f"pinthesky {installed['version']} is running on {ns.host} as thing {thing} "
+        f"(region {region}, bucket {bucket}); created in AWS: {made}\n"
+    )
+    for note in alerts.notes:
+        out.write(f"note: {note}\n")
+    _tell_access(out, ns.host, installed)
+    return 0
+
+
+def install_local(
+    ns: argparse.Namespace, switches: dict[str, Any], out: TextIO, progress: Progress
+) -> int:
+    """A camera without AWS: no AWS call from here, no certificate, no sidecar on the Pi."""
+    for flag, given in (
+        ("--thing", ns.thing), ("--bucket", ns.bucket), ("--region", ns.region),
+        ("--with-cloudwatch", ns.with_cloudwatch), ("--ca-cert", ns.ca_cert),
+        ("--email", ns.email), ("--sms", ns.sms), ("--https", ns.https),
+        ("--offline-after", ns.offline_after), ("--retention-days", ns.retention_days),
+        ("--log-group", ns.log_group),
+    ):  # fmt: skip
+        if given:
+            raise PintheskyError(f"{flag} is for a cloud camera: leave it out with --local")
+    remote = _remote(ns)
+    progress.step(f"connecting to {ns.host}")
+    pi = remote.call("probe")
+    thing = (pi["installed"] or {}).get("thing")
+    if thing:
+        raise PintheskyError(
+            f"{ns.host} is a cloud camera (thing {thing}): upgrade it with `pitsctl install "
+            f"--host {ns.host}`, or `pitsctl remove --host {ns.host} --cloud` first"
+        )
+    progress.detail(f"{pi['model'] or 'not a Raspberry Pi'}, {pi['os']}, Python {pi['python']}")
+    progress.step("building the pinthesky package")
+    wheel_name, wheel = build_wheel()
+    args = {
+        "local": True,
+        "wheel_name": wheel_name,
+        "wheel": base64.b64encode(wheel).decode(),
+        "units": {"pinthesky": unit_texts()["pinthesky"]},
+        "switches": switches,
+    }
+    installed = remote.call("install", args, progress.on_event)
+    report = _healthy(ns, remote, progress)
+    if ns.json:
+        out.write(json.dumps({"local": True, "health": report, **installed}) + "\n")
+        return 0
+    out.write(f"pinthesky {installed['version']} is running on {ns.host}, without AWS\n")
+    _tell_access(out, ns.host, installed)
+    return 0
+
+
+def set_switches(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
+    """The page, RTSP and MQTT on an installed camera, then its daemon restarted."""
+    switches = read_switches(ns)
+    if not switches:
+        raise PintheskyError(
+            "nothing to set: give --page, --rtsp, --mqtt-host (and its options) or --new-password"
+        )
+    remote = _remote(ns)
+    progress.step(f"setting {', '.join(sorted(switches))} on {ns.host}")
+    done = remote.call("configure", {"switches": switches}, progress.on_event)
+    report = _healthy(ns, remote, progress)
+    if ns.json:
+        out.write(json.dumps({"health": report, **done}) + "\n")
+        return 0
+    out.write(f"pinthesky on {ns.host} is running with the new settings\n")
+    _tell_access(out, ns.host, done)
+    return 0
+
+
+def _healthy(ns: argparse.Namespace, remote: Any, progress: Progress) -> dict[str, Any]:
+    """The daemon's answer to a health request, with every service running and the camera
+    recording; else one line saying what to look at."""
     progress.step("waiting for the camera's health report")
     health_id = f"pitsctl-{uuid.uuid4().hex[:12]}"
     answer = remote.call("health", {"health_id": health_id, "timeout": ns.health_timeout})
@@ -229,22 +332,102 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
             f"{report.get('recording_status')}; see `pitsctl view --host {ns.host}` and "
             "`journalctl -u pinthesky` on the Pi"
         )
-    if ns.json:
+    checked: dict[str, Any] = report
+    return checked
+
+
+def _address(host: str, hostname: str) -> str:
+    """How the workstation names the Pi: the ssh address when it is a name with a domain or
+    an IP address, else the Pi's own host name on mDNS (``name.local``)."""
+    address = host.rpartition("@")[2]
+    if "." in address or ":" in address:
+        return f"[{address}]" if ":" in address else address
+    return f"{hostname}.local"
+
+
+def _tell_access(out: TextIO, host: str, done: dict[str, Any]) -> None:
+    ways = done["access"]
+    address = _address(host, ways["hostname"])
+    password = done.get("password")
+    if ways["page"]:
+        out.write(f"page: http://{address}:{ways['page']}/\n")
+    if ways["rtsp"]:
+        out.write(f"RTSP: rtsp://{address}:{ways['rtsp']}/live\n")
+    if password:
         out.write(
-            json.dumps(
-                {"thing": thing, "names": vars(names), "health": report, "alerts": vars(alerts)}
-            )
-            + "\n"
+            f"password (any user name): {password}\n"
+            f"  shown this once; `pitsctl set --host {host} --new-password` makes a new one\n"
         )
-        return 0
-    made = ", ".join(cloud.created + alerts.done) or "nothing new"
-    out.write(
-        f"pinthesky {installed['version']} is running on {ns.host} as thing {thing} "
-        f"(region {region}, bucket {bucket}); created in AWS: {made}\n"
-    )
-    for note in alerts.notes:
-        out.write(f"note: {note}\n")
-    return 0
+    elif ways["page"] or ways["rtsp"]:
+        out.write(
+            f"password: the one you have (`pitsctl set --host {host} --new-password` makes "
+            "a new one)\n"
+        )
+    if ways["mqtt"]:
+        port = f":{ways['mqtt_port']}" if ways.get("mqtt_port") else ""
+        out.write(f"Home Assistant: MQTT discovery through {ways['mqtt']}{port}\n")
+    if (ways["page"] or ways["rtsp"]) and not done.get("announced"):
+        out.write("note: no Avahi on the Pi: the page and RTSP are not announced by mDNS\n")
+
+
+def read_switches(ns: argparse.Namespace) -> dict[str, Any]:
+    """The page, RTSP and MQTT switches given, checked here (one line each), with the files
+    they name read here: the password and the CA go to the Pi over ssh, never on a command
+    line there."""
+    from pinthesky.settings import OPTION_BY_KEY
+
+    switches: dict[str, Any] = {}
+    for name in ("page", "rtsp"):
+        value = getattr(ns, name, None)
+        if value is None:
+            continue
+        value = value.strip().lower()
+        if value not in ("on", "off") and not (value.isdigit() and 1024 <= int(value) <= 65535):
+            raise PintheskyError(f"--{name} {value!r}: on, off or a port from 1024 to 65535")
+        switches[name] = value if value in ("on", "off") else int(value)
+    if getattr(ns, "new_password", False):
+        switches["new_password"] = True
+    mqtt: dict[str, Any] = {}
+    if ns.mqtt_host is not None:
+        if ns.mqtt_host.strip().lower() == "off":
+            mqtt["host"] = None
+        else:
+            mqtt["host"] = _checked("mqtt.host", "--mqtt-host", ns.mqtt_host, OPTION_BY_KEY)
+    if ns.mqtt_port is not None:
+        mqtt["port"] = _checked("mqtt.port", "--mqtt-port", ns.mqtt_port, OPTION_BY_KEY)
+    if ns.mqtt_username is not None:
+        mqtt["username"] = _checked(
+            "mqtt.username", "--mqtt-username", ns.mqtt_username, OPTION_BY_KEY
+        )
+    if ns.mqtt_tls is not None:
+        mqtt["tls"] = ns.mqtt_tls
+    if ns.mqtt_password_file is not None:
+        lines = _read_file("--mqtt-password-file", ns.mqtt_password_file).splitlines()
+        if not lines or not lines[0].strip():
+            raise PintheskyError(f"--mqtt-password-file {ns.mqtt_password_file}: it is empty")
+        mqtt["password"] = lines[0].strip()
+    if ns.mqtt_ca_file is not None:
+        pem = _read_file("--mqtt-ca-file", ns.mqtt_ca_file)
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise PintheskyError(f"--mqtt-ca-file {ns.mqtt_ca_file}: not a PEM certificate")
+        mqtt["ca_pem"] = pem
+    if mqtt:
+        switches["mqtt"] = mqtt
+    return switches
+
+
+def _checked(key: str, flag: str, value: str, options: dict[str, Any]) -> Any:
+    try:
+        return options[key].parse(value)
+    except ValueError as exc:
+        raise PintheskyError(f"{flag} {value!r}: {exc}") from None
+
+
+def _read_file(flag: str, path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PintheskyError(f"{flag} {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def view(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
@@ -277,11 +460,21 @@ def _describe(host: str, pi: dict[str, Any], cloud: dict[str, Any]) -> str:
     ident = pi["installed"]
     if not ident:
         return "\n".join([*lines, "pinthesky is not installed"]) + "\n"
-    lines.append(
-        f"installed: pinthesky {pi['version'] or '(missing)'}, thing {ident['thing']}, "
-        f"region {ident['region']}, bucket {ident['bucket']}"
-        + (f", log group {ident['log_group']}" if ident.get("log_group") else "")
-    )
+    if ident.get("thing"):
+        lines.append(
+            f"installed: pinthesky {pi['version'] or '(missing)'}, thing {ident['thing']}, "
+            f"region {ident['region']}, bucket {ident['bucket']}"
+            + (f", log group {ident['log_group']}" if ident.get("log_group") else "")
+        )
+    else:
+        lines.append(f"installed: pinthesky {pi['version'] or '(missing)'}, without AWS")
+    ways = pi.get("access")
+    if ways:
+        address = _address(host, ways["hostname"])
+        on = [f"page http://{address}:{ways['page']}/" if ways["page"] else "no page"]
+        on.append(f"RTSP rtsp://{address}:{ways['rtsp']}/live" if ways["rtsp"] else "no RTSP")
+        on.append(f"Home Assistant through {ways['mqtt']}" if ways["mqtt"] else "no MQTT")
+        lines.append("on the network: " + ", ".join(on))
     lines.append("services: " + ", ".join(f"{u} {s}" for u, s in pi["services"].items()))
     if pi.get("model"):
         from pinthesky.installer import onpi
@@ -462,6 +655,32 @@ def add_alert_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_switch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--page", metavar="on|off|PORT", help="the camera's page (on: port 8080)")
+    p.add_argument("--rtsp", metavar="on|off|PORT", help="RTSP out (on: port 8554)")
+    p.add_argument(
+        "--mqtt-host",
+        metavar="HOST|off",
+        help="Home Assistant's MQTT broker on the home network (off: no MQTT)",
+    )
+    p.add_argument("--mqtt-port", metavar="PORT", help="its port (1883, or 8883 with TLS)")
+    p.add_argument("--mqtt-username", metavar="USER", help="the camera's user on the broker")
+    p.add_argument(
+        "--mqtt-password-file",
+        metavar="FILE",
+        help="a file here whose first line is that user's password (copied to the Pi)",
+    )
+    p.add_argument(
+        "--mqtt-tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TLS to the broker",
+    )
+    p.add_argument(
+        "--mqtt-ca-file", metavar="FILE", help="the CA of the broker's certificate (copied)"
+    )
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog=PROG, description="Install, inspect and remove pinthesky cameras over ssh."
@@ -505,8 +724,27 @@ def build_parser() -> OneLineParser:
         metavar="S",
         help="seconds to wait for the daemon's first health report",
     )
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="a camera without AWS: page and RTSP on, a password made on the Pi, no AWS call",
+    )
+    add_switch_options(p)
     add_alert_options(p)
     p.set_defaults(run=install)
+
+    p = sub.add_parser("set", help="turn the page, RTSP and Home Assistant's MQTT on or off")
+    common(p)
+    add_switch_options(p)
+    p.add_argument(
+        "--new-password",
+        action="store_true",
+        help="make a new password for the page and RTSP on the Pi (shown once)",
+    )
+    p.add_argument(
+        "--health-timeout", type=float, default=120.0, metavar="S", help=argparse.SUPPRESS
+    )
+    p.set_defaults(run=set_switches)
 
     p = sub.add_parser("view", help="what is installed, its services, health and AWS resources")
     common(p)

@@ -4,10 +4,9 @@ Requests arrive parsed (method, path after ``/api``, JSON body) from ``web.py``,
 already checked the password, the origin and the body's size. Every answer is a status and a
 JSON document; a refusal is ``{"error": "<one line>"}`` (``errors`` for several settings).
 
-Settings use the sections and names of the TOML file and the shadow. A change goes through
-the option table (``settings.merge``), then the daemon's ``reconfigure`` (the same path as a
-shadow change: the camera reopens only when it must), then the ``--local-settings`` file (merged
-line by line, so comments stay) and the shadow's reported state.
+Settings use the sections and names of the TOML file and the shadow. A change takes the path
+every change made on the home network takes (``changes.LocalChanges``: the option table, the
+daemon's ``reconfigure``, the ``--local-settings`` file, the shadow's reported state).
 """
 
 from __future__ import annotations
@@ -21,10 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pinthesky.control.controller import Host as ControlHost
-from pinthesky.eventfiles import NotOurFile, read_ours, write_atomically
-from pinthesky.installer.onpi import merge_toml
 from pinthesky.settings import (
-    MAX_LOCAL_BYTES,
     OPTION_BY_KEY,
     PAGE_KEYS,
     Rect,
@@ -32,11 +28,11 @@ from pinthesky.settings import (
     Settings,
     Window,
     flatten,
-    merge,
 )
 
 if TYPE_CHECKING:
     from pinthesky.control.controller import Control
+    from pinthesky.local.changes import LocalChanges
     from pinthesky.record.clips import ClipStore
 
 log = logging.getLogger(__name__)
@@ -65,17 +61,6 @@ def json_value(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def _toml_value(value: Any) -> Any:
-    """What the ``--local-settings`` file keeps for a typed value."""
-    if value is None:
-        return "none"
-    if isinstance(value, tuple) and not isinstance(value, Resolution | Window):
-        return ";".join(str(r) for r in value)
-    if isinstance(value, bool | int | float):
-        return value
-    return str(value)
 
 
 def _allowed(key: str) -> str:
@@ -123,6 +108,8 @@ class Host(ControlHost, Protocol):
     def store(self) -> ClipStore: ...
     @property
     def control(self) -> Control | None: ...
+    @property
+    def changes(self) -> LocalChanges: ...
 
 
 class LocalApi:
@@ -130,8 +117,6 @@ class LocalApi:
 
     def __init__(self, daemon: Host) -> None:
         self.daemon = daemon
-        self._lock = asyncio.Lock()
-        self.changes = 0
 
     async def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         try:
@@ -195,49 +180,17 @@ class LocalApi:
                     changes[key] = value
         if unknown:  # said once, not once per key: the answer stays small whatever is sent
             errors.append(f"the page may change {', '.join(PAGE_KEYS)}")
-        async with self._lock:  # one change at a time, in order, like shadow documents
-            if not errors:
-                _, errors = merge(self.daemon.settings, changes, "page")
-            if errors:
-                # All or nothing: a form is sent whole, and half of it applied would surprise.
-                return 400, {"error": errors[0], "errors": _first(errors)}
-            applied = await self.daemon.reconfigure(changes, "page")
-            saved = await asyncio.to_thread(self._persist, changes) if applied else True
-            if applied and self.daemon.control is not None:
-                self.daemon.control.shadow.local_change(applied)
-            self.changes += bool(applied)
+        if not errors:
+            outcome = await self.daemon.changes.apply(changes, "page")
+            errors = outcome.errors
+        if errors:
+            # All or nothing: a form is sent whole, and half of it applied would surprise.
+            return 400, {"error": errors[0], "errors": _first(errors)}
         return 200, {
-            "changed": sorted(applied),
-            "saved": saved,
+            "changed": sorted(outcome.applied),
+            "saved": outcome.saved,
             **self._settings(),
         }
-
-    def _persist(self, changes: dict[str, Any]) -> bool:
-        """Merge the changed keys into the ``--local-settings`` file (worker thread); False
-        when it cannot be written (the change holds until the daemon restarts)."""
-        s = self.daemon.settings
-        path = s.http.local_settings
-        flat = flatten(s)
-        values: dict[str, dict[str, Any]] = {}
-        for key in changes:
-            section, name = key.split(".")
-            values.setdefault(section, {})[name] = _toml_value(flat[key])
-        try:
-            before = _read_regular(path)
-            if not before:
-                before = (
-                    "# Changes made on pinthesky's local page; read after the --config file.\n"
-                    "# You may edit it: the page sets only the keys it changes.\n"
-                )
-            write_atomically(path, merge_toml(before, values).encode(), mode=0o600)
-        except OSError as exc:
-            log.warning(
-                "page: cannot keep the change in %s (%s); it holds until a restart",
-                path,
-                exc.strerror or exc,
-            )
-            return False
-        return True
 
     # -- record, still ---------------------------------------------------------------------
 
@@ -309,18 +262,3 @@ def _first(errors: list[str]) -> list[str]:
     if len(errors) <= MAX_ERRORS:
         return errors
     return [*errors[: MAX_ERRORS - 1], f"and {len(errors) - MAX_ERRORS + 1} more problems"]
-
-
-def _read_regular(path: Path) -> str:
-    """The file's text, or "" when there is none of ours: a link (or anything but a regular
-    file) planted under its name is not read, and the file written in its place replaces it."""
-    try:
-        data, size = read_ours(path, MAX_LOCAL_BYTES + 1)
-    except FileNotFoundError:
-        return ""
-    except NotOurFile as exc:
-        log.warning("page: %s is %s: replaced by the page's own file", path, exc.strerror)
-        return ""
-    if size > MAX_LOCAL_BYTES:
-        raise OSError(f"{path} is larger than {MAX_LOCAL_BYTES} bytes")
-    return data.decode("utf-8", errors="replace")

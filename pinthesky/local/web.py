@@ -10,6 +10,9 @@ Plain HTTP/1.1 on asyncio streams, on the daemon's loop; one request per connect
   ``?download=1`` to save it; NAME must be one of the names the clip directory lists: no path
   from the URL is ever joined to a directory;
 - ``GET /health.json``: the health report (``health.py``);
+- ``GET /snapshot.jpg``: the camera's current picture (Home Assistant's Generic Camera, scripts);
+  requests within ``SNAPSHOT_MAX_AGE_S`` of a picture share it, so a dashboard of viewers costs
+  the camera at most one still a second;
 - ``GET /thumbs/NAME``: a clip's picture, when one was made beside it;
 - ``GET /app.js``: the page's script (``local/script.py``);
 - ``/api/...``: the control API (``local/api.py``).
@@ -87,6 +90,7 @@ STREAM_SNDBUF = 128 * 1024
 _DIGITS = 18
 """Longest byte position taken at its value; a longer one is beyond any file."""
 PAGE_CLIPS = 12
+SNAPSHOT_MAX_AGE_S = 1.0
 FILE_CHUNK = 256 * 1024
 BOUNDARY = "FRAME"
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # ASCII digits: \d takes "²" too
@@ -202,6 +206,7 @@ class WebServer:
         title: Callable[[], str],
         live_size: Callable[[], Resolution],
         api: LocalApi | None = None,
+        snapshot: Callable[[], bytes] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -224,6 +229,7 @@ class WebServer:
         self.hosts = HostNames(settings.host_names)
         self._throttle = Throttle(log, burst=5, window=60.0)
         """Lines about clients: at most a few a minute, whatever they send."""
+        self._snapshots = Snapshots(snapshot) if snapshot is not None else None
         self.port: int | None = None
         self.requests = 0
         self.unauthorized = 0
@@ -367,6 +373,8 @@ class WebServer:
             await self._page(writer, request)
         elif path == "/stream.mjpg":
             await self._stream(writer, request)
+        elif path == "/snapshot.jpg":
+            await self._snapshot(writer, request)
         elif path == "/health.json":
             body = json.dumps(await asyncio.to_thread(self._health)).encode()
             await self._send(writer, 200, _json(), body, head_only=request.method == "HEAD")
@@ -499,6 +507,18 @@ class WebServer:
             return json.loads(data)
         except (ValueError, RecursionError):
             raise _BodyError(400, "the body is not valid JSON") from None
+
+    async def _snapshot(self, writer: asyncio.StreamWriter, request: Request) -> None:
+        if self._snapshots is None:
+            await self._error(writer, 404, "not found")
+            return
+        try:
+            jpeg = await self._snapshots.get()
+        except Exception as exc:  # the camera's own error, as one line
+            await self._error(writer, 503, f"no picture: {exc}")
+            return
+        headers = {"Content-Type": "image/jpeg", "Cache-Control": "no-store"}
+        await self._send(writer, 200, headers, jpeg, head_only=request.method == "HEAD")
 
     async def _thumb(self, writer: asyncio.StreamWriter, request: Request, name: str) -> None:
         def read() -> bytes | None:
@@ -663,6 +683,34 @@ def _basic_password_is(header: str, password: str) -> bool:
     _, sep, given = decoded.partition(":")
     # Compared in constant time: the answer must not tell how much of a guess was right.
     return bool(sep) and hmac.compare_digest(given.encode(), password.encode())
+
+
+class Snapshots:
+    """The camera's current picture, taken on a worker thread; requests within
+    ``SNAPSHOT_MAX_AGE_S`` of one, or while one is being taken, share it."""
+
+    def __init__(self, capture: Callable[[], bytes]) -> None:
+        self._capture = capture
+        self._jpeg: bytes | None = None
+        self._at = 0.0
+        self._taking: asyncio.Future[bytes] | None = None
+        self.taken = 0
+
+    async def get(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        if self._jpeg is not None and loop.time() - self._at < SNAPSHOT_MAX_AGE_S:
+            return self._jpeg
+        if self._taking is None:
+            self._taking = asyncio.ensure_future(asyncio.to_thread(self._capture))
+            self._taking.add_done_callback(self._taken)
+        # Shielded: a client that goes away does not cancel the picture others wait for.
+        return await asyncio.shield(self._taking)
+
+    def _taken(self, done: asyncio.Future[bytes]) -> None:
+        self._taking = None
+        if not done.cancelled() and done.exception() is None:
+            self._jpeg, self._at = done.result(), asyncio.get_running_loop().time()
+            self.taken += 1
 
 
 class _BodyError(Exception):

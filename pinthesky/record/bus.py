@@ -66,6 +66,23 @@ class MotionDetected:
     declared_epoch: float
 
 
+@dataclass(frozen=True, slots=True)
+class MotionStopped:
+    """The motion event is over: nothing moved for the post-roll (epoch seconds of the last
+    frame with motion)."""
+
+    last_seen_epoch: float
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChanged:
+    """Settings were applied live (from the shadow, the page or Home Assistant): their key
+    paths."""
+
+    keys: frozenset[str]
+    origin: str
+
+
 class EventBus:
     """Publish/subscribe by event class, on the event loop."""
 

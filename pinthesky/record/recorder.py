@@ -72,6 +72,7 @@ class Recorder:
         window: Window | None = None,
         analysis_interval_us: int = 200_000,
         hour: Callable[[], int] = local_hour,
+        armed: bool = True,
     ) -> None:
         self.settings = settings
         self.ring = ring
@@ -81,6 +82,9 @@ class Recorder:
         self.bus = bus
         self.window = window
         self.hour = hour
+        self.armed = armed
+        """Disarmed, motion starts no clip and never marks one as holding motion (so no
+        motion picture, no alert); manual clips are recorded as asked."""
         self._pre_us = round(settings.pre_roll * US)
         self._post_us = round(settings.post_roll * US)
         self._max_us = round(settings.max_clip * US)
@@ -97,10 +101,16 @@ class Recorder:
         self.write_errors = 0
         self._window_logged: bool | None = None
 
-    def update(self, settings: RecorderSettings, window: Window | None) -> None:
-        """New timings and window, live (the clip being recorded keeps going)."""
+    def update(self, settings: RecorderSettings, window: Window | None, armed: bool = True) -> None:
+        """New timings, window and arming, live (the clip being recorded keeps going)."""
         self.settings = settings
         self.window = window
+        if armed != self.armed:
+            if armed:
+                log.info("armed: motion is recorded")
+            else:
+                log.info("disarmed: motion is not recorded, manual clips and stills still are")
+        self.armed = armed
         self._pre_us = round(settings.pre_roll * US)
         self._post_us = round(settings.post_roll * US)
         self._max_us = round(settings.max_clip * US)
@@ -120,7 +130,9 @@ class Recorder:
             if isinstance(ev, MotionStarted):
                 self._motion = True
                 self._last_motion = ev.declared
-                if self._clip is not None:
+                if not self.armed:
+                    log.debug("motion while disarmed: not recorded")
+                elif self._clip is not None:
                     if not self._clip.has_motion:
                         self._clip.has_motion = True
                         self._announce_motion(self._clip, ev.declared)
@@ -154,7 +166,7 @@ class Recorder:
             return fut
         until = now + round(duration * US)
         if self._clip is None:
-            self._start("manual", now - self._pre_us, has_motion=self._motion)
+            self._start("manual", now - self._pre_us, has_motion=self._motion and self.armed)
         if self._clip is None:
             fut.set_result(None)
             return fut

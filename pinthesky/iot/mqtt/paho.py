@@ -15,38 +15,17 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import paho.mqtt.client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from pinthesky.iot.mqtt.base import Endpoint, Handlers, PublishFailed
-
-# Typed as Any: paho 1.6 has no type hints and 2.x's differ from it.
-mqtt: Any = paho.mqtt.client
-
-# paho 2 asks which callback signatures the caller speaks; 1.6 has only its own. The handlers
-# below take both (see _reason).
-_V2 = hasattr(mqtt, "CallbackAPIVersion")
+from pinthesky.mqttclient import disconnect_code, mqtt, new_client
 
 
 def _failed(code: Any) -> bool:
     """An MQTT 5 reason code (paho's ReasonCode/ReasonCodes, or a plain int) is a failure."""
     return int(getattr(code, "value", code) or 0) >= 0x80
-
-
-class _Client(paho.mqtt.client.Client):
-    """paho's client, remembering why the last connection attempt failed (paho's
-    ``on_connect_fail`` is told nothing)."""
-
-    last_error: str = ""
-
-    def reconnect(self) -> Any:
-        try:
-            return super().reconnect()
-        except OSError as exc:
-            self.last_error = f"{type(exc).__name__} ({exc})" if str(exc) else type(exc).__name__
-            raise
 
 
 class _Acks:
@@ -97,14 +76,7 @@ class PahoTransport:
         self._handlers = handlers
         self._acks = _Acks()
         self._subacks = _Acks()
-        if _V2:
-            client = _Client(
-                mqtt.CallbackAPIVersion.VERSION2,
-                client_id=endpoint.client_id,
-                protocol=mqtt.MQTTv5,
-            )
-        else:
-            client = _Client(client_id=endpoint.client_id, protocol=mqtt.MQTTv5)
+        client = new_client(endpoint.client_id, mqtt.MQTTv5)
         client.tls_set(
             ca_certs=str(endpoint.ca) if endpoint.ca else None,
             certfile=str(endpoint.cert),
@@ -137,8 +109,7 @@ class PahoTransport:
         self._handlers.connection_failed(self._client.last_error or "connection failed")
 
     def _on_disconnect(self, client: Any, userdata: Any, *args: Any) -> None:
-        # 1.6: (rc, properties); 2.x: (flags, reason_code, properties)
-        code = args[-2] if len(args) >= 2 else (args[0] if args else None)
+        code = disconnect_code(args)
         if not self._stopping:
             self._handlers.disconnected(str(code) if code is not None else "connection lost")
 
