@@ -143,6 +143,36 @@ def test_bad_settings_are_refused_whole_with_one_line_each(tmp_path):
     assert not (tmp_path / "local-settings.toml").exists()
 
 
+def test_every_problem_in_a_settings_change_is_named_and_the_answer_stays_small(tmp_path):
+    """A key the page may not change does not hide a bad value of one it may: every problem
+    in the body is one line of ``errors``; thousands of them are counted, not listed."""
+
+    def check(daemon: Daemon, port: int) -> None:
+        before = daemon.settings
+        body = {
+            "http": {"password": "x"},
+            "camera": {"framerate": 0, "rotation": 45, "sensitivity": 20},
+            "nope": {"x": 1},
+        }
+        status, doc = call(port, "PATCH", "/api/settings", body)
+        assert status == 400, doc
+        lines = doc["errors"]
+        assert lines[0] == "http.password: not changeable here"
+        assert any("camera.framerate = 0: must be a whole number" in e for e in lines), lines
+        assert any("camera.rotation = 45: must be one of 0, 90, 180, 270" in e for e in lines)
+        assert "nope.x: unknown setting" in lines
+        assert lines[-1].startswith("the page may change camera.resolution, ")
+        assert len(lines) == 5 and not any("sensitivity" in e for e in lines[:-1])
+        assert daemon.settings == before  # all or nothing
+        flood = {f"s{i}": {"k": 1} for i in range(3000)} | {"camera": {"framerate": 0}}
+        status, doc = call(port, "PATCH", "/api/settings", flood)
+        lines = doc["errors"]
+        assert status == 400 and len(lines) <= 21 and len(json.dumps(doc)) < 4000
+        assert lines[-2] == "and 2982 more problems" and lines[-1].startswith("the page may")
+
+    serve(control_settings(tmp_path), check)
+
+
 def test_without_a_password_the_api_is_read_only_and_says_how_to_enable_it(tmp_path):
     plant_clips(tmp_path)
 

@@ -193,14 +193,17 @@ class LocalApi:
                     errors.append(f"{key[:80]}: {where}")
                 else:
                     changes[key] = value
-        if unknown:  # said once, not once per key: the answer stays small whatever is sent
-            errors.append(f"the page may change {', '.join(PAGE_KEYS)}")
         async with self._lock:  # one change at a time, in order, like shadow documents
-            if not errors:
-                _, errors = merge(self.daemon.settings, changes, "page")
+            # The keys the page may change are checked even when others are refused: the
+            # answer names every problem in the body, not only the first kind found.
+            _, wrong = merge(self.daemon.settings, changes, "page")
+            errors += wrong
             if errors:
                 # All or nothing: a form is sent whole, and half of it applied would surprise.
-                return 400, {"error": errors[0], "errors": _first(errors)}
+                listed = _first(errors)
+                if unknown:  # said once, not once per key: the answer stays small
+                    listed.append(f"the page may change {', '.join(PAGE_KEYS)}")
+                return 400, {"error": errors[0], "errors": listed}
             applied = await self.daemon.reconfigure(changes, "page")
             saved = await asyncio.to_thread(self._persist, changes) if applied else True
             if applied and self.daemon.control is not None:
@@ -307,7 +310,7 @@ MAX_ERRORS = 20
 
 def _first(errors: list[str]) -> list[str]:
     if len(errors) <= MAX_ERRORS:
-        return errors
+        return list(errors)
     return [*errors[: MAX_ERRORS - 1], f"and {len(errors) - MAX_ERRORS + 1} more problems"]
 
 
