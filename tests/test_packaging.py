@@ -3,6 +3,7 @@ alarming (``make run`` installs it into .venv with pip)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -85,3 +86,60 @@ def test_an_editable_install_prints_no_warning_box(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert metadata.stdout.strip() == "Apache-2.0"
+
+
+def test_make_run_installs_only_what_running_needs(tmp_path: Path) -> None:
+    """Off a Pi, ``make run`` needs python3-venv and nothing else: the test tools' system
+    packages (libcap-dev for python-prctl, chromium, mosquitto...) are ``make test``'s."""
+    fresh = tmp_path / "checkout"
+    fresh.mkdir()
+    for name in ("pyproject.toml", "Makefile"):
+        (fresh / name).write_bytes((REPO / name).read_bytes())
+
+    def planned(target: str) -> str:
+        dry = subprocess.run(
+            ["make", "-n", "-C", fresh, target],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert dry.returncode == 0, dry.stderr
+        return dry.stdout
+
+    run, test = planned("run"), planned("lint")
+    assert "python3-venv" in run and "pip install -q -e ." in run
+    for package in ("libcap-dev", "chromium", "mosquitto", "debootstrap", "openssh-server"):
+        assert package not in run
+        assert package in test  # the check means something: the test target has them
+
+
+def test_make_run_keeps_what_the_daemon_writes_in_one_folder(footage, tmp_path: Path) -> None:
+    """``make run`` in a checkout: the clips and the four event files go into .run/, nothing
+    else appears beside the sources. The Makefile runs here as it is, with this checkout's
+    .venv (never remade from the test)."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / ".venv").symlink_to(REPO / ".venv")
+    (checkout / "pyproject.toml").symlink_to(REPO / "pyproject.toml")
+    before = set(checkout.iterdir())
+    video = footage.scenario("small_object").path
+    args = f"--source {video} --replay-speed 0 --pre-roll 2 --post-roll 2"
+    ran = subprocess.run(
+        ["make", "-C", checkout, "-f", REPO / "Makefile",
+         "-o", ".venv/.run-stamp", "-o", ".venv/bin/python", "run", f"ARGS={args}"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={k: v for k, v in os.environ.items() if k != "PINTHESKY_STATE_DIR"},
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert set(checkout.iterdir()) - before == {checkout / ".run"}
+    written = {p.name for p in (checkout / ".run").iterdir()}
+    assert written == {
+        "motion_videos",
+        "input.json",
+        "output.json",
+        "config-input.json",
+        "config-output.json",
+    }
+    assert list((checkout / ".run" / "motion_videos").glob("*.motion.mp4"))
+    assert f"clips in {checkout / '.run' / 'motion_videos'}" in ran.stderr
