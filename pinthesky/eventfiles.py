@@ -25,8 +25,9 @@ import json
 import logging
 import os
 import stat
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,31 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_new(directory: Path, names: Iterator[str], data: bytes, mode: int = 0o644) -> Path:
+    """Write ``data`` under the first of ``names`` that is free in ``directory``, and never
+    over anything: fsynced under a hidden temporary name, then linked into place (a link
+    fails when the name is taken, even by a writer racing this one). Returns its path."""
+    fd, tmp = tempfile.mkstemp(prefix=".new-", dir=directory)  # O_EXCL, O_NOFOLLOW
+    try:
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for name in names:
+            path = directory / name
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                continue
+            return path
+        raise FileExistsError(f"no free name in {directory}")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def ensure_file(path: Path) -> None:

@@ -312,12 +312,37 @@ def test_manual_capture_during_motion_extends_the_clip(tmp_path):
     async def main() -> None:
         h = Harness(tmp_path)
         h.run_until(7, motion=(6.0, 9.0))
+        joined = h.rec.open_clip  # what a capture asked for now extends
+        assert joined is not None and joined.trigger == "motion"
+        assert joined.triggers == ("motion",)
         fut = h.rec.capture(10.0)  # until 16.9, past the motion's post-roll at 12
+        assert h.rec.open_clip is not None and h.rec.open_clip.triggers == ("motion", "manual")
         h.run_until(25, motion=(6.0, 9.0))
         clip = await asyncio.wait_for(fut, 5)
-        assert clip is not None and len(h.clips) == 1
+        assert clip is not None and len(h.clips) == 1 and clip.path.name == joined.name
         assert clip.end_ts >= round(16.9 * S)
+        # The clip's facts say both asked for it; its trigger stays what started it.
+        meta = h.rec.store.meta(clip.path)
+        assert meta["trigger"] == "motion" and meta["triggers"] == ["motion", "manual"]
         await h.rec.close()
+
+    asyncio.run(main())
+
+
+def test_motion_during_a_manual_clip_joins_its_triggers(tmp_path):
+    async def main() -> None:
+        h = Harness(tmp_path)
+        h.run_until(3)
+        fut = h.rec.capture(8.0)
+        h.run_until(20, motion=(5.0, 7.0))
+        clip = await asyncio.wait_for(fut, 5)
+        assert clip is not None and len(h.clips) == 1 and clip.trigger == "manual"
+        assert h.rec.store.meta(clip.path)["triggers"] == ["manual", "motion"]
+        # A clip with one cause keeps only its trigger.
+        h.run_until(40, motion=(30.0, 31.0))
+        await h.rec.close()
+        second = h.clips[-1]
+        assert second.trigger == "motion" and "triggers" not in h.rec.store.meta(second.path)
 
     asyncio.run(main())
 
