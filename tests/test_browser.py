@@ -517,3 +517,80 @@ def test_the_page_on_a_phone(tmp_path, size):
     assert seen["controls"] > 40 and seen["inputs"] >= 10
     left, top, live_width = seen["live"]
     assert top < 60 and left < 20 and live_width >= width - 30  # on top, the screen's width
+
+
+def test_one_list_of_clips_that_stays_current_without_a_reload(tmp_path):
+    """Each clip once on the page; a clip deleted there leaves nothing pointing at it; clips
+    that appear or go on the camera's own (a new clip, one uploaded or evicted) and health
+    follow in the open page, without a reload."""
+    import http.client
+    import json as jsonlib
+
+    from chromium import Chromium
+    from test_web import CLIP, plant_clips, serve, web_settings
+
+    clips = plant_clips(tmp_path)
+    (clips / "1700000100.motion.jpg").write_bytes(b"\xff\xd8\xff\xd9")
+    auth = "Basic " + base64.b64encode(b"me:pw 1").decode()
+    seen: dict[str, Any] = {}
+    since_start = """(() => {
+        const dt = [...document.querySelectorAll('#health dt')]
+            .find((d) => d.textContent === 'clips since start');
+        return dt && dt.nextElementSibling.textContent; })()"""
+
+    def check(daemon: Any, port: int) -> None:
+        with Chromium(tmp_path / "profile") as browser:
+            page = browser.open(f"http://127.0.0.1:{port}/", {"Authorization": auth})
+            assert browser.evaluate(page, READY), "the page's script never finished loading"
+            seen.update(browser.evaluate(page, """(() => ({
+                headings: [...document.querySelectorAll('h2')].map((h) => h.textContent),
+                each: [...new Set([...document.querySelectorAll('[data-name]')]
+                    .map((c) => c.dataset.name))].map((n) =>
+                    [n, document.querySelectorAll('[data-name="' + n + '"]').length]),
+            }))()"""))  # fmt: skip
+            seen["health_before"] = browser.evaluate(page, since_start)
+
+            # Deleted on the page: nothing on it points at the clip any more.
+            sel = "document.querySelector('.clip[data-name=\"1700000000.motion.mp4\"] .delete')"
+            browser.evaluate(page, f"{sel}.click(); {sel}.click()")
+            assert wait_js(browser, page, """!document.getElementById('clips').innerHTML
+                .includes('1700000000.') && ![...document.querySelectorAll('[href], [src]')]
+                .some((e) => (e.href || e.src).includes('1700000000.'))""")  # fmt: skip
+            seen["dead"] = browser.evaluate(page, """(async () => {
+                const urls = [...document.querySelectorAll('#clips [href], #clips [src]')]
+                    .map((e) => e.href || e.src);
+                const dead = [];
+                for (const u of urls) {
+                    const r = await fetch(u, {method: 'HEAD', credentials: 'same-origin'});
+                    if (r.status !== 200) dead.push(u + ' ' + r.status);
+                }
+                return {checked: urls.length, dead}; })()""")  # fmt: skip
+
+            # The camera's own changes, while the page stays open.
+            browser.evaluate(page, "window.notReloaded = true")
+            (clips / "1700000300.motion.mp4").write_bytes(CLIP)
+            (clips / "1700000100.motion.mp4").unlink()  # uploaded, or evicted
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.request("POST", "/api/record", jsonlib.dumps({"duration": 1}), {
+                "Authorization": auth, "Content-Type": "application/json"})  # fmt: skip
+            assert conn.getresponse().status == 202
+            conn.close()
+            seen["after"] = wait_js(browser, page, f"""(() => {{
+                const names = [...document.querySelectorAll('#clips .clip[data-name]')]
+                    .map((c) => c.dataset.name);
+                const clips = {since_start};
+                return names.includes('1700000300.motion.mp4') &&
+                    !names.includes('1700000100.motion.mp4') && clips === '1' &&
+                    window.notReloaded && {{names, clips}}; }})()""", 60_000)  # fmt: skip
+
+    serve(web_settings(tmp_path, **{"http.password": "pw 1"}), check)
+    assert seen["headings"] == ["Clips", "Stills", "Health", "Settings"]
+    assert dict(seen["each"]) == {
+        "1700000000.motion.mp4": 1,
+        "1700000100.motion.mp4": 1,
+        "1700000200.motion.h264": 1,
+    }
+    assert seen["dead"]["checked"] == 3 and seen["dead"]["dead"] == []
+    assert seen["health_before"] == "0"
+    assert seen["after"], "the open page never showed the camera's changes"
+    assert len(seen["after"]["names"]) == 3  # the new one, the manual one, the h264 one

@@ -347,6 +347,37 @@ def test_motion_during_a_manual_clip_joins_its_triggers(tmp_path):
     asyncio.run(main())
 
 
+# -- stills ---------------------------------------------------------------------------------
+
+
+def test_stills_taken_in_the_same_second_never_overwrite_one_another(tmp_path):
+    """Twenty stills at once, all in one second: twenty files, each whole, each listed
+    (before, each was img-EPOCH.jpg and the last one written was the only one left)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pinthesky.record.stills import StillStore
+
+    store = StillStore(tmp_path / "images")
+    pictures = [b"\xff\xd8" + bytes([n]) * 5000 + b"\xff\xd9" for n in range(20)]
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda p: store.add(p, 1700000000), pictures))
+    assert len(set(paths)) == 20
+    assert {p.name for p in paths} == {"img-1700000000.jpg"} | {
+        f"img-1700000000-{n}.jpg" for n in range(1, 20)
+    }
+    assert sorted(p.read_bytes() for p in paths) == sorted(pictures)
+    assert {s.path for s in store.stills()} == set(paths)
+    assert [p.name for p in (tmp_path / "images").iterdir() if p.name.startswith(".")] == []
+    # A still named by the cloud replaces the older one of that name (as its S3 object does).
+    store.add(b"\xff\xd8one\xff\xd9", 1700000001, "thumbnail_latest.jpg")
+    latest = store.add(b"\xff\xd8two\xff\xd9", 1700000002, "thumbnail_latest.jpg")
+    assert latest.read_bytes() == b"\xff\xd8two\xff\xd9" and len(store.stills()) == 21
+    assert store.stills()[0].path == latest  # newest first
+    assert store.find("../images/thumbnail_latest.jpg") is None and store.find("nope") is None
+    os.symlink("/etc/passwd", tmp_path / "images" / "planted.jpg")  # not one of ours
+    assert store.find("planted.jpg") is None and len(store.stills()) == 21
+
+
 # -- clip store -----------------------------------------------------------------------------
 
 
