@@ -26,6 +26,7 @@ import logging
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,10 +116,17 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
         raise
 
 
+_NEW_NAMES = threading.Lock()
+"""Held while a free name is chosen and the file renamed into it (``write_new``)."""
+
+
 def write_new(directory: Path, names: Iterator[str], data: bytes, mode: int = 0o644) -> Path:
     """Write ``data`` under the first of ``names`` that is free in ``directory``, and never
-    over anything: fsynced under a hidden temporary name, then linked into place (a link
-    fails when the name is taken, even by a writer racing this one). Returns its path."""
+    over another file: fsynced under a hidden temporary name, then renamed into place, so
+    that it is never seen half written nor with two names (the uploader would take a file
+    with two names for a planted hard link). Choosing the name and renaming are one step
+    under a lock: two files written at once never take the same name. The daemon is the one
+    writer of these names. Returns the file's path."""
     fd, tmp = tempfile.mkstemp(prefix=".new-", dir=directory)  # O_EXCL, O_NOFOLLOW
     try:
         try:
@@ -127,17 +135,17 @@ def write_new(directory: Path, names: Iterator[str], data: bytes, mode: int = 0o
             os.fsync(fd)
         finally:
             os.close(fd)
-        for name in names:
-            path = directory / name
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                continue
-            return path
+        with _NEW_NAMES:
+            for name in names:
+                path = directory / name
+                if not os.path.lexists(path):
+                    os.rename(tmp, path)
+                    return path
         raise FileExistsError(f"no free name in {directory}")
-    finally:
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
 
 
 def ensure_file(path: Path) -> None:

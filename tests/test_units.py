@@ -366,6 +366,7 @@ def test_stills_taken_in_the_same_second_never_overwrite_one_another(tmp_path):
         f"img-1700000000-{n}.jpg" for n in range(1, 20)
     }
     assert sorted(p.read_bytes() for p in paths) == sorted(pictures)
+    assert all(p.stat().st_nlink == 1 for p in paths)  # the uploader takes no other
     assert {s.path for s in store.stills()} == set(paths)
     assert [p.name for p in (tmp_path / "images").iterdir() if p.name.startswith(".")] == []
     # A still named by the cloud replaces the older one of that name (as its S3 object does).

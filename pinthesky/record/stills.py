@@ -3,8 +3,8 @@
 
 A still the cloud names (the console asks for ``thumbnail_latest.jpg`` each time) replaces the
 older one of that name, as its S3 object does. Without a name a still is ``img-EPOCH.jpg``, or
-``img-EPOCH-N.jpg`` when another was taken in the same second: it is linked into place under a
-free name, never over another still, even when two are taken at once.
+``img-EPOCH-N.jpg`` when another was taken in the same second: it is renamed into place under
+a free name, never over another still, even when two are taken at once.
 
 Every method touches the disk: call them on a worker thread. Only regular files of ours are
 listed, served or removed: a link planted in the directory is none of them.
