@@ -256,10 +256,16 @@ SCRIPT = rb"""'use strict';
   }
 
   // While the page is in view; at once when it comes back into view.
+  let unreachable = false;
   async function refresh() {
     if (document.hidden) return;
-    for (const load of [loadClips, loadStills, loadHealth]) {
-      try { await load(); } catch (e) { say('cannot reach the camera: ' + e.message, true); }
+    try {
+      for (const load of [loadClips, loadStills, loadHealth]) await load();
+      if (unreachable) say('the camera answers again');
+      unreachable = false;
+    } catch (e) {
+      unreachable = true;
+      say('cannot reach the camera: ' + e.message, true);
     }
   }
 
