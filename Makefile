@@ -61,8 +61,10 @@ $(VENV)/.test-stamp: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip uninstall -q -y picamera2 2>/dev/null || true
 	touch $@ $(VENV)/.run-stamp
 
+# What the daemon writes on its embedded defaults (clips, stills, the four event files, the
+# page's saved changes) goes into .run/, not all over the checkout.
 run: $(VENV)/.run-stamp
-	$(BIN)/pinthesky $(ARGS)
+	PINTHESKY_STATE_DIR="$${PINTHESKY_STATE_DIR:-.run}" $(BIN)/pinthesky $(ARGS)
 
 lint: $(VENV)/.test-stamp
 	$(BIN)/ruff check pinthesky tests bench images docs

@@ -52,12 +52,17 @@ def build_parser(prog: str = PROG, description: str | None = None) -> OneLinePar
 
 def load_settings(ns: argparse.Namespace, prog: str = PROG) -> object:
     """Settings from parsed flags; prints one line per problem and exits 2 when invalid."""
+    return load_traced_settings(ns, prog)[0]
+
+
+def load_traced_settings(ns: argparse.Namespace, prog: str = PROG) -> tuple[object, object]:
+    """``load_settings``, and where they came from (``settings.Sources``)."""
     from pinthesky import settings
     from pinthesky.errors import ConfigError
 
     raw = {k: v for k, v in vars(ns).items() if "." in k}
     try:
-        return settings.load(raw, config_file=ns.config)
+        return settings.load_traced(raw, config_file=ns.config)
     except ConfigError as exc:
         for line in exc.errors:
             print(f"{prog}: {line}", file=sys.stderr)

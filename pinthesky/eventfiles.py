@@ -25,8 +25,10 @@ import json
 import logging
 import os
 import stat
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,38 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+_NEW_NAMES = threading.Lock()
+"""Held while a free name is chosen and the file renamed into it (``write_new``)."""
+
+
+def write_new(directory: Path, names: Iterator[str], data: bytes, mode: int = 0o644) -> Path:
+    """Write ``data`` under the first of ``names`` that is free in ``directory``, and never
+    over another file: fsynced under a hidden temporary name, then renamed into place, so
+    that it is never seen half written nor with two names (the uploader would take a file
+    with two names for a planted hard link). Choosing the name and renaming are one step
+    under a lock: two files written at once never take the same name. The daemon is the one
+    writer of these names. Returns the file's path."""
+    fd, tmp = tempfile.mkstemp(prefix=".new-", dir=directory)  # O_EXCL, O_NOFOLLOW
+    try:
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with _NEW_NAMES:
+            for name in names:
+                path = directory / name
+                if not os.path.lexists(path):
+                    os.rename(tmp, path)
+                    return path
+        raise FileExistsError(f"no free name in {directory}")
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

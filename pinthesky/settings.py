@@ -547,7 +547,7 @@ class Option:
     default: Any
     help: str
     env: str | None = None
-    """An environment variable the 0.9.1 daemon read for this option."""
+    """An environment variable for this option (the 0.9.1 daemon's, or pinthesky's own)."""
     switch: bool = False
     """A flag without a value (``store_true``); ``invert`` flips its meaning."""
     invert: bool = False
@@ -1215,6 +1215,16 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # the daemon itself
     Option("daemon.log_level", "--log-level", _log_level, "INFO", "log level"),
+    Option(
+        "daemon.state_dir",
+        "--state-dir",
+        _path,
+        ".",
+        "directory of what pinthesky writes (clips, stills, the four event files, the page's "
+        "saved changes) where their paths are relative: the working directory by default "
+        "(/var/lib/pinthesky under systemd)",
+        env="PINTHESKY_STATE_DIR",
+    ),
     # pinthesky-iot, the MQTT sidecar (its flags are on its own command line only)
     Option(
         "iot.endpoint",
@@ -1277,6 +1287,20 @@ page's own password, stay in the ``--config`` file that only the operator writes
 """Sections whose flags belong to ``pinthesky-iot``, not to the daemon."""
 
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
+
+STATE_KEYS = (
+    "storage.combine_dir",
+    "storage.capture_dir",
+    "events.event_input",
+    "events.event_output",
+    "events.configure_input",
+    "events.configure_output",
+    "http.local_settings",
+    "health.file",
+)
+"""Paths of what the daemon writes: relative ones are in ``daemon.state_dir``."""
+SECRET_KEYS = frozenset({"http.password"})
+"""Settings whose values are never printed or logged (``--validate-config``, problems)."""
 
 
 # -- the typed, frozen result ------------------------------------------------------------
@@ -1518,6 +1542,8 @@ class EventSettings:
 @dataclass(frozen=True)
 class DaemonSettings:
     log_level: str
+    state_dir: Path
+    """Where the relative paths of ``STATE_KEYS`` were placed at start (``load``)."""
 
 
 @dataclass(frozen=True)
@@ -1558,6 +1584,9 @@ class Settings:
                 value = getattr(obj, f.name)
                 if value is None and not _takes_none(f"{section.name}.{f.name}"):
                     lines.append(f"# {f.name} is not set")  # "none" would be refused
+                    continue
+                if f"{section.name}.{f.name}" in SECRET_KEYS:
+                    lines.append(f"# {f.name} is set (not shown)")
                     continue
                 lines.append(f"{f.name} = {_toml_value(value)}")
             lines.append("")
@@ -1695,6 +1724,57 @@ def load(
     ``cli`` maps key paths to the raw values argparse collected. Raises ``ConfigError`` with
     every problem found, one line each.
     """
+    return load_traced(cli, config_file, environ)[0]
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the settings in force came from, key by key (never their values)."""
+
+    config_file: Path | None
+    config_keys: tuple[str, ...]
+    """Every key the ``--config`` file sets (some may be overridden)."""
+    local_file: Path
+    local_keys: tuple[str, ...]
+    """Keys the page's saved changes set (those that passed)."""
+    environment: tuple[tuple[str, str], ...]
+    """(key, variable) set from the environment."""
+    command_line: tuple[tuple[str, str], ...]
+    """(key, flag) set on the command line."""
+
+    def lines(self) -> list[str]:
+        """What a start-up log says: which files are in force and which keys each sets."""
+        out = []
+        config = set(self.config_keys)
+        if self.config_file is None:
+            out.append("no --config file")
+        else:
+            keys = ", ".join(self.config_keys) or "nothing"
+            out.append(f"--config {self.config_file} sets {keys}")
+        if self.local_keys:
+            over = [k for k in self.local_keys if k in config]
+            out.append(
+                f"the page's saved changes in {self.local_file} set "
+                f"{', '.join(self.local_keys)}"
+                + (f" (overriding the --config file's {', '.join(over)})" if over else "")
+            )
+        else:
+            out.append(f"no changes saved by the page ({self.local_file})")
+        if self.environment:
+            named = ", ".join(f"{k} (${v})" for k, v in self.environment)
+            out.append(f"the environment sets {named}")
+        if self.command_line:
+            named = ", ".join(f"{k} ({flag})" for k, flag in self.command_line)
+            out.append(f"the command line sets {named}")
+        return out
+
+
+def load_traced(
+    cli: Mapping[str, Any],
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings, Sources]:
+    """``load``, and where each setting came from."""
     environ = os.environ if environ is None else environ
     raw: dict[str, tuple[Any, str]] = {}
     for opt in OPTIONS:
@@ -1707,6 +1787,7 @@ def load(
                 value = str(value).lower() == "true"
             raw[opt.key] = (value, f"${opt.env}")
     errors: list[str] = []
+    config_keys: tuple[str, ...] = ()
     if config_file is not None:
         try:
             flat, unknown = read_toml(config_file)
@@ -1715,11 +1796,12 @@ def load(
         errors.extend(unknown)
         for key, value in flat.items():
             raw[key] = (value, str(config_file))
+        config_keys = tuple(flat)
     for key, value in cli.items():
         if key in OPTION_BY_KEY:
             joined = ";".join(value) if isinstance(value, list) else value
             raw[key] = (joined, OPTION_BY_KEY[key].flag or key)
-    local = Path(str(cli.get("http.local_settings", raw["http.local_settings"][0])))
+    local = _placed(raw, "http.local_settings")
     # The page's saved changes come after the file and before the command line. One that does
     # not pass (a hand edit, a rule tightened since it was saved) is left out with a warning:
     # the operator's settings hold and the camera starts.
@@ -1737,7 +1819,38 @@ def load(
     errors.extend(line for _, line in problems)
     if errors:
         raise ConfigError(errors)
-    return _freeze(values)
+    for key in STATE_KEYS:
+        if values[key] is not None:
+            values[key] = _in_state_dir(values["daemon.state_dir"], values[key])
+    sources = Sources(
+        config_file,
+        config_keys,
+        local,
+        tuple(saved),
+        tuple((k, o[1:]) for k, (_, o) in raw.items() if o.startswith("$") and k not in saved),
+        tuple((k, OPTION_BY_KEY[k].flag or k) for k in cli if k in OPTION_BY_KEY),
+    )
+    return _freeze(values), sources
+
+
+def _in_state_dir(state_dir: Path, path: Path) -> Path:
+    """``path`` as the daemon uses it: a relative one in ``state_dir``. Placed once, at load:
+    a state directory other than the working directory is made absolute, so that what
+    ``--validate-config`` prints reads back the same."""
+    if path.is_absolute() or state_dir == Path("."):
+        return path
+    return state_dir.absolute() / path
+
+
+def _placed(raw: Mapping[str, tuple[Any, str]], key: str) -> Path:
+    """The path ``key`` has in ``raw``, placed in the state directory ``raw`` has (values not
+    checked yet: a bad one is refused later, with the others)."""
+    try:
+        state_dir = _path(raw["daemon.state_dir"][0])
+        path = _path(raw[key][0])
+    except ValueError:
+        return Path(str(raw[key][0]))
+    return _in_state_dir(state_dir, path)
 
 
 Problem = tuple[tuple[str, ...], str]
@@ -1753,7 +1866,7 @@ def _resolve(raw: Mapping[str, tuple[Any, str]]) -> tuple[dict[str, Any], list[P
             values[key] = OPTION_BY_KEY[key].parse(value)
         except ValueError as exc:
             where = f"{origin} " if origin.startswith("-") else ""
-            problems.append(((key,), f"{where}{key} = {_show(value)}: {exc}"))
+            problems.append(((key,), f"{where}{key} = {_show(value, key)}: {exc}"))
     if "camera.buffer" in values:
         _derive(values)
     problems += _verify(values, set(values))
@@ -1792,7 +1905,9 @@ def read_local(path: Path) -> dict[str, Any]:
     return kept
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, key: str = "") -> str:
+    if key in SECRET_KEYS:
+        return "(not shown)"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -2031,7 +2146,7 @@ def merge(
         try:
             values[key] = OPTION_BY_KEY[key].parse(raw)
         except ValueError as exc:
-            errors.append(f"{origin} {key} = {_show(raw)}: {exc}")
+            errors.append(f"{origin} {key} = {_show(raw, key)}: {exc}")
     # The old meaning of buffer carries over when the rolls were following it.
     if values["camera.buffer"] != old_buffer:
         if "recorder.pre_roll" not in changes and s.recorder.pre_roll == old_buffer // 2:

@@ -103,8 +103,16 @@ class Chromium:
         result: dict[str, Any] = answer.get("result", {})
         return result
 
-    def open(self, url: str, headers: dict[str, str] | None = None) -> str:
-        """A new tab on ``url`` (every request of it sending ``headers``); its session id."""
+    def open(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        size: tuple[int, int] = (1000, 1400),
+        mobile: bool = False,
+    ) -> str:
+        """A new tab on ``url`` (every request of it sending ``headers``), ``size`` CSS pixels
+        wide and high (``mobile``: as a phone lays pages out, at its pixel density and with
+        touch); its session id."""
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session: str = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
             "sessionId"
@@ -113,9 +121,13 @@ class Chromium:
             self.call("Network.enable", session=session)
             self.call("Network.setExtraHTTPHeaders", {"headers": headers}, session=session)
         self.call("Page.enable", session=session)
+        width, height = size
         self.call("Emulation.setDeviceMetricsOverride", {
-            "width": 1000, "height": 1400, "deviceScaleFactor": 1, "mobile": False,
+            "width": width, "height": height, "deviceScaleFactor": 3 if mobile else 1,
+            "mobile": mobile,
         }, session=session)  # fmt: skip
+        if mobile:
+            self.call("Emulation.setTouchEmulationEnabled", {"enabled": True}, session=session)
         with self._cond:
             seen = len(self._events)
         self.call("Page.navigate", {"url": url}, session=session)

@@ -206,8 +206,10 @@ OLD_ENV = (
     "DATAPLANE",
     "CLOUDWATCH_DELINEATE_STREAM",
     "AWS_DEFAULT_REGION",
+    "PINTHESKY_STATE_DIR",
 )
-"""Environment variables the 0.9.1 daemon read: kept out of the tests' subprocesses."""
+"""Environment variables the daemon reads (most of them the 0.9.1 daemon's): kept out of the
+tests' subprocesses."""
 
 
 def pinthesky(

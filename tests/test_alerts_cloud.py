@@ -258,6 +258,40 @@ def test_pitsctl_alerts_command(aws, capsys):
     assert code == 0 and "no motion alerts; no offline alert" in capsys.readouterr().out
 
 
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    """A workstation where nobody ran ``aws configure``."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--sms", "12", "pitsctl: --sms '12': use the international form"),
+        ("--https", "http://example.com/hook", "pitsctl: --https 'http://example.com/hook': must"),
+        ("--email", "nobody", "pitsctl: --email 'nobody': not an e-mail address"),
+    ],
+)
+def test_a_bad_option_is_named_before_aws_credentials(no_credentials, capsys, flag, value, message):
+    code = pitsctl.main(["alerts", "--region", REGION, flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith(message), err
+
+
+def test_no_credentials_says_to_run_aws_configure(no_credentials, capsys):
+    code = pitsctl.main(["alerts", "--region", REGION, "--sms", "+4915123456789"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0] == (
+        "pitsctl: AWS: Unable to locate credentials: run `aws configure` (or set AWS_PROFILE) "
+        "on this computer"
+    )
+
+
 def test_local_zone(tmp_path: Path):
     assert local_zone({"TZ": "Europe/Berlin"}) == "Europe/Berlin"
     link = tmp_path / "localtime"

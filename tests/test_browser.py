@@ -4,6 +4,7 @@ its last frame; and the daemon's own local page works in it: live MJPEG and clip
 
 from __future__ import annotations
 
+import base64
 import http.server
 import re
 import shutil
@@ -12,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from chromium import HEADLESS
 from conftest import run_daemon, settings_for
 
@@ -155,7 +157,15 @@ LIVE_PICTURE = """(async () => {
 })()"""
 
 PLAY_CLIP = """(async () => {
-  const v = document.querySelector('video');
+  const deadline0 = Date.now() + 30000;
+  while (document.body.dataset.ready !== '1') {
+    if (Date.now() > deadline0) return {error: 'the page never finished loading'};
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const play = document.querySelector('#clips .clip[data-name] button.play');
+  if (!play) return {error: 'no play button'};
+  play.click();
+  const v = document.querySelector('#clips video');
   if (!v) return {error: 'no video element'};
   v.muted = true;
   if (v.readyState < 1) {
@@ -376,3 +386,207 @@ def test_without_a_password_the_page_says_how_to_enable_control(tmp_path):
     serve(web_settings(tmp_path), check)
     assert "Set password in the [http] section of the --config file" in seen["note"]
     assert seen["disabled"] and seen["deletes"] == 3 and seen["fields"] >= 10
+
+
+def test_the_page_opened_with_the_password_in_its_address(tmp_path):
+    """``http://user:password@camera/``: the page's own address carries the credentials, so
+    every relative address does too, and fetch refuses those. The script asks for absolute
+    addresses without them (the browser sends the password it was given for the page):
+    settings load and save, the clips, the live picture, health and a still show."""
+    from chromium import Chromium
+    from test_web import plant_clips, serve, web_settings
+
+    plant_clips(tmp_path)
+    seen: dict[str, Any] = {}
+
+    def check(daemon: Any, port: int) -> None:
+        with Chromium(tmp_path / "profile") as browser:
+            page = browser.open(f"http://me:pw-1@127.0.0.1:{port}/")
+            assert browser.evaluate(page, READY), "the page's script never finished loading"
+            seen.update(browser.evaluate(page, """(() => ({
+                base: document.baseURI,
+                fields: document.querySelectorAll('#settings input').length,
+                control: document.getElementById('control-off').hidden,
+                cards: [...document.querySelectorAll('#clips .clip[data-name]')]
+                    .map((c) => c.dataset.name),
+                health: document.querySelectorAll('#health dt').length,
+            }))()"""))  # fmt: skip
+            seen["live"] = wait_js(browser, page, "document.getElementById('live').naturalWidth")
+            browser.evaluate(page, """(() => {
+                document.getElementById('f-camera.sensitivity').value = '27';
+                document.getElementById('save').click(); })()""")  # fmt: skip
+            seen["saved"] = wait_js(
+                browser,
+                page,
+                "document.getElementById('status').textContent"
+                ".startsWith('saved') && document.getElementById('status').textContent",
+            )
+            browser.evaluate(page, "document.getElementById('still').click()")
+            seen["still"] = wait_js(browser, page, """(() => {
+                const img = document.querySelector('#stills .still img');
+                return img && img.complete && img.naturalWidth; })()""")  # fmt: skip
+            seen["sensitivity"] = daemon.settings.camera.sensitivity
+
+    serve(web_settings(tmp_path, **{"http.password": "pw-1"}), check)
+    assert seen["base"].startswith("http://me:pw-1@127.0.0.1:")  # relative ones carry them
+    assert seen["fields"] >= 10 and seen["control"]
+    assert seen["cards"] == [
+        "1700000200.motion.h264",
+        "1700000100.motion.mp4",
+        "1700000000.motion.mp4",
+    ]
+    assert seen["health"] >= 5 and seen["live"] == 640
+    assert seen["saved"] == "saved: camera.sensitivity" and seen["sensitivity"] == 27
+    assert seen["still"] == 640
+
+
+PHONE_LAYOUT = """(() => {
+  const vw = screen.width;  // the phone's (the window grows to fit a page too wide)
+  const live = document.getElementById('live');
+  const liveTop = live.getBoundingClientRect().top + scrollY;
+  const controls = [...document.querySelectorAll(
+    'main button, main input, main select, main a, #mask')];
+  const problems = [];
+  for (const c of controls) {
+    c.scrollIntoView({block: 'center', inline: 'nearest'});
+    const r = c.getBoundingClientRect();
+    const name = c.id || c.name || (c.textContent || '').trim().slice(0, 30) || c.tagName;
+    if (r.width === 0 || r.height === 0) { problems.push(name + ': not shown'); continue; }
+    // Where it is on the page, not in the window (scrolling into view may scroll sideways).
+    const left = r.left + scrollX, right = r.right + scrollX;
+    if (left < -0.5 || right > vw + 0.5) {
+      problems.push(name + ': off the screen, from ' + left + ' to ' + right + ' px');
+    }
+    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+    if (!(hit === c || c.contains(hit))) {
+      problems.push(name + ': under ' + (hit ? hit.tagName + '#' + hit.id : 'nothing'));
+    }
+    if (c.tagName !== 'A' && c.id !== 'mask' && r.height < 32) {
+      problems.push(name + ': ' + r.height + ' px high, too small to tap');
+    }
+    if (r.top + scrollY < liveTop) problems.push(name + ': above the live picture');
+  }
+  window.scrollTo(0, 0);
+  const box = live.getBoundingClientRect();
+  return {
+    vw, window: window.innerWidth, controls: controls.length, problems,
+    scrollWidth: document.documentElement.scrollWidth,
+    bodyWidth: document.body.scrollWidth,
+    live: [box.left, box.top, box.width],
+    inputs: document.querySelectorAll('#settings input').length,
+  };
+})()"""
+
+
+@pytest.mark.parametrize("size", [(360, 740), (390, 844)])
+def test_the_page_on_a_phone(tmp_path, size):
+    """At a phone's width the page scrolls only down: the live picture first and as wide as
+    the screen, every control (settings, record, still, masks, each clip's and still's
+    buttons and links) on the screen, uncovered and big enough to tap."""
+    from chromium import Chromium
+    from conftest import REPO
+    from test_web import plant_clips, serve, web_settings
+
+    plant_clips(tmp_path)
+    width, height = size
+    artifact = REPO / ".cache" / "artifacts" / f"page-{width}x{height}.png"
+    seen: dict[str, Any] = {}
+
+    def check(daemon: Any, port: int) -> None:
+        auth = "Basic " + base64.b64encode(b"me:pw 1").decode()
+        with Chromium(tmp_path / "profile") as browser:
+            page = browser.open(
+                f"http://127.0.0.1:{port}/", {"Authorization": auth}, size=size, mobile=True
+            )
+            assert browser.evaluate(page, READY), "the page's script never finished loading"
+            browser.evaluate(page, "document.getElementById('still').click()")
+            assert wait_js(browser, page, "!!document.querySelector('#stills .still img')")
+            seen.update(browser.evaluate(page, PHONE_LAYOUT))
+            browser.evaluate(page, "window.scrollTo(0, 0)")
+            seen["shot"] = browser.screenshot(page, artifact)
+
+    serve(web_settings(tmp_path, **{"http.password": "pw 1"}), check)
+    print(f"screenshot of the page on a phone: {seen['shot']}")
+    assert seen["vw"] == width and seen["window"] == width
+    assert seen["scrollWidth"] <= width and seen["bodyWidth"] <= width  # no sideways scroll
+    assert seen["problems"] == []
+    assert seen["controls"] > 40 and seen["inputs"] >= 10
+    left, top, live_width = seen["live"]
+    assert top < 60 and left < 20 and live_width >= width - 30  # on top, the screen's width
+
+
+def test_one_list_of_clips_that_stays_current_without_a_reload(tmp_path):
+    """Each clip once on the page; a clip deleted there leaves nothing pointing at it; clips
+    that appear or go on the camera's own (a new clip, one uploaded or evicted) and health
+    follow in the open page, without a reload."""
+    import http.client
+    import json as jsonlib
+
+    from chromium import Chromium
+    from test_web import CLIP, plant_clips, serve, web_settings
+
+    clips = plant_clips(tmp_path)
+    (clips / "1700000100.motion.jpg").write_bytes(b"\xff\xd8\xff\xd9")
+    auth = "Basic " + base64.b64encode(b"me:pw 1").decode()
+    seen: dict[str, Any] = {}
+    since_start = """(() => {
+        const dt = [...document.querySelectorAll('#health dt')]
+            .find((d) => d.textContent === 'clips since start');
+        return dt && dt.nextElementSibling.textContent; })()"""
+
+    def check(daemon: Any, port: int) -> None:
+        with Chromium(tmp_path / "profile") as browser:
+            page = browser.open(f"http://127.0.0.1:{port}/", {"Authorization": auth})
+            assert browser.evaluate(page, READY), "the page's script never finished loading"
+            seen.update(browser.evaluate(page, """(() => ({
+                headings: [...document.querySelectorAll('h2')].map((h) => h.textContent),
+                each: [...new Set([...document.querySelectorAll('[data-name]')]
+                    .map((c) => c.dataset.name))].map((n) =>
+                    [n, document.querySelectorAll('[data-name="' + n + '"]').length]),
+            }))()"""))  # fmt: skip
+            seen["health_before"] = browser.evaluate(page, since_start)
+
+            # Deleted on the page: nothing on it points at the clip any more.
+            sel = "document.querySelector('.clip[data-name=\"1700000000.motion.mp4\"] .delete')"
+            browser.evaluate(page, f"{sel}.click(); {sel}.click()")
+            assert wait_js(browser, page, """!document.getElementById('clips').innerHTML
+                .includes('1700000000.') && ![...document.querySelectorAll('[href], [src]')]
+                .some((e) => (e.href || e.src).includes('1700000000.'))""")  # fmt: skip
+            seen["dead"] = browser.evaluate(page, """(async () => {
+                const urls = [...document.querySelectorAll('#clips [href], #clips [src]')]
+                    .map((e) => e.href || e.src);
+                const dead = [];
+                for (const u of urls) {
+                    const r = await fetch(u, {method: 'HEAD', credentials: 'same-origin'});
+                    if (r.status !== 200) dead.push(u + ' ' + r.status);
+                }
+                return {checked: urls.length, dead}; })()""")  # fmt: skip
+
+            # The camera's own changes, while the page stays open.
+            browser.evaluate(page, "window.notReloaded = true")
+            (clips / "1700000300.motion.mp4").write_bytes(CLIP)
+            (clips / "1700000100.motion.mp4").unlink()  # uploaded, or evicted
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.request("POST", "/api/record", jsonlib.dumps({"duration": 1}), {
+                "Authorization": auth, "Content-Type": "application/json"})  # fmt: skip
+            assert conn.getresponse().status == 202
+            conn.close()
+            seen["after"] = wait_js(browser, page, f"""(() => {{
+                const names = [...document.querySelectorAll('#clips .clip[data-name]')]
+                    .map((c) => c.dataset.name);
+                const clips = {since_start};
+                return names.includes('1700000300.motion.mp4') &&
+                    !names.includes('1700000100.motion.mp4') && clips === '1' &&
+                    window.notReloaded && {{names, clips}}; }})()""", 60_000)  # fmt: skip
+
+    serve(web_settings(tmp_path, **{"http.password": "pw 1"}), check)
+    assert seen["headings"] == ["Clips", "Stills", "Health", "Settings"]
+    assert dict(seen["each"]) == {
+        "1700000000.motion.mp4": 1,
+        "1700000100.motion.mp4": 1,
+        "1700000200.motion.h264": 1,
+    }
+    assert seen["dead"]["checked"] == 3 and seen["dead"]["dead"] == []
+    assert seen["health_before"] == "0"
+    assert seen["after"], "the open page never showed the camera's changes"
+    assert len(seen["after"]["names"]) == 3  # the new one, the manual one, the h264 one

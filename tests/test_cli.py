@@ -131,6 +131,82 @@ def test_validate_config_output_is_accepted_back(tmp_path: Path) -> None:
     assert second.stdout == first.stdout
 
 
+SECRET = "Tr0ub4dor&3 horse"
+
+
+def test_validate_config_never_prints_a_secret(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text(f'[http]\npassword = "{SECRET}"\n', encoding="utf-8")
+    proc = pinthesky_cmd(tmp_path, "--config", "c.toml", "--validate-config")
+    assert proc.returncode == 0, proc.stderr
+    assert SECRET not in proc.stdout and "Tr0ub4dor" not in proc.stdout
+    assert "# password is set (not shown)" in proc.stdout
+    assert "password" not in tomllib.loads(proc.stdout)["http"]
+    # A refused password is named, not shown, wherever it came from.
+    (tmp_path / "bad.toml").write_text('[http]\npassword = "Tr0ub4dor\\u0001"\n')
+    for args in (
+        ("--config", "bad.toml", "--validate-config"),
+        ("--validate-config", "--http-password", "Tr0ub4dor\x7f"),
+    ):
+        proc = pinthesky_cmd(tmp_path, *args)
+        assert proc.returncode == 2
+        assert "Tr0ub4dor" not in proc.stderr + proc.stdout
+        (line,) = stderr_lines(proc)
+        assert "http.password = (not shown): must be a password of 1 to 256 characters" in line
+
+
+def test_start_up_says_which_settings_files_are_in_force(tmp_path: Path) -> None:
+    """The page's saved changes win over the --config file after a restart: the log says which
+    files are in force and which keys each sets (never a value), and what the daemon writes
+    goes into its state directory."""
+    import os
+
+    from conftest import OLD_ENV, DaemonProcess, eventually
+
+    (tmp_path / "camera.toml").write_text(
+        f'[camera]\nsensitivity = 20\nframerate = 15\n[http]\npassword = "{SECRET}"\n'
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "local-settings.toml").write_text("[camera]\nsensitivity = 33\n")
+    env = {k: v for k, v in os.environ.items() if k not in OLD_ENV and k != "JOURNAL_STREAM"}
+    env.update(PYTHONPATH=str(REPO), PINTHESKY_STATE_DIR="state")
+    args = ["--config", "camera.toml", "--source", "synthetic", "--rotation", "180"]
+    daemon = DaemonProcess(args, tmp_path, env)
+    try:
+        eventually(lambda: daemon.logged("first frame buffered"), 60, "the first frame")
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0
+    log = "".join(daemon.lines)
+    said = [line.split("pinthesky.settings: ", 1)[1] for line in daemon.logged("settings: ")]
+    assert said == [
+        "--config camera.toml sets camera.sensitivity, camera.framerate, http.password\n",
+        f"the page's saved changes in {state}/local-settings.toml set camera.sensitivity "
+        "(overriding the --config file's camera.sensitivity)\n",
+        "the environment sets daemon.state_dir ($PINTHESKY_STATE_DIR)\n",
+        "the command line sets source.source (--source), camera.rotation (--rotation)\n",
+    ]
+    assert "Tr0ub4dor" not in log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["camera.toml", "state"]
+    assert {p.name for p in state.iterdir()} >= {
+        "input.json",
+        "output.json",
+        "config-input.json",
+        "config-output.json",
+        "motion_videos",
+        "local-settings.toml",
+    }
+    # Without saved changes, the log says there are none (and where they would be).
+    (state / "local-settings.toml").unlink()
+    daemon = DaemonProcess(["--source", "synthetic"], tmp_path, env)
+    try:
+        eventually(lambda: daemon.logged("first frame buffered"), 60, "the first frame")
+    finally:
+        daemon.stop()
+    assert daemon.logged("pinthesky.settings: no --config file$")
+    assert daemon.logged(f"no changes saved by the page \\({state}/local-settings.toml\\)")
+
+
 def test_validate_config_reports_each_bad_value_on_one_line(tmp_path: Path) -> None:
     proc = pinthesky_cmd(tmp_path, "--validate-config", "--framerate", "abc", "--rotation", "45")
     assert proc.returncode == 2

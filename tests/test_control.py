@@ -156,6 +156,51 @@ def test_every_command_answers_with_its_ids(tmp_path, aws_env, monkeypatch):
                 c.close()
 
 
+def test_a_capture_during_a_motion_clip_says_it_joined_it(tmp_path, aws_env, monkeypatch):
+    """capture_video while the synthetic scene's motion clip is recorded: one clip, extended;
+    its upload_end says the capture joined the motion clip, the clip's trigger stays motion
+    (the contract's value) and its facts name both, in upload_end and in S3's metadata."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+
+    async def main(endpoint: str, client_box: list[DeviceClient]) -> dict[str, Any]:
+        settings = settings_for(
+            tmp_path,
+            **{
+                "source.source": "synthetic",
+                "storage.bucket_name": BUCKET,
+                "cloud_connection.thing_name": "cam1",
+                "recorder.pre_roll": 1,
+                "recorder.post_roll": 1,
+            },
+        )
+        daemon, task = await start(settings)
+        client = DeviceClient(tmp_path / "events")
+        client_box.append(client)
+        assert daemon.recorder is not None
+        await until(lambda: (clip := daemon.recorder.open_clip) and clip.trigger == "motion", 40)
+        client.send({"name": "capture_video", "context": {"duration": 2, "capture_id": "v-j"}})
+        events = await asyncio.to_thread(client.wait_for, named("upload_end", capture_id="v-j"), 60)
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+        return next(e for e in events if e.get("capture_id") == "v-j")
+
+    clients: list[DeviceClient] = []
+    with moto_server() as endpoint:
+        aws_env(endpoint)
+        s3(endpoint).create_bucket(Bucket=BUCKET)
+        try:
+            ended = asyncio.run(main(endpoint, clients))
+        finally:
+            for c in clients:
+                c.close()
+        head = s3(endpoint).head_object(Bucket=BUCKET, Key=ended["upload"]["bucket_key"])
+    assert ended["joined"] == "motion" and ended["duration"] == 2
+    assert ended["trigger"] == "motion" and ended["triggers"] == "motion,manual"
+    assert head["Metadata"]["trigger"] == "motion"
+    assert head["Metadata"]["triggers"] == "motion,manual"
+
+
 def test_ten_messages_in_one_burst_are_all_answered_in_order(tmp_path):
     async def main() -> list[dict[str, Any]]:
         daemon, task = await start(settings_for(tmp_path, **{"source.source": "synthetic"}))

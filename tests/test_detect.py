@@ -69,6 +69,81 @@ def test_higher_sensitivity_number_misses_the_small_object(footage, tmp_path):
     assert json.loads(out.stdout)["events"] == []
 
 
+def test_the_timeline_agrees_with_itself_at_any_sensitivity(footage, tmp_path):
+    """Its last line says how the highest score stands against the sensitivity, in words that
+    agree with the events found (it said "motion is above the sensitivity" under "no motion")."""
+    scenario = footage.scenario("small_object")
+    verdicts = {}
+    for sensitivity in ("10", "500"):
+        out = pinthesky("detect", str(scenario.path), "--sensitivity", sensitivity, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        verdicts[sensitivity] = out.stdout.splitlines()
+    found, missed = verdicts["10"], verdicts["500"]
+    assert any(line.startswith("event 1:") for line in found)
+    assert found[-1].startswith("highest score ")
+    assert found[-1].endswith(
+        "; motion is a score above the sensitivity (10) for at least 0.4 s (--motion-min-time)"
+    )
+    assert "no motion" in missed and not any(line.startswith("event") for line in missed)
+    peak = int(found[-1].split()[2])
+    assert missed[-1] == (
+        f"highest score {peak} macroblocks, not above the sensitivity (500): nothing counted "
+        "as motion (a lower --sensitivity counts smaller changes)"
+    )
+    # Above the sensitivity, but only for a moment.
+    out = pinthesky(
+        "detect", str(scenario.path), "--sensitivity", str(peak - 1), "--motion-min-time", "10",
+        cwd=tmp_path,
+    )  # fmt: skip
+    last = out.stdout.splitlines()[-1]
+    assert "no motion" in out.stdout
+    assert last.endswith(
+        f"above the sensitivity ({peak - 1}) but never for 10 s in a row "
+        "(--motion-min-time): nothing counted as motion"
+    )
+
+
+def test_the_reasons_name_the_time_spans_the_analysis_uses(footage, tmp_path):
+    from pinthesky.record.motion import SWEEP_S, TRACK_S
+
+    far = footage.scenario("distant_person")
+    out = pinthesky("detect", str(far.path), cwd=tmp_path)
+    assert f"over the last {SWEEP_S:g} s, or up to {TRACK_S:g} s while seen" in out.stdout
+    assert "last second" not in out.stdout and "a second ago" not in out.stdout
+
+
+def test_the_plot_puts_the_sensitivity_line_well_above_zero(footage, tmp_path):
+    """Scores reach hundreds of macroblocks: on a linear axis the sensitivity line (10) lay
+    on zero. On a logarithmic axis it sits where it can be read."""
+    from pinthesky import settings
+    from pinthesky.daemon import detect
+
+    scenario = footage.scenario("walkers")
+    result = detect.detect(scenario.path, settings.defaults())
+    assert result.peak() > 20 * settings.defaults().camera.sensitivity
+    plotted = detect.plot(result, settings.defaults(), tmp_path / "walkers.png")
+    assert 0.25 < plotted.threshold_at < 0.8, plotted.threshold_at
+    assert "sensitivity 10" in plotted.labels
+
+
+def test_plot_without_matplotlib_is_one_line_naming_the_extra(footage, tmp_path, monkeypatch):
+    blocked = tmp_path / "blocked" / "matplotlib"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'matplotlib'\", name='matplotlib')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(blocked.parent))
+    scenario = footage.scenario("small_object")
+    png = tmp_path / "score.png"
+    out = pinthesky("detect", str(scenario.path), "--plot", str(png), cwd=tmp_path)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "pinthesky: --plot needs matplotlib: pip install 'pinthesky[plot]' "
+        "(or apt install python3-matplotlib)"
+    ]
+    assert not png.exists()
+
+
 @pytest.mark.parametrize("name", OUTDOOR + GARDEN)
 def test_outdoor_cases_give_exactly_their_events(footage, tmp_path, name):
     # Rain, snow, a swaying camera, headlights, an IR switch, insects at the IR lamp, a
@@ -137,5 +212,5 @@ def test_detect_names_the_frames_with_things_at_the_lens(footage, tmp_path):
     ignored = json.loads(out.stdout)["ignored"]
     assert ignored["at_the_lens"] > 20 and set(ignored) >= {"lighting", "shake", "scattered"}
     result = detect.detect(moths.path, settings.defaults())
-    labels = detect.plot(result, settings.defaults(), tmp_path / "moths.png")
-    assert "at the lens (insects, strand, drops)" in labels
+    plotted = detect.plot(result, settings.defaults(), tmp_path / "moths.png")
+    assert "at the lens (insects, strand, drops)" in plotted.labels

@@ -340,7 +340,7 @@ def test_a_password_file_others_can_read_is_refused_and_the_camera_records_on(
     secret.chmod(0o644)
     camera = Camera(tmp_path, broker, password=None, password_file=str(secret))
     try:
-        line = camera.wait_log("mqtt.password_file")
+        line = camera.wait_log("cannot be used (others may read it")
         assert line[0].endswith(
             "cannot be used (others may read it: chmod o-r it); Home Assistant is off"
         )

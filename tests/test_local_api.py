@@ -143,6 +143,36 @@ def test_bad_settings_are_refused_whole_with_one_line_each(tmp_path):
     assert not (tmp_path / "local-settings.toml").exists()
 
 
+def test_every_problem_in_a_settings_change_is_named_and_the_answer_stays_small(tmp_path):
+    """A key the page may not change does not hide a bad value of one it may: every problem
+    in the body is one line of ``errors``; thousands of them are counted, not listed."""
+
+    def check(daemon: Daemon, port: int) -> None:
+        before = daemon.settings
+        body = {
+            "http": {"password": "x"},
+            "camera": {"framerate": 0, "rotation": 45, "sensitivity": 20},
+            "nope": {"x": 1},
+        }
+        status, doc = call(port, "PATCH", "/api/settings", body)
+        assert status == 400, doc
+        lines = doc["errors"]
+        assert lines[0] == "http.password: not changeable here"
+        assert any("camera.framerate = 0: must be a whole number" in e for e in lines), lines
+        assert any("camera.rotation = 45: must be one of 0, 90, 180, 270" in e for e in lines)
+        assert "nope.x: unknown setting" in lines
+        assert lines[-1].startswith("the page may change camera.resolution, ")
+        assert len(lines) == 5 and not any("sensitivity" in e for e in lines[:-1])
+        assert daemon.settings == before  # all or nothing
+        flood = {f"s{i}": {"k": 1} for i in range(3000)} | {"camera": {"framerate": 0}}
+        status, doc = call(port, "PATCH", "/api/settings", flood)
+        lines = doc["errors"]
+        assert status == 400 and len(lines) <= 21 and len(json.dumps(doc)) < 4000
+        assert lines[-2] == "and 2982 more problems" and lines[-1].startswith("the page may")
+
+    serve(control_settings(tmp_path), check)
+
+
 def test_without_a_password_the_api_is_read_only_and_says_how_to_enable_it(tmp_path):
     plant_clips(tmp_path)
 
@@ -236,6 +266,68 @@ def test_record_still_clips_by_day_with_pictures_and_delete(tmp_path):
         assert (clips / "1700000000.motion.mp4").read_bytes() == CLIP
 
     serve(control_settings(tmp_path), check)
+
+
+def test_two_stills_in_the_same_second_are_two_files_both_listed(tmp_path):
+    import concurrent.futures
+
+    def check(daemon: Daemon, port: int) -> None:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: call(port, "POST", "/api/still", {}), range(2)))
+        assert [status for status, _ in answers] == [200, 200]
+        names = sorted(doc["name"] for _, doc in answers)
+        assert names[0] != names[1]
+        stems = [n.removesuffix(".jpg").split("-") for n in names]
+        if stems[0][1] == stems[1][1]:  # the same second: the second one is numbered
+            assert names == [f"img-{stems[0][1]}-1.jpg", f"img-{stems[0][1]}.jpg"]
+        status, doc = call(port, "GET", "/api/stills")
+        assert status == 200 and doc["total"] == 2
+        assert sorted(s["name"] for s in doc["stills"]) == names
+        for name in names:
+            status, headers, body = fetch(port, f"/stills/{name}?download=1", AUTH)
+            assert status == 200 and headers["content-type"] == "image/jpeg"
+            assert body[:2] == b"\xff\xd8" and name in headers["content-disposition"]
+            assert body == (tmp_path / "images" / name).read_bytes()
+        for bad in ("..%2Flocal-settings.toml", "%2Fetc%2Fpasswd", "nope.jpg", ""):
+            assert fetch(port, f"/stills/{bad}", AUTH)[0] == 404
+            assert call(port, "DELETE", f"/api/stills/{bad}")[0] == 404
+        status, doc = call(port, "DELETE", f"/api/stills/{names[0]}")
+        assert (status, doc) == (200, {"deleted": names[0]})
+        assert not (tmp_path / "images" / names[0]).exists()
+        assert [s["name"] for s in call(port, "GET", "/api/stills")[1]["stills"]] == names[1:]
+
+    serve(control_settings(tmp_path), check)
+
+
+def test_a_manual_clip_asked_for_during_a_motion_clip_says_it_joins_it(tmp_path):
+    """The synthetic scene's object crosses 10 s in: while its clip is recorded, record on
+    the page extends it, the answer says so, and the clip's facts name both triggers."""
+
+    def check(daemon: Daemon, port: int) -> None:
+        def motion_clip() -> Any:
+            clip = daemon.recorder.open_clip if daemon.recorder else None
+            return clip if clip is not None and clip.trigger == "motion" else None
+
+        joined = eventually(motion_clip, 40, "a motion clip being recorded")
+        status, doc = call(port, "POST", "/api/record", {"duration": 3})
+        assert status == 202, doc
+        assert doc["joined"] == joined.name and doc["trigger"] == "motion"
+        assert doc["note"] == (
+            f"joins the motion clip {joined.name} being recorded: it goes on for at least 3 s more"
+        )
+
+        def listed() -> Any:
+            days = call(port, "GET", "/api/clips")[1]["days"]
+            return next((c for d in days for c in d["clips"] if c["name"] == joined.name), None)
+
+        clip = eventually(listed, 60, "the clip, finished")
+        assert clip["trigger"] == "motion" and clip["triggers"] == ["motion", "manual"]
+        # A request with no clip under way is a clip of its own.
+        eventually(lambda: daemon.recorder and daemon.recorder.open_clip is None, 60, "idle")
+        status, doc = call(port, "POST", "/api/record", {"duration": 1})
+        assert status == 202 and "joined" not in doc
+
+    serve(control_settings(tmp_path, **{"recorder.pre_roll": 1, "recorder.post_roll": 1}), check)
 
 
 def test_a_local_change_stands_until_the_cloud_changes_its_desired_value(tmp_path):

@@ -232,7 +232,10 @@ def test_no_aws_credentials_is_one_line_before_the_pi_is_touched(
     before = snapshot(target)
     code, _, err = pitsctl_run(capsys, server, target, "install", "--region", REGION)
     assert code == 1
-    assert err.strip().splitlines()[-1] == "pitsctl: AWS: Unable to locate credentials"
+    assert err.strip().splitlines()[-1] == (
+        "pitsctl: AWS: Unable to locate credentials: run `aws configure` (or set AWS_PROFILE) "
+        "on this computer"
+    )
     assert snapshot(target) == before
 
 

@@ -339,14 +339,71 @@ def test_manual_capture_during_motion_extends_the_clip(tmp_path):
     async def main() -> None:
         h = Harness(tmp_path)
         h.run_until(7, motion=(6.0, 9.0))
+        joined = h.rec.open_clip  # what a capture asked for now extends
+        assert joined is not None and joined.trigger == "motion"
+        assert joined.triggers == ("motion",)
         fut = h.rec.capture(10.0)  # until 16.9, past the motion's post-roll at 12
+        assert h.rec.open_clip is not None and h.rec.open_clip.triggers == ("motion", "manual")
         h.run_until(25, motion=(6.0, 9.0))
         clip = await asyncio.wait_for(fut, 5)
-        assert clip is not None and len(h.clips) == 1
+        assert clip is not None and len(h.clips) == 1 and clip.path.name == joined.name
         assert clip.end_ts >= round(16.9 * S)
+        # The clip's facts say both asked for it; its trigger stays what started it.
+        meta = h.rec.store.meta(clip.path)
+        assert meta["trigger"] == "motion" and meta["triggers"] == ["motion", "manual"]
         await h.rec.close()
 
     asyncio.run(main())
+
+
+def test_motion_during_a_manual_clip_joins_its_triggers(tmp_path):
+    async def main() -> None:
+        h = Harness(tmp_path)
+        h.run_until(3)
+        fut = h.rec.capture(8.0)
+        h.run_until(20, motion=(5.0, 7.0))
+        clip = await asyncio.wait_for(fut, 5)
+        assert clip is not None and len(h.clips) == 1 and clip.trigger == "manual"
+        assert h.rec.store.meta(clip.path)["triggers"] == ["manual", "motion"]
+        # A clip with one cause keeps only its trigger.
+        h.run_until(40, motion=(30.0, 31.0))
+        await h.rec.close()
+        second = h.clips[-1]
+        assert second.trigger == "motion" and "triggers" not in h.rec.store.meta(second.path)
+
+    asyncio.run(main())
+
+
+# -- stills ---------------------------------------------------------------------------------
+
+
+def test_stills_taken_in_the_same_second_never_overwrite_one_another(tmp_path):
+    """Twenty stills at once, all in one second: twenty files, each whole, each listed
+    (before, each was img-EPOCH.jpg and the last one written was the only one left)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pinthesky.record.stills import StillStore
+
+    store = StillStore(tmp_path / "images")
+    pictures = [b"\xff\xd8" + bytes([n]) * 5000 + b"\xff\xd9" for n in range(20)]
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda p: store.add(p, 1700000000), pictures))
+    assert len(set(paths)) == 20
+    assert {p.name for p in paths} == {"img-1700000000.jpg"} | {
+        f"img-1700000000-{n}.jpg" for n in range(1, 20)
+    }
+    assert sorted(p.read_bytes() for p in paths) == sorted(pictures)
+    assert all(p.stat().st_nlink == 1 for p in paths)  # the uploader takes no other
+    assert {s.path for s in store.stills()} == set(paths)
+    assert [p.name for p in (tmp_path / "images").iterdir() if p.name.startswith(".")] == []
+    # A still named by the cloud replaces the older one of that name (as its S3 object does).
+    store.add(b"\xff\xd8one\xff\xd9", 1700000001, "thumbnail_latest.jpg")
+    latest = store.add(b"\xff\xd8two\xff\xd9", 1700000002, "thumbnail_latest.jpg")
+    assert latest.read_bytes() == b"\xff\xd8two\xff\xd9" and len(store.stills()) == 21
+    assert store.stills()[0].path == latest  # newest first
+    assert store.find("../images/thumbnail_latest.jpg") is None and store.find("nope") is None
+    os.symlink("/etc/passwd", tmp_path / "images" / "planted.jpg")  # not one of ours
+    assert store.find("planted.jpg") is None and len(store.stills()) == 21
 
 
 # -- clip store -----------------------------------------------------------------------------

@@ -84,6 +84,10 @@ class UploadEnded:
     """Most moving macroblocks in one frame of the clip."""
     image_key: str | None = None
     """S3 key of the clip's motion picture."""
+    triggers: str | None = None
+    """Everything that asked for the clip, in order, when more than its ``trigger`` did
+    (``motion,manual``: a manual capture joined a motion clip being recorded). ``trigger``
+    stays the first of them, one of the contract's two values."""
 
     def facts(self) -> dict[str, Any]:
         """The clip's facts that are known, as ``upload_end`` and S3 metadata name them."""
@@ -92,6 +96,7 @@ class UploadEnded:
             "duration": self.duration,
             "peak_score": self.peak_score,
             "image_key": self.image_key,
+            "triggers": self.triggers,
         }
         return {k: v for k, v in facts.items() if v is not None}
 
@@ -474,6 +479,9 @@ class Uploader:
                 facts["duration"] = round(float(meta["duration"]), 2)
             if "peak_score" in meta:
                 facts["peak_score"] = int(meta["peak_score"])
+        triggers = meta.get("triggers")
+        if isinstance(triggers, list) and all(t in ("motion", "manual") for t in triggers):
+            facts["triggers"] = ",".join(triggers)
         picture = meta.get("picture")
         if isinstance(picture, str) and picture_epoch(Path(picture)) is not None:
             facts["image_key"] = f"{self.target.image_prefix}/{self.target.thing}/{picture}"

@@ -140,10 +140,20 @@ class Control:
         if isinstance(command, CaptureVideo):
             if d.recorder is None:
                 raise PintheskyError("capture_video: the camera is not running")
+            joined = d.recorder.open_clip
+            if joined is not None:
+                log.info(
+                    "capture_video joins the %s clip %s being recorded: it is extended to "
+                    "cover the request",
+                    joined.trigger,
+                    joined.name,
+                )
             clip = await d.recorder.capture(command.duration)
             if clip is None:
                 raise PintheskyError("capture_video: nothing buffered yet")
-            self._remember(clip.path.name, command.echo, command.duration)
+            # upload_end says so too: the clip's trigger stays what started it.
+            echo = {**command.echo, **({"joined": joined.trigger} if joined else {})}
+            self._remember(clip.path.name, echo, command.duration)
         elif isinstance(command, CaptureImage):
             path = await d.capture_image(command.file_name)
             self._remember(path.name, command.echo, None)

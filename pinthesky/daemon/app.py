@@ -25,8 +25,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-import re
 import signal
 import threading
 import time
@@ -53,7 +51,7 @@ from pinthesky.control.controller import Control
 from pinthesky.control.health import Health
 from pinthesky.control.shadow import RESTART_KEYS
 from pinthesky.errors import PintheskyError
-from pinthesky.eventfiles import Watcher, write_atomically
+from pinthesky.eventfiles import Watcher
 from pinthesky.hardware.board import meminfo
 from pinthesky.live.mjpeg import MjpegBroadcaster
 from pinthesky.live.rtsp import RtspServer
@@ -85,6 +83,7 @@ from pinthesky.record.motion import (
 )
 from pinthesky.record.recorder import Recorder
 from pinthesky.record.ring import PacketRing, byte_caps
+from pinthesky.record.stills import StillStore, check_name
 from pinthesky.settings import MotionSettings, Resolution, Settings, flatten, live_size, merge
 
 if TYPE_CHECKING:
@@ -411,11 +410,12 @@ class Daemon:
             s,
             self.store,
             mjpeg,
-            self._health_report,
+            self.health_report,
             lambda: self.settings.cloud_connection.thing_name or "pinthesky",
             lambda: live.view_size,
             LocalApi(self),
             self._capture_jpeg,
+            lambda: self.stills,
         )
         if await _listening(web, "http", s.bind, s.port, "no local page"):
             self.web = web
@@ -447,7 +447,7 @@ class Daemon:
         if await bridge.start():
             self.homeassistant = bridge
 
-    def _health_report(self) -> dict[str, Any]:
+    def health_report(self) -> dict[str, Any]:
         """The health figures for the local page (reads /proc: call on a worker thread)."""
         return self._page_health.report(self.motion_captured, self.recording)
 
@@ -586,19 +586,20 @@ class Daemon:
         """Take a still into the capture directory (and the upload queue); returns its path.
 
         ``file_name`` must be a plain name (``^[A-Za-z0-9._-]{1,64}$``, not hidden): it comes
-        from the cloud and must never lead outside the capture directory.
+        from the cloud and must never lead outside the capture directory. Without one the
+        still gets a name of its own, never another still's (``record.stills``).
         """
-        name = file_name or f"img-{int(time.time())}.jpg"
-        directory = self.settings.storage.capture_dir
-        if not STILL_NAME.fullmatch(name) or name.startswith("."):
-            raise PintheskyError(
-                f"capture_image file_name {name!r}: must match "
-                "[A-Za-z0-9._-]{1,64} and not start with a dot"
-            )
+        stills = self.stills
+        check_name(file_name)  # before the camera is asked for a picture
         jpeg = await asyncio.to_thread(self._capture_jpeg)
-        path = await asyncio.to_thread(_write_still, directory, name, jpeg)
+        path = await asyncio.to_thread(stills.add, jpeg, int(time.time()), file_name)
         self.bus.publish(ImageReady(path))
         return path
+
+    @property
+    def stills(self) -> StillStore:
+        """The capture directory the settings name now."""
+        return StillStore(self.settings.storage.capture_dir)
 
     # -- loop callbacks ---------------------------------------------------------------------
 
@@ -809,9 +810,6 @@ def _uploader_totals(uploader: Uploader) -> dict[str, float]:
     }
 
 
-STILL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
 async def _listening(server: Any, name: str, bind: str, port: int, without: str) -> bool:
     """Start ``server``; a port that cannot be used is one error line (the camera goes on)."""
     try:
@@ -820,17 +818,6 @@ async def _listening(server: Any, name: str, bind: str, port: int, without: str)
         log.error("%s: cannot listen on %s port %d: %s; %s", name, bind, port, exc, without)
         return False
     return True
-
-
-def _write_still(directory: Path, name: str, data: bytes) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    # Its own name only, never through a link: a link planted under the name is replaced
-    # (write_atomically renames over it), not followed out of the directory.
-    if os.path.normpath(path.parent) != os.path.normpath(directory):
-        raise PintheskyError(f"capture_image file_name {name!r}: outside {directory}")
-    write_atomically(path, data, 0o644)
-    return path
 
 
 async def run(settings: Settings, process_start: float | None = None, **kwargs: Any) -> int:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from pinthesky import __version__
-from pinthesky.cmdline import PROG, build_parser, load_settings
+from pinthesky.cmdline import PROG, build_parser, load_traced_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,16 +26,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return detect_main(args[1:])
     ns = build_parser().parse_args(args)
-    from pinthesky.settings import Settings
+    from pinthesky.settings import Settings, Sources
 
-    cfg = load_settings(ns)
-    assert isinstance(cfg, Settings)
+    cfg, sources = load_traced_settings(ns)
+    assert isinstance(cfg, Settings) and isinstance(sources, Sources)
     if ns.validate_config:
         print(cfg.to_toml(), end="")
         return 0
+    import logging
+
     from pinthesky.logs import setup_logging
 
     setup_logging(cfg.daemon.log_level)
+    # Which files are in force, and which keys each sets: the page's saved changes override
+    # the --config file after a restart, and the log says so (keys only, never values).
+    for line in sources.lines():
+        logging.getLogger("pinthesky.settings").info("%s", line)
     import asyncio
 
     from pinthesky.daemon.app import run

@@ -19,6 +19,9 @@ from typing import Any
 from pinthesky.errors import PintheskyError, SourceError
 from pinthesky.media import US, RateGate
 from pinthesky.record.motion import (
+    SLOW_S,
+    SWEEP_S,
+    TRACK_S,
     MotionAnalyzer,
     MotionEnded,
     MotionStarted,
@@ -49,9 +52,17 @@ class Detection:
     frames: int = 0
     analysis_us_per_frame: float = 0.0
     origin: int = 0
+    sensitivity: int = 0
+    """The ``--sensitivity`` the video was analysed with."""
+    min_time: float = 0.0
+    """The ``--motion-min-time`` it was analysed with."""
 
     def seconds(self, ts: int) -> float:
         return round((ts - self.origin) / US, 3)
+
+    def peak(self) -> float:
+        """The highest score of a frame that could count (lighting changes score nothing)."""
+        return max((sc.blocks for sc in self.scores if not sc.lighting), default=0.0)
 
     def ignored(self) -> dict[str, int]:
         """For each reason a frame's change (or part of it) did not count, the frames."""
@@ -90,7 +101,7 @@ def detect(path: Path, settings: Settings) -> Detection:
     lw, lh = s.camera.lores
     analyzer = MotionAnalyzer(s.camera.lores, s.camera.resolution, s.motion, s.camera.rotation)
     tracker = MotionTracker(s.camera.sensitivity, s.motion.min_time, quiet=s.recorder.post_roll)
-    result = Detection()
+    result = Detection(sensitivity=s.camera.sensitivity, min_time=s.motion.min_time)
     spent = 0.0
     open_event: Event | None = None
     try:
@@ -164,13 +175,16 @@ def reason(score: Score, sensitivity: int) -> str:
     if score.swept:
         why = (
             f"a small object persisted: it covered {score.blocks:.0f} macroblocks over the "
-            f"last second (> sensitivity {sensitivity})"
+            f"last {SWEEP_S:g} s, or up to {TRACK_S:g} s while seen without a break "
+            f"(> sensitivity {sensitivity})"
         )
     else:
         why = f"an object of {score.blocks:.0f} macroblocks (> sensitivity {sensitivity})"
     extras = []
     if score.grown:
-        extras.append(f"{score.grown} cells growing or creeping (compared with a second ago)")
+        extras.append(
+            f"{score.grown} cells growing or creeping (compared with {SLOW_S:g} s before)"
+        )
     if score.shake:
         extras.append("moving against a shaken view")
     if score.lit:
@@ -206,9 +220,28 @@ def timeline(result: Detection) -> str:
             f"{lens} frames with things at the lens ignored (blurred and lit by the IR lamp: "
             "insects, a spider's strand, drops on the window)"
         )
-    peak = max((sc.blocks for sc in result.scores), default=0.0)
-    lines.append(f"highest score {peak:.0f} macroblocks (motion is above the sensitivity)")
+    lines.append(verdict(result))
     return "\n".join(lines)
+
+
+def verdict(result: Detection) -> str:
+    """The highest score against the sensitivity, in words that agree with the events."""
+    peak, sens, least = result.peak(), result.sensitivity, result.min_time
+    said = f"highest score {peak:.0f} macroblocks"
+    if result.events:
+        return (
+            f"{said}; motion is a score above the sensitivity ({sens}) for at least "
+            f"{least:g} s (--motion-min-time)"
+        )
+    if peak <= sens:
+        return (
+            f"{said}, not above the sensitivity ({sens}): nothing counted as motion "
+            "(a lower --sensitivity counts smaller changes)"
+        )
+    return (
+        f"{said}, above the sensitivity ({sens}) but never for {least:g} s in a row "
+        "(--motion-min-time): nothing counted as motion"
+    )
 
 
 def _clock(seconds: float) -> str:
@@ -216,18 +249,34 @@ def _clock(seconds: float) -> str:
     return f"{int(m):02d}:{s:05.2f}"
 
 
-def plot(result: Detection, settings: Settings, out: Path) -> list[str]:
-    """Draw the score over time, the threshold and the events into a PNG; the legend's
-    labels."""
+PLOT_EXTRA = (
+    "--plot needs matplotlib: pip install 'pinthesky[plot]' (or apt install python3-matplotlib)"
+)
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files; PintheskyError (one line) when not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PintheskyError(
-            "--plot needs matplotlib (pip install matplotlib, or apt install python3-matplotlib)"
-        ) from None
+        raise PintheskyError(PLOT_EXTRA) from None
+    return plt
+
+
+@dataclass(frozen=True)
+class Plotted:
+    labels: list[str]
+    """The legend's labels."""
+    threshold_at: float
+    """Height of the sensitivity line, as a fraction of the plot's height."""
+
+
+def plot(result: Detection, settings: Settings, out: Path) -> Plotted:
+    """Draw the score over time, the threshold and the events into a PNG."""
+    plt = _pyplot()
     xs = [result.seconds(sc.ts) for sc in result.scores]
     ys = [sc.blocks for sc in result.scores]
     fig, ax = plt.subplots(figsize=(12, 4), dpi=100)
@@ -235,6 +284,10 @@ def plot(result: Detection, settings: Settings, out: Path) -> list[str]:
         ax.axvspan(e.start, e.end, color="tab:orange", alpha=0.25)
     ax.plot(xs, ys, color="tab:blue", linewidth=1, label="moving macroblocks")
     sens = settings.camera.sensitivity
+    # Scores span from a few macroblocks to thousands: on a linear axis the sensitivity line
+    # (10 by default) lies on zero. Logarithmic above one macroblock, linear below it, so
+    # that frames scoring nothing still show (on zero, with the reasons they did not count).
+    ax.set_yscale("symlog", linthresh=1)
     ax.axhline(sens, color="tab:red", linestyle="--", label=f"sensitivity {sens}")
     # Why frames did not count: a marker on the axis for each kind of rejected change.
     marks: tuple[tuple[str, str, str, Callable[[Score], bool]], ...] = (
@@ -255,16 +308,19 @@ def plot(result: Detection, settings: Settings, out: Path) -> list[str]:
             "o",
             color="tab:green",
             markersize=3,
-            label="persisting small object (area over 1 s)",
+            label=f"persisting small object (area over {SWEEP_S:g} s or more)",
         )
     ax.set_xlabel("seconds")
-    ax.set_ylabel("moving macroblocks")
-    ax.set_title(f"motion score ({len(result.events)} events shaded)")
-    legend = ax.legend(loc="upper right")
+    ax.set_ylabel("moving macroblocks (log)")
+    ax.set_ylim(bottom=0, top=max(result.peak(), sens) * 2)
+    n = len(result.events)
+    ax.set_title(f"motion score ({n} event{'' if n == 1 else 's'} shaded)")
+    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.tight_layout()
     fig.savefig(out)
+    _, threshold_at = ax.transAxes.inverted().transform(ax.transData.transform((0, sens)))
     plt.close(fig)
-    return [text.get_text() for text in legend.get_texts()]
+    return Plotted([text.get_text() for text in legend.get_texts()], float(threshold_at))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -280,12 +336,15 @@ def main(argv: Sequence[str]) -> int:
         "--plot",
         type=Path,
         metavar="FILE.png",
-        help="draw the score over time with the threshold and the events",
+        help="draw the score over time with the threshold and the events "
+        "(needs matplotlib: pinthesky[plot])",
     )
     ns = parser.parse_args(list(argv))
     cfg = load_settings(ns)
     assert isinstance(cfg, Settings)
     try:
+        if ns.plot is not None:
+            _pyplot()  # said before minutes of analysis, not after
         result = detect(ns.video, cfg)
         if ns.plot is not None:
             plot(result, cfg, ns.plot)

@@ -171,6 +171,8 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
     switches = read_switches(ns)
     if ns.local:
         return install_local(ns, switches, out, progress)
+    options = _alert_options(ns)
+    options.check()  # a mistyped option is one line before the Pi or AWS is asked anything
     remote = _remote(ns)
     progress.step(f"connecting to {ns.host}")
     pi = remote.call("probe")
@@ -210,7 +212,7 @@ def install(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
     progress.step(f"AWS ({region}): thing, certificate, policies, role alias, bucket")
     cloud = _provisioner(session, names, progress).install(csr)
     progress.step(f"AWS ({region}): alerts and the bucket's lifecycle")
-    alerts = _alerts(session, region, bucket, progress).apply(_alert_options(ns), also=(thing,))
+    alerts = _alerts(session, region, bucket, progress).apply(options, also=(thing,))
     progress.step("building the pinthesky package")
     wheel_name, wheel = build_wheel()
     args = {
@@ -607,6 +609,8 @@ def _alert_options(ns: argparse.Namespace) -> Any:
 
 def alerts(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
     """Set up, change or remove the alerts (cloud only: no Pi is touched)."""
+    options = _alert_options(ns)
+    options.check()  # a mistyped option is one line before AWS credentials are looked for
     session = _session(ns.region)
     region = ns.region or session.region_name
     if not region:
@@ -617,7 +621,7 @@ def alerts(ns: argparse.Namespace, out: TextIO, progress: Progress) -> int:
         raise PintheskyError(f"--bucket {bucket!r}: not a valid S3 bucket name")
     progress.step(f"AWS ({region}): alerts and the lifecycle of bucket {bucket}")
     cloud = _alerts(session, region, bucket, progress)
-    changes = cloud.apply(_alert_options(ns))
+    changes = cloud.apply(options)
     state = cloud.view()
     progress.end()
     if ns.json:
@@ -771,6 +775,17 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+def _hint(exc: Exception) -> str:
+    """What to do about an AWS error from this workstation's own setup."""
+    from botocore.exceptions import NoCredentialsError, NoRegionError
+
+    if isinstance(exc, NoCredentialsError):
+        return ": run `aws configure` (or set AWS_PROFILE) on this computer"
+    if isinstance(exc, NoRegionError):
+        return ": pass --region, or run `aws configure`"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "remove" and not ns.host and not (ns.cloud and ns.thing):
@@ -788,7 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not type(exc).__module__.startswith("botocore"):
             raise
         progress.end(ok=False)  # no credentials, no network, a refusal outside provision
-        sys.stderr.write(f"{PROG}: AWS: {' '.join(str(exc).split())}\n")
+        sys.stderr.write(f"{PROG}: AWS: {' '.join(str(exc).split())}{_hint(exc)}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; run the same command again to finish\n")

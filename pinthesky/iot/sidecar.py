@@ -538,6 +538,7 @@ SIDECAR_KEYS = (
     "events.configure_input",
     "events.configure_output",
     "daemon.log_level",
+    "daemon.state_dir",
 )
 
 

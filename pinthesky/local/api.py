@@ -1,4 +1,5 @@
-"""The local control API behind ``/api/``: settings, a manual clip, a still, the clips.
+"""The local control API behind ``/api/``: settings, a manual clip, a still, the clips and
+stills, health.
 
 Requests arrive parsed (method, path after ``/api``, JSON body) from ``web.py``, which has
 already checked the password, the origin and the body's size. Every answer is a status and a
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pinthesky.control.controller import Host as ControlHost
+from pinthesky.local.page import health_rows
 from pinthesky.settings import (
     OPTION_BY_KEY,
     PAGE_KEYS,
@@ -28,17 +30,21 @@ from pinthesky.settings import (
     Settings,
     Window,
     flatten,
+    merge,
 )
 
 if TYPE_CHECKING:
     from pinthesky.control.controller import Control
     from pinthesky.local.changes import LocalChanges
     from pinthesky.record.clips import ClipStore
+    from pinthesky.record.stills import StillStore
 
 log = logging.getLogger(__name__)
 
 MAX_RECORD_S = 600
 """Longest manual clip the page may ask for."""
+PAGE_STILLS = 48
+"""Newest stills listed (the page shows them as pictures; the rest are counted)."""
 _PROBE = "\x00?"
 """A value no option accepts: its refusal is the option's "allowed" text."""
 _CLIP = re.compile(r"^(\d{1,12})(?:-(\d{1,6}))?\.motion\.(mp4|h264)$")
@@ -107,9 +113,13 @@ class Host(ControlHost, Protocol):
     @property
     def store(self) -> ClipStore: ...
     @property
+    def stills(self) -> StillStore: ...
+    @property
     def control(self) -> Control | None: ...
     @property
     def changes(self) -> LocalChanges: ...
+
+    def health_report(self) -> dict[str, Any]: ...
 
 
 class LocalApi:
@@ -143,6 +153,16 @@ class LocalApi:
         if path.startswith("/clips/"):
             self._method(method, "DELETE")
             return await self._delete(path[len("/clips/") :])
+        if path == "/stills":
+            self._method(method, "GET")
+            return 200, await asyncio.to_thread(self._list_stills)
+        if path.startswith("/stills/"):
+            self._method(method, "DELETE")
+            return await self._delete_still(path[len("/stills/") :])
+        if path == "/health":
+            self._method(method, "GET")
+            report = await asyncio.to_thread(self.daemon.health_report)
+            return 200, {"rows": health_rows(report)}
         raise ApiError(404, "no such API route")
 
     @staticmethod
@@ -178,14 +198,19 @@ class LocalApi:
                     errors.append(f"{key[:80]}: {where}")
                 else:
                     changes[key] = value
-        if unknown:  # said once, not once per key: the answer stays small whatever is sent
-            errors.append(f"the page may change {', '.join(PAGE_KEYS)}")
         if not errors:
             outcome = await self.daemon.changes.apply(changes, "page")
             errors = outcome.errors
+        else:
+            # The keys the page may change are checked even when others are refused: the
+            # answer names every problem in the body, not only the first kind found.
+            errors += merge(self.daemon.settings, changes, "page")[1]
         if errors:
             # All or nothing: a form is sent whole, and half of it applied would surprise.
-            return 400, {"error": errors[0], "errors": _first(errors)}
+            listed = _first(errors)
+            if unknown:  # said once, not once per key: the answer stays small
+                listed.append(f"the page may change {', '.join(PAGE_KEYS)}")
+            return 400, {"error": errors[0], "errors": listed}
         return 200, {
             "changed": sorted(outcome.applied),
             "saved": outcome.saved,
@@ -205,11 +230,22 @@ class LocalApi:
             raise ApiError(400, f"duration: must be a number of seconds from 1 to {MAX_RECORD_S}")
         if d.recorder is None:
             raise ApiError(503, "the camera is not running")
+        joined = d.recorder.open_clip
         future = d.recorder.capture(float(raw))
         if future.done() and future.result() is None:
             raise ApiError(503, "nothing buffered yet; try again in a second")
-        log.info("page: manual clip of %g s", raw)
-        return 202, {"recording": True, "duration": raw}
+        answer: dict[str, Any] = {"recording": True, "duration": raw}
+        if joined is None:
+            log.info("page: manual clip of %g s", raw)
+            return 202, answer
+        # One clip at a time: a request while one is recorded extends it (its trigger stays
+        # what started it, and "manual" joins its facts' triggers).
+        note = (
+            f"joins the {joined.trigger} clip {joined.name} being recorded: it goes on for at "
+            f"least {raw:g} s more"
+        )
+        log.info("page: manual clip of %g s %s", raw, note)
+        return 202, {**answer, "joined": joined.name, "trigger": joined.trigger, "note": note}
 
     async def _still(self) -> tuple[int, Any]:
         try:
@@ -232,6 +268,7 @@ class LocalApi:
                 st = path.lstat()
                 start = int(m.group(1))
                 thumb = store.picture(path)
+                meta = store.meta(path)
                 entry = {
                     "name": path.name,
                     "start": start,
@@ -239,11 +276,36 @@ class LocalApi:
                     "size": st.st_size,
                     "format": m.group(3),
                     "playable": m.group(3) == "mp4",
-                    "trigger": store.meta(path).get("trigger"),
+                    "trigger": meta.get("trigger"),
+                    "triggers": _triggers(meta),
                     "thumbnail": f"thumbs/{path.name}" if thumb else None,
                 }
                 days.setdefault(time.strftime("%Y-%m-%d", time.localtime(start)), []).append(entry)
         return [{"day": day, "clips": clips} for day, clips in days.items()]
+
+    def _list_stills(self) -> dict[str, Any]:
+        """The newest stills (worker thread)."""
+        stills = self.daemon.stills.stills()
+        return {
+            "stills": [
+                {
+                    "name": s.path.name,
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.taken)),
+                    "size": s.size,
+                }
+                for s in stills[:PAGE_STILLS]
+            ],
+            "total": len(stills),
+        }
+
+    async def _delete_still(self, name: str) -> tuple[int, Any]:
+        stills = self.daemon.stills
+        path = await asyncio.to_thread(stills.find, name)
+        if path is None:
+            raise ApiError(404, "no such still")
+        await asyncio.to_thread(stills.remove, path)
+        log.info("page: deleted still %s", path.name)
+        return 200, {"deleted": path.name}
 
     async def _delete(self, name: str) -> tuple[int, Any]:
         path = await asyncio.to_thread(self.daemon.store.find, name)
@@ -254,11 +316,20 @@ class LocalApi:
         return 200, {"deleted": path.name}
 
 
+def _triggers(meta: dict[str, Any]) -> list[str]:
+    """Everything that asked for a clip: its trigger, and what joined it while recorded."""
+    joined = meta.get("triggers")
+    if isinstance(joined, list) and all(isinstance(t, str) for t in joined):
+        return [str(t) for t in joined]
+    trigger = meta.get("trigger")
+    return [trigger] if isinstance(trigger, str) else []
+
+
 MAX_ERRORS = 20
 """Problems listed in one answer; the rest are counted."""
 
 
 def _first(errors: list[str]) -> list[str]:
     if len(errors) <= MAX_ERRORS:
-        return errors
+        return list(errors)
     return [*errors[: MAX_ERRORS - 1], f"and {len(errors) - MAX_ERRORS + 1} more problems"]

@@ -84,10 +84,10 @@ class LocalChanges:
             applied = await self.daemon.reconfigure(changes, origin)
             saved = True
             if applied:
-                # The keys asked for, as they now are (not what they moved with: a new buffer
-                # moves rolls that follow it, and they must go on following it after a restart).
-                asked = {k for k in changes if k in applied}
-                saved = await asyncio.to_thread(self._persist, asked, origin)
+                # Every key asked for, as it now is, even one that kept its value: the owner
+                # set it. Not what they moved with: a new buffer moves rolls that follow it,
+                # and they must go on following it after a restart.
+                saved = await asyncio.to_thread(self._persist, set(changes), origin)
                 if self.daemon.control is not None:
                     self.daemon.control.shadow.local_change(applied)
                 self.changes += 1

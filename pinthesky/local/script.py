@@ -4,15 +4,26 @@ its Content-Security-Policy lets no inline script run).
 It builds the settings form from ``GET /api/settings`` (a fieldset per section, each field
 with its description and allowed values from the option table), sends only the changed
 fields with ``PATCH``, starts a manual clip or takes a still, lists the clips by day with their
-pictures (a placeholder where there is none), plays, downloads and deletes them (delete asks
-for a second click), and turns rectangles dragged on the live picture into the motion mask
-(``motion.mask_rects``, drawn red) or the privacy mask (``camera.privacy_masks``, drawn blue
-over black), both in pixels of the main picture as the viewer sees it.
+pictures (a placeholder where there is none) in place of the page's last clips, and the
+stills, plays, downloads and deletes them (delete asks for a second click), and turns
+rectangles dragged on the live picture into the motion mask (``motion.mask_rects``, drawn red)
+or the privacy mask (``camera.privacy_masks``, drawn blue over black), both in pixels of the
+main picture as the viewer sees it. Clips, stills and health are fetched again every
+``REFRESH_MS`` while the page is in view; a list is redrawn only when it changed, keeping the
+cards that stay (a clip playing plays on).
+
+Every address it asks for is absolute, built from ``location.origin``: a page opened as
+``http://user:password@camera/`` has those credentials in its own address, and the browser
+refuses to fetch an address that carries them (relative ones would).
 """
 
 SCRIPT = rb"""'use strict';
 (function () {
   const $ = (id) => document.getElementById(id);
+  // This page's directory, without the user name and password its address may carry.
+  const BASE = location.origin + location.pathname.replace(/[^/]*$/, '');
+  const here = (path) => BASE + path;
+  const REFRESH_MS = 10000;
   const el = (tag, attrs, ...kids) => {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -48,7 +59,7 @@ SCRIPT = rb"""'use strict';
       opts.headers['Content-Type'] = 'application/json';
       opts.body = JSON.stringify(body);
     }
-    const r = await fetch('api/' + path, opts);
+    const r = await fetch(here('api/' + path), opts);
     let doc = {};
     try { doc = await r.json(); } catch (e) { doc = { error: r.statusText }; }
     if (!r.ok) throw new Error((doc.errors || [doc.error || r.statusText]).join('; '));
@@ -121,36 +132,25 @@ SCRIPT = rb"""'use strict';
   async function record() {
     const duration = Number($('duration').value);
     try {
-      await api('POST', 'record', { duration });
-      say('recording ' + duration + ' s; the clip appears below when it is written');
-      setTimeout(loadClips, (duration + 2) * 1000);
+      const doc = await api('POST', 'record', { duration });
+      say(doc.note ? 'recording: ' + doc.note
+        : 'recording ' + duration + ' s; the clip appears below when it is written');
+      setTimeout(refresh, (duration + 2) * 1000);
     } catch (e) { say(e.message, true); }
   }
 
   async function still() {
-    try { say('still saved as ' + (await api('POST', 'still', {})).name); }
-    catch (e) { say(e.message, true); }
+    try {
+      say('still saved as ' + (await api('POST', 'still', {})).name);
+      await loadStills();
+    } catch (e) { say(e.message, true); }
   }
 
-  // -- clips ---------------------------------------------------------------------------
-  function clipCard(c) {
-    const url = 'clips/' + encodeURIComponent(c.name);
-    const picture = c.thumbnail
-      ? el('img', { src: c.thumbnail, alt: 'clip at ' + c.time, class: 'thumb' })
-      : el('div', { class: 'thumb placeholder', text: 'no picture' });
-    const card = el('div', { class: 'clip', 'data-name': c.name }, picture);
-    const facts = el('div', { text: c.time + ' \u00b7 ' + (c.size / 1e6).toFixed(1) + ' MB' +
-      (c.trigger ? ' \u00b7 ' + c.trigger : '') + ' \u00b7 ' });
-    if (c.playable) {
-      const play = el('button', { type: 'button', class: 'play', text: 'play' });
-      play.addEventListener('click', () => {
-        const v = el('video', { controls: '', autoplay: '', muted: '', playsinline: '', src: url });
-        picture.replaceWith(v);
-        play.disabled = true;
-      });
-      facts.append(play, ' ');
-    }
-    facts.append(el('a', { href: url + '?download=1', download: c.name, text: 'download' }), ' ');
+  // -- clips and stills ------------------------------------------------------------------
+  const mb = (bytes) => (bytes / 1e6).toFixed(1) + ' MB';
+
+  // Delete asks for a second click within 5 s; then the list is fetched again.
+  function deleteButton(path, name, reload) {
     const del = el('button', { type: 'button', class: 'delete needs-control', text: 'delete' });
     del.disabled = !state.control;
     let armed = null;
@@ -163,26 +163,110 @@ SCRIPT = rb"""'use strict';
         return;
       }
       clearTimeout(armed);
-      try { await api('DELETE', 'clips/' + encodeURIComponent(c.name)); say('deleted ' + c.name);
-        loadClips(); }
+      try { await api('DELETE', path); say('deleted ' + name); await reload(); }
       catch (e) { say(e.message, true); }
     });
-    facts.append(del);
+    return del;
+  }
+
+  function clipCard(c) {
+    const url = here('clips/' + encodeURIComponent(c.name));
+    const picture = c.thumbnail
+      ? el('img', { src: here(c.thumbnail), alt: 'clip at ' + c.time, class: 'thumb' })
+      : el('div', { class: 'thumb placeholder', text: 'no picture' });
+    const card = el('div', { class: 'clip', 'data-name': c.name }, picture);
+    const triggers = (c.triggers && c.triggers.length ? c.triggers : [c.trigger]).filter(Boolean);
+    const facts = el('div', { class: 'facts', text: c.time + ' \u00b7 ' + mb(c.size) +
+      (triggers.length ? ' \u00b7 ' + triggers.join(' + ') : '') });
+    if (c.playable) {
+      const play = el('button', { type: 'button', class: 'play', text: 'play' });
+      play.addEventListener('click', () => {
+        const v = el('video', { controls: '', autoplay: '', muted: '', playsinline: '', src: url });
+        picture.replaceWith(v);
+        play.disabled = true;
+      });
+      facts.append(play);
+    }
+    facts.append(el('a', { href: url + '?download=1', download: c.name, text: 'download' }),
+      deleteButton('clips/' + encodeURIComponent(c.name), c.name, loadClips));
     card.append(facts);
     return card;
   }
 
+  // Cards by what they show: a refresh keeps those that stay, and the video playing in one.
+  let cards = new Map();
+  let clipsShown = null;
+
   async function loadClips() {
-    try {
-      const doc = await api('GET', 'clips');
-      const box = $('days');
-      box.replaceChildren();
-      if (!doc.days.length) box.append(el('p', { text: 'No clip yet.' }));
-      for (const d of doc.days) {
-        box.append(el('h3', { text: d.day + ' (' + d.clips.length + ')' }),
-          el('div', { class: 'clips' }, ...d.clips.map(clipCard)));
+    const doc = await api('GET', 'clips');
+    const shown = JSON.stringify(doc.days);
+    if (shown === clipsShown) return;
+    clipsShown = shown;
+    const kept = new Map();
+    const parts = [];
+    for (const d of doc.days) {
+      const grid = el('div', { class: 'clips' });
+      for (const c of d.clips) {
+        const key = JSON.stringify(c);
+        const card = cards.get(key) || clipCard(c);
+        kept.set(key, card);
+        grid.append(card);
       }
-    } catch (e) { say(e.message, true); }
+      parts.push(el('h3', { text: d.day + ' (' + d.clips.length + ')' }), grid);
+    }
+    cards = kept;
+    $('clips').replaceChildren(...(parts.length ? parts : [el('p', { text: 'No clip yet.' })]));
+  }
+
+  function stillCard(s) {
+    const url = here('stills/' + encodeURIComponent(s.name));
+    const picture = el('img', { src: url, alt: 'still ' + s.name, class: 'thumb',
+      loading: 'lazy' });
+    const card = el('div', { class: 'clip still', 'data-name': s.name },
+      el('a', { href: url, target: '_blank', rel: 'noopener' }, picture));
+    const facts = el('div', { class: 'facts',
+      text: s.time + ' \u00b7 ' + Math.ceil(s.size / 1000) + ' kB' });
+    facts.append(el('a', { href: url + '?download=1', download: s.name, text: 'download' }),
+      deleteButton('stills/' + encodeURIComponent(s.name), s.name, loadStills));
+    card.append(facts);
+    return card;
+  }
+
+  let stillsShown = null;
+
+  async function loadStills() {
+    const doc = await api('GET', 'stills');
+    const shown = JSON.stringify(doc);
+    if (shown === stillsShown) return;
+    stillsShown = shown;
+    if (!doc.stills.length) {
+      $('stills').replaceChildren(el('p', { text: 'No still yet.' }));
+      return;
+    }
+    const older = doc.total - doc.stills.length;
+    $('stills').replaceChildren(el('div', { class: 'clips stills' }, ...doc.stills.map(stillCard)),
+      ...(older > 0 ? [el('p', { class: 'note', text: older + ' older stills not shown' })] : []));
+  }
+
+  // -- health ----------------------------------------------------------------------------
+  async function loadHealth() {
+    const doc = await api('GET', 'health');
+    $('health').replaceChildren(...doc.rows.flatMap(([k, v]) =>
+      [el('dt', { text: k }), el('dd', { text: v })]));
+  }
+
+  // While the page is in view; at once when it comes back into view.
+  let unreachable = false;
+  async function refresh() {
+    if (document.hidden) return;
+    try {
+      for (const load of [loadClips, loadStills, loadHealth]) await load();
+      if (unreachable) say('the camera answers again');
+      unreachable = false;
+    } catch (e) {
+      unreachable = true;
+      say('cannot reach the camera: ' + e.message, true);
+    }
   }
 
   // -- mask drawing --------------------------------------------------------------------
@@ -273,7 +357,9 @@ SCRIPT = rb"""'use strict';
     $('record').addEventListener('click', record);
     $('still').addEventListener('click', still);
     maskEvents();
-    loadSettings().then(loadClips).then(() => { document.body.dataset.ready = '1'; });
+    loadSettings().then(refresh).then(() => { document.body.dataset.ready = '1'; });
+    setInterval(refresh, REFRESH_MS);
+    document.addEventListener('visibilitychange', refresh);
   });
 })();
 """

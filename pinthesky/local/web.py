@@ -14,6 +14,7 @@ Plain HTTP/1.1 on asyncio streams, on the daemon's loop; one request per connect
   requests within ``SNAPSHOT_MAX_AGE_S`` of a picture share it, so a dashboard of viewers costs
   the camera at most one still a second;
 - ``GET /thumbs/NAME``: a clip's picture, when one was made beside it;
+- ``GET /stills/NAME``: a still (``?download=1`` to save it), one the capture directory lists;
 - ``GET /app.js``: the page's script (``local/script.py``);
 - ``/api/...``: the control API (``local/api.py``).
 
@@ -64,6 +65,7 @@ from pinthesky.local.page import ClipEntry, render
 from pinthesky.local.script import SCRIPT
 from pinthesky.logs import Throttle
 from pinthesky.record.clips import ClipStore
+from pinthesky.record.stills import StillStore
 from pinthesky.settings import HttpSettings, Resolution
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,8 @@ _DIGITS = 18
 """Longest byte position taken at its value; a longer one is beyond any file."""
 PAGE_CLIPS = 12
 SNAPSHOT_MAX_AGE_S = 1.0
+MAX_STILL = 16 * 1024 * 1024
+"""Largest still served (a full-resolution JPEG of the largest sensor is a few MB)."""
 FILE_CHUNK = 256 * 1024
 BOUNDARY = "FRAME"
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # ASCII digits: \d takes "²" too
@@ -207,6 +211,7 @@ class WebServer:
         live_size: Callable[[], Resolution],
         api: LocalApi | None = None,
         snapshot: Callable[[], bytes] | None = None,
+        stills: Callable[[], StillStore] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -214,6 +219,7 @@ class WebServer:
         self._health = health
         self._title = title
         self._live_size = live_size
+        self._stills = stills
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
         self._waiting: dict[asyncio.StreamWriter, tuple[float, str]] = {}
@@ -382,6 +388,8 @@ class WebServer:
             await self._clip(writer, request, unquote(path[len("/clips/") :]))
         elif path.startswith("/thumbs/"):
             await self._thumb(writer, request, unquote(path[len("/thumbs/") :]))
+        elif path.startswith("/stills/"):
+            await self._still(writer, request, unquote(path[len("/stills/") :]))
         elif path == "/app.js":
             headers = {
                 "Content-Type": "text/javascript; charset=utf-8",
@@ -539,6 +547,30 @@ class WebServer:
             await self._error(writer, 404, "no picture for that clip")
             return
         headers = {"Content-Type": "image/jpeg", "Cache-Control": "no-cache"}
+        await self._send(writer, 200, headers, data, head_only=request.method == "HEAD")
+
+    async def _still(self, writer: asyncio.StreamWriter, request: Request, name: str) -> None:
+        def read() -> bytes | None:
+            if self._stills is None:
+                return None
+            path = self._stills().find(name)
+            if path is None:
+                return None
+            with os.fdopen(open_ours(path), "rb") as fh:
+                if os.fstat(fh.fileno()).st_size > MAX_STILL:
+                    return None
+                return fh.read()
+
+        try:
+            data = await asyncio.to_thread(read)
+        except OSError:  # uploaded and removed since the listing
+            data = None
+        if data is None:
+            await self._error(writer, 404, "no such still")
+            return
+        headers = {"Content-Type": "image/jpeg", "Cache-Control": "no-cache"}
+        if request.query.get("download") == ["1"]:
+            headers["Content-Disposition"] = f'attachment; filename="{name}"'
         await self._send(writer, 200, headers, data, head_only=request.method == "HEAD")
 
     async def _clip(self, writer: asyncio.StreamWriter, request: Request, name: str) -> None:

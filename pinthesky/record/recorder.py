@@ -43,6 +43,17 @@ def local_hour() -> int:
     return time.localtime().tm_hour
 
 
+@dataclass(frozen=True)
+class OpenClip:
+    """The clip being recorded, as a manual capture asked for now would find it."""
+
+    name: str
+    trigger: str
+    """What started it (``motion`` or ``manual``)."""
+    triggers: tuple[str, ...]
+    """Everything that asked for it so far, in order."""
+
+
 @dataclass
 class _Clip:
     writer: ClipWriter
@@ -56,6 +67,17 @@ class _Clip:
     """Most moving macroblocks in one analysed frame while the clip was open."""
     picture: str | None = None
     """File name of the clip's motion picture, once it is on disk."""
+    triggers: list[str] = field(default_factory=list)
+    """What asked for the clip, in order: its trigger, then motion or a manual capture that
+    joined it while it was being recorded (kept in its facts when more than one)."""
+
+    def __post_init__(self) -> None:
+        if not self.triggers:
+            self.triggers.append(self.trigger)
+
+    def joined_by(self, trigger: str) -> None:
+        if trigger not in self.triggers:
+            self.triggers.append(trigger)
 
 
 class Recorder:
@@ -119,6 +141,14 @@ class Recorder:
     def recording(self) -> bool:
         return self._clip is not None
 
+    @property
+    def open_clip(self) -> OpenClip | None:
+        """The clip being recorded, which a manual capture asked for now would extend."""
+        clip = self._clip
+        if clip is None:
+            return None
+        return OpenClip(clip.writer.final.name, clip.trigger, tuple(clip.triggers))
+
     # -- inputs ---------------------------------------------------------------------------
 
     def on_motion(self, events: list[MotionEvent], now_ts: int, blocks: float = 0.0) -> None:
@@ -135,6 +165,7 @@ class Recorder:
                 elif self._clip is not None:
                     if not self._clip.has_motion:
                         self._clip.has_motion = True
+                        self._clip.joined_by("motion")
                         self._announce_motion(self._clip, ev.declared)
                 elif self._window_allows():
                     log.info(
@@ -156,8 +187,9 @@ class Recorder:
     def capture(self, duration: float) -> asyncio.Future[ClipInfo | None]:
         """A manual clip: pre-roll plus ``duration`` seconds from now (trigger ``manual``).
 
-        If a clip is already being recorded it is extended instead. The future resolves with
-        the clip once it is on disk.
+        If a clip is already being recorded it is extended instead, and ``manual`` joins its
+        triggers (``open_clip`` tells which clip that is). The future resolves with the clip
+        once it is on disk.
         """
         fut: asyncio.Future[ClipInfo | None] = asyncio.get_running_loop().create_future()
         now = self.ring.newest_ts()
@@ -167,11 +199,14 @@ class Recorder:
         until = now + round(duration * US)
         if self._clip is None:
             self._start("manual", now - self._pre_us, has_motion=self._motion and self.armed)
+            if self._clip is not None and self._motion and self.armed:
+                self._clip.joined_by("motion")  # under way, outside the recording window
         if self._clip is None:
             fut.set_result(None)
             return fut
         clip = self._clip
         clip.manual_until = max(clip.manual_until or 0, until)
+        clip.joined_by("manual")
         clip.waiters.append(fut)
         return fut
 
@@ -277,6 +312,7 @@ class Recorder:
             old.has_motion,
             old.manual_until,
             old.waiters,
+            triggers=list(old.triggers),
         )
         old.waiters = []
         self._clip = clip
@@ -334,6 +370,8 @@ class Recorder:
         facts: dict[str, Any] = {"peak_score": round(clip.peak_score)}
         if clip.picture is not None:
             facts["picture"] = clip.picture
+        if len(clip.triggers) > 1:
+            facts["triggers"] = list(clip.triggers)
         fut = self._submit(self._finish_io, clip.writer, facts)
         waiters = clip.waiters
 
