@@ -1118,7 +1118,7 @@ def test_every_page_key_refuses_wrong_types_and_huge_numbers_in_one_line(key: st
             assert len(errors) == 1 and errors[0].startswith(f"page {key} = "), errors
             assert len(errors[0]) < 400, errors[0]
             assert settings.flatten(changed)[key] == settings.flatten(s)[key]
-        elif key == "camera.timestamp":  # a switch: True turns it on
+        elif key in ("camera.timestamp", "camera.armed"):  # switches: True turns them on
             assert value in ("", "  ", None, True), f"{key} took {value!r}"
         else:  # the empty ones mean the default (or no mask); 0.5 s is a fine roll
             assert value in ("", "  ", None, [], 0.5), f"{key} took {value!r}"
