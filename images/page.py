@@ -2,9 +2,9 @@
 
 The daemon replays the walkers of Debian's ``opencv-doc`` ``vtest.avi`` (fetched once by
 ``tests/footage.py``): first as fast as it can, to cut its clips and their pictures, then in
-real time with the page on and a password, so the page shows the live picture, the clips and
-the controls as an owner sees them. Debian's Chromium, headless, takes the picture at a
-laptop's width. Run with ``.venv/bin/python images/page.py``.
+real time with the page on and a password, so the page shows the live picture, the clips, a
+still taken with its button and the controls as an owner sees them. Debian's Chromium,
+headless, takes the picture at a laptop's width. Run with ``.venv/bin/python images/page.py``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,16 @@ SHOWN = """(async () => {
     if (img && img.naturalWidth > 0 && clips > 0 && document.body.dataset.ready === '1') {
       return true;
     }
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+})()"""
+
+STILL = """(async () => {
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    const img = document.querySelector('#stills img');
+    if (img && img.complete && img.naturalWidth > 0) return true;
     if (Date.now() > deadline) return false;
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -75,6 +85,9 @@ def main() -> None:
                     time.sleep(0.5)
                 if not browser.evaluate(page, SHOWN):
                     raise SystemExit("the page showed no live picture or no clip within 60 s")
+                browser.evaluate(page, "document.getElementById('still').click()")
+                if not browser.evaluate(page, STILL):
+                    raise SystemExit("the still asked for on the page was not listed within 30 s")
                 browser.evaluate(page, "window.scrollTo(0, 0)")
                 browser.screenshot(page, OUT)
         finally:
