@@ -30,10 +30,38 @@ from urllib.parse import quote, unquote
 import trustme
 
 
+def _below_ephemeral() -> range:
+    """Ports the kernel never hands to an outgoing connection: those below its ephemeral
+    range (32768-60999 on Linux by default)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 12000), max(2048, low))
+
+
+_PORTS = _below_ephemeral()
+_next_port = [_PORTS.start + (os.getpid() * 97) % len(_PORTS)]
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now that no other call in this process has been given, for a server
+    started next. Bound to port 0 and let go, a port from the ephemeral range could be given
+    to any outgoing connection (boto3's, a browser's) before the server binds it: "address
+    already in use" by chance. These come from below that range, in turn; processes start
+    apart, so test runs side by side rarely meet."""
+    with _ports_lock:
+        for _ in range(len(_PORTS)):
+            port = _next_port[0]
+            _next_port[0] = port + 1 if port + 1 < _PORTS.stop else _PORTS.start
+            with socket.socket() as s:
+                try:
+                    s.bind(("0.0.0.0", port))  # the daemon's page and RTSP bind every address
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 @contextmanager
