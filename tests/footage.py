@@ -1073,10 +1073,10 @@ APPROACHES = {
 and when they set off (s, out of view)."""
 HORIZON_Y = 200.0
 PERSON_M = 1.75
-Path = tuple[float, float, float, float, float]
+Route = tuple[float, float, float, float, float]
 
 
-def _approach_at(path: Path, t: float) -> tuple[float, float, float]:
+def _approach_at(path: Route, t: float) -> tuple[float, float, float]:
     """The walker's box at ``t`` s after setting off: (centre x, top y, height) in px."""
     x0, z0, aim, speed, _ = path
     dx, dz = aim - x0, -z0
@@ -1088,7 +1088,7 @@ def _approach_at(path: Path, t: float) -> tuple[float, float, float]:
     return WIDTH / 2 + FOCAL_PX * x / z, HORIZON_Y - 0.07 * height, height
 
 
-def _approach_visible(path: Path, t: float) -> float:
+def _approach_visible(path: Route, t: float) -> float:
     """Share of the walker's box inside the picture at ``t`` (0 before setting off)."""
     if t < 0:
         return 0.0
@@ -1099,7 +1099,7 @@ def _approach_visible(path: Path, t: float) -> float:
     return inside_x * inside_y
 
 
-def _approach_events(path: Path) -> tuple[tuple[float, float], ...]:
+def _approach_events(path: Route) -> tuple[tuple[float, float], ...]:
     """From half in view to the moment less than half is left in view."""
     start = path[4]
     ts = [start + k / 100 for k in range(2600)]
@@ -1107,7 +1107,7 @@ def _approach_events(path: Path) -> tuple[tuple[float, float], ...]:
     return ((round(half[0], 1), round(half[-1], 1)),)
 
 
-def _approach(rng: Rng, path: Path) -> Iterator[U8Image]:
+def _approach(rng: Rng, path: Route) -> Iterator[U8Image]:
     """The campus, the walker on ``path``."""
     render = _Renderer(rng)
     bg = _f32(_background_cached((WIDTH, HEIGHT)))
