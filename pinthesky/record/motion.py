@@ -629,11 +629,17 @@ class MotionAnalyzer:
         towards it, except in the ``keep`` cells (next to objects)."""
         top, bottom = _dilated(cur, np.maximum), _dilated(cur, np.minimum)
         old_hi, old_lo = self._shade_hi, self._shade_lo
-        hi, lo = old_hi.astype(np.int16), old_lo.astype(np.int16)
-        hi -= (hi - top) >> SHADE_FADE
-        lo += (bottom - lo) >> SHADE_FADE
-        new_hi = np.maximum(hi, top).astype(np.uint8)
-        new_lo = np.minimum(lo, bottom).astype(np.uint8)
+        # In uint8 without wrapping around: how far above (below) the frame the range
+        # reaches, a share of it forgotten, then widened by the frame.
+        fade = old_hi - np.minimum(old_hi, top)
+        fade >>= SHADE_FADE
+        new_hi = old_hi - fade
+        np.maximum(new_hi, top, out=new_hi)
+        fade = np.maximum(old_lo, bottom)
+        fade -= old_lo
+        fade >>= SHADE_FADE
+        new_lo = old_lo + fade
+        np.minimum(new_lo, bottom, out=new_lo)
         if keep:
             r, c = self._cells_at(keep)
             for new, old in ((new_hi, old_hi), (new_lo, old_lo)):
@@ -1303,16 +1309,15 @@ def _cell_pixels(image: U8, cells: tuple[npt.NDArray[np.intp], ...]) -> U8:
 
 def _dilated(image: U8, op: np.ufunc) -> U8:
     """``image`` at the most (``np.maximum``) or least (``np.minimum``) of each pixel's
-    neighbours ``SHADE_REACH`` (2) around, edges repeated."""
-    r = SHADE_REACH
-    w: U8 = np.pad(image, r, mode="edge")
-    for axis in (0, 1):
-        w = np.moveaxis(w, axis, 0)
-        # Windows of 2, then 4, then 5 (= 2 * SHADE_REACH + 1) pixels along the axis.
-        two = op(w[:-1], w[1:])
-        four = op(two[:-2], two[2:])
-        w = np.moveaxis(op(four[:-1], w[4:]), 0, axis)
-    out: U8 = np.ascontiguousarray(w)
+    neighbours ``SHADE_REACH`` around (the window is cut at the picture's edges)."""
+    out = image.copy()
+    for d in range(1, SHADE_REACH + 1):
+        op(out[d:], image[:-d], out=out[d:])
+        op(out[:-d], image[d:], out=out[:-d])
+    rows = out.copy()
+    for d in range(1, SHADE_REACH + 1):
+        op(out[:, d:], rows[:, :-d], out=out[:, d:])
+        op(out[:, :-d], rows[:, d:], out=out[:, :-d])
     return out
 
 
