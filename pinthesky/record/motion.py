@@ -171,7 +171,7 @@ SHADE_MEMORY_S = 5.0
 """... and until this long after the last such frame: the ranges are learnt meanwhile."""
 SHADE_ONSET_S = 1.0
 """For this long after the wind got up, any content next to shade is shade too (the flecks
-take new states all at once)..."""
+take new states all at once), unless it goes on from the last frame's content..."""
 SHADE_ONSET_SHARE = 2.0
 """... when there are this many times more cells of shade (someone big coming close, who
 moves much of the view, is mostly not explained)."""
@@ -598,8 +598,8 @@ class MotionAnalyzer:
             shade = self._pick(cells, (unexplained <= limit).tolist())
             if shade:
                 # While the wind gets up, the flecks take states not seen yet all over the
-                # shade at once: what changed among them is the shade too. (Not learnt:
-                # if it was someone after all, their colours do not join the range.)
+                # shade at once: what newly changed among them is the shade too. (Not
+                # learnt: if it was someone after all, their colours stay out of the range.)
                 left = content & ~shade
                 onset = (
                     ts - self._shade_since < self._shade_onset_us
@@ -612,15 +612,16 @@ class MotionAnalyzer:
         return shade
 
     def _specks(self, left: int, shade: int, onset: bool) -> int:
-        """The groups of ``left`` cells of at most ``SHADE_SPECK`` cells (any, at the
-        ``onset`` of a gust) next to ``shade``."""
+        """The groups of ``left`` cells of at most ``SHADE_SPECK`` cells next to ``shade``;
+        at the ``onset`` of a gust, any such group but one that goes on from the last
+        frame's content (someone already there when the wind got up)."""
         grid = self._cells
         specks = 0
         seeds = left & grid.near(shade)
         while seeds:
             group = grid.grow(seeds & -seeds, left)
             seeds &= ~group
-            if onset or group.bit_count() <= SHADE_SPECK:
+            if group.bit_count() <= SHADE_SPECK or (onset and not group & self._near_content):
                 specks |= group
         return specks
 
