@@ -989,22 +989,59 @@ def _foliage() -> F32Image:
     return np.stack(frames)
 
 
-def _dapple(rng: Rng, gusts: Sequence[tuple[float, float]]) -> Callable[[F32Image, int], None]:
+@dataclass(frozen=True)
+class _Canopy:
+    """What a tree's dappled shade is drawn from (ranges are drawn per seed)."""
+
+    top: tuple[float, float] = (0.3, 0.45)
+    """Where the shade on the ground begins, as a share of the picture's height."""
+    sky: tuple[float, float] = (0.25, 0.45)
+    """The light left in the shade (the sky's share of full sun)."""
+    sway: tuple[float, float] = (6.0, 16.0)
+    """How far the crown sways the pattern in a gust (pixels at 768 across)."""
+    freq: tuple[float, float] = (0.7, 2.0)
+    """How fast it sways (Hz)."""
+    zoom: tuple[float, float] = (0.5, 0.8)
+    """The part of tree.avi's crown that spans the ground: smaller is nearer, bigger flecks."""
+    flutter: float = 1.0
+    """How fast the leaves move in a gust: the real tree's frames play at this times 15 fps."""
+    heave: float = 0.0
+    """The crown's up-and-down sway, as a share of the sideways one (a quarter turn apart)."""
+
+
+TREE = _Canopy()
+"""A tree a few metres up: small flecks, a light to moderate wind."""
+LOW_BRANCH = _Canopy(
+    top=(0.2, 0.3),
+    sky=(0.2, 0.35),
+    sway=(8.0, 16.0),
+    freq=(0.8, 2.0),
+    zoom=(0.35, 0.5),
+    flutter=1.25,
+    heave=0.3,
+)
+"""A lower branch over the path: flecks half as big again, deeper shade, the crown swaying up
+and down as well as sideways, the leaves fluttering faster."""
+
+
+def _dapple(
+    rng: Rng, gusts: Sequence[tuple[float, float]], tree: _Canopy = TREE
+) -> Callable[[F32Image, int], None]:
     """Dappled shade: sunlight through a tree (real foliage from tree.avi) on the ground.
 
     Sunflecks are the gaps between leaves, projected on the ground below (squashed: seen at
-    a slant), blurred over the sun's half degree (a pixel or two of penumbra); in the shade
-    only the sky's light is left (25-45 % of full sun). In a gust the leaves flutter (the
-    real tree's frames play) and the crown sways, moving the whole pattern a few pixels;
-    between gusts it is still.
+    a slant, and smoothed by the resize: a pixel or two of penumbra); in the shade only the
+    sky's light is left (``tree.sky`` of full sun). In a gust the leaves flutter (the real
+    tree's frames play) and the crown sways, moving the whole pattern a few pixels; between
+    gusts it is still.
     """
     flecks = _foliage()
-    top = int(rng.uniform(0.3, 0.45) * HEIGHT)
-    sky = float(rng.uniform(0.25, 0.45))
-    sway = float(rng.uniform(6.0, 16.0))
-    freq = float(rng.uniform(0.7, 2.0))
+    top = int(rng.uniform(*tree.top) * HEIGHT)
+    sky = float(rng.uniform(*tree.sky))
+    sway = float(rng.uniform(*tree.sway))
+    freq = float(rng.uniform(*tree.freq))
     # A part of the crown, nearer the ground than the whole: bigger flecks.
-    zoom = float(rng.uniform(0.5, 0.8))
+    zoom = float(rng.uniform(*tree.zoom))
     ch, cw = round(flecks.shape[1] * zoom), round(flecks.shape[2] * zoom)
     oy = int(rng.integers(flecks.shape[1] - ch + 1))
     ox0 = int(rng.integers(flecks.shape[2] - cw + 1))
@@ -1014,24 +1051,28 @@ def _dapple(rng: Rng, gusts: Sequence[tuple[float, float]]) -> Callable[[F32Imag
     cx, cy = float(rng.uniform(0.3, 0.7)) * WIDTH, (top + HEIGHT) / 2
     outline = np.hypot((xs - cx) / (0.6 * WIDTH), (ys - cy) / (0.75 * (HEIGHT - top)))
     canopy = np.clip((1.0 - outline) / 0.15, 0.0, 1.0) * np.clip((ys - top) / 40.0, 0.0, 1.0)
+    pad = max(PAD, int(np.ceil(tree.sway[1])) + 1)
     cache: dict[int, F32Image] = {}
 
     def fleck_map(index: int) -> F32Image:
         if index not in cache:
             crop = flecks[index, oy : oy + ch, ox0 : ox0 + cw] * 255.0
-            cache[index] = _resize(crop, WIDTH + 2 * PAD, HEIGHT - top + 2 * PAD) / 255.0
+            cache[index] = _resize(crop, WIDTH + 2 * pad, HEIGHT - top + 2 * pad) / 255.0
         return cache[index]
 
     def dapple(scene: F32Image, i: int) -> None:
         t = i / FPS
         played = sum(max(0.0, min(t, t1) - t0) for t0, t1 in gusts)
-        # Ping-pong through the real frames at their own 15 fps while the wind blows.
-        k = (first + int(played * 15)) % (2 * TREE_FRAMES - 2)
+        # Ping-pong through the real frames at their own 15 fps (times the flutter) while
+        # the wind blows.
+        k = (first + int(played * 15 * tree.flutter)) % (2 * TREE_FRAMES - 2)
         index = k if k < TREE_FRAMES else 2 * TREE_FRAMES - 2 - k
         blowing = any(t0 <= t < t1 for t0, t1 in gusts)
-        dx = sway * np.sin(2 * np.pi * freq * t) if blowing else 0.0
-        ox = int(PAD + round(dx))
-        sun = fleck_map(index)[PAD : PAD + HEIGHT - top, ox : ox + WIDTH]
+        phase = 2 * np.pi * freq * t
+        dx = sway * np.sin(phase) if blowing else 0.0
+        dy = tree.heave * sway * np.cos(phase) if blowing else 0.0
+        ox, oy_ = int(pad + round(dx)), int(pad + round(dy))
+        sun = fleck_map(index)[oy_ : oy_ + HEIGHT - top, ox : ox + WIDTH]
         light = 1.0 - canopy * (1.0 - sun) * (1.0 - sky)
         scene[top:] *= light[:, :, None]
 
@@ -1059,6 +1100,15 @@ def _gen_dappled_shade(rng: Rng) -> Iterator[U8Image]:
 def _gen_shade_walkers(rng: Rng) -> Iterator[U8Image]:
     # A gust from 6 s on, before the walkers come (12-20 s), and on after they left.
     yield from _sunny(rng, _dapple(rng, ((6.0, 28.0),)), (100, 12.0, 20.0))
+
+
+def _gen_branch_gusts(rng: Rng) -> Iterator[U8Image]:
+    yield from _sunny(rng, _dapple(rng, ((3.0, 9.0), (12.0, 19.0), (22.0, 29.0)), LOW_BRANCH), None)
+
+
+def _gen_branch_walkers(rng: Rng) -> Iterator[U8Image]:
+    # The wind gets up at 4 s, before the walkers come (12-20 s), and blows on after.
+    yield from _sunny(rng, _dapple(rng, ((4.0, 28.0),), LOW_BRANCH), (100, 12.0, 20.0))
 
 
 # A person walking toward a camera at eye height, at an angle: they come into view at a side
@@ -1326,6 +1376,21 @@ _SPECS: dict[str, _Spec] = {
         "Dappled shade fluttering in a gust from 6 s to 28 s; real walkers (vtest 100-179) "
         "walk through it at 12-20 s.",
         _gen_shade_walkers,
+    ),
+    "branch_gusts": _Spec(
+        30.0,
+        (),
+        "Sunny campus under a low branch in a strong wind: flecks half as big again, deeper "
+        "shade (20-35 % of the light), the crown swaying up and down too, the leaves "
+        "fluttering a quarter faster; gusts at 3-9 s, 12-19 s and 22-29 s, no object.",
+        _gen_branch_gusts,
+    ),
+    "branch_walkers": _Spec(
+        30.0,
+        ((12.0, 20.0),),
+        "The low branch's shade over the path, in a strong wind from 4 s to 28 s; real walkers "
+        "(vtest 100-179) walk through it at 12-20 s.",
+        _gen_branch_walkers,
     ),
     "approach": _Spec(
         30.0,

@@ -25,7 +25,16 @@ OUTDOOR = [
     "walkers_in_headlights",
     "cloud_shadow",
 ]
-GARDEN = ["moths", "moths_walkers", "strand", "wet_window", "approach", "approach_left"]
+GARDEN = [
+    "moths",
+    "moths_walkers",
+    "strand",
+    "wet_window",
+    "dappled_shade",
+    "shade_walkers",
+    "approach",
+    "approach_left",
+]
 
 
 def spans(doc: dict[str, Any]) -> list[tuple[float, float]]:
@@ -214,3 +223,19 @@ def test_detect_names_the_frames_with_things_at_the_lens(footage, tmp_path):
     result = detect.detect(moths.path, settings.defaults())
     plotted = detect.plot(result, settings.defaults(), tmp_path / "moths.png")
     assert "at the lens (insects, strand, drops)" in plotted.labels
+
+
+def test_detect_names_the_frames_with_dappled_shade(footage, tmp_path):
+    from pinthesky import settings
+    from pinthesky.daemon import detect
+
+    shade = footage.scenario("dappled_shade")  # gusts through a tree, nobody there
+    out = pinthesky("detect", str(shade.path), cwd=tmp_path)
+    assert "no motion" in out.stdout
+    assert "frames with dappled shade ignored" in out.stdout
+    out = pinthesky("detect", str(shade.path), "--json", cwd=tmp_path)
+    doc = json.loads(out.stdout)
+    assert doc["events"] == [] and doc["ignored"]["shade"] > 50
+    result = detect.detect(shade.path, settings.defaults())
+    plotted = detect.plot(result, settings.defaults(), tmp_path / "shade.png")
+    assert "dappled shade (sunflecks in wind)" in plotted.labels

@@ -712,3 +712,67 @@ def test_a_walker_coming_toward_the_camera_counts_though_only_her_outline_moves(
         scores.append(a.analyse(frame, i * 200_000))
     assert max(s.blocks for s in scores) > 10
     assert any(s.grown for s in scores)
+
+
+def fleck_pattern(rng: np.random.Generator) -> np.ndarray:
+    """Gaps between leaves as sunflecks (1) in shade (0): blobs of 4-12 px, a pixel or two
+    of penumbra."""
+    coarse = rng.random((240 // 6 + 2, 336 // 6 + 2))
+    fine = np.kron(coarse, np.ones((6, 6)))[:240, :336]
+    smooth = sum(np.roll(np.roll(fine, dy, 0), dx, 1) for dy in (-2, 0, 2) for dx in (-2, 0, 2))
+    return np.clip((smooth / 9 - 0.5) * 12 + 0.5, 0.0, 1.0)
+
+
+def sunflecks(t: float, patterns: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The light under a tree ``t`` s into a gust: the wind picks up over a second, the
+    crown sways the flecks 5 px to and fro and 2 px up and down, and the leaves flutter
+    (some of the flecks change shape and back); 35 % of the light in the shade."""
+    wind = min(t, 1.0)
+    dx = round(5 * wind * np.sin(2 * np.pi * 1.3 * t))
+    dy = round(2 * wind * np.sin(2 * np.pi * 0.9 * t))
+    sun = np.roll(patterns[int(t * 1.5) % 2], dy, 0)[:, 8 + dx : 328 + dx]
+    return 0.35 + 0.65 * sun
+
+
+def under_a_tree(gust_from: int, walker_from: int | None, speed: int = 8) -> list[Score]:
+    """Scores of 50 frames (5 a second) of sunflecks on textured ground under a tree, a gust
+    from frame ``gust_from``; a walker in dark clothes (lit by the same flecks) crossing the
+    shade from frame ``walker_from`` at ``speed`` px a frame."""
+    ground = textured().astype(float) * 0.6 + 90
+    walker = (textured(9)[:48, :16] // 8).astype(float)
+    rng = np.random.default_rng(14)
+    still, other = fleck_pattern(rng), fleck_pattern(rng)
+    fluttering = np.kron(rng.random((8, 12)) < 0.3, np.ones((30, 28), dtype=bool))
+    patterns = (still, np.where(fluttering, other, still))
+    a = analyzer()
+    scores = []
+    for i in range(50):
+        scene = ground.copy()
+        if walker_from is not None and i >= walker_from:
+            x = 10 + speed * (i - walker_from)
+            scene[150:198, x : x + 16] = walker
+        scene[80:] *= sunflecks(max(i - gust_from, 0) / 5, patterns)[80:]
+        scores.append(a.analyse(noisy(scene, 1.5, rng), i * 200_000))
+    return scores
+
+
+def test_dappled_shade_in_a_gust_is_not_motion_but_a_walker_through_it_is():
+    # Still, then a gust sways and flutters the flecks (the same states come and go within a
+    # second or two). Alone: no event. A walker crossing the shade meanwhile: an event at once.
+    for walker_from in (None, 30):
+        scores = under_a_tree(gust_from=5, walker_from=walker_from)
+        tracker = MotionTracker(10, 1.0, quiet=1.0)
+        started = [e for s in scores for e in tracker.update(s) if isinstance(e, MotionStarted)]
+        assert sum(1 for s in scores if s.shade) >= 30
+        if walker_from:
+            assert len(started) == 1 and 30 * 200_000 <= started[0].onset <= 32 * 200_000
+        else:
+            assert started == [], [(round(s.blocks), s.cells, s.shade) for s in scores]
+
+
+def test_someone_already_there_when_the_wind_gets_up_is_not_lost():
+    # In the first second of a gust, what changes next to the shade is taken for it: but not
+    # the walker who was there before (her score never drops).
+    scores = under_a_tree(gust_from=10, walker_from=0, speed=6)
+    assert sum(1 for s in scores if s.shade) >= 30
+    assert min(s.blocks for s in scores[2:]) > 10, [round(s.blocks) for s in scores]

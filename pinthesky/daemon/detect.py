@@ -73,6 +73,7 @@ class Detection:
             "shake": sum(1 for sc in scores if sc.shake),
             "scattered": sum(1 for sc in scores if sc.scattered),
             "at_the_lens": sum(1 for sc in scores if sc.near),
+            "shade": sum(1 for sc in scores if sc.shade),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -193,6 +194,8 @@ def reason(score: Score, sensitivity: int) -> str:
         extras.append(f"{score.scattered} cells of scattered change ignored")
     if score.near:
         extras.append(f"{score.near} cells of things at the lens ignored")
+    if score.shade:
+        extras.append(f"{score.shade} cells of dappled shade ignored")
     return why + ("; " + ", ".join(extras) if extras else "")
 
 
@@ -219,6 +222,12 @@ def timeline(result: Detection) -> str:
         lines.append(
             f"{lens} frames with things at the lens ignored (blurred and lit by the IR lamp: "
             "insects, a spider's strand, drops on the window)"
+        )
+    shade = result.ignored()["shade"]
+    if shade:
+        lines.append(
+            f"{shade} frames with dappled shade ignored (sunflecks under a tree shifting in "
+            "the wind, back within the range they took lately)"
         )
     lines.append(verdict(result))
     return "\n".join(lines)
@@ -296,6 +305,7 @@ def plot(result: Detection, settings: Settings, out: Path) -> Plotted:
         ("camera shake", "|", "tab:purple", lambda sc: sc.shake),
         ("scattered (rain, snow, noise)", ".", "tab:gray", lambda sc: sc.scattered > 0),
         ("at the lens (insects, strand, drops)", "x", "tab:cyan", lambda sc: sc.near > 0),
+        ("dappled shade (sunflecks in wind)", "+", "tab:olive", lambda sc: sc.shade > 0),
     )
     for label, marker, colour, hit in marks:
         xs_hit = [x for x, sc in zip(xs, result.scores, strict=True) if hit(sc)]

@@ -30,10 +30,13 @@ Per analysed frame (``MotionAnalyzer.analyse``), on the small grayscale picture:
    IR lamp and out of focus (insects, a spider's strand, drops on the window:
    ``_near_lens``); thin change that stays put frame after frame is compared with a frame
    a second older, where someone coming toward the camera has grown by a solid amount
-   (``_slowly``); content cells make objects when they group or persist from frame to
-   frame, and the score is the area the objects covered over the last ``SWEEP_S`` seconds,
-   or along their whole unbroken track up to ``TRACK_S`` (a small object: only the cells
-   joined to it frame by frame), so a small, far, slow object adds up.
+   (``_slowly``); while the wind blows through a tree (much of the view moving), each
+   pixel's range lately is learnt away from objects, and content whose pixels are back
+   within it is dappled shade (``_shade``); content cells make objects when they group or
+   persist from frame to frame, and the score is the area the objects covered over the
+   last ``SWEEP_S`` seconds, or along their whole unbroken track up to ``TRACK_S`` (a
+   small object: only the cells joined to it frame by frame), so a small, far, slow
+   object adds up.
 
 Cost: what a frame costs on a camera is mostly the number of numpy calls and the Python run
 (each one's fixed cost, with caches cold after the decoder ran), not their size. So a still
@@ -154,6 +157,30 @@ TRACK_LINK = 16
 big one, a group above the sensitivity on its own, takes everything seen lately)."""
 TRACK_GAP_S = 0.5
 """Frames with objects at most this far apart are one track, without a break."""
+SHADE_REACH = 2
+"""Dappled shade: each pixel's range is learnt with its neighbours this far (pixels) around,
+as a fleck's edge sways across the ground..."""
+SHADE_FADE = 4
+"""... and forgets a state it has not seen again by a 2**-this share per analysed frame."""
+SHADE_BUSY = 0.1
+"""The wind blows when this share of the view moved in a frame, other than by light (the
+ground under a tree)..."""
+SHADE_SOLID = 0.05
+"""... and, in the dark, this share is content (rain and snow change thinly)..."""
+SHADE_MEMORY_S = 5.0
+"""... and until this long after the last such frame: the ranges are learnt meanwhile."""
+SHADE_ONSET_S = 1.0
+"""For this long after the wind got up, any content next to shade is shade too (the flecks
+take new states all at once), unless it goes on from the last frame's content..."""
+SHADE_ONSET_SHARE = 2.0
+"""... when there are this many times more cells of shade (someone big coming close, who
+moves much of the view, is mostly not explained)."""
+SHADE_UNEXPLAINED = 0.25
+"""A content cell is shade when at most this share of its changed pixels lies outside the
+range its pixels took lately..."""
+SHADE_SPECK = 3
+"""... and so is a group of at most this many content cells next to shade (a fleck's state
+not seen yet, amid flecks that were)."""
 CLUTTER = 0.1
 """Thin change over more than this share of the view is clutter (rain, snow): it is not
 counted in objects' extents, and a solid change must outlast a frame (see ``_undone``)."""
@@ -274,6 +301,8 @@ class Score:
     grown: int = 0
     """Cells of thin change that stayed put and proved solid over ``SLOW_S`` (something
     growing or creeping: a person walking toward the camera)."""
+    shade: int = 0
+    """Changed cells of dappled shade: back within the range their pixels took lately."""
 
 
 class MotionAnalyzer:
@@ -348,6 +377,12 @@ class MotionAnalyzer:
         # nothing to compare with (see _smooth_light).
         self._no_gain = np.full((self.rows + 2, self.cols + 2), np.nan, dtype=np.float32)
         self._no_gain[1:-1, 1:-1] = 0
+        # Dappled shade (see _shade): the range each pixel (with its neighbours) took
+        # lately, while the wind blows (until _shade_until).
+        self._shade_hi = self._shade_lo = np.zeros((self._h, self._w), dtype=np.uint8)
+        self._shade_until = self._shade_since = -1
+        self._shade_onset_us = round(SHADE_ONSET_S * US)
+        self._shade_memory_us = round(SHADE_MEMORY_S * US)
 
     def update_mask(self, settings: MotionSettings) -> None:
         """Take a new mask (image or rectangles) without losing the reference picture."""
@@ -467,7 +502,7 @@ class MotionAnalyzer:
                 # picture stays too (and is told from objects below).
                 if left <= SHAKE_EXPLAINS * n:
                     shake = True
-                    prev, moving, where = aligned, still_moving, still_where
+                    prev, changed, moving, where = aligned, still_changed, still_moving, still_where
                     if left == 0:
                         return self._scored(ts, 0, n, shake=True)
                     solid = self._solid(still_changed, where)
@@ -481,6 +516,14 @@ class MotionAnalyzer:
             slow = self._slowly(cur, scattered, content, lit)
             content |= slow
             scattered &= ~slow
+        shade = 0
+        if content:
+            # Rain and snow at night change much of the view, thinly: not a gust of wind.
+            busy = n - n_lit >= SHADE_BUSY * self.live_cells and (
+                self._level > NEAR_DARK or content.bit_count() >= SHADE_SOLID * self.live_cells
+            )
+            shade = self._shade(cur, prev, changed, content, near, busy, ts)
+            content &= ~shade
         # Most of the picture changed and the light explains it: the frame is a lighting
         # change (a lamp, an IR switch) and what little remains is not trusted.
         lightswitch = self.settings.lightswitch * (RELIT_SHARE if relit else 1.0)
@@ -496,7 +539,123 @@ class MotionAnalyzer:
             shake=shake,
             near=near.bit_count(),
             grown=slow.bit_count(),
+            shade=shade.bit_count(),
         )
+
+    def _shade(
+        self,
+        cur: U8,
+        prev: U8,
+        changed: npt.NDArray[np.bool_],
+        content: int,
+        near: int,
+        busy: bool,
+        ts: int,
+    ) -> int:
+        """The ``content`` cells (bits) of dappled shade: back within the range of states
+        their pixels (and their neighbours) took lately, while the wind blows.
+
+        Sunlight through a tree falls on the ground in flecks between the leaves' shadows;
+        in a gust the leaves flutter and the crown sways, and the flecks shift by a few
+        pixels and back, change shape, come and go. What the ground shows at a pixel is its
+        own texture lit by between the sky's light (in the shade) and full sun: a range that
+        a few seconds of gusts cover, at the pixel and at the neighbours a fleck's edge
+        swaying by a pixel or two brings over. So each pixel's range (with its neighbours
+        ``SHADE_REACH`` around) is learnt, as Motion and OpenCV's subtractors learn a waving
+        tree's, widening at once and narrowing slowly; a change whose pixels (almost) all
+        fall within it is the shade again. Someone walking through it brings their own
+        colours, darker than the shade or brighter than the sun, where they never were:
+        outside the range. Cells next to an object do not learn (its colours never become
+        the ground).
+
+        The range is kept only while the wind blows: from a frame in which a large part of
+        the view moved (``SHADE_BUSY``, the ground under a tree in a gust) until
+        ``SHADE_MEMORY_S`` without one; a still picture or a walker costs nothing.
+        """
+        if busy:
+            if self._shade_until < ts:
+                # The wind got up: the ground as it was is the range to begin with.
+                self._shade_hi = _dilated(prev, np.maximum)
+                self._shade_lo = _dilated(prev, np.minimum)
+                self._shade_since = ts
+            self._shade_until = ts + self._shade_memory_us
+        if self._shade_until < ts:
+            return 0
+        shade = specks = 0
+        if content:
+            cells = self._cells_at(content)
+            hi = _cell_pixels(self._shade_hi, cells).astype(np.int16)
+            lo = _cell_pixels(self._shade_lo, cells).astype(np.int16)
+            now = _cell_pixels(cur, cells).astype(np.int16)
+            words = _cell_words(changed, self.rows)[cells[0], :, cells[1]]
+            moved = words.view(np.bool_).reshape(hi.shape)
+            hi += self.noise_level
+            lo -= self.noise_level
+            outside = (now > hi) | (now < lo)
+            outside &= moved
+            unexplained = np.count_nonzero(outside, axis=2)[:, 0]
+            limit = SHADE_UNEXPLAINED * np.count_nonzero(moved, axis=2)[:, 0]
+            shade = self._pick(cells, (unexplained <= limit).tolist())
+            if shade:
+                # While the wind gets up, the flecks take states not seen yet all over the
+                # shade at once: what newly changed among them is the shade too. (Not
+                # learnt: if it was someone after all, their colours stay out of the range.)
+                left = content & ~shade
+                onset = (
+                    ts - self._shade_since < self._shade_onset_us
+                    and shade.bit_count() >= SHADE_ONSET_SHARE * left.bit_count()
+                )
+                specks = self._specks(left, shade, onset)
+                shade |= specks
+        keep = self._cells.near((content & ~shade) | near) | specks
+        self._shade_learn(cur, keep)
+        return shade
+
+    def _specks(self, left: int, shade: int, onset: bool) -> int:
+        """The groups of ``left`` cells of at most ``SHADE_SPECK`` cells next to ``shade``;
+        at the ``onset`` of a gust, any such group but one that goes on from the last
+        frame's content (someone already there when the wind got up)."""
+        grid = self._cells
+        specks = 0
+        seeds = left & grid.near(shade)
+        while seeds:
+            group = grid.grow(seeds & -seeds, left)
+            seeds &= ~group
+            if group.bit_count() <= SHADE_SPECK or (onset and not group & self._near_content):
+                specks |= group
+        return specks
+
+    def _shade_learn(self, cur: U8, keep: int) -> None:
+        """Widen each pixel's range by ``cur`` (with its neighbours) and narrow it by a share
+        towards it, except in the ``keep`` cells (next to objects)."""
+        top, bottom = _dilated(cur, np.maximum), _dilated(cur, np.minimum)
+        old_hi, old_lo = self._shade_hi, self._shade_lo
+        # In uint8 without wrapping around: how far above (below) the frame the range
+        # reaches, a share of it forgotten, then widened by the frame.
+        fade = old_hi - np.minimum(old_hi, top)
+        fade >>= SHADE_FADE
+        new_hi = old_hi - fade
+        np.maximum(new_hi, top, out=new_hi)
+        fade = np.maximum(old_lo, bottom)
+        fade -= old_lo
+        fade >>= SHADE_FADE
+        new_lo = old_lo + fade
+        np.minimum(new_lo, bottom, out=new_lo)
+        if keep:
+            r, c = self._cells_at(keep)
+            for new, old in ((new_hi, old_hi), (new_lo, old_lo)):
+                _cell_words(new, self.rows)[r, :, c] = _cell_words(old, self.rows)[r, :, c]
+        self._shade_hi, self._shade_lo = new_hi, new_lo
+
+    def _cells_at(self, bits: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """The rows and columns of the cells of ``bits``."""
+        at = []
+        while bits:
+            low = bits & -bits
+            at.append(low.bit_length() - 1)
+            bits ^= low
+        flat = np.array(at, dtype=np.intp)
+        return flat // self.cols, flat % self.cols
 
     def _slowly(self, cur: U8, thin: int, content: int, lit: int) -> int:
         """The ``thin`` cells (bits) where something grows or creeps: solid change since a
@@ -528,13 +687,7 @@ class MotionAnalyzer:
         kept &= grid.crowded(kept)
         if not kept:
             return 0
-        rows, cols = [], []
-        while kept:
-            at = (kept & -kept).bit_length() - 1
-            kept &= kept - 1
-            rows.append(at // self.cols)
-            cols.append(at % self.cols)
-        cells = (np.array(rows), np.array(cols))
+        cells = self._cells_at(kept)
         then = _cell_pixels(slow_ref.image, cells)
         now = _cell_pixels(cur, cells)
         changed = np.maximum(now, then)
@@ -1153,6 +1306,20 @@ def _cell_pixels(image: U8, cells: tuple[npt.NDArray[np.intp], ...]) -> U8:
     rows = image.shape[0] // CELL
     words = _cell_words(image, rows)[cells[0], :, cells[1]]
     return words.view(np.uint8).reshape(len(words), 1, _PIXELS)
+
+
+def _dilated(image: U8, op: np.ufunc) -> U8:
+    """``image`` at the most (``np.maximum``) or least (``np.minimum``) of each pixel's
+    neighbours ``SHADE_REACH`` around (the window is cut at the picture's edges)."""
+    out = image.copy()
+    for d in range(1, SHADE_REACH + 1):
+        op(out[d:], image[:-d], out=out[d:])
+        op(out[:-d], image[d:], out=out[:-d])
+    rows = out.copy()
+    for d in range(1, SHADE_REACH + 1):
+        op(out[:, d:], rows[:, :-d], out=out[:, d:])
+        op(out[:, :-d], rows[:, d:], out=out[:, :-d])
+    return out
 
 
 def _bits(grid: npt.NDArray[np.bool_]) -> int:
