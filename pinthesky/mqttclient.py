@@ -3,11 +3,15 @@
 
 paho 2 asks which callback signatures the caller speaks (``CallbackAPIVersion``); 1.6 has only
 its own, and tells a refused connection by a plain number where 2.x gives a ``ReasonCode``.
-paho's ``on_connect_fail`` is told nothing about why: ``Client`` remembers it.
+paho's ``on_connect_fail`` is told nothing about why: ``Client`` remembers it. And paho drops
+a socket whose TLS handshake failed without closing it: ``tls_context`` makes sockets that
+close themselves then.
 """
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client
@@ -16,6 +20,34 @@ import paho.mqtt.client
 mqtt: Any = paho.mqtt.client
 
 V2 = hasattr(mqtt, "CallbackAPIVersion")
+
+
+class _ClosedOnFailure(ssl.SSLSocket):
+    """A TLS socket that closes itself when its handshake fails. paho leaves such a socket to
+    the garbage collector: while a broker restarts, or with a wrong CA, each attempt would
+    hold a file descriptor until a collection came."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # not a failure: a non-blocking handshake goes on
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_context(
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """What paho's ``tls_set`` makes (the server's certificate and host name checked against
+    ``ca``, or the system's CAs; a client certificate when given), with sockets that close
+    themselves when the handshake fails. Raises OSError or ssl.SSLError on unreadable files."""
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    context.sslsocket_class = _ClosedOnFailure
+    return context
 
 
 class Client(paho.mqtt.client.Client):

@@ -9,7 +9,6 @@ import copy
 import json
 import shutil
 import signal
-import ssl
 import subprocess
 import threading
 import time
@@ -18,6 +17,8 @@ from typing import Any, ClassVar, Self
 
 import trustme
 from servers import Pki, free_port
+
+from pinthesky.mqttclient import tls_context
 
 
 class Mosquitto:
@@ -120,29 +121,6 @@ def client_files(pki: Pki, name: str) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-class _ClosedOnFailure(ssl.SSLSocket):
-    """paho-mqtt drops a socket whose TLS handshake failed (a broker restarting) without closing
-    it; its ResourceWarning then surfaces in whichever test runs when it is collected."""
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
-
-
-def closing_context(
-    ca: Path | None, cert: Path | None = None, key: Path | None = None
-) -> ssl.SSLContext:
-    """A client TLS context whose sockets close themselves when the handshake fails."""
-    context = ssl.create_default_context(cafile=str(ca) if ca else None)
-    if cert is not None:
-        context.load_cert_chain(str(cert), str(key) if key else None)
-    context.sslsocket_class = _ClosedOnFailure
-    return context
-
-
 class Peer:
     """A paho MQTT client on the broker (persistent session): the console, the cloud side."""
 
@@ -151,7 +129,7 @@ class Peer:
 
         cert, key = client_files(pki, name)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=False)
-        client.tls_set_context(closing_context(pki.ca_file, cert, key))
+        client.tls_set_context(tls_context(pki.ca_file, cert, key))
         client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload)
         self._connect(client, broker.port)
 
@@ -406,7 +384,7 @@ class HomePeer(Peer):
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
         client.username_pw_set(user, HomeBroker.USERS[user])
         if broker.tls:
-            client.tls_set_context(closing_context(ca_file))
+            client.tls_set_context(tls_context(ca_file))
         client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload, m.retain)
         self.retained: dict[str, bytes] = {}
         self.latest: dict[str, bytes] = {}

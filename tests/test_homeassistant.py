@@ -418,3 +418,52 @@ def test_the_cpu_temperature_comes_from_the_cpu_thermal_zone(tmp_path: Path) -> 
         (zone / "temp").write_text(milli + "\n")
     assert cpu_temperature(tmp_path) == 48.3
     assert cpu_temperature(tmp_path / "none") is None
+
+
+def test_a_failed_tls_handshake_leaves_no_socket_open(tmp_path: Path) -> None:
+    """A broker behind a certificate the camera does not trust: each attempt fails its TLS
+    handshake. paho drops that socket without closing it, so a camera retrying for hours would
+    hold a file descriptor per attempt until a garbage collection. The camera's TLS sockets
+    (``tls_context``, used by Home Assistant's connection and the sidecar) close themselves.
+    With paho's own ``tls_set`` in its place this test finds the socket left open."""
+    import contextlib
+    import gc
+    import socket
+    import ssl
+    import threading
+    import warnings
+
+    import trustme
+
+    from pinthesky.mqttclient import mqtt, new_client, tls_context
+
+    broker_ca, trusted_ca = trustme.CA(), trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    broker_ca.issue_cert("127.0.0.1").configure_cert(server)
+    trusted = tmp_path / "trusted-ca.pem"
+    trusted_ca.cert_pem.write_to_path(str(trusted))
+
+    def attempt(port: int) -> str:
+        client = new_client("camera", mqtt.MQTTv311)
+        client.tls_set_context(tls_context(trusted))
+        try:
+            client.connect("127.0.0.1", port)
+        except ssl.SSLError as exc:
+            return type(exc).__name__
+        return "connected"
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def broker() -> None:
+            conn, _ = listener.accept()
+            with conn, contextlib.suppress(OSError):
+                server.wrap_socket(conn, server_side=True).close()
+
+        thread = threading.Thread(target=broker, daemon=True)
+        thread.start()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            assert attempt(listener.getsockname()[1]) == "SSLCertVerificationError"
+            gc.collect()
+        thread.join(10)
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

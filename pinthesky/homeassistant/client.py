@@ -22,14 +22,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pinthesky.mqttclient import connect_refusal, disconnect_code, mqtt, new_client
+from pinthesky.mqttclient import (
+    connect_refusal,
+    disconnect_code,
+    mqtt,
+    new_client,
+    tls_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +91,7 @@ class BrokerClient:
         if broker.username is not None:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
-            client.tls_set(
-                ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            client.tls_set_context(tls_context(broker.ca_file))
         client.will_set(broker.will_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(broker.min_reconnect_s, broker.max_reconnect_s)
         client.max_queued_messages_set(QUEUE_LIMIT)

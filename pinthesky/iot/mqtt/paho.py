@@ -10,7 +10,6 @@ forgets it, as with awscrt.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +19,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from pinthesky.iot.mqtt.base import Endpoint, Handlers, PublishFailed
-from pinthesky.mqttclient import disconnect_code, mqtt, new_client
+from pinthesky.mqttclient import disconnect_code, mqtt, new_client, tls_context
 
 
 def _failed(code: Any) -> bool:
@@ -77,13 +76,7 @@ class PahoTransport:
         self._acks = _Acks()
         self._subacks = _Acks()
         client = new_client(endpoint.client_id, mqtt.MQTTv5)
-        client.tls_set(
-            ca_certs=str(endpoint.ca) if endpoint.ca else None,
-            certfile=str(endpoint.cert),
-            keyfile=str(endpoint.key),
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        client.tls_set_context(tls_context(endpoint.ca, endpoint.cert, endpoint.key))
         client.reconnect_delay_set(
             min_delay=max(1, round(endpoint.min_reconnect_s)),
             max_delay=max(1, round(endpoint.max_reconnect_s)),
