@@ -168,7 +168,7 @@ SHADE_BUSY = 0.1
 ground under a tree)..."""
 SHADE_SOLID = 0.05
 """... and, in the dark, this share is content (rain and snow change thinly)..."""
-SHADE_PATCHES = 10
+SHADE_PATCHES = 8
 """... or when the content lies in at least this many separate patches (a smaller crown's
 flecks, each moving on its own)..."""
 SHADE_PATCH_CELLS = 4
