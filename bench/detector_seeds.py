@@ -9,7 +9,7 @@ them, post-roll 4 s) must give exactly the labelled events, each starting and en
 1 s. For each run it prints the events found, the highest score outside the labelled events
 (with 0.5 s before and 2 s after them: how close a false event came) and the peak within each.
 The low branch (``branch_gusts``, ``branch_walkers``: deeper shade, bigger and faster flecks)
-is still wrong on some seeds: see docs/motion.md.
+is still wrong on one seed (walkers in its deep shade): see docs/motion.md.
 
 Run (from the repository root; the first run encodes the footage, about 15 s a scenario)::
 

@@ -770,6 +770,55 @@ def test_dappled_shade_in_a_gust_is_not_motion_but_a_walker_through_it_is():
             assert started == [], [(round(s.blocks), s.cells, s.shade) for s in scores]
 
 
+def under_a_small_crown(walker_from: int | None, seed: int) -> list[Score]:
+    """Scores of 50 frames (5 a second) under a small crown in deep shade (30 % of the light
+    over a 160x60 px patch of ground): eleven sunflecks well apart, each fluttering on its
+    own from frame 5 (shifting by up to 3 px, changing size); a walker in dark clothes
+    crossing from frame ``walker_from``."""
+    ground = textured().astype(float) * 0.6 + 90
+    walker = (textured(9)[:48, :16] // 8).astype(float)
+    rng = np.random.default_rng(seed)
+    top, left = 150, 80
+    flecks = [
+        (top + 8 + 30 * r + int(rng.integers(-3, 4)), left + 8 + 32 * c + int(rng.integers(-3, 4)))
+        for r in range(2)
+        for c in range(5)
+    ] + [(top + 23, left + 168)]
+    a = analyzer()
+    scores = []
+    for i in range(50):
+        scene = ground.copy()
+        if walker_from is not None and i >= walker_from:
+            x = 10 + 8 * (i - walker_from)
+            scene[150:198, x : x + 16] = walker
+        light = np.ones_like(scene)
+        light[top : top + 60, left : left + 160] = 0.3
+        t, gust = max(i - 5, 0) / 5, i >= 5
+        for k, (y, x) in enumerate(flecks):
+            dx = round(3 * np.sin(2 * np.pi * (1.1 + 0.1 * k) * t + k)) if gust else 0
+            dy = round(2 * np.cos(2 * np.pi * (0.9 + 0.1 * k) * t + k)) if gust else 0
+            r = 4 + (int(t * 3 + k) % 2 if gust else 0)
+            light[y + dy : y + dy + 2 * r, x + dx : x + dx + 2 * r] = 1.0
+        scores.append(a.analyse(noisy(scene * light, 1.5, rng), i * 200_000))
+    return scores
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_small_crowns_flecks_fluttering_apart_are_not_motion(seed: int):
+    # Under a tenth of the view moves, but in many small separate patches: the wind is
+    # noticed, the flecks are ignored, and a walker through them is an event at once.
+    for walker_from in (None, 30):
+        scores = under_a_small_crown(walker_from, seed)
+        tracker = MotionTracker(10, 1.0, quiet=1.0)
+        started = [e for s in scores for e in tracker.update(s) if isinstance(e, MotionStarted)]
+        assert sum(1 for s in scores if s.shade) >= 30
+        assert max(s.cells for s in scores[:30]) < 0.1 * 1200
+        if walker_from:
+            assert [e.onset for e in started] == [30 * 200_000]
+        else:
+            assert started == [], [(round(s.blocks), s.cells, s.shade) for s in scores]
+
+
 def test_someone_already_there_when_the_wind_gets_up_is_not_lost():
     # In the first second of a gust, what changes next to the shade is taken for it: but not
     # the walker who was there before (her score never drops).

@@ -160,16 +160,26 @@ TRACK_GAP_S = 0.5
 SHADE_REACH = 2
 """Dappled shade: each pixel's range is learnt with its neighbours this far (pixels) around,
 as a fleck's edge sways across the ground..."""
-SHADE_FADE = 4
-"""... and forgets a state it has not seen again by a 2**-this share per analysed frame."""
+SHADE_FADE = 5
+"""... and forgets a state it has not seen again by a 2**-this share per analysed frame (the
+range keeps a swaying crown's states over several of its swings)."""
 SHADE_BUSY = 0.1
 """The wind blows when this share of the view moved in a frame, other than by light (the
 ground under a tree)..."""
 SHADE_SOLID = 0.05
 """... and, in the dark, this share is content (rain and snow change thinly)..."""
+SHADE_PATCHES = 8
+"""... or when the content lies in at least this many separate patches (a smaller crown's
+flecks, each moving on its own)..."""
+SHADE_PATCH_CELLS = 4
+"""... of at most this many cells on average (a person, an animal, a car: a few big ones)..."""
+SHADE_PATCHY_SOLID = 0.015
+"""... together at least this share of the view..."""
+SHADE_PATCHY_THIN = 4
+"""... and at least a 1/this share of the cells that moved (rain and snow change thinly)..."""
 SHADE_MEMORY_S = 5.0
 """... and until this long after the last such frame: the ranges are learnt meanwhile."""
-SHADE_ONSET_S = 1.0
+SHADE_ONSET_S = 1.6
 """For this long after the wind got up, any content next to shade is shade too (the flecks
 take new states all at once), unless it goes on from the last frame's content..."""
 SHADE_ONSET_SHARE = 2.0
@@ -522,6 +532,8 @@ class MotionAnalyzer:
             busy = n - n_lit >= SHADE_BUSY * self.live_cells and (
                 self._level > NEAR_DARK or content.bit_count() >= SHADE_SOLID * self.live_cells
             )
+            # A smaller crown's shade: many small patches at once.
+            busy = busy or self._patchy(content, n - n_lit)
             shade = self._shade(cur, prev, changed, content, near, busy, ts)
             content &= ~shade
         # Most of the picture changed and the light explains it: the frame is a lighting
@@ -569,7 +581,8 @@ class MotionAnalyzer:
         the ground).
 
         The range is kept only while the wind blows: from a frame in which a large part of
-        the view moved (``SHADE_BUSY``, the ground under a tree in a gust) until
+        the view moved (``SHADE_BUSY``, the ground under a tree in a gust), or the content
+        lay in many small separate patches (``_patchy``, a smaller crown's flecks), until
         ``SHADE_MEMORY_S`` without one; a still picture or a walker costs nothing.
         """
         if busy:
@@ -610,6 +623,24 @@ class MotionAnalyzer:
         keep = self._cells.near((content & ~shade) | near) | specks
         self._shade_learn(cur, keep)
         return shade
+
+    def _patchy(self, content: int, moved: int) -> bool:
+        """Whether the ``content`` cells lie in many small separate patches (``SHADE_PATCHES``
+        of ``SHADE_PATCH_CELLS`` cells on average at most), as the shade of a crown too small
+        to move ``SHADE_BUSY`` of the view changes in a gust: every fleck moves on its own.
+        People, animals and vehicles are a few big patches; rain and snow change thinly
+        (``moved``, the cells that moved other than by light, outnumber the content cells by
+        more than ``SHADE_PATCHY_THIN`` to 1)."""
+        cells = content.bit_count()
+        if cells < SHADE_PATCHY_SOLID * self.live_cells or moved > SHADE_PATCHY_THIN * cells:
+            return False
+        need = max(SHADE_PATCHES, cells / SHADE_PATCH_CELLS)
+        grid = self._cells
+        rest, patches = content, 0
+        while rest and patches < need:
+            rest &= ~grid.grow(rest & -rest, content)
+            patches += 1
+        return patches >= need
 
     def _specks(self, left: int, shade: int, onset: bool) -> int:
         """The groups of ``left`` cells of at most ``SHADE_SPECK`` cells next to ``shade``;
