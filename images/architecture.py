@@ -96,16 +96,17 @@ def package_map(ax: Axes) -> None:
         ]),
         ("concerns", -41.5, 5.5, [
             ("camera/", "picam · replay · synthetic\nx264 · overlay · stack"),
-            ("record/", "ring · motion · recorder\nclips · mp4 · bus"),
+            ("record/", "ring · motion · recorder\nclips · stills · mp4 · bus"),
             ("cloud/", "credentials · uploader\ntelemetry · dataplane"),
             ("control/", "controller · commands\nshadow · health"),
             ("live/", "tap · mjpeg · session\nrtsp · encoders"),
-            ("local/", "web · page\napi · script"),
+            ("local/", "web · page · api\nscript · guard · changes"),
             ("alerts/", "motion: the\nmotion_start picture"),
+            ("homeassistant/", "MQTT discovery\nbridge · discovery · client"),
         ]),
-        ("shared", -50, 4.5, [
-            ("pinthesky/", "settings · errors · logs · media · cmdline · eventfiles · jsonstream"
-             " · notify · __main__"),
+        ("shared", -50.5, 5.5, [
+            ("pinthesky/", "settings · errors · logs · media · cmdline · eventfiles\n"
+             "jsonstream · notify · mqttclient · __main__"),
             ("hardware/", "board · sensors · memory · camera: what a Pi can do"),
         ]),
     ]  # fmt: skip
@@ -122,7 +123,7 @@ def package_map(ax: Axes) -> None:
             title = "$\\bf{" + name.replace("_", "\\_") + "}$"
             sep = "  " if len(packages) == 1 else "\n"
             ax.text(x + width / 2, y + h / 2, title + sep + body, ha="center", va="center",
-                    fontsize=9)  # fmt: skip
+                    fontsize=9 if len(packages) < 8 else 8)  # fmt: skip
     for y in (-34.2, -42.7):
         arrow(ax, [(76.5, y + 1.2), (76.5, y - 1.0)])
 
