@@ -406,13 +406,14 @@ def test_a_clip_opened_for_a_request_that_goes_away_is_closed(
         return fds[-1]
 
     monkeypatch.setattr(web, "open_ours", slow)
+    shut = threading.Event()
 
-    def closed(fd: int) -> bool:
-        try:
-            os.fstat(fd)
-        except OSError:
-            return True
-        return False
+    class Watched(io.BufferedReader):
+        def close(self) -> None:
+            super().close()
+            shut.set()
+
+    monkeypatch.setattr(web.os, "fdopen", lambda fd, mode: Watched(io.FileIO(fd, mode)))
 
     async def main() -> None:
         request = asyncio.create_task(web._opened(clip))
@@ -421,10 +422,10 @@ def test_a_clip_opened_for_a_request_that_goes_away_is_closed(
         release.set()
         with pytest.raises(asyncio.CancelledError):
             await request
-        deadline = time.monotonic() + 10
-        while not (fds and closed(fds[0])):
-            assert time.monotonic() < deadline, "the clip opened for a cancelled request stays open"
-            await asyncio.sleep(0.01)
+        closed = await asyncio.to_thread(shut.wait, 10)
+        assert closed, "the clip opened for a cancelled request stays open"
+        with pytest.raises(OSError):
+            os.fstat(fds[0])
 
     asyncio.run(main())
     # Without the cancellation the caller gets the file and its size.
